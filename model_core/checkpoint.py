@@ -1,0 +1,133 @@
+"""Checkpoint bundles: one immutable folder per version.
+
+    manifest.json        network spec, head sizes, unit labels, tasks, preprocessing, strategy + params,
+                         parent, versions of the libraries that wrote it
+    model.safetensors    the classifier's weights
+    state.pt             every strategy's state (tensors, lists, numbers, strings), keyed by strategy
+                         name; loads with torch.load(weights_only=True), no pickled objects
+    <extra files>        e.g. model.onnx, written in the same atomic step
+
+A bundle is written into a temporary sibling folder, each file fsynced, then renamed into place, so a
+reader sees either nothing or the whole bundle; an existing bundle is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model_core import __version__
+from model_core.config import NetworkSpec
+from model_core.learner import Learner, TaskInfo
+from model_core.networks.classifier import create_network
+
+FORMAT = "engram-bundle/1"
+MANIFEST, WEIGHTS, STATE = "manifest.json", "model.safetensors", "state.pt"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    network: dict[str, Any]
+    head_sizes: list[int]
+    labels: list[str]
+    tasks: list[dict[str, Any]]
+    strategy: dict[str, Any]  # {"name": ..., "params": {...}} of the job that produced this bundle
+    parent: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # free-form: metrics, job ids, ...
+    format: str = FORMAT
+    created_at: float = field(default_factory=time.time)
+    versions: dict[str, str] = field(default_factory=lambda: {"engram": __version__, "torch": torch.__version__})
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_bundle(
+    path: str | Path,
+    learner: Learner,
+    strategy: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
+) -> Manifest:
+    """Write ``learner`` as a new bundle at ``path`` atomically; refuses to overwrite."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"bundle {path} already exists; bundles are immutable")
+    manifest = Manifest(
+        network=learner.spec.to_dict(),
+        head_sizes=learner.model.head_sizes,
+        labels=list(learner.labels),
+        tasks=[{"name": t.name, "units": list(t.units)} for t in learner.tasks],
+        strategy=dict(strategy or {}),
+        parent=parent,
+        metadata=dict(metadata or {}),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in learner.model.state_dict().items()}
+        save_file(weights, str(tmp / WEIGHTS))
+        with open(tmp / WEIGHTS, "rb+") as f:
+            os.fsync(f.fileno())
+        with open(tmp / STATE, "wb") as f:
+            torch.save(learner.strategy_states, f)
+            f.flush()
+            os.fsync(f.fileno())
+        for name, data in (extra_files or {}).items():
+            if "/" in name or name.startswith(".") or name in (MANIFEST, WEIGHTS, STATE):
+                raise ValueError(f"bad extra file name {name!r}")
+            _write_bytes(tmp / name, data)
+        _write_bytes(tmp / MANIFEST, json.dumps(manifest.__dict__, indent=2, sort_keys=True).encode())
+        _fsync_dir(tmp)
+        os.rename(tmp, path)  # atomic on one filesystem; fails if path appeared meanwhile
+        _fsync_dir(path.parent)
+    except BaseException:
+        for child in tmp.iterdir() if tmp.exists() else []:
+            child.unlink()
+        if tmp.exists():
+            tmp.rmdir()
+        raise
+    return manifest
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    data = json.loads((Path(path) / MANIFEST).read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an {FORMAT} bundle (format {data.get('format')!r})")
+    return Manifest(**data)
+
+
+def load_bundle(path: str | Path) -> tuple[Learner, Manifest]:
+    """Rebuild the learner saved at ``path`` (weights and every strategy state) on the cpu."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    spec = NetworkSpec.from_dict(manifest.network)
+    model = create_network(spec, manifest.head_sizes)
+    model.load_state_dict(load_file(str(path / WEIGHTS)))
+    model.eval()
+    states = torch.load(path / STATE, weights_only=True, map_location="cpu")
+    tasks = [TaskInfo(t["name"], list(t["units"])) for t in manifest.tasks]
+    return Learner(spec, model, list(manifest.labels), tasks, dict(states)), manifest

@@ -1,0 +1,181 @@
+"""The learner: a network plus the bookkeeping that makes it incremental (labels, tasks, strategy state)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from model_core.config import NetworkSpec, Scenario, TrainConfig
+from model_core.data import Experience
+from model_core.networks.classifier import IncrementalClassifier, create_network
+from model_core.strategies import create_strategy
+from model_core.strategies.base import LabeledData, ProgressFn
+from model_core.trainer import TrainResult, resolve_device, train_experience
+
+
+@dataclass
+class TaskInfo:
+    """A task and the output units of its classes (a contiguous head in task-incremental mode)."""
+
+    name: str
+    units: list[int]
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    strategy: str
+    params: dict[str, Any]
+    new_labels: list[str]
+    train: TrainResult
+
+
+@dataclass
+class Learner:
+    """Everything a version is: network, unit labels, tasks, and each strategy's saved state.
+
+    ``strategy_states`` is keyed by strategy name, so a job with one strategy leaves another's state
+    (an EWC Fisher, a replay generator) intact for later jobs that use it again.
+    """
+
+    spec: NetworkSpec
+    model: IncrementalClassifier
+    labels: list[str] = field(default_factory=list)  # label name of each output unit
+    tasks: list[TaskInfo] = field(default_factory=list)
+    strategy_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, spec: NetworkSpec, seed: int = 0) -> Learner:
+        torch.manual_seed(seed)
+        return cls(spec, create_network(spec))
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.spec.scenario
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskInfo:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown task {name!r}; known tasks: {self.task_names}")
+
+    def unit_task(self) -> Tensor:
+        """(U,) index of the task that introduced each unit."""
+        owner = torch.full((len(self.labels),), -1, dtype=torch.long)
+        for i, t in enumerate(self.tasks):
+            for u in t.units:
+                if owner[u] < 0:
+                    owner[u] = i
+        return owner
+
+    def _check_input(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != self.spec.input.shape:
+            raise ValueError(f"inputs have shape {tuple(x.shape[1:])}, the network takes {self.spec.input.shape}")
+
+    def _assign_units(self, exp: Experience) -> tuple[list[int], list[str]]:
+        """Map the experience's classes to output units, creating units (and tasks) as needed."""
+        known_task = exp.task in self.task_names
+        if self.scenario == "task-incremental":
+            if known_task:
+                t = self.task(exp.task)
+                own = {self.labels[u]: u for u in t.units}
+                missing = [c for c in exp.classes if c not in own]
+                if missing:
+                    raise ValueError(
+                        f"task {exp.task!r} has no class(es) {missing}; a task's classes are fixed once learned"
+                    )
+                return [own[c] for c in exp.classes], []
+            start = len(self.labels)
+            self.labels += list(exp.classes)
+            units = list(range(start, len(self.labels)))
+            self.tasks.append(TaskInfo(exp.task, units))
+            return units, list(exp.classes)
+        index = {label: u for u, label in enumerate(self.labels)}
+        new = [c for c in exp.classes if c not in index]
+        for c in new:
+            index[c] = len(self.labels)
+            self.labels.append(c)
+        units = [index[c] for c in exp.classes]
+        if known_task:
+            t = self.task(exp.task)
+            t.units += [u for u in units if u not in t.units]
+        else:
+            self.tasks.append(TaskInfo(exp.task, units))
+        return units, new
+
+    def learn(
+        self,
+        exp: Experience,
+        strategy: str,
+        params: Mapping[str, Any] | None = None,
+        config: TrainConfig | None = None,
+        progress: ProgressFn | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> LearnResult:
+        """Learn one experience in place. On an exception the learner may be half-updated: work on a copy."""
+        config = config or TrainConfig()
+        self._check_input(exp.x)
+        strat = create_strategy(strategy, params)
+        if strategy in self.strategy_states:
+            strat.load_state_dict(self.strategy_states[strategy])
+        previous = copy.deepcopy(self.model) if self.model.num_units > 0 else None
+        units, new_labels = self._assign_units(exp)
+        n_new = len(self.labels) - self.model.num_units
+        if n_new:
+            self.model.expand_head(n_new, torch.Generator().manual_seed(config.seed + 7))
+        task_index = self.task_names.index(exp.task)
+        data = LabeledData(
+            exp.x.float(),
+            torch.tensor(units, dtype=torch.long)[exp.y],
+            torch.full((len(exp),), task_index, dtype=torch.long),
+        )
+        new_units = list(range(self.model.num_units - n_new, self.model.num_units))
+        result = train_experience(
+            self.model,
+            previous,
+            strat,
+            data,
+            self.unit_task(),
+            new_units,
+            self.scenario,
+            config,
+            progress,
+            should_cancel,
+        )
+        self.strategy_states[strategy] = strat.state_dict()
+        self.model.to("cpu")
+        return LearnResult(strategy, dict(strat.params), new_labels, result)
+
+    @torch.no_grad()
+    def logits(self, x: Tensor, batch_size: int = 512, device: str = "auto") -> Tensor:
+        """(N, *input_shape) -> (N, U) logits on the cpu."""
+        self._check_input(x)
+        dev = resolve_device(device)
+        self.model.to(dev).eval()
+        out = [self.model(x[i : i + batch_size].to(dev).float()).float().cpu() for i in range(0, len(x), batch_size)]
+        self.model.to("cpu")
+        return torch.cat(out) if out else torch.zeros(0, self.model.num_units)
+
+    def predict(self, x: Tensor, task: str | None = None, device: str = "auto") -> list[str]:
+        """Label of each input: over all units (class-IL) or within ``task``'s head (task-IL)."""
+        logits = self.logits(x, device=device)
+        if self.scenario == "task-incremental":
+            if task is None:
+                raise ValueError("a task-incremental classifier needs the task to predict within")
+            units = torch.tensor(self.task(task).units)
+            return [self.labels[int(units[i])] for i in logits[:, units].argmax(1)]
+        return [self.labels[int(i)] for i in logits.argmax(1)]
+
+    def accuracy(self, exp: Experience, device: str = "auto") -> float:
+        """Fraction of ``exp`` predicted right; in task-IL the prediction is within ``exp.task``."""
+        predicted = self.predict(exp.x, exp.task if self.scenario == "task-incremental" else None, device)
+        truth = exp.labels
+        return sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)

@@ -1,0 +1,75 @@
+"""The incremental classifier: backbone + one growing head (class-IL) or one head per task (task-IL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from model_core.config import NetworkSpec
+from model_core.networks.backbones import Normalize, create_backbone
+
+
+class IncrementalClassifier(nn.Module):
+    """Backbone plus linear head blocks whose outputs are concatenated into one logit vector.
+
+    Output unit ``u`` of ``forward`` is one class. Every expansion appends a block of units, so existing
+    units keep their weights and their logits are reproduced bit for bit (a wider matmul would use a
+    different BLAS blocking and differ in the last bits). In class-incremental mode the blocks form one
+    head (one softmax over all units); in task-incremental mode each block is one task's head, and the
+    learner restricts softmax and prediction to it. ``head_sizes`` rebuilds a saved model.
+    """
+
+    def __init__(self, spec: NetworkSpec, head_sizes: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.spec = spec
+        self.normalize = Normalize(spec)
+        self.backbone = create_backbone(spec)
+        self.feature_dim: int = self.backbone.feature_dim
+        self.heads = nn.ModuleList(nn.Linear(self.feature_dim, n) for n in head_sizes)
+
+    @property
+    def head_sizes(self) -> list[int]:
+        return [int(cast(nn.Linear, h).out_features) for h in self.heads]
+
+    @property
+    def num_units(self) -> int:
+        return sum(self.head_sizes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, *input_shape) -> (B, feature_dim)."""
+        out: Tensor = self.backbone(self.normalize(x))
+        return out
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """(B, feature_dim) -> (B, num_units) logits of every block, concatenated in unit order."""
+        if not self.heads:
+            return features.new_zeros((features.shape[0], 0))
+        return torch.cat([head(features) for head in self.heads], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def expand_head(self, n_new: int, generator: torch.Generator | None = None) -> None:
+        """Add ``n_new`` output units as a new block; existing units are untouched."""
+        if n_new < 1:
+            raise ValueError("expand_head needs n_new >= 1")
+        ref = next(self.backbone.parameters())
+        self.heads.append(_init_linear(self.feature_dim, n_new, generator).to(ref.device, ref.dtype))
+
+
+def _init_linear(in_features: int, out_features: int, generator: torch.Generator | None) -> nn.Linear:
+    """A Linear with PyTorch's default init, drawn from ``generator`` for reproducibility."""
+    layer = nn.Linear(in_features, out_features)
+    bound = 1.0 / in_features**0.5
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.uniform_(-bound, bound, generator=generator)
+    return layer
+
+
+def create_network(spec: NetworkSpec, head_sizes: Sequence[int] = ()) -> IncrementalClassifier:
+    """Build a classifier from its spec (and, when loading, its head sizes)."""
+    return IncrementalClassifier(spec, head_sizes)

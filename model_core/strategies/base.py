@@ -1,0 +1,230 @@
+"""The Strategy protocol, the batch and context it sees, and the strategy registry.
+
+A strategy never mutates the trainer: its hooks return values (a new batch, a penalty tensor) and its
+state is plain tensors and JSON-able data, so a checkpoint loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+from model_core.config import Scenario, TrainConfig
+from model_core.networks.classifier import IncrementalClassifier
+
+ProgressFn = Callable[["Progress"], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: which stage, how far, and the current loss parts."""
+
+    stage: str  # "train", "fisher", "generator", ...
+    step: int
+    total: int
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+class TrainingCancelled(Exception):
+    """Raised inside training when the cancel check answers true."""
+
+
+@dataclass(frozen=True)
+class LabeledData:
+    """Samples with their output unit and task index: x (N, *shape), y (N,) unit, task (N,) task index."""
+
+    x: Tensor
+    y: Tensor
+    task: Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def cat(self, other: LabeledData) -> LabeledData:
+        return LabeledData(
+            torch.cat([self.x, other.x.to(self.x)]),
+            torch.cat([self.y, other.y.to(self.y)]),
+            torch.cat([self.task, other.task.to(self.task)]),
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one optimiser step trains on.
+
+    Labelled samples have one-hot ``targets``; replayed samples may carry a soft distribution (from the
+    previous model) and a distillation ``temperature``. ``weight`` sums to 1 and sets each row's share
+    of the classification loss, which is how replay is mixed in proportion to the classes seen.
+    """
+
+    x: Tensor  # (B, *input_shape)
+    targets: Tensor  # (B, U) probabilities over output units; zero outside the row's allowed units
+    task: Tensor  # (B,) task index of each row: decides which units it competes among
+    weight: Tensor  # (B,) loss weight per row, summing to 1
+    temperature: Tensor  # (B,) softmax temperature of each row (1 for hard labels)
+    mask: Tensor  # (B, U) bool: the units each row's softmax runs over
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def mix(new: Batch, replay: Batch, new_share: float) -> Batch:
+    """Concatenate two batches so that ``new`` carries ``new_share`` of the loss and ``replay`` the rest."""
+    return Batch(
+        x=torch.cat([new.x, replay.x]),
+        targets=torch.cat([new.targets, replay.targets]),
+        task=torch.cat([new.task, replay.task]),
+        weight=torch.cat(
+            [new.weight / new.weight.sum() * new_share, replay.weight / replay.weight.sum() * (1 - new_share)]
+        ),
+        temperature=torch.cat([new.temperature, replay.temperature]),
+        mask=torch.cat([new.mask, replay.mask]),
+    )
+
+
+@dataclass
+class TrainContext:
+    """What strategies may read during one experience. Built by the trainer, one per experience."""
+
+    model: IncrementalClassifier
+    # Frozen copy of the model as it was before this experience (before its head grew): the EWC/MAS
+    # anchor, the LwF teacher and the generative-replay labeller. None on the first experience.
+    previous: IncrementalClassifier | None
+    scenario: Scenario
+    config: TrainConfig
+    device: torch.device
+    data: LabeledData  # this experience's samples, on the cpu
+    unit_task: Tensor  # (U,) task index of each output unit, on device
+    new_units: list[int]  # units this experience adds (may be empty: more data for known classes)
+    rng: torch.Generator  # on ``device``: replay sampling, generator noise
+    cpu_rng: torch.Generator  # shuffling and index sampling
+    progress: ProgressFn | None = None
+    should_cancel: Callable[[], bool] | None = None
+
+    @property
+    def num_units(self) -> int:
+        return int(self.unit_task.shape[0])
+
+    @property
+    def old_units(self) -> list[int]:
+        """Units that existed before this experience."""
+        return list(range(self.previous.num_units)) if self.previous is not None else []
+
+    def unit_mask(self, task: Tensor) -> Tensor:
+        """(B,) task index -> (B, U) bool: the units each row competes among.
+
+        Class-incremental: every unit (one head, no task id). Task-incremental: the row's own task head.
+        """
+        if self.scenario == "class-incremental":
+            return torch.ones(task.shape[0], self.num_units, dtype=torch.bool, device=task.device)
+        return self.unit_task.to(task.device)[None, :] == task[:, None]
+
+    def old_unit_groups(self) -> list[Tensor]:
+        """Groups of old units over which the previous model's outputs form one softmax."""
+        n_old = len(self.old_units)
+        if n_old == 0:
+            return []
+        old_tasks = self.unit_task[:n_old]
+        if self.scenario == "class-incremental":
+            return [torch.arange(n_old, device=self.device)]
+        return [torch.nonzero(old_tasks == t).flatten() for t in torch.unique(old_tasks)]
+
+    def labelled_batch(self, x: Tensor, y: Tensor, task: Tensor) -> Batch:
+        """A batch of hard-labelled rows with equal weights."""
+        b = x.shape[0]
+        targets = torch.zeros(b, self.num_units, device=x.device)
+        targets[torch.arange(b, device=x.device), y] = 1.0
+        ones = torch.ones(b, device=x.device)
+        return Batch(x, targets, task, ones / b, ones, self.unit_mask(task))
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast on cuda when enabled; a no-op elsewhere."""
+        if self.device.type == "cuda" and self.config.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def report(self, stage: str, step: int, total: int, **losses: float) -> None:
+        if self.progress is not None:
+            self.progress(Progress(stage, step, total, losses))
+
+    def check_cancel(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise TrainingCancelled("training was cancelled")
+
+    def iterate_minibatches(self, data: LabeledData, batch_size: int) -> Iterator[LabeledData]:
+        """Fixed-order minibatches over ``data`` moved to the device (for importance estimates)."""
+        for start in range(0, len(data), batch_size):
+            sl = slice(start, start + batch_size)
+            yield LabeledData(data.x[sl].to(self.device), data.y[sl].to(self.device), data.task[sl].to(self.device))
+
+
+class Strategy:
+    """Base class with no-op hooks. Subclasses override what they need and register themselves.
+
+    Hooks, in the order the trainer calls them for one experience:
+    ``training_data`` (joint adds stored data), ``before_experience``, then per step ``augment`` (replay
+    returns a new, larger batch) and ``penalty`` (EWC, LwF, MAS add a regulariser), then
+    ``after_experience`` (estimate importances, fill a buffer, fit a generator).
+    """
+
+    name: ClassVar[str] = ""
+    # Whether the strategy keeps samples of old tasks (refused when the client asks to discard data).
+    stores_data: ClassVar[bool] = False
+    # Whether it can add classes to one shared head. EWC, LwF, MAS and naive cannot: they keep one
+    # task's worth of classes in class-incremental learning (~20% on Split-MNIST).
+    adds_classes: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"strategy {self.name!r} has no parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}"
+            )
+        self.params: dict[str, Any] = {**self.defaults, **params}
+
+    def training_data(self, ctx: TrainContext, data: LabeledData) -> LabeledData:
+        return data
+
+    def before_experience(self, ctx: TrainContext) -> None:
+        return None
+
+    def augment(self, ctx: TrainContext, batch: Batch) -> Batch:
+        return batch
+
+    def penalty(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> Tensor:
+        return logits.new_zeros(())
+
+    def after_experience(self, ctx: TrainContext) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain data only."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+S = TypeVar("S", bound=type[Strategy])
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(cls: S) -> S:
+    """Class decorator: make a strategy available by its ``name``."""
+    if not cls.name or cls.name in STRATEGIES:
+        raise ValueError(f"strategy name {cls.name!r} is empty or taken")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def create_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
+    """Instantiate a registered strategy by name."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}")
+    return STRATEGIES[name](**dict(params or {}))

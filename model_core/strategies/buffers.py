@@ -1,0 +1,81 @@
+"""A class-balanced exemplar buffer with a per-class budget (and an optional total budget)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def herding_order(features: Tensor, n: int) -> Tensor:
+    """Indices of ``n`` samples whose running mean best tracks the class mean (Rebuffi et al. 2017).
+
+    features (N, D), L2-normalised inside; returns (min(n, N),) indices in selection order.
+    """
+    f = torch.nn.functional.normalize(features.float(), dim=1)
+    target = f.mean(0)
+    chosen: list[int] = []
+    running = torch.zeros_like(target)
+    available = torch.ones(len(f), dtype=torch.bool)
+    for k in range(1, min(n, len(f)) + 1):
+        # distance of the mean after adding each candidate to the class mean
+        dist = (target - (running + f) / k).norm(dim=1).masked_fill(~available, float("inf"))
+        i = int(dist.argmin())
+        chosen.append(i)
+        available[i] = False
+        running += f[i]
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+class ClassBalancedBuffer:
+    """Keeps at most ``per_class`` samples of every unit; with ``max_total`` the per-class share shrinks
+    as classes are added so that the buffer never holds more than ``max_total`` samples.
+
+    Each class's exemplars are stored in priority order (herding or random), so shrinking a class keeps
+    its best exemplars.
+    """
+
+    def __init__(self, per_class: int, max_total: int | None = None) -> None:
+        if per_class < 1 or (max_total is not None and max_total < 1):
+            raise ValueError("buffer budgets must be >= 1")
+        self.per_class = per_class
+        self.max_total = max_total
+        self.x: Tensor | None = None  # (M, *input_shape)
+        self.y: Tensor = torch.zeros(0, dtype=torch.long)  # (M,) output unit of each exemplar
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def counts(self) -> dict[int, int]:
+        units, counts = torch.unique(self.y, return_counts=True)
+        return {int(u): int(c) for u, c in zip(units, counts, strict=True)}
+
+    def budget(self, n_classes: int) -> int:
+        if self.max_total is None:
+            return self.per_class
+        return max(1, min(self.per_class, self.max_total // max(n_classes, 1)))
+
+    def add(self, x: Tensor, y: Tensor, generator: torch.Generator, features: Tensor | None = None) -> None:
+        """Offer samples. Classes new to the buffer keep their herding-ordered (with ``features``) or
+        random selection; a class already present keeps its old exemplars first."""
+        x, y = x.detach().cpu(), y.detach().cpu().long()
+        classes = sorted(set(self.y.tolist()) | set(y.tolist()))
+        per = self.budget(len(classes))
+        xs, ys = [], []
+        for c in classes:
+            old = self.x[self.y == c] if self.x is not None else x[:0]
+            idx = torch.nonzero(y == c).flatten()
+            if len(idx) and len(old) < per:
+                if features is not None:
+                    order = idx[herding_order(features[idx], per - len(old))]
+                else:
+                    order = idx[torch.randperm(len(idx), generator=generator)[: per - len(old)]]
+                old = torch.cat([old, x[order]])
+            xs.append(old[:per])
+            ys.append(torch.full((len(xs[-1]),), c, dtype=torch.long))
+        self.x, self.y = torch.cat(xs), torch.cat(ys)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` exemplars drawn uniformly with replacement (class-balanced, as the buffer is)."""
+        assert self.x is not None
+        idx = torch.randint(len(self), (n,), generator=generator)
+        return self.x[idx], self.y[idx]

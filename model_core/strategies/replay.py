@@ -1,0 +1,74 @@
+"""Experience replay from a class-balanced exemplar buffer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from model_core.strategies.base import Batch, Strategy, TrainContext, mix, register_strategy
+from model_core.strategies.buffers import ClassBalancedBuffer
+from model_core.strategies.lwf import distill_old_units
+
+
+def new_share(ctx: TrainContext) -> float:
+    """Share of the loss for the new data: its classes over all classes seen (van de Ven et al.)."""
+    n_exp = len(set(ctx.data.y.tolist()))
+    return n_exp / max(ctx.num_units, 1)
+
+
+@register_strategy
+class Replay(Strategy):
+    name = "replay"
+    stores_data = True
+    defaults: ClassVar[dict[str, Any]] = {
+        "per_class": 20,  # exemplars kept per class
+        "max_total": None,  # optional cap on the whole buffer; per-class share shrinks to fit
+        "selection": "herding",  # "herding" (iCaRL: exemplars whose mean tracks the class mean) or "random"
+        "replay_ratio": 1.0,  # replayed samples per new sample in each step
+        # Weight of distilling the previous model's old-unit outputs on every row, as iCaRL does; it
+        # keeps old classes' decision regions as the full-data model drew them, not as 20 exemplars do.
+        "distill_alpha": 1.0,
+        "temperature": 2.0,  # distillation temperature
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.params["selection"] not in ("herding", "random"):
+            raise ValueError("replay selection must be 'herding' or 'random'")
+
+        self.buffer = ClassBalancedBuffer(int(self.params["per_class"]), self.params["max_total"])
+
+    def augment(self, ctx: TrainContext, batch: Batch) -> Batch:
+        if len(self.buffer) == 0:
+            return batch
+        n = max(1, round(len(batch) * float(self.params["replay_ratio"])))
+        x, y = self.buffer.sample(n, ctx.cpu_rng)
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        return mix(batch, ctx.labelled_batch(x, y, ctx.unit_task[y]), new_share(ctx))
+
+    def penalty(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> Tensor:
+        alpha = float(self.params["distill_alpha"])
+        if alpha == 0 or ctx.previous is None:
+            return logits.new_zeros((), dtype=torch.float32)
+        return alpha * distill_old_units(ctx, batch.x, logits, float(self.params["temperature"]))
+
+    def after_experience(self, ctx: TrainContext) -> None:
+        features = None
+        if self.params["selection"] == "herding":
+            with torch.no_grad():
+                features = torch.cat(
+                    [ctx.model.forward_features(mb.x).float().cpu() for mb in ctx.iterate_minibatches(ctx.data, 512)]
+                )
+        self.buffer.add(ctx.data.x, ctx.data.y, ctx.cpu_rng, features)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.buffer.x is None:
+            return {}
+        return {"x": self.buffer.x, "y": self.buffer.y}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            self.buffer.x, self.buffer.y = state["x"], state["y"].long()

@@ -1,0 +1,128 @@
+"""The one training loop. Strategies plug in through their hooks; nothing here names a strategy."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model_core.config import Scenario, TrainConfig
+from model_core.networks.classifier import IncrementalClassifier
+from model_core.strategies.base import Batch, LabeledData, ProgressFn, Strategy, TrainContext
+
+REPORT_EVERY = 10  # optimiser steps between progress reports
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda when present, else cpu; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) for reproducible runs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def classification_loss(logits: Tensor, batch: Batch) -> Tensor:
+    """Weighted soft cross-entropy over each row's allowed units, T^2-scaled for distilled rows.
+
+    logits (B, U). Hard labels are one-hot targets with temperature 1, so for them
+    this is ordinary cross-entropy restricted to the row's units.
+    """
+    t, mask = batch.temperature[:, None], batch.mask
+    logp = F.log_softmax((logits.float() / t).masked_fill(~mask, float("-inf")), dim=1)
+    rows = -(batch.targets * logp.masked_fill(~mask, 0.0)).sum(dim=1) * batch.temperature**2
+    return (batch.weight * rows).sum()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    seconds: float
+    final_loss: float
+
+
+def train_experience(
+    model: IncrementalClassifier,
+    previous: IncrementalClassifier | None,
+    strategy: Strategy,
+    data: LabeledData,
+    unit_task: Tensor,
+    new_units: list[int],
+    scenario: Scenario,
+    config: TrainConfig,
+    progress: ProgressFn | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train ``model`` on one experience with ``strategy``; returns step count and timing."""
+    import time
+
+    start = time.perf_counter()
+    device = resolve_device(config.device)
+    model.to(device)
+    if previous is not None:
+        previous = copy.deepcopy(previous).to(device).eval().requires_grad_(False)
+    cpu_rng = torch.Generator().manual_seed(config.seed)
+    rng = torch.Generator(device=device).manual_seed(config.seed + 1)
+    ctx = TrainContext(
+        model=model,
+        previous=previous,
+        scenario=scenario,
+        config=config,
+        device=device,
+        data=data,
+        unit_task=unit_task.to(device),
+        new_units=new_units,
+        rng=rng,
+        cpu_rng=cpu_rng,
+        progress=progress,
+        should_cancel=should_cancel,
+    )
+    train_data = strategy.training_data(ctx, data)
+    strategy.before_experience(ctx)
+
+    n = len(train_data)
+    bs = min(config.batch_size, n)
+    per_epoch = math.ceil(n / bs)
+    total = config.iterations if config.iterations is not None else config.epochs * per_epoch
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    model.train()
+    order = torch.randperm(n, generator=cpu_rng)
+    cursor, last = 0, float("nan")
+    for step in range(1, total + 1):
+        if cursor + bs > n:  # new epoch: reshuffle; drop the ragged tail so batches stay full
+            order, cursor = torch.randperm(n, generator=cpu_rng), 0
+        idx = order[cursor : cursor + bs]
+        cursor += bs
+        batch = ctx.labelled_batch(
+            train_data.x[idx].to(device), train_data.y[idx].to(device), train_data.task[idx].to(device)
+        )
+        batch = strategy.augment(ctx, batch)
+        with ctx.autocast():
+            logits = model(batch.x)  # (B, U)
+        ce = classification_loss(logits, batch)
+        penalty = strategy.penalty(ctx, batch, logits)
+        loss = ce + penalty
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        last = float(loss.detach())
+        if step % REPORT_EVERY == 0 or step == total:
+            ctx.report(
+                "train", step, total, loss=last, classification=float(ce.detach()), penalty=float(penalty.detach())
+            )
+            ctx.check_cancel()
+    model.eval()
+    strategy.after_experience(ctx)
+    return TrainResult(total, time.perf_counter() - start, last)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from model_core.data import SplitBenchmark
+from model_core.export import PARITY_TOLERANCE, ExportError, export_onnx
+from model_core.learner import Learner
+from tests.conftest import FAST, digit_spec
+
+
+@pytest.mark.parametrize(("backbone", "scenario"), [("mlp", "class-incremental"), ("cnn", "task-incremental")])
+def test_onnx_matches_torch_with_a_dynamic_batch(backbone: str, scenario: str, digits: SplitBenchmark) -> None:
+    learner = Learner.create(digit_spec(scenario, backbone), seed=0)
+    for exp in digits.train[:2]:
+        learner.learn(exp, "naive", None, FAST)
+    result = export_onnx(learner, digits.test[0].x[:32])
+    assert result.max_abs_diff <= PARITY_TOLERANCE
+    session = ort.InferenceSession(result.onnx, providers=["CPUExecutionProvider"])
+    for n in (1, 7, 64):
+        x = digits.test[1].x[:n]
+        got = session.run(["logits"], {"input": x.numpy()})[0]
+        assert got.shape == (n, 4)
+        np.testing.assert_allclose(got, learner.logits(x, device="cpu").numpy(), atol=PARITY_TOLERANCE)
+    meta = {p.key: p.value for p in onnx.load_from_string(result.onnx).metadata_props}
+    assert json.loads(meta["engram.labels"]) == ["0", "1", "2", "3"]
+    assert [t["name"] for t in json.loads(meta["engram.tasks"])] == ["task1", "task2"]
+
+
+def test_export_refuses_a_model_without_classes() -> None:
+    with pytest.raises(ExportError, match="no classes"):
+        export_onnx(Learner.create(digit_spec()))
+
+
+def test_parity_check_catches_a_mismatch(digits: SplitBenchmark) -> None:
+    from model_core.export import parity
+
+    learner = Learner.create(digit_spec(), seed=0)
+    learner.learn(digits.train[0], "naive", None, FAST)
+    good = export_onnx(learner).onnx
+    with torch.no_grad():
+        learner.model.heads[0].bias.add_(1.0)  # type: ignore[operator]
+    assert parity(learner, good, digits.test[0].x) == pytest.approx(1.0, abs=1e-4)

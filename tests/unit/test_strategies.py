@@ -1,0 +1,274 @@
+"""Every registered strategy through the same checks, then each one's own behaviour."""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import replace
+
+import pytest
+import torch
+
+from model_core.config import TrainConfig
+from model_core.data import Experience, SplitBenchmark
+from model_core.learner import Learner
+from model_core.strategies import STRATEGIES, create_strategy
+from model_core.strategies.base import LabeledData, Progress, TrainContext
+from model_core.strategies.buffers import ClassBalancedBuffer, herding_order
+from model_core.trainer import seed_everything
+from tests.conftest import FAST, digit_spec
+
+# Keep the generator cheap in unit tests; its quality is tested in tests/integration.
+SMALL = {"generative_replay": {"generator_iterations": 20, "hidden": 32}}
+
+
+def two_tasks(learner: Learner, digits: SplitBenchmark, strategy: str, config: TrainConfig = FAST) -> Learner:
+    for exp in digits.train[:2]:
+        learner.learn(exp, strategy, SMALL.get(strategy), config)
+    return learner
+
+
+@pytest.mark.parametrize("scenario", ["class-incremental", "task-incremental"])
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_learns_saves_and_is_deterministic(name: str, scenario: str, digits: SplitBenchmark) -> None:
+    runs = [two_tasks(Learner.create(digit_spec(scenario), seed=3), digits, name) for _ in range(2)]
+    a, b = runs
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), f"{name}: {k} differs between two runs with the same seed"
+    assert a.labels == ["0", "1", "2", "3"]
+    # learned something: clearly above chance on the two tasks together (quality: tests/integration)
+    chance = 0.25 if scenario == "class-incremental" else 0.5
+    assert (a.accuracy(digits.test[0]) + a.accuracy(digits.test[1])) / 2 > chance + 0.15
+    # state is plain data: it survives torch.save / torch.load(weights_only=True)
+    buf = io.BytesIO()
+    torch.save(a.strategy_states, buf)
+    buf.seek(0)
+    restored = torch.load(buf, weights_only=True)
+    create_strategy(name, SMALL.get(name)).load_state_dict(restored[name])
+
+
+def test_unknown_strategy_and_parameter_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown strategy"):
+        create_strategy("si")
+    with pytest.raises(ValueError, match="no parameter"):
+        create_strategy("ewc", {"lambda": 1})
+
+
+def test_only_replay_and_joint_store_data() -> None:
+    assert {n for n, s in STRATEGIES.items() if s.stores_data} == {"replay", "joint"}
+    assert {n for n, s in STRATEGIES.items() if not s.adds_classes} == {"naive", "ewc", "lwf", "mas"}
+
+
+def make_ctx(learner: Learner, exp: Experience, previous: torch.nn.Module | None) -> TrainContext:
+    units = torch.tensor([learner.labels.index(c) for c in exp.classes])
+    data = LabeledData(exp.x, units[exp.y], torch.zeros(len(exp), dtype=torch.long))
+    return TrainContext(
+        model=learner.model, previous=previous, scenario=learner.scenario, config=FAST,  # type: ignore[arg-type]
+        device=torch.device("cpu"), data=data, unit_task=learner.unit_task(), new_units=[],
+        rng=torch.Generator().manual_seed(0), cpu_rng=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+
+
+# --- EWC -------------------------------------------------------------------------------------------
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_grows_with_distance(digits: SplitBenchmark) -> None:
+    learner = Learner.create(digit_spec(), seed=0)
+    learner.learn(digits.train[0], "ewc", {"mode": "online", "ewc_lambda": 1.0}, FAST)
+    ewc = create_strategy("ewc", {"mode": "online", "ewc_lambda": 1.0})
+    ewc.load_state_dict(learner.strategy_states["ewc"])
+    previous = copy.deepcopy(learner.model)
+    ctx = make_ctx(learner, digits.train[0], previous)
+    batch = ctx.labelled_batch(digits.train[0].x[:8], ctx.data.y[:8], ctx.data.task[:8])
+    logits = learner.model(batch.x)
+    assert float(ewc.penalty(ctx, batch, logits).detach()) == 0.0
+    values = []
+    for scale in (0.01, 0.1, 1.0):
+        moved = copy.deepcopy(previous)
+        with torch.no_grad():
+            for p in moved.parameters():
+                p.add_(scale)
+        ctx.model = moved  # type: ignore[assignment]
+        values.append(float(ewc.penalty(ctx, batch, logits).detach()))
+    assert 0 < values[0] < values[1] < values[2]
+    assert values[2] / values[1] == pytest.approx(100, rel=1e-3)  # quadratic in the distance
+
+
+@pytest.mark.parametrize("mode", ["separate", "online"])
+def test_ewc_with_lambda_zero_equals_naive(mode: str, digits: SplitBenchmark) -> None:
+    naive = two_tasks(Learner.create(digit_spec(), seed=1), digits, "naive")
+    ewc = Learner.create(digit_spec(), seed=1)
+    for exp in digits.train[:2]:
+        ewc.learn(exp, "ewc", {"ewc_lambda": 0.0, "mode": mode}, FAST)
+    for va, vb in zip(naive.model.state_dict().values(), ewc.model.state_dict().values(), strict=True):
+        assert torch.equal(va, vb)
+
+
+def test_ewc_fisher_is_nonnegative_and_online_keeps_one(digits: SplitBenchmark) -> None:
+    learner = two_tasks(Learner.create(digit_spec(), seed=0), digits, "ewc")
+    state = learner.strategy_states["ewc"]
+    assert len(state["fishers"]) == 2 and len(state["anchors"]) == 2
+    assert all(bool((f >= 0).all()) for fisher in state["fishers"] for f in fisher.values())
+    online = Learner.create(digit_spec(), seed=0)
+    for exp in digits.train[:3]:
+        online.learn(exp, "ewc", {"mode": "online"}, FAST)
+    assert len(online.strategy_states["ewc"]["fishers"]) == 1
+    assert online.strategy_states["ewc"]["anchors"] == []
+    assert {k for k in online.strategy_states["ewc"]["fishers"][0] if k.startswith("heads.")} == {
+        f"heads.{i}.{p}" for i in range(3) for p in ("weight", "bias")
+    }  # every head block, the newest included
+
+
+def test_ewc_empirical_fisher_differs_from_true(digits: SplitBenchmark) -> None:
+    fishers = []
+    for kind in ("true", "empirical"):
+        learner = Learner.create(digit_spec(), seed=0)
+        learner.learn(digits.train[1], "ewc", {"fisher": kind}, FAST)
+        fishers.append(learner.strategy_states["ewc"]["fishers"][0]["heads.0.weight"])
+    assert not torch.equal(*fishers)
+
+
+def test_ewc_refuses_to_switch_mode_on_existing_state(digits: SplitBenchmark) -> None:
+    learner = Learner.create(digit_spec(), seed=0)
+    learner.learn(digits.train[0], "ewc", {"mode": "separate"}, FAST)
+    with pytest.raises(ValueError, match="separate"):
+        learner.learn(digits.train[1], "ewc", {"mode": "online"}, FAST)
+
+
+# --- LwF -------------------------------------------------------------------------------------------
+
+
+def test_lwf_penalty_is_zero_first_and_positive_after(digits: SplitBenchmark) -> None:
+    seen: list[float] = []
+    learner = Learner.create(digit_spec(), seed=0)
+
+    def record(p: Progress) -> None:
+        seen.append(p.losses["penalty"])
+
+    learner.learn(digits.train[0], "lwf", None, FAST, progress=record)
+    first = list(seen)
+    seen.clear()
+    learner.learn(digits.train[1], "lwf", None, FAST, progress=record)
+    assert first and all(v == 0.0 for v in first)
+    assert seen and all(v > 0.0 for v in seen)
+
+
+# --- MAS -------------------------------------------------------------------------------------------
+
+
+def test_mas_importances_are_nonnegative_and_informative(digits: SplitBenchmark) -> None:
+    learner = two_tasks(Learner.create(digit_spec(), seed=0), digits, "mas")
+    omega = learner.strategy_states["mas"]["importance"]
+    assert all(bool((o >= 0).all()) for o in omega.values())
+    assert sum(float(o.sum()) for o in omega.values()) > 0
+    assert omega["heads.0.weight"].shape == omega["heads.1.weight"].shape == (2, 256)
+
+
+# --- replay and its buffer -------------------------------------------------------------------------
+
+
+def test_buffer_respects_per_class_budget_and_balance() -> None:
+    buf = ClassBalancedBuffer(per_class=5)
+    g = torch.Generator().manual_seed(0)
+    buf.add(torch.rand(40, 3), torch.tensor([0] * 30 + [1] * 10), g)
+    assert buf.counts() == {0: 5, 1: 5}
+    buf.add(torch.rand(9, 3), torch.tensor([2] * 3 + [3] * 6), g)
+    assert buf.counts() == {0: 5, 1: 5, 2: 3, 3: 5}
+
+
+def test_buffer_total_budget_shrinks_each_class_and_keeps_the_first_chosen() -> None:
+    buf = ClassBalancedBuffer(per_class=50, max_total=20)
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(60, dtype=torch.float32)[:, None]
+    buf.add(x[:40], torch.tensor([0] * 20 + [1] * 20), g)
+    assert buf.counts() == {0: 10, 1: 10}
+    kept_0 = buf.x[buf.y == 0][:5].clone()  # type: ignore[index]
+    buf.add(x[40:], torch.tensor([2] * 10 + [3] * 10), g)
+    assert buf.counts() == {0: 5, 1: 5, 2: 5, 3: 5}
+    assert torch.equal(buf.x[buf.y == 0], kept_0)  # type: ignore[index]
+
+
+def test_herding_picks_the_sample_nearest_the_mean_first() -> None:
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    assert herding_order(f, 3).tolist()[0] == 2
+    assert sorted(herding_order(f, 3).tolist()) == [0, 1, 2]
+
+
+def test_replay_buffer_holds_its_budget_after_learning(digits: SplitBenchmark) -> None:
+    learner = two_tasks(Learner.create(digit_spec(), seed=0), digits, "replay")
+    y = learner.strategy_states["replay"]["y"]
+    assert torch.bincount(y).tolist() == [20, 20, 20, 20]
+
+
+# --- generative replay -----------------------------------------------------------------------------
+
+
+def test_generative_replay_keeps_no_samples(digits: SplitBenchmark) -> None:
+    learner = two_tasks(Learner.create(digit_spec(), seed=0), digits, "generative_replay")
+    state = learner.strategy_states["generative_replay"]
+    assert set(state) == {"arch", "input", "n_classes", "known_units", "weights"}
+    assert state["known_units"] == [0, 1, 2, 3]
+    gen = create_strategy("generative_replay")
+    gen.load_state_dict(state)
+    samples = gen.generator.sample(torch.tensor([0, 3]))  # type: ignore[union-attr]
+    assert samples.shape == (2, 1, 8, 8) and float(samples.min()) >= 0 and float(samples.max()) <= 1
+
+
+def test_generative_replay_on_vectors_uses_gaussian_likelihood(digits: SplitBenchmark) -> None:
+    from model_core.config import InputSpec, NetworkSpec
+
+    spec = NetworkSpec(InputSpec("vector", dim=64), hidden=(32,))
+    learner = Learner.create(spec, seed=0)
+    for exp in digits.train[:2]:
+        flat = Experience(exp.task, exp.x.reshape(len(exp), -1) * 16 - 8, exp.y, exp.classes)  # not in [0, 1]
+        learner.learn(flat, "generative_replay", SMALL["generative_replay"], FAST)
+    weights = learner.strategy_states["generative_replay"]["weights"]
+    assert float(weights["x_mean"].abs().sum()) > 0  # standardisation was fitted
+
+
+# --- the trainer's hooks ---------------------------------------------------------------------------
+
+
+def test_progress_reports_and_cancel_stops_training(digits: SplitBenchmark) -> None:
+    from model_core.strategies.base import TrainingCancelled
+
+    reports: list[Progress] = []
+    learner = Learner.create(digit_spec(), seed=0)
+    learner.learn(digits.train[0], "naive", None, FAST, progress=reports.append)
+    assert [r.step for r in reports] == [10, 20, 30]
+    with pytest.raises(TrainingCancelled):
+        Learner.create(digit_spec(), seed=0).learn(digits.train[0], "naive", None, FAST, should_cancel=lambda: True)
+
+
+def test_wrong_input_shape_is_refused(digits: SplitBenchmark) -> None:
+    exp = digits.train[0]
+    bad = Experience(exp.task, exp.x.reshape(len(exp), 64), exp.y, exp.classes)
+    with pytest.raises(ValueError, match="shape"):
+        Learner.create(digit_spec()).learn(bad, "naive", None, FAST)
+
+
+def test_task_incremental_predicts_within_the_given_task(digits: SplitBenchmark) -> None:
+    learner = two_tasks(Learner.create(digit_spec("task-incremental"), seed=0), digits, "naive")
+    predicted = set(learner.predict(digits.test[0].x, task="task1"))
+    assert predicted <= {"0", "1"}
+    with pytest.raises(ValueError, match="needs the task"):
+        learner.predict(digits.test[0].x)
+    with pytest.raises(KeyError, match="unknown task"):
+        learner.predict(digits.test[0].x, task="nope")
+
+
+def test_class_incremental_more_data_for_a_known_class_adds_no_unit(digits: SplitBenchmark) -> None:
+    learner = Learner.create(digit_spec(), seed=0)
+    learner.learn(digits.train[0], "naive", None, FAST)
+    again = replace(digits.train[0], task="task1-more")
+    result = learner.learn(again, "naive", None, FAST)
+    assert result.new_labels == [] and learner.model.num_units == 2
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_with_mixed_precision(digits: SplitBenchmark) -> None:
+    seed_everything(0)
+    learner = Learner.create(digit_spec(), seed=0)
+    for exp in digits.train[:2]:
+        learner.learn(exp, "generative_replay", SMALL["generative_replay"], replace(FAST, device="cuda", amp=True))
+    assert learner.accuracy(digits.test[1], device="cuda") > 0.6
