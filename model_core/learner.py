@@ -14,7 +14,7 @@ from model_core.config import NetworkSpec, Scenario, TrainConfig
 from model_core.data import Experience
 from model_core.networks.classifier import IncrementalClassifier, create_network
 from model_core.strategies import create_strategy
-from model_core.strategies.base import LabeledData, ProgressFn
+from model_core.strategies.base import LabeledData, ProgressFn, Strategy
 from model_core.trainer import TrainResult, resolve_device, train_experience
 
 
@@ -50,8 +50,10 @@ class Learner:
 
     @classmethod
     def create(cls, spec: NetworkSpec, seed: int = 0) -> Learner:
-        torch.manual_seed(seed)
-        return cls(spec, create_network(spec))
+        """A learner with no classes yet; ``seed`` fixes the backbone's initial weights."""
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG alone
+            torch.manual_seed(seed)
+            return cls(spec, create_network(spec))
 
     @property
     def scenario(self) -> Scenario:
@@ -120,13 +122,34 @@ class Learner:
         progress: ProgressFn | None = None,
         should_cancel: Callable[[], bool] | None = None,
     ) -> LearnResult:
-        """Learn one experience in place. On an exception the learner may be half-updated: work on a copy."""
+        """Learn one experience in place.
+
+        All or nothing: if training raises (a cancel, a bad parameter, an out-of-memory), the learner is
+        restored to what it was before the call.
+        """
         config = config or TrainConfig()
         self._check_input(exp.x)
         strat = create_strategy(strategy, params)
         if strategy in self.strategy_states:
             strat.load_state_dict(self.strategy_states[strategy])
-        previous = copy.deepcopy(self.model) if self.model.num_units > 0 else None
+        snapshot = (copy.deepcopy(self.model), list(self.labels), copy.deepcopy(self.tasks))
+        try:
+            return self._learn(exp, strategy, strat, snapshot[0], config, progress, should_cancel)
+        except BaseException:
+            self.model, self.labels, self.tasks = snapshot
+            raise
+
+    def _learn(
+        self,
+        exp: Experience,
+        name: str,
+        strat: Strategy,
+        before: IncrementalClassifier,
+        config: TrainConfig,
+        progress: ProgressFn | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> LearnResult:
+        previous = before if before.num_units > 0 else None
         units, new_labels = self._assign_units(exp)
         n_new = len(self.labels) - self.model.num_units
         if n_new:
@@ -150,9 +173,9 @@ class Learner:
             progress,
             should_cancel,
         )
-        self.strategy_states[strategy] = strat.state_dict()
         self.model.to("cpu")
-        return LearnResult(strategy, dict(strat.params), new_labels, result)
+        self.strategy_states[name] = strat.state_dict()
+        return LearnResult(name, dict(strat.params), new_labels, result)
 
     @torch.no_grad()
     def logits(self, x: Tensor, batch_size: int = 512, device: str = "auto") -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,10 +66,13 @@ def train_experience(
     progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on one experience with ``strategy``; returns step count and timing."""
-    import time
+    """Train ``model`` on one experience with ``strategy``; returns step count and timing.
 
+    Seeds the global RNGs with ``config.seed`` too, for the randomness that takes no generator argument
+    (a VAE's reparameterisation noise), so one experience with one seed always trains the same way.
+    """
     start = time.perf_counter()
+    seed_everything(config.seed)
     device = resolve_device(config.device)
     model.to(device)
     if previous is not None:

@@ -7,6 +7,7 @@ state is plain tensors and JSON-able data, so a checkpoint loads with ``torch.lo
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -109,6 +110,12 @@ class TrainContext:
     @property
     def num_units(self) -> int:
         return int(self.unit_task.shape[0])
+
+    @functools.cached_property
+    def new_share(self) -> float:
+        """Share of the loss for this experience's data when replay is mixed in: its classes over all
+        classes seen (van de Ven et al. 2020), so every class weighs the same."""
+        return len(torch.unique(self.data.y)) / max(self.num_units, 1)
 
     @property
     def old_units(self) -> list[int]:

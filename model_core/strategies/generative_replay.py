@@ -23,8 +23,6 @@ from model_core.config import InputSpec
 from model_core.networks.generators import ConditionalVAE
 from model_core.strategies.base import Batch, Strategy, TrainContext, mix, register_strategy
 from model_core.strategies.importance import masked_log_softmax
-from model_core.strategies.lwf import distill_old_units
-from model_core.strategies.replay import new_share
 
 ARCH_KEYS = ("latent_dim", "hidden")
 
@@ -42,7 +40,6 @@ class GenerativeReplay(Strategy):
         "generator_lr": 1e-3,
         "temperature": 2.0,  # distillation temperature of the replayed soft targets
         "sample_temperature": 1.0,  # std of the latent prior when sampling (<1 gives cleaner samples)
-        "distill_alpha": 0.0,  # extra distillation of the previous model's old units on every row
     }
 
     def __init__(self, **params: Any) -> None:
@@ -86,13 +83,7 @@ class GenerativeReplay(Strategy):
         targets[:, :n_old] = soft
         ones = torch.ones(len(x), device=ctx.device)
         replayed = Batch(x, targets, task, ones / len(x), ones * t, mask)
-        return mix(batch, replayed, new_share(ctx))
-
-    def penalty(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> Tensor:
-        alpha = float(self.params["distill_alpha"])
-        if alpha == 0 or ctx.previous is None:
-            return logits.new_zeros((), dtype=torch.float32)
-        return alpha * distill_old_units(ctx, batch.x, logits, float(self.params["temperature"]))
+        return mix(batch, replayed, ctx.new_share)
 
     def after_experience(self, ctx: TrainContext) -> None:
         gen = self.generator
@@ -102,7 +93,7 @@ class GenerativeReplay(Strategy):
         opt = torch.optim.Adam(gen.parameters(), lr=float(self.params["generator_lr"]), foreach=True)
         data = ctx.data
         bs = min(int(self.params["generator_batch"]), len(data))
-        share = new_share(ctx)
+        share = ctx.new_share
         total = int(self.params["generator_iterations"])
         for step in range(1, total + 1):
             idx = torch.randint(len(data), (bs,), generator=ctx.cpu_rng)

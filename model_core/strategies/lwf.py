@@ -26,15 +26,19 @@ def distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor
     )
 
 
-def distill_old_units(ctx: TrainContext, x: Tensor, logits: Tensor, temperature: float) -> Tensor:
-    """Distillation of the previous model on ``x`` over each group of old units; 0 with no previous model."""
-    assert ctx.previous is not None
+def distill_old_units(ctx: TrainContext, x: Tensor, logits: Tensor, alpha: float, temperature: float) -> Tensor:
+    """alpha * distillation of the previous model on ``x`` over each group of old units.
+
+    0 when ``alpha`` is 0 or there is no previous model (the first experience).
+    """
+    if alpha == 0 or ctx.previous is None:
+        return logits.new_zeros((), dtype=torch.float32)
     with torch.no_grad(), ctx.autocast():
         teacher = ctx.previous(x).float()  # (B, U_old)
     total = torch.zeros((), device=ctx.device)
     for units in ctx.old_unit_groups():
         total = total + distillation(logits.float()[:, units], teacher[:, units], temperature)
-    return total
+    return alpha * total
 
 
 @register_strategy
@@ -47,6 +51,5 @@ class LwF(Strategy):
     }
 
     def penalty(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> Tensor:
-        if ctx.previous is None:
-            return logits.new_zeros((), dtype=torch.float32)
-        return float(self.params["alpha"]) * distill_old_units(ctx, batch.x, logits, float(self.params["temperature"]))
+        alpha, temperature = float(self.params["alpha"]), float(self.params["temperature"])
+        return distill_old_units(ctx, batch.x, logits, alpha, temperature)

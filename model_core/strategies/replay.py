@@ -13,12 +13,6 @@ from model_core.strategies.buffers import ClassBalancedBuffer
 from model_core.strategies.lwf import distill_old_units
 
 
-def new_share(ctx: TrainContext) -> float:
-    """Share of the loss for the new data: its classes over all classes seen (van de Ven et al.)."""
-    n_exp = len(set(ctx.data.y.tolist()))
-    return n_exp / max(ctx.num_units, 1)
-
-
 @register_strategy
 class Replay(Strategy):
     name = "replay"
@@ -47,13 +41,11 @@ class Replay(Strategy):
         n = max(1, round(len(batch) * float(self.params["replay_ratio"])))
         x, y = self.buffer.sample(n, ctx.cpu_rng)
         x, y = x.to(ctx.device), y.to(ctx.device)
-        return mix(batch, ctx.labelled_batch(x, y, ctx.unit_task[y]), new_share(ctx))
+        return mix(batch, ctx.labelled_batch(x, y, ctx.unit_task[y]), ctx.new_share)
 
     def penalty(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> Tensor:
-        alpha = float(self.params["distill_alpha"])
-        if alpha == 0 or ctx.previous is None:
-            return logits.new_zeros((), dtype=torch.float32)
-        return alpha * distill_old_units(ctx, batch.x, logits, float(self.params["temperature"]))
+        alpha, temperature = float(self.params["distill_alpha"]), float(self.params["temperature"])
+        return distill_old_units(ctx, batch.x, logits, alpha, temperature)
 
     def after_experience(self, ctx: TrainContext) -> None:
         features = None

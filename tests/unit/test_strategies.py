@@ -272,3 +272,20 @@ def test_training_on_cuda_with_mixed_precision(digits: SplitBenchmark) -> None:
     for exp in digits.train[:2]:
         learner.learn(exp, "generative_replay", SMALL["generative_replay"], replace(FAST, device="cuda", amp=True))
     assert learner.accuracy(digits.test[1], device="cuda") > 0.6
+
+
+@pytest.mark.parametrize("strategy", ["generative_replay", "ewc"])
+def test_a_cancelled_learn_leaves_the_learner_as_it_was(strategy: str, digits: SplitBenchmark) -> None:
+    from model_core.strategies.base import TrainingCancelled
+
+    learner = Learner.create(digit_spec(), seed=0)
+    learner.learn(digits.train[0], strategy, SMALL.get(strategy), FAST)
+    x = digits.test[0].x
+    before, state = learner.logits(x, device="cpu"), learner.strategy_states[strategy]
+    with pytest.raises(TrainingCancelled):
+        learner.learn(digits.train[1], strategy, SMALL.get(strategy), FAST, should_cancel=lambda: True)
+    assert learner.labels == ["0", "1"] and learner.task_names == ["task1"]
+    assert torch.equal(learner.logits(x, device="cpu"), before)
+    assert learner.strategy_states[strategy] is state
+    learner.learn(digits.train[1], strategy, SMALL.get(strategy), FAST)  # and it still learns
+    assert learner.labels == ["0", "1", "2", "3"]
