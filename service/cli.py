@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import subprocess
 import sys
+import threading
 from pathlib import Path
+
+from service.settings import Settings
+
+log = logging.getLogger("engram")
 
 
 def _strategies(_: argparse.Namespace) -> int:
-    from model_core.strategies import STRATEGIES
+    from model_core.strategy_specs import SPECS
 
-    for name, cls in sorted(STRATEGIES.items()):
+    for name, spec in sorted(SPECS.items()):
         notes = []
-        if cls.stores_data:
+        if spec.stores_data:
             notes.append("keeps training samples")
-        if not cls.adds_classes:
+        if not spec.adds_classes:
             notes.append("cannot add classes to one head (class-incremental)")
-        print(f"{name}: {json.dumps(cls.defaults)}" + (f"  [{'; '.join(notes)}]" if notes else ""))
+        print(
+            f"{name}: {spec.summary}; parameters {json.dumps(spec.defaults)}"
+            + (f"  [{'; '.join(notes)}]" if notes else "")
+        )
     return 0
 
 
@@ -41,9 +52,120 @@ def _benchmark(args: argparse.Namespace) -> int:
     return bench_main(args.rest)
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "insecure", False):
+        overrides["insecure"] = True
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The worker process reads the same settings from its environment."""
+    env = dict(os.environ)
+    env["ENGRAM_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["ENGRAM_DATABASE_URL"] = settings.db_url
+    env["ENGRAM_ARTIFACTS_DIR"] = str(settings.artifacts_path)
+    env["ENGRAM_DEVICE"] = settings.device
+    return env
+
+
+class WorkerSupervisor:
+    """Runs ``engram worker`` as a child process (a fresh interpreter: never forked from a process that
+    touched CUDA) and starts it again if it dies, until stopped."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self.thread.start()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.worker"], env=self.env)
+        log.info("started worker process %d", self.proc.pid)
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            if self.proc is not None and self.proc.poll() is not None:
+                log.warning("worker process %d exited with %s; starting a new one", self.proc.pid, self.proc.returncode)
+                self._spawn()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.migrations import upgrade
+
+    settings = _settings(args)
+    if not settings.keys() and not settings.insecure:
+        print("engram: no API keys configured. Set ENGRAM_API_KEYS='admin:KEY,learn:KEY,predict:KEY' "
+              "or pass --insecure to run without authentication.", file=sys.stderr)  # fmt: skip
+        return 2
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    supervisor = WorkerSupervisor(_child_env(settings)) if settings.embedded_worker and not args.no_worker else None
+    if supervisor is not None:
+        supervisor.start()
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service.migrations import upgrade
+    from service.worker import run_worker
+
+    settings = _settings(args)
+    upgrade(settings.db_url)
+    run_worker(settings)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from service.migrations import upgrade
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    print(f"database at {settings.db_url.split('@')[-1]} is at the newest schema")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     parser = argparse.ArgumentParser(prog="engram", description="Engram: an incremental-classifier service.")
     sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the API with a local worker (SQLite and artifacts in --data-dir)")
+    serve.add_argument("--data-dir", help="where the database and artifacts live (default ./engram-data)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--insecure", action="store_true", help="allow running with no API keys")
+    serve.add_argument("--no-worker", action="store_true", help="do not start a local worker process")
+    serve.set_defaults(func=_serve)
+    worker = sub.add_parser("worker", help="run a training worker in the foreground")
+    worker.add_argument("--data-dir")
+    worker.set_defaults(func=_worker)
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument("--data-dir")
+    migrate.set_defaults(func=_migrate)
     sub.add_parser("strategies", help="list the learning strategies and their parameters").set_defaults(
         func=_strategies
     )

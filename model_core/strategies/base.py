@@ -10,13 +10,14 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import Tensor
 
 from model_core.config import Scenario, TrainConfig
 from model_core.networks.classifier import IncrementalClassifier
+from model_core.strategy_specs import StrategySpec
 
 ProgressFn = Callable[["Progress"], None]
 
@@ -179,21 +180,14 @@ class Strategy:
     ``after_experience`` (estimate importances, fill a buffer, fit a generator).
     """
 
-    name: ClassVar[str] = ""
-    # Whether the strategy keeps samples of old tasks (refused when the client asks to discard data).
-    stores_data: ClassVar[bool] = False
-    # Whether it can add classes to one shared head. EWC, LwF, MAS and naive cannot: they keep one
-    # task's worth of classes in class-incremental learning (~20% on Split-MNIST).
-    adds_classes: ClassVar[bool] = True
-    defaults: ClassVar[dict[str, Any]] = {}
+    spec: ClassVar[StrategySpec]  # name, flags and parameter defaults (model_core.strategy_specs)
 
     def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise ValueError(
-                f"strategy {self.name!r} has no parameter(s) {sorted(unknown)}; known: {sorted(self.defaults)}"
-            )
-        self.params: dict[str, Any] = {**self.defaults, **params}
+        self.params: dict[str, Any] = self.spec.check_params(params)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     def training_data(self, ctx: TrainContext, data: LabeledData) -> LabeledData:
         return data
@@ -223,10 +217,11 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 
 
 def register_strategy(cls: S) -> S:
-    """Class decorator: make a strategy available by its ``name``."""
-    if not cls.name or cls.name in STRATEGIES:
-        raise ValueError(f"strategy name {cls.name!r} is empty or taken")
-    STRATEGIES[cls.name] = cls
+    """Class decorator: make a strategy available by its spec's name."""
+    name = cast(type[Strategy], cls).spec.name
+    if name in STRATEGIES:
+        raise ValueError(f"strategy name {name!r} is taken")
+    STRATEGIES[name] = cls
     return cls
 
 

@@ -14,7 +14,7 @@ scales the log-posterior exactly and values are comparable with the papers and A
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,22 +27,12 @@ from model_core.strategies.importance import (
     quadratic_penalty,
     subsample,
 )
+from model_core.strategy_specs import SPECS
 
 
 @register_strategy
 class EWC(Strategy):
-    name = "ewc"
-    adds_classes = False
-    defaults: ClassVar[dict[str, Any]] = {
-        # Strength of the penalty. It is large because the true Fisher of a confident network is tiny
-        # (~1e-8 per weight after an easy task such as 0-vs-1 digits); on Split-Digits task-IL, 1e8
-        # gave 0.969 and 1e9 0.974 average accuracy, while 1e5 left the first task unprotected (0.933).
-        "ewc_lambda": 1e9,
-        "mode": "separate",  # "separate" or "online"
-        "decay": 1.0,  # online only: how much of the old Fisher survives each experience (gamma)
-        "fisher": "true",  # "true" (labels sampled from the model) or "empirical" (data labels)
-        "fisher_samples": 500,  # samples of the experience used to estimate the Fisher
-    }
+    spec = SPECS["ewc"]
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

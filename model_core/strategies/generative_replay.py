@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,24 +23,14 @@ from model_core.config import InputSpec
 from model_core.networks.generators import ConditionalVAE
 from model_core.strategies.base import Batch, Strategy, TrainContext, mix, register_strategy
 from model_core.strategies.importance import masked_log_softmax
+from model_core.strategy_specs import SPECS
 
 ARCH_KEYS = ("latent_dim", "hidden")
 
 
 @register_strategy
 class GenerativeReplay(Strategy):
-    name = "generative_replay"
-    defaults: ClassVar[dict[str, Any]] = {
-        "latent_dim": 32,  # VAE latent size
-        "hidden": 256,  # VAE hidden width (two layers each side)
-        # Generator optimiser steps per experience: the generator's fit is what replay quality rests
-        # on. In a Split-Digits sweep (3 seeds, class-IL) 800 steps gave 0.940 and 500 gave 0.924.
-        "generator_iterations": 800,
-        "generator_batch": 64,  # new-data samples per generator step (replay adds as many)
-        "generator_lr": 1e-3,
-        "temperature": 2.0,  # distillation temperature of the replayed soft targets
-        "sample_temperature": 1.0,  # std of the latent prior when sampling (<1 gives cleaner samples)
-    }
+    spec = SPECS["generative_replay"]
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

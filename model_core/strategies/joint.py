@@ -8,12 +8,12 @@ from typing import Any
 import torch
 
 from model_core.strategies.base import LabeledData, Strategy, TrainContext, register_strategy
+from model_core.strategy_specs import SPECS
 
 
 @register_strategy
 class Joint(Strategy):
-    name = "joint"
-    stores_data = True
+    spec = SPECS["joint"]
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

@@ -7,13 +7,12 @@ The teacher is the parent version's network; on the first experience there is no
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from model_core.strategies.base import Batch, Strategy, TrainContext, register_strategy
+from model_core.strategy_specs import SPECS
 
 
 def distillation(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -43,12 +42,7 @@ def distill_old_units(ctx: TrainContext, x: Tensor, logits: Tensor, alpha: float
 
 @register_strategy
 class LwF(Strategy):
-    name = "lwf"
-    adds_classes = False
-    defaults: ClassVar[dict[str, Any]] = {
-        "alpha": 1.0,  # weight of the distillation term
-        "temperature": 2.0,  # softening temperature T
-    }
+    spec = SPECS["lwf"]
 
     def penalty(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> Tensor:
         alpha, temperature = float(self.params["alpha"]), float(self.params["temperature"])

@@ -6,23 +6,19 @@ anchored at the parent version's weights; importances of successive experiences 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from model_core.strategies.base import Batch, Strategy, TrainContext, register_strategy
 from model_core.strategies.importance import per_sample_importance, previous_params, quadratic_penalty, subsample
+from model_core.strategy_specs import SPECS
 
 
 @register_strategy
 class MAS(Strategy):
-    name = "mas"
-    adds_classes = False
-    defaults: ClassVar[dict[str, Any]] = {
-        "mas_lambda": 1.0,  # strength of the penalty
-        "importance_samples": 500,  # samples of the experience used to estimate Omega
-    }
+    spec = SPECS["mas"]
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

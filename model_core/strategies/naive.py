@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from model_core.strategies.base import Strategy, register_strategy
+from model_core.strategy_specs import SPECS
 
 
 @register_strategy
 class Naive(Strategy):
-    name = "naive"
-    adds_classes = False
+    spec = SPECS["naive"]

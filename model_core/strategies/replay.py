@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,22 +11,12 @@ from torch import Tensor
 from model_core.strategies.base import Batch, Strategy, TrainContext, mix, register_strategy
 from model_core.strategies.buffers import ClassBalancedBuffer
 from model_core.strategies.lwf import distill_old_units
+from model_core.strategy_specs import SPECS
 
 
 @register_strategy
 class Replay(Strategy):
-    name = "replay"
-    stores_data = True
-    defaults: ClassVar[dict[str, Any]] = {
-        "per_class": 20,  # exemplars kept per class
-        "max_total": None,  # optional cap on the whole buffer; per-class share shrinks to fit
-        "selection": "herding",  # "herding" (iCaRL: exemplars whose mean tracks the class mean) or "random"
-        "replay_ratio": 1.0,  # replayed samples per new sample in each step
-        # Weight of distilling the previous model's old-unit outputs on every row, as iCaRL does; it
-        # keeps old classes' decision regions as the full-data model drew them, not as 20 exemplars do.
-        "distill_alpha": 1.0,
-        "temperature": 2.0,  # distillation temperature
-    }
+    spec = SPECS["replay"]
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

@@ -54,9 +54,21 @@ def test_unknown_strategy_and_parameter_are_refused() -> None:
         create_strategy("ewc", {"lambda": 1})
 
 
-def test_only_replay_and_joint_store_data() -> None:
-    assert {n for n, s in STRATEGIES.items() if s.stores_data} == {"replay", "joint"}
-    assert {n for n, s in STRATEGIES.items() if not s.adds_classes} == {"naive", "ewc", "lwf", "mas"}
+def test_specs_describe_every_registered_strategy() -> None:
+    from model_core.strategy_specs import SPECS
+
+    assert set(SPECS) == set(STRATEGIES)
+    assert all(cls.spec is SPECS[name] for name, cls in STRATEGIES.items())
+    assert {n for n, s in SPECS.items() if s.stores_data} == {"replay", "joint"}
+    assert {n for n, s in SPECS.items() if not s.adds_classes} == {"naive", "ewc", "lwf", "mas"}
+
+
+def test_strategy_specs_do_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, model_core.strategy_specs, service.preprocess; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def make_ctx(learner: Learner, exp: Experience, previous: torch.nn.Module | None) -> TrainContext:

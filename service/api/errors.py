@@ -1,0 +1,72 @@
+"""The one map from exceptions to RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pydantic
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from service.application import Invalid
+from service.auth import AuthError
+from service.preprocess import InputError
+from service.registry import Conflict, NotFound
+
+log = logging.getLogger("engram.api")
+PROBLEM = "application/problem+json"
+TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+          409: "Conflict", 413: "Request body too large", 415: "Unsupported media type", 422: "Unprocessable input",
+          500: "Internal error", 503: "Unavailable"}  # fmt: skip
+
+
+def problem(
+    request: Request[Any, Any, Any], status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response[Any]:
+    body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": detail,
+            "instance": request.url.path, **extra}  # fmt: skip
+    return Response(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _auth(request: Request[Any, Any, Any], exc: AuthError) -> Response[Any]:
+    headers = {"WWW-Authenticate": 'Bearer realm="engram"'} if exc.status == 401 else None
+    return problem(request, exc.status, exc.detail, headers)
+
+
+def _input(request: Request[Any, Any, Any], exc: InputError) -> Response[Any]:
+    return problem(request, 422, str(exc), field=exc.field, index=exc.index, reason=exc.reason)
+
+
+def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    where = "; ".join(f"{e.get('key', '?')}: {e.get('message', '')}" for e in errors if isinstance(e, dict))
+    return problem(request, 422, where or str(exc.detail), errors=errors)
+
+
+def _pydantic(request: Request[Any, Any, Any], exc: pydantic.ValidationError) -> Response[Any]:
+    errors = [{"key": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    return problem(request, 422, "; ".join(f"{e['key']}: {e['message']}" for e in errors), errors=errors)
+
+
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    return problem(request, exc.status_code, str(exc.detail), exc.headers)
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(request, 500, "the server failed to handle this request; see its log")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    AuthError: _auth,
+    NotFound: lambda r, e: problem(r, 404, str(e)),
+    Conflict: lambda r, e: problem(r, 409, str(e)),
+    Invalid: lambda r, e: problem(r, 422, str(e)),
+    InputError: _input,
+    ValidationException: _validation,
+    pydantic.ValidationError: _pydantic,
+    HTTPException: _http,
+    Exception: _internal,
+}

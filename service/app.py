@@ -1,0 +1,79 @@
+"""create_app(settings) -> Litestar. Settings are passed in, never read from a global."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from litestar import Litestar, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from service.api.errors import EXCEPTION_HANDLERS
+from service.api.routes import ROUTES
+from service.application import EngramService
+from service.auth import KeyRing
+from service.db import make_engine, make_sessionmaker
+from service.inference import ServingState
+from service.settings import Settings
+from service.storage import ArtifactStore
+
+log = logging.getLogger("engram.app")
+
+
+async def _background(app: Litestar) -> None:
+    """Follow active versions moved by workers or other replicas, and fail jobs whose worker died."""
+    service: EngramService = app.state.service
+    settings: Settings = app.state.settings
+    ticks = 0
+    while True:
+        try:
+            await anyio.to_thread.run_sync(service.sync_serving)
+            if ticks % max(1, round(2.0 / settings.serving_poll_seconds)) == 0:
+                await anyio.to_thread.run_sync(service.reap)
+        except Exception:
+            log.exception("background sync failed; retrying")
+        ticks += 1
+        await asyncio.sleep(settings.serving_poll_seconds)
+
+
+def create_app(settings: Settings) -> Litestar:
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    serving = ServingState()
+    service = EngramService(settings, sessions, ArtifactStore(settings.artifacts_path), serving)
+    registry = CollectorRegistry()
+    active_gauge = Gauge("engram_active_version", "active version per classifier", ["classifier"], registry=registry)
+
+    @get("/metrics", sync_to_thread=False, include_in_schema=False)
+    def metrics() -> Response[bytes]:
+        for name, version in serving.active_versions().items():
+            active_gauge.labels(name).set(version)
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        task = asyncio.create_task(_background(app))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            engine.dispose()
+
+    state: dict[str, Any] = {"settings": settings, "service": service, "serving": serving,
+                             "keyring": KeyRing(settings.keys(), settings.insecure)}  # fmt: skip
+    return Litestar(
+        route_handlers=[*ROUTES, metrics],  # type: ignore[list-item]
+        state=State(state),
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="Engram", version="1"),
+    )

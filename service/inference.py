@@ -1,0 +1,105 @@
+"""Serving: ONNX Runtime sessions per version, and the in-memory pointer to each active version.
+
+The predict path needs only onnxruntime and numpy. A version's session is built and warmed before the
+pointer moves to it, so a swap is instant; a request that already holds the old session finishes on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.preprocess import InputFormat, softmax
+
+log = logging.getLogger("engram.serving")
+
+
+@dataclass(frozen=True)
+class Served:
+    classifier: str
+    version: int
+    session: ort.InferenceSession
+    labels: list[str]
+    tasks: dict[str, list[int]]  # task name -> output units
+    fmt: InputFormat
+    scenario: str
+
+    def predict(self, x: np.ndarray, top_k: int, task: str | None) -> list[dict[str, Any]]:
+        logits = self.session.run(["logits"], {"input": x})[0]  # (N, U)
+        units = np.arange(logits.shape[1])
+        if self.scenario == "task-incremental":
+            assert task is not None
+            units = np.asarray(self.tasks[task])
+        probs = softmax(logits[:, units])
+        k = min(top_k, len(units))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        out = []
+        for row, idx in zip(probs, order, strict=True):
+            top = [{"label": self.labels[int(units[i])], "score": round(float(row[i]), 6)} for i in idx]
+            out.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top})
+        return out
+
+
+def load_served(classifier: str, version: int, folder: Path, scenario: str, network: dict[str, Any]) -> Served:
+    """Build and warm a session for the bundle in ``folder``."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    labels = json.loads(meta["engram.labels"])
+    tasks = {t["name"]: list(t["units"]) for t in json.loads(meta["engram.tasks"])}
+    fmt = InputFormat.from_network(network)
+    session.run(["logits"], {"input": np.zeros((1, *fmt.shape), dtype=np.float32)})  # warm up
+    return Served(classifier, version, session, labels, tasks, fmt, scenario)
+
+
+class ServingState:
+    """Active versions by classifier, plus a small cache of other (pinned or candidate) versions."""
+
+    def __init__(self, cache_size: int = 16) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[str, Served] = {}
+        self._cache: OrderedDict[tuple[str, int], Served] = OrderedDict()
+        self._cache_size = cache_size
+
+    def active(self, classifier: str) -> Served | None:
+        return self._active.get(classifier)
+
+    def active_versions(self) -> dict[str, int]:
+        return {k: v.version for k, v in self._active.items()}
+
+    def swap(self, served: Served) -> None:
+        """Make an already built session the active one for its classifier."""
+        with self._lock:
+            self._active[served.classifier] = served
+            self._remember(served)
+        log.info("serving %s version %d", served.classifier, served.version)
+
+    def clear(self, classifier: str) -> None:
+        with self._lock:
+            self._active.pop(classifier, None)
+
+    def cached(self, classifier: str, version: int) -> Served | None:
+        with self._lock:
+            served = self._cache.get((classifier, version))
+            if served is not None:
+                self._cache.move_to_end((classifier, version))
+            return served
+
+    def remember(self, served: Served) -> None:
+        with self._lock:
+            self._remember(served)
+
+    def _remember(self, served: Served) -> None:
+        self._cache[(served.classifier, served.version)] = served
+        self._cache.move_to_end((served.classifier, served.version))
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,124 @@
+"""Turning uploaded samples into model inputs: the same code at learn and at predict time.
+
+numpy and Pillow only (the predict path never imports torch). Images of any size and mode are decoded,
+converted to the classifier's channels (L or RGB) and resized to its height x width, then scaled to
+float32 [0, 1] in (C, H, W) layout. Vectors must have exactly the classifier's dimension.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+class InputError(ValueError):
+    """One input item is unusable; ``index`` says which (within ``field``)."""
+
+    def __init__(self, field: str, index: int, reason: str) -> None:
+        super().__init__(f"{field}[{index}]: {reason}")
+        self.field, self.index, self.reason = field, index, reason
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    kind: str  # "image" or "vector"
+    channels: int = 1
+    height: int = 0
+    width: int = 0
+    dim: int = 0
+    resize: str = "bilinear"
+
+    @classmethod
+    def from_network(cls, network: dict[str, Any]) -> InputFormat:
+        inp = network["input"]
+        return cls(
+            inp["kind"], inp["channels"], inp["height"], inp["width"], inp["dim"], network["preprocessing"]["resize"]
+        )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.channels, self.height, self.width) if self.kind == "image" else (self.dim,)
+
+
+def decode_image(data: bytes, fmt: InputFormat, max_pixels: int) -> np.ndarray:
+    """Encoded image bytes -> (C, H, W) float32 in [0, 1]. Raises ValueError with a reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img: Image.Image = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ValueError(f"image is {w}x{h} pixels; the limit is {max_pixels} pixels")
+            img.load()
+    except ValueError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"image is too large to decode safely ({exc})") from None
+    except Exception as exc:  # Pillow raises many types for corrupt or truncated data
+        raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
+    img = img.convert("L" if fmt.channels == 1 else "RGB")
+    if img.size != (fmt.width, fmt.height):
+        method = Image.Resampling.BILINEAR if fmt.resize == "bilinear" else Image.Resampling.NEAREST
+        img = img.resize((fmt.width, fmt.height), method)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[None] if fmt.channels == 1 else arr.transpose(2, 0, 1)
+
+
+def parse_item(item: Any, fmt: InputFormat, max_pixels: int) -> np.ndarray:
+    """One {"image_b64": ...} or {"vector": [...]} -> model input array. Raises ValueError."""
+    if not isinstance(item, dict):
+        raise ValueError("must be an object with 'image_b64' or 'vector'")
+    if fmt.kind == "image":
+        raw = item.get("image_b64")
+        if raw is None:
+            raise ValueError("this classifier takes images: give 'image_b64'")
+        if not isinstance(raw, str):
+            raise ValueError("'image_b64' must be a base64 string")
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("'image_b64' is not valid base64") from None
+        return decode_image(data, fmt, max_pixels)
+    vec = item.get("vector")
+    if vec is None:
+        raise ValueError(f"this classifier takes vectors: give 'vector' with {fmt.dim} numbers")
+    if not isinstance(vec, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vec):
+        raise ValueError("'vector' must be a list of numbers")
+    if len(vec) != fmt.dim:
+        raise ValueError(f"'vector' has {len(vec)} values; this classifier takes {fmt.dim}")
+    arr = np.asarray(vec, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("'vector' has a non-finite value")
+    return arr
+
+
+def parse_items(items: Sequence[Any], fmt: InputFormat, field: str, max_pixels: int) -> np.ndarray:
+    """Every item or nothing: (N, *shape) float32, or InputError naming the first bad item."""
+    out = np.empty((len(items), *fmt.shape), dtype=np.float32)
+    for i, item in enumerate(items):
+        try:
+            out[i] = parse_item(item, fmt, max_pixels)
+        except ValueError as exc:
+            raise InputError(field, i, str(exc)) from None
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def proportion_halfwidth(p: float, n: int) -> float:
+    """Half-width of a 95% normal interval for a proportion; used to size default tolerances."""
+    return 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))

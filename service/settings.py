@@ -1,0 +1,59 @@
+"""Service settings from the environment (ENGRAM_*) or arguments; built once and passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROLES = ("predict", "learn", "admin")  # each includes the ones before it
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENGRAM_", extra="ignore")
+
+    data_dir: Path = Path("./engram-data")  # SQLite file and artifacts live here by default
+    database_url: str | None = None  # default: sqlite:///<data_dir>/engram.db
+    artifacts_dir: Path | None = None  # default: <data_dir>/artifacts
+    # "role:key,role:key"; roles predict < learn < admin. Never logged.
+    api_keys: str = Field(default="", repr=False)
+    insecure: bool = False  # allow starting with no keys (every request then acts as admin)
+    max_body_bytes: int = 64 * 2**20  # larger request bodies get 413
+    max_image_pixels: int = 16_000_000  # decoded images larger than this are refused (image bombs)
+    max_batch_items: int = 20_000  # samples per learn request
+    max_predict_items: int = 1_024  # inputs per predict request
+    embedded_worker: bool = True  # `engram serve` starts one local worker process
+    worker_poll_seconds: float = 0.5
+    heartbeat_seconds: float = 2.0  # how often a worker marks its running job alive
+    stale_after_seconds: float = 30.0  # a running job without heartbeat this long is failed
+    serving_poll_seconds: float = 0.5  # how often replicas look for a new active version
+    device: str = "auto"  # training device for workers: auto, cpu, cuda
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'engram.db').resolve()}"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    def keys(self) -> dict[str, str]:
+        """key -> role."""
+        return parse_api_keys(self.api_keys)
+
+
+def parse_api_keys(value: str) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for i, part in enumerate(p.strip() for p in value.split(",") if p.strip()):
+        role, sep, key = part.partition(":")
+        if not sep or role not in ROLES or not key:
+            raise ValueError(f"ENGRAM_API_KEYS entry {i + 1} must be role:key with role one of {', '.join(ROLES)}")
+        keys[key] = role
+    return keys

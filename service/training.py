@@ -1,0 +1,230 @@
+"""One learning job, worker side: parent version -> learn -> gate -> immutable bundle -> version row.
+
+This module imports torch (through model_core); the API process never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from model_core.checkpoint import load_bundle, save_bundle
+from model_core.config import NetworkSpec, TrainConfig
+from model_core.data import Experience
+from model_core.export import ExportError, export_onnx
+from model_core.learner import Learner
+from model_core.strategies.base import Progress, TrainingCancelled
+from service.db import Classifier, Job, Version, utcnow
+from service.gate import GateConfig, evaluate
+from service.registry import get_version, next_version_number, set_active
+from service.storage import ArtifactStore, arrays_to_bytes, bytes_to_arrays
+
+log = logging.getLogger("engram.worker")
+EVAL_FILE = "eval.npz"  # the version's regression suite: x, label, task for every task so far
+THROTTLE = 0.5  # seconds between progress writes and cancel checks
+
+
+def experience(task: str, x: np.ndarray, labels: np.ndarray) -> Experience:
+    classes = tuple(sorted({str(v) for v in labels}))
+    index = {c: i for i, c in enumerate(classes)}
+    y = torch.tensor([index[str(v)] for v in labels], dtype=torch.long)
+    return Experience(task, torch.from_numpy(x.astype(np.float32)), y, classes)
+
+
+def correct(learner: Learner, x: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
+    """(n,) bool: which evaluation samples ``learner`` gets right (within ``task`` in task-IL)."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=bool)
+    within = task if learner.scenario == "task-incremental" else None
+    if within is not None and within not in learner.task_names:
+        return np.zeros(len(x), dtype=bool)
+    predicted = learner.predict(torch.from_numpy(x), within, device="cpu")
+    return np.array([p == str(t) for p, t in zip(predicted, labels, strict=True)])
+
+
+class JobRunner:
+    """Executes jobs; ``progress`` writes and cancel checks go through short database sessions."""
+
+    def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore, device: str = "auto") -> None:
+        self.sessions = sessions
+        self.store = store
+        self.device = device
+
+    def run(self, job_id: str) -> None:
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            retention = job.retention
+        try:
+            self._run(job_id)
+        except TrainingCancelled:
+            self._finish(job_id, "cancelled", error="cancelled on request")
+        except Exception as exc:
+            log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+            self._finish(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            if retention == "discard":
+                self.store.delete_job(job_id)
+
+    def _finish(self, job_id: str, status: str, error: str | None = None) -> None:
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.status, job.error, job.finished_at = status, error, utcnow()
+            s.commit()
+
+    def _callbacks(self, job_id: str) -> tuple[Callable[[Progress], None], Callable[[], bool]]:
+        last = {"write": 0.0, "cancel": 0.0}
+        cancelled = {"flag": False}
+
+        def progress(p: Progress) -> None:
+            now = time.monotonic()
+            if now - last["write"] < THROTTLE and p.step != p.total:
+                return
+            last["write"] = now
+            with self.sessions() as s:
+                job = s.get(Job, job_id)
+                if job is not None:
+                    job.progress = {"stage": p.stage, "step": p.step, "total": p.total,
+                                    "losses": {k: round(v, 5) for k, v in p.losses.items()}}  # fmt: skip
+                    s.commit()
+
+        def should_cancel() -> bool:
+            now = time.monotonic()
+            if now - last["cancel"] >= THROTTLE:
+                last["cancel"] = now
+                with self.sessions() as s:
+                    job = s.get(Job, job_id)
+                    cancelled["flag"] = bool(job is None or job.cancel_requested)
+            return cancelled["flag"]
+
+        return progress, should_cancel
+
+    def _run(self, job_id: str) -> None:
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            clf = s.get(Classifier, job.classifier_id)
+            assert clf is not None
+            job.parent = clf.active_version  # lineage: the version active when the job starts
+            s.commit()
+            parent = get_version(s, clf, clf.active_version) if clf.active_version is not None else None
+            name, network, gate_defaults = clf.name, dict(clf.network), dict(clf.gate)
+            task, strategy, retention, request = job.task, job.strategy, job.retention, dict(job.request)
+            parent_number, parent_dir = (parent.number, self.store.path(parent.artifact)) if parent else (None, None)
+
+        # Load the parent's whole learner state (weights and every strategy's state) and its suite.
+        if parent_dir is not None:
+            learner, _ = load_bundle(parent_dir)
+            suite = bytes_to_arrays((parent_dir / EVAL_FILE).read_bytes())
+        else:
+            options = request.get("options", {})
+            learner = Learner.create(NetworkSpec.from_dict(network), seed=int(options.get("seed", 0)))
+            suite = {}
+        train = self.store.read_arrays(job_id, "train")
+        new_eval = self.store.read_arrays(job_id, "eval")
+        if train is None or new_eval is None:
+            raise RuntimeError("the job's samples are gone from the artifact store")
+        suite = merge_suite(suite, new_eval, task)
+        task_names = list(dict.fromkeys([*(str(t) for t in suite["task"])]))
+        times["load"] = time.perf_counter() - t0
+
+        # Parent accuracy per task, before the learner changes.
+        before = {
+            t: correct(learner, *task_slice(suite, t), t) if t in learner.task_names else None for t in task_names
+        }
+
+        t1 = time.perf_counter()
+        options = request.get("options", {})
+        config = TrainConfig(
+            iterations=int(options.get("iterations", 300)),
+            batch_size=int(options.get("batch_size", 64)),
+            lr=float(options.get("lr", 1e-3)),
+            seed=int(options.get("seed", 0)),
+            device=self.device,
+        )
+        progress, should_cancel = self._callbacks(job_id)
+        exp = experience(task, train["x"], train["label"])
+        result = learner.learn(exp, strategy, request.get("params"), config, progress, should_cancel)
+        times["train"] = time.perf_counter() - t1
+
+        self._set_status(job_id, "evaluating")
+        t2 = time.perf_counter()
+        rows = [(t, before[t], correct(learner, *task_slice(suite, t), t)) for t in task_names]
+        times["gate"] = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        onnx_bytes, diff, err = b"", None, None
+        try:
+            exported = export_onnx(learner, torch.from_numpy(suite["x"][:64]))
+            onnx_bytes, diff = exported.onnx, exported.max_abs_diff
+        except ExportError as exc:
+            err = str(exc)
+        times["export"] = time.perf_counter() - t3
+        cfg = GateConfig.from_dict(gate_defaults).merged(request.get("gate"))
+        report = evaluate(cfg, learner.scenario, strategy, retention, task, result.new_labels, rows, diff, err)
+        report["seconds"] = {k: round(v, 3) for k, v in times.items()}
+
+        t4 = time.perf_counter()
+        with self.sessions() as s:
+            clf = s.get(Classifier, s.get(Job, job_id).classifier_id)  # type: ignore[union-attr]
+            assert clf is not None
+            number = next_version_number(s, clf)
+            folder = self.store.version_dir(name, number)
+            extra = {EVAL_FILE: arrays_to_bytes(suite)}
+            if onnx_bytes:
+                extra["model.onnx"] = onnx_bytes
+            save_bundle(folder, learner, {"name": strategy, "params": result.params},
+                        parent=None if parent_number is None else f"v{parent_number}",
+                        metadata={"job_id": job_id, "report": report}, extra_files=extra)  # fmt: skip
+            status = "candidate" if report["passed"] else "rejected"
+            version = Version(
+                classifier_id=clf.id, number=number, status=status, parent=parent_number, strategy=strategy,
+                params=result.params, labels=list(learner.labels),
+                tasks=[{"name": t.name, "labels": [learner.labels[u] for u in t.units]} for t in learner.tasks],
+                report=report, artifact=self.store.relative(folder), job_id=job_id,
+            )  # fmt: skip
+            s.add(version)
+            s.flush()
+            manual = bool(cfg.manual_approval)
+            if report["passed"] and not manual:
+                set_active(s, clf, version, "auto-promote", "worker", "gate passed", forced=False)
+                job_status = "promoted"
+            else:
+                job_status = "passed" if report["passed"] else "rejected"
+            job = s.get(Job, job_id)
+            assert job is not None
+            times["save"] = time.perf_counter() - t4
+            report["seconds"] = {k: round(v, 3) for k, v in times.items()}
+            job.version, job.report, job.status, job.finished_at = number, report, job_status, utcnow()
+            job.seconds = report["seconds"]
+            s.commit()
+        log.info("job %s: %s version %d of %s (%s)", job_id, job_status, number, name, report["seconds"])
+
+    def _set_status(self, job_id: str, status: str) -> None:
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.status = status
+            s.commit()
+
+
+def merge_suite(suite: dict[str, np.ndarray], new_eval: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
+    """The parent's regression suite plus this job's evaluation samples under ``task``."""
+    n = len(new_eval["x"])
+    added = {"x": new_eval["x"], "label": new_eval["label"].astype(str), "task": np.array([task] * n, dtype=str)}
+    if not suite:
+        return added
+    return {k: np.concatenate([suite[k], added[k]]) for k in added}  # numpy widens string dtypes
+
+
+def task_slice(suite: dict[str, np.ndarray], task: str) -> tuple[np.ndarray, np.ndarray]:
+    keep = suite["task"] == task
+    return suite["x"][keep], suite["label"][keep]

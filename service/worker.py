@@ -1,0 +1,76 @@
+"""The training worker: takes queued jobs from the database, one at a time, and runs them.
+
+It knows nothing of HTTP. While a job runs, a thread refreshes the job's heartbeat; if the worker dies,
+the API's reaper marks the job failed once the heartbeat is older than ``stale_after_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import Job, make_engine, make_sessionmaker, utcnow
+from service.registry import claim_next_job
+from service.settings import Settings
+from service.storage import ArtifactStore
+
+log = logging.getLogger("engram.worker")
+
+
+def _heartbeat(sessions: sessionmaker[Session], job_id: str, every: float, stop: threading.Event) -> None:
+    while not stop.wait(every):
+        try:
+            with sessions() as s:
+                job = s.get(Job, job_id)
+                if job is not None:
+                    job.heartbeat_at = utcnow()
+                    s.commit()
+        except Exception:  # a busy database must not kill the heartbeat
+            log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+
+
+def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs: int | None = None) -> int:
+    """Work until ``stop`` is set (or ``max_jobs`` are done); returns the number of jobs run."""
+    from service.training import JobRunner  # torch is imported here, in the worker process only
+
+    stop = stop or threading.Event()
+    engine = make_engine(settings.db_url)
+    sessions = make_sessionmaker(engine)
+    runner = JobRunner(sessions, ArtifactStore(settings.artifacts_path), settings.device)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    log.info("worker %s ready (device %s)", worker_id, settings.device)
+    done = 0
+    while not stop.is_set() and (max_jobs is None or done < max_jobs):
+        with sessions() as s:
+            job_id = claim_next_job(s, worker_id)
+        if job_id is None:
+            stop.wait(settings.worker_poll_seconds)
+            continue
+        log.info("worker %s took job %s", worker_id, job_id)
+        beat_stop = threading.Event()
+        beat = threading.Thread(
+            target=_heartbeat, args=(sessions, job_id, settings.heartbeat_seconds, beat_stop), daemon=True
+        )
+        beat.start()
+        try:
+            runner.run(job_id)
+        finally:
+            beat_stop.set()
+            beat.join()
+        done += 1
+    engine.dispose()
+    return done
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run_worker(Settings())
+
+
+if __name__ == "__main__":
+    main()

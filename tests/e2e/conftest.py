@@ -1,0 +1,108 @@
+"""A real ``engram serve`` subprocess on a free port, driven over HTTP only."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+KEYS = {"admin": "adm-secret-1", "learn": "lrn-secret-2", "predict": "prd-secret-3"}
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[role]}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    log_file: io.BufferedWriter
+    _client: httpx.Client | None = None
+
+    def client(self) -> httpx.Client:
+        """One shared client per server, closed when the server stops."""
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.url, timeout=60)
+        return self._client
+
+
+def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
+    port = free_port()
+    log = data_dir.parent / f"serve-{port}.log"
+    env = {**os.environ, "ENGRAM_API_KEYS": ",".join(f"{r}:{k}" for r, k in KEYS.items()), **(extra_env or {})}
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+    log_file = open(log, "wb")  # noqa: SIM115  (closed in stop_server)
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log_file.close()
+            raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return Server(url, data_dir, proc, log, log_file)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    log_file.close()
+    raise RuntimeError("server did not become ready in 60 s")
+
+
+def stop_server(server: Server) -> None:
+    if server._client is not None:
+        server._client.close()
+    server.proc.terminate()
+    try:
+        server.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+    server.log_file.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("engram") / "data")
+    yield srv
+    stop_server(srv)
+
+
+def png_b64(image: np.ndarray) -> str:
+    """An 8x8 digit (values 0..16) as a base64 PNG, as a client would send it."""
+    buf = io.BytesIO()
+    Image.fromarray(np.round(image * 255 / 16).astype(np.uint8)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth("learn")).json()
+        if job["status"] in ("promoted", "rejected", "failed", "cancelled", "passed"):
+            return job  # type: ignore[no-any-return]
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
