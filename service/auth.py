@@ -23,12 +23,14 @@ class KeyRing:
         """The caller's actor id (role and key fingerprint, never the key) or AuthError 401/403."""
         if self.insecure:
             return "admin:insecure"
-        if not header or not header.startswith("Bearer "):
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():  # schemes are case-insensitive (RFC 7235)
             raise AuthError(401, "send 'Authorization: Bearer <key>'")
-        given = header[len("Bearer ") :].strip()
-        role = next((r for k, r in self._keys.items() if hmac.compare_digest(k, given)), None)
+        given = given.strip()
+        raw = given.encode("utf-8", "surrogateescape")
+        role = next((r for k, r in self._keys.items() if hmac.compare_digest(k.encode(), raw)), None)
         if role is None:
             raise AuthError(401, "unknown API key")
         if ROLES.index(role) < ROLES.index(needed):
             raise AuthError(403, f"this key has role '{role}'; this operation needs '{needed}'")
-        return f"{role}:{hashlib.sha256(given.encode()).hexdigest()[:8]}"
+        return f"{role}:{hashlib.sha256(raw).hexdigest()[:8]}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,10 +94,15 @@ def parse_item(item: Any, fmt: InputFormat, max_pixels: int) -> np.ndarray:
         raise ValueError("'vector' must be a list of numbers")
     if len(vec) != fmt.dim:
         raise ValueError(f"'vector' has {len(vec)} values; this classifier takes {fmt.dim}")
-    arr = np.asarray(vec, dtype=np.float32)
-    if not np.all(np.isfinite(arr)):
+    try:
+        wide = np.asarray(vec, dtype=np.float64)  # a huge JSON integer raises OverflowError here
+    except OverflowError:
+        raise ValueError("'vector' has a value too large for float32") from None
+    if not np.all(np.isfinite(wide)):
         raise ValueError("'vector' has a non-finite value")
-    return arr
+    if np.any(np.abs(wide) > np.finfo(np.float32).max):
+        raise ValueError("'vector' has a value too large for float32")
+    return wide.astype(np.float32)
 
 
 def parse_items(items: Sequence[Any], fmt: InputFormat, field: str, max_pixels: int) -> np.ndarray:
@@ -117,8 +121,3 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(z)
     out: np.ndarray = e / e.sum(axis=1, keepdims=True)
     return out
-
-
-def proportion_halfwidth(p: float, n: int) -> float:
-    """Half-width of a 95% normal interval for a proportion; used to size default tolerances."""
-    return 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))

@@ -114,4 +114,5 @@ def job_view(job: Job) -> dict[str, Any]:
         "retention": job.retention, "progress": job.progress, "parent": job.parent, "version": job.version,
         "report": job.report, "error": job.error, "created_at": job.created_at, "started_at": job.started_at,
         "finished_at": job.finished_at, "seconds": job.seconds,
+        "worker": job.worker,  # host:pid:id of the worker that took the job
     }  # fmt: skip
