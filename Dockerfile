@@ -1,17 +1,19 @@
-# Engram image. Until the HTTP service lands (issue: the service) it runs the engine's own commands;
-# `docker run engram benchmark` runs the Split-Digits benchmark.
+# One image for the API (`serve`, the default) and for workers (`worker`).
+# GPU workers: build with --build-arg BASE=<a CUDA runtime image with Python 3.11>.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 ENGRAM_DATA_DIR=/data
 WORKDIR /app
-RUN useradd --create-home --uid 10001 engram
+RUN useradd --create-home --uid 10001 engram && mkdir /data && chown engram /data
 COPY pyproject.toml README.md ./
 COPY model_core ./model_core
 COPY service ./service
 COPY benchmarks ./benchmarks
-RUN pip install --no-cache-dir uv \
-    && uv pip install --system --no-cache -e .
+RUN pip install --no-cache-dir uv && uv pip install --system --no-cache -e .
 USER engram
+VOLUME /data
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"
 ENTRYPOINT ["engram"]
-CMD ["strategies"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -301,3 +301,16 @@ def test_a_cancelled_learn_leaves_the_learner_as_it_was(strategy: str, digits: S
     assert learner.strategy_states[strategy] is state
     learner.learn(digits.train[1], strategy, SMALL.get(strategy), FAST)  # and it still learns
     assert learner.labels == ["0", "1", "2", "3"]
+
+
+def test_the_api_process_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from service.app import create_app; from service.settings import Settings;"
+        "import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp());"
+        "create_app(Settings(data_dir=d, insecure=True)); assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
