@@ -21,7 +21,7 @@ from service.auth import KeyRing
 from service.db import make_engine, make_sessionmaker
 from service.inference import ServingState
 from service.settings import Settings
-from service.storage import ArtifactStore
+from service.storage import open_store
 
 log = logging.getLogger("engram.app")
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> Litestar:
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
     serving = ServingState()
-    service = EngramService(settings, sessions, ArtifactStore(settings.artifacts_path), serving)
+    service = EngramService(settings, sessions, open_store(settings.artifacts_path), serving)
     registry = CollectorRegistry()
     active_gauge = Gauge("engram_active_version", "active version per classifier", ["classifier"], registry=registry)
 

@@ -33,6 +33,7 @@ from service.registry import (
 )
 from service.settings import Settings
 from service.storage import ArtifactStore
+from service.tasks import enqueue, uses_procrastinate
 
 
 class Invalid(ValueError):
@@ -155,6 +156,9 @@ class EngramService:
                 job = Job(id=job_id, classifier_id=clf.id, status="queued", task=req.task, strategy=req.strategy,
                           retention=req.retention, request=request, progress={}, seconds={})  # fmt: skip
                 s.add(job)
+                if uses_procrastinate(self.settings.db_url):
+                    s.flush()
+                    enqueue(s, self.settings, job_id, clf.name)  # same transaction as the job row
                 s.commit()
                 return job_view(job)
         except BaseException:

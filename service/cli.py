@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -68,6 +69,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
     env["ENGRAM_DATABASE_URL"] = settings.db_url
     env["ENGRAM_ARTIFACTS_DIR"] = str(settings.artifacts_path)
     env["ENGRAM_DEVICE"] = settings.device
+    env["ENGRAM_PARENT_PID"] = str(os.getpid())  # the worker exits when this process dies
     return env
 
 
@@ -119,6 +121,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     supervisor = WorkerSupervisor(_child_env(settings)) if settings.embedded_worker and not args.no_worker else None
+
+    def on_term(signum: int, _: object) -> None:
+        # uvicorn shuts down gracefully, restores this handler and re-raises the signal into it, so the
+        # worker is stopped here rather than in a `finally` that the re-raised signal would skip.
+        if supervisor is not None:
+            supervisor.stop()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     if supervisor is not None:
         supervisor.start()
     try:
@@ -131,11 +142,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from service.migrations import upgrade
-    from service.worker import run_worker
+    from service.worker import serve_jobs
 
     settings = _settings(args)
     upgrade(settings.db_url)
-    run_worker(settings)
+    serve_jobs(settings)
     return 0
 
 
@@ -151,6 +162,11 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="engram", description="Engram: an incremental-classifier service.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="start the API with a local worker (SQLite and artifacts in --data-dir)")
@@ -176,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("benchmark", help="run the continual-learning benchmark (python -m benchmarks.continual)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_benchmark)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    from service.commands import register
+
+    register(sub)
+    return parser
 
 
 if __name__ == "__main__":

@@ -70,20 +70,25 @@ def previous_active(s: Session, clf: Classifier) -> int | None:
     return None
 
 
+def claim_job(s: Session, job_id: str, worker: str) -> bool:
+    """Atomically move one queued job to running for ``worker``; False if it is no longer queued."""
+    now = utcnow()
+    res = s.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued")
+        .values(status="running", worker=worker, started_at=now, heartbeat_at=now)
+    )  # fmt: skip
+    s.commit()
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+
 def claim_next_job(s: Session, worker: str) -> str | None:
-    """Atomically take the oldest queued job whose classifier has no job running; None if there is none."""
+    """Take the oldest queued job whose classifier has no job running (the embedded SQLite worker)."""
     busy = select(Job.classifier_id).where(Job.status.in_(ACTIVE_JOB))
     candidates = s.scalars(
         select(Job.id).where(Job.status == "queued", Job.classifier_id.not_in(busy)).order_by(Job.created_at).limit(5)
     ).all()
     for job_id in candidates:
-        now = utcnow()
-        res = s.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued")
-            .values(status="running", worker=worker, started_at=now, heartbeat_at=now)
-        )  # fmt: skip
-        s.commit()
-        if res.rowcount == 1:  # type: ignore[attr-defined]
+        if claim_job(s, job_id, worker):
             return job_id
     return None
 

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     stale_after_seconds: float = 30.0  # a running job without heartbeat this long is failed
     serving_poll_seconds: float = 0.5  # how often replicas look for a new active version
     device: str = "auto"  # training device for workers: auto, cpu, cuda
+    queue: str = "gpu"  # procrastinate queue the training jobs go to (PostgreSQL deployments)
 
     @field_validator("api_keys")
     @classmethod

@@ -5,8 +5,9 @@
                                         deleted when the job ends if its retention is "discard"
     <root>/jobs/<job id>/eval.npz       the job's evaluation samples, copied into the version's bundle
 
-Every write goes to a temporary name, is fsynced, and is renamed into place. One small interface
-(``path``, ``write_arrays``, ``read_arrays``, ``delete_job``) so an object store can replace it later.
+Every write goes to a temporary name, is fsynced, and is renamed into place. Callers see the small
+``ArtifactStore`` protocol; ``FileArtifactStore`` implements it on a path that every host mounts (a shared
+volume). An object store would implement the same six methods, staging bundles in a local cache.
 """
 
 from __future__ import annotations
@@ -16,13 +17,42 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 Arrays = dict[str, np.ndarray]
 
 
-class ArtifactStore:
+class ArtifactStore(Protocol):
+    def version_dir(self, classifier: str, number: int) -> Path:
+        """Where a new version's bundle is written (it must not exist yet)."""
+        ...
+
+    def relative(self, path: Path) -> str:
+        """The store-relative name recorded in the database for a bundle folder."""
+        ...
+
+    def path(self, relative: str) -> Path:
+        """A local folder holding the artifact named ``relative``."""
+        ...
+
+    def write_arrays(self, job_id: str, name: str, arrays: Arrays) -> None: ...
+
+    def read_arrays(self, job_id: str, name: str) -> Arrays | None: ...
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove everything staged for a job (its training samples)."""
+        ...
+
+
+def open_store(root: Path) -> ArtifactStore:
+    return FileArtifactStore(root)
+
+
+class FileArtifactStore:
+    """The artifact store on a filesystem path, shared by every host in multi-host deployments."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / "classifiers").mkdir(parents=True, exist_ok=True)

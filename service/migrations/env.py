@@ -9,7 +9,13 @@ url = config.get_main_option("sqlalchemy.url")
 assert url is not None
 engine = make_engine(url)
 with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=url.startswith("sqlite"))
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=url.startswith("sqlite"),
+        # procrastinate's tables are installed by migration 0002 from its own schema, not from our models
+        include_name=lambda name, kind, _: not (kind == "table" and str(name).startswith("procrastinate")),
+    )
     with context.begin_transaction():
         context.run_migrations()
 engine.dispose()

@@ -60,6 +60,15 @@ def wait_status(c: httpx.Client, job_id: str, status: str, timeout: float = 60) 
     raise AssertionError(f"job {job_id} never reached {status!r}")
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped) counts as gone
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
 def test_a_killed_worker_fails_its_job_and_serving_goes_on(srv: Server) -> None:
     c = srv.client()
     create(c, "k")
@@ -166,7 +175,12 @@ def test_a_restart_loses_nothing(srv: Server) -> None:
     versions = c.get("/v1/classifiers/k/versions", headers=auth("predict")).json()
     jobs = [c.get(f"/v1/jobs/{v['job_id']}", headers=auth("learn")).json() for v in versions]
     answer = c.post("/v1/classifiers/k/predict", json=PROBE, headers=auth("predict")).json()
+    worker_pid = int(str(jobs[-1]["worker"]).split(":")[1])
     stop_server(srv)
+    deadline = time.monotonic() + 15  # the embedded worker goes with its server
+    while time.monotonic() < deadline and pid_alive(worker_pid):
+        time.sleep(0.2)
+    assert not pid_alive(worker_pid), "the worker outlived its server"
     again = start_server(srv.data_dir, FAST_REAP)
     try:
         c2 = again.client()

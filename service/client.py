@@ -1,0 +1,228 @@
+"""A typed Python client for Engram's HTTP API (what the ``engram`` CLI and the tests use).
+
+from service.client import EngramClient
+client = EngramClient("http://127.0.0.1:8000", key="...")
+job = client.learn_folder("digits", "photos/", task="cats-and-dogs", strategy="generative_replay")
+job = client.wait(job.job_id, on_progress=print)
+print(client.predict_files("digits", ["x.png"]).predictions[0].label)
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+TERMINAL = ("promoted", "passed", "rejected", "failed", "cancelled")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Classifier(_Model):
+    name: str
+    input: dict[str, Any]
+    scenario: str
+    backbone: str
+    gate: dict[str, Any]
+    active_version: int | None
+
+
+class Job(_Model):
+    job_id: str
+    status: str
+    task: str
+    strategy: str
+    retention: str
+    progress: dict[str, Any]
+    parent: int | None
+    version: int | None
+    report: dict[str, Any] | None
+    error: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+class Version(_Model):
+    version: int
+    status: str
+    parent: int | None
+    strategy: str
+    classes: list[str]
+    tasks: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
+class Ranked(_Model):
+    label: str
+    score: float
+
+
+class Prediction(_Model):
+    label: str
+    score: float
+    top_k: list[Ranked]
+
+
+class PredictResult(_Model):
+    version: int
+    predictions: list[Prediction]
+
+
+class AuditEntry(_Model):
+    action: str
+    actor: str
+    from_version: int | None
+    to_version: int
+    reason: str | None
+    forced: bool
+
+
+class EngramError(Exception):
+    """An error answer from the server (problem+json), or no answer at all."""
+
+    def __init__(self, status: int, detail: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{status}: {detail}" if status else detail)
+        self.status, self.detail, self.body = status, detail, body or {}
+
+
+def read_image_folder(folder: str | Path) -> list[tuple[str, bytes]]:
+    """An ImageFolder-style tree (one subfolder per class, images inside) -> [(label, image bytes)]."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise EngramError(0, f"{root} is not a folder")
+    out = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(class_dir.iterdir()):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                out.append((class_dir.name, f.read_bytes()))
+    if not out:
+        raise EngramError(0, f"{root} has no class subfolders with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return out
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class EngramClient:
+    def __init__(
+        self, url: str, key: str | None = None, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> EngramClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise EngramError(0, f"cannot reach {self._http.base_url}: {exc}") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                detail = str(body.get("detail") or body.get("title"))
+            except ValueError:
+                body, detail = {}, r.text[:500]
+            raise EngramError(r.status_code, detail, body)
+        return r.json()
+
+    # classifiers
+    def create_classifier(self, name: str, input: dict[str, Any], scenario: str = "class-incremental",
+                          backbone: str | None = None, gate: dict[str, Any] | None = None) -> Classifier:  # fmt: skip
+        body: dict[str, Any] = {"name": name, "input": input, "scenario": scenario}
+        if backbone:
+            body["backbone"] = backbone
+        if gate:
+            body["gate"] = gate
+        return Classifier.model_validate(self._call("POST", "/v1/classifiers", json=body))
+
+    def classifiers(self) -> list[Classifier]:
+        return [Classifier.model_validate(c) for c in self._call("GET", "/v1/classifiers")]
+
+    def classifier(self, name: str) -> Classifier:
+        return Classifier.model_validate(self._call("GET", f"/v1/classifiers/{name}"))
+
+    # learning
+    def learn(self, name: str, task: str, strategy: str, samples: list[dict[str, Any]], retention: str = "keep",
+              **extra: Any) -> Job:  # fmt: skip
+        """``extra``: eval_samples, options, params, gate (see the API)."""
+        body = {"task": task, "strategy": strategy, "retention": retention, "samples": samples, **extra}
+        return Job.model_validate(self._call("POST", f"/v1/classifiers/{name}/learn", json=body))
+
+    def learn_folder(
+        self, name: str, folder: str | Path, task: str, strategy: str, retention: str = "keep", **extra: Any
+    ) -> Job:
+        samples = [{"label": label, "image_b64": b64(data)} for label, data in read_image_folder(folder)]
+        return self.learn(name, task, strategy, samples, retention, **extra)
+
+    def job(self, job_id: str) -> Job:
+        return Job.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: str) -> Job:
+        return Job.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def wait(
+        self, job_id: str, on_progress: Callable[[Job], None] | None = None, poll: float = 0.5, timeout: float = 3600
+    ) -> Job:
+        """Poll until the job ends; ``on_progress`` sees every state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.done:
+                return job
+            if time.monotonic() > deadline:
+                raise EngramError(0, f"job {job_id} still {job.status} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    # serving
+    def predict(self, name: str, inputs: list[dict[str, Any]], top_k: int = 1, task: str | None = None,
+                version: int | None = None) -> PredictResult:  # fmt: skip
+        body: dict[str, Any] = {"inputs": inputs, "top_k": top_k}
+        if task is not None:
+            body["task"] = task
+        if version is not None:
+            body["version"] = version
+        return PredictResult.model_validate(self._call("POST", f"/v1/classifiers/{name}/predict", json=body))
+
+    def predict_files(self, name: str, paths: Sequence[str | Path], **kwargs: Any) -> PredictResult:
+        return self.predict(name, [{"image_b64": b64(Path(p).read_bytes())} for p in paths], **kwargs)
+
+    # versions
+    def versions(self, name: str) -> list[Version]:
+        return [Version.model_validate(v) for v in self._call("GET", f"/v1/classifiers/{name}/versions")]
+
+    def version(self, name: str, number: int) -> Version:
+        return Version.model_validate(self._call("GET", f"/v1/classifiers/{name}/versions/{number}"))
+
+    def promote(self, name: str, number: int, force: bool = False, reason: str | None = None) -> Version:
+        body = {"force": force, "reason": reason}
+        return Version.model_validate(
+            self._call("POST", f"/v1/classifiers/{name}/versions/{number}/promote", json=body)
+        )
+
+    def rollback(self, name: str, to_version: int | None = None, reason: str | None = None) -> Version:
+        body = {"to_version": to_version, "reason": reason}
+        return Version.model_validate(self._call("POST", f"/v1/classifiers/{name}/rollback", json=body))
+
+    def audit(self, name: str) -> list[AuditEntry]:
+        return [AuditEntry.model_validate(a) for a in self._call("GET", f"/v1/classifiers/{name}/audit")]

@@ -1,0 +1,198 @@
+"""``engram`` commands that talk to a running server through the typed client."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.client import EngramClient, EngramError, Job
+
+console = Console()
+EXIT = {"promoted": 0, "passed": 0, "rejected": 3, "failed": 1, "cancelled": 1}
+
+
+def _client(args: argparse.Namespace) -> EngramClient:
+    return EngramClient(args.url, args.key)
+
+
+def _image_input(text: str) -> dict[str, Any]:
+    try:
+        c, h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("--image takes CxHxW, e.g. 1x28x28 or 3x64x64") from None
+    return {"kind": "image", "channels": c, "height": h, "width": w}
+
+
+def _create(args: argparse.Namespace) -> int:
+    inp = args.image if args.image else {"kind": "vector", "dim": args.vector}
+    gate = {"manual_approval": True} if args.manual_approval else None
+    with _client(args) as c:
+        clf = c.create_classifier(args.name, inp, args.scenario, args.backbone, gate)
+    console.print(f"created [bold]{clf.name}[/] ({clf.scenario}, {clf.backbone} backbone)")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.classifiers()
+    table = Table("name", "input", "scenario", "backbone", "active version")
+    for clf in rows:
+        table.add_row(clf.name, json.dumps(clf.input), clf.scenario, clf.backbone, str(clf.active_version))
+    console.print(table)
+    return 0
+
+
+def print_verdict(job: Job) -> None:
+    colour = {"promoted": "green", "passed": "green", "rejected": "red"}.get(job.status, "yellow")
+    console.print(
+        f"job {job.job_id}: [bold {colour}]{job.status}[/]" + (f", version {job.version}" if job.version else "")
+    )
+    if job.error:
+        console.print(f"  error: {job.error}")
+    report = job.report or {}
+    for row in report.get("tasks", []):
+        before = "new" if row.get("before") is None else f"{row['before']:.3f}"
+        mark = "ok" if row["passed"] else "FAIL"
+        console.print(f"  {mark:4} task {row['task']}: {before} -> {row['after']:.3f} (n={row['n']})")
+    for failure in report.get("failures", []):
+        console.print(f"  [red]{failure}[/]")
+    if report.get("explanation"):
+        console.print(f"  [bold]why:[/] {report['explanation']}")
+
+
+def _learn(args: argparse.Namespace) -> int:
+    extra: dict[str, Any] = {}
+    if args.iterations:
+        extra["options"] = {"iterations": args.iterations}
+    with _client(args) as c:
+        job = c.learn_folder(args.name, args.folder, args.task, args.strategy, args.retention, **extra)
+        console.print(f"queued job {job.job_id}")
+        columns = [TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[losses]}"), TimeElapsedColumn()]  # fmt: skip
+        with Progress(*columns, console=console, transient=False) as bar:
+            bars: dict[str, Any] = {}
+
+            def show(j: Job) -> None:
+                p = j.progress or {}
+                stage = p.get("stage")
+                if not stage:
+                    return
+                if stage not in bars:
+                    bars[stage] = bar.add_task(stage, total=p.get("total") or 1, losses="")
+                losses = " ".join(f"{k}={v:.4g}" for k, v in (p.get("losses") or {}).items())
+                bar.update(bars[stage], completed=p.get("step", 0), total=p.get("total") or 1, losses=losses)
+
+            job = c.wait(job.job_id, on_progress=show, poll=0.3)
+    print_verdict(job)
+    return EXIT.get(job.status, 1)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        result = c.predict_files(args.name, args.files, top_k=args.top_k, task=args.task, version=args.version)
+    for path, p in zip(args.files, result.predictions, strict=True):
+        others = ", ".join(f"{r.label} {r.score:.3f}" for r in p.top_k[1:])
+        console.print(f"{path}: [bold]{p.label}[/] {p.score:.3f}" + (f"  ({others})" if others else ""))
+    console.print(f"(version {result.version})")
+    return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.versions(args.name)
+    table = Table("version", "status", "parent", "strategy", "classes", "avg acc", "BWT")
+    for v in rows:
+        r = v.report
+        table.add_row(str(v.version), v.status, str(v.parent), v.strategy, str(len(v.classes)),
+                      f"{r.get('average_accuracy', 0):.3f}", "" if r.get("bwt") is None else f"{r['bwt']:+.3f}")  # fmt: skip
+    console.print(table)
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        v = c.promote(args.name, args.version, args.force, args.reason)
+    console.print(f"{args.name}: version {v.version} is {v.status}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        v = c.rollback(args.name, args.to, args.reason)
+    console.print(f"{args.name}: rolled back; version {v.version} is {v.status}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.audit(args.name)
+    table = Table("action", "from", "to", "actor", "forced", "reason")
+    for a in rows:
+        table.add_row(a.action, str(a.from_version), str(a.to_version), a.actor, str(a.forced), a.reason or "")
+    console.print(table)
+    return 0
+
+
+def run(func: Any, args: argparse.Namespace) -> int:
+    try:
+        return int(func(args))
+    except EngramError as exc:
+        console.print(f"[red]error[/] {exc}", highlight=False)
+        return 2
+
+
+def register(sub: Any) -> None:
+    """Add the client commands to the ``engram`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=os.environ.get("ENGRAM_URL", "http://127.0.0.1:8000"), help="server (ENGRAM_URL)"
+    )
+    common.add_argument("--key", default=os.environ.get("ENGRAM_KEY"), help="API key (ENGRAM_KEY)")
+
+    def add(name: str, func: Any, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help)
+        p.set_defaults(func=lambda a, f=func: run(f, a))
+        return p
+
+    clfs = sub.add_parser("classifiers", help="create or list classifiers").add_subparsers(dest="action", required=True)
+    p = add("create", _create, "create a classifier", clfs)
+    p.add_argument("name")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--image", type=_image_input, metavar="CxHxW")
+    kind.add_argument("--vector", type=int, metavar="DIM")
+    p.add_argument("--scenario", default="class-incremental", choices=["class-incremental", "task-incremental"])
+    p.add_argument("--backbone", choices=["mlp", "cnn", "resnet18"])
+    p.add_argument("--manual-approval", action="store_true", help="wait for an admin before promoting")
+    add("list", _list, "list classifiers", clfs)
+    p = add("learn", _learn, "learn a task from an ImageFolder-style folder (one subfolder per class)")
+    p.add_argument("name")
+    p.add_argument("folder")
+    p.add_argument("--task", required=True)
+    p.add_argument("--strategy", default="generative_replay")
+    p.add_argument("--retention", default="keep", choices=["keep", "discard"])
+    p.add_argument("--iterations", type=int)
+    p = add("predict", _predict, "predict image files")
+    p.add_argument("name")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--task")
+    p.add_argument("--version", type=int)
+    p = add("versions", _versions, "list a classifier's versions")
+    p.add_argument("name")
+    p = add("promote", _promote, "make a version active")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--reason")
+    p = add("rollback", _rollback, "go back to the previous (or --to) version")
+    p.add_argument("name")
+    p.add_argument("--to", type=int)
+    p.add_argument("--reason")
+    p = add("audit", _audit, "who promoted or rolled back what")
+    p.add_argument("name")

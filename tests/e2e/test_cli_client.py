@@ -1,0 +1,84 @@
+"""The ``engram`` CLI and the Python client against a real server: the README's quick start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from service.client import EngramClient, EngramError
+from tests.e2e.conftest import KEYS, Server, start_server, stop_server
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_server(tmp_path_factory.mktemp("cli") / "data")
+    yield s
+    stop_server(s)
+
+
+def image_folder(root: Path, classes: tuple[int, ...], n: int = 60) -> Path:
+    d = load_digits()
+    for c in classes:
+        (root / str(c)).mkdir(parents=True)
+        for i, img in enumerate(d.images[d.target == c][:n]):
+            Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((16, 16)).save(root / str(c) / f"{i}.png")
+    return root
+
+
+def engram(srv: Server, *args: str, role: str = "admin") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ENGRAM_URL": srv.url, "ENGRAM_KEY": KEYS[role], "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_quick_start_through_the_cli(srv: Server, tmp_path: Path) -> None:
+    first, second = image_folder(tmp_path / "a", (0, 1)), image_folder(tmp_path / "b", (2, 3))
+    out = engram(srv, "classifiers", "create", "digits", "--image", "1x8x8", "--backbone", "mlp")
+    assert out.returncode == 0 and "created digits" in out.stdout, out.stdout + out.stderr
+    for i, folder in enumerate((first, second), start=1):
+        out = engram(srv, "learn", "digits", str(folder), "--task", f"t{i}", "--retention", "discard", role="learn")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"promoted, version {i}" in out.stdout and "train" in out.stdout  # the progress bar's stage
+    files = [str(first / "0" / "1.png"), str(second / "3" / "2.png")]
+    out = engram(srv, "predict", "digits", *files, role="predict")
+    assert out.returncode == 0 and f"{files[0]}: 0 " in out.stdout and f"{files[1]}: 3 " in out.stdout, out.stdout
+    out = engram(srv, "versions", "digits", role="predict")
+    assert out.returncode == 0 and "active" in out.stdout and "retired" in out.stdout
+    out = engram(srv, "rollback", "digits", "--reason", "cli test")
+    assert out.returncode == 0 and "version 1 is active" in out.stdout, out.stdout
+    out = engram(srv, "audit", "digits", role="learn")
+    assert "rollback" in out.stdout and "cli test" in out.stdout
+    out = engram(srv, "promote", "digits", "99")
+    assert out.returncode == 2 and "404" in out.stdout
+    out = engram(srv, "rollback", "digits", role="predict")
+    assert out.returncode == 2 and "403" in out.stdout
+    # EWC adding classes: rejected, with the reason in plain words, and a distinct exit code
+    out = engram(srv, "learn", "digits", str(image_folder(tmp_path / "c", (4, 5))), "--task", "t3", "--strategy", "ewc", role="learn")
+    assert out.returncode == 3 and "rejected" in out.stdout and "cannot add classes" in out.stdout
+
+
+def test_the_python_client(srv: Server, tmp_path: Path) -> None:
+    with EngramClient(srv.url, KEYS["admin"]) as c:
+        c.create_classifier("client", {"kind": "image", "channels": 1, "height": 8, "width": 8}, backbone="mlp")
+        seen: list[str] = []
+        job = c.wait(c.learn_folder("client", image_folder(tmp_path / "a", (0, 1)), "t1", "naive").job_id, lambda j: seen.append(j.status))
+        assert job.status == "promoted" and job.version == 1 and seen[-1] == "promoted"
+        result = c.predict_files("client", [tmp_path / "a" / "1" / "0.png"], top_k=2)
+        assert result.version == 1 and result.predictions[0].label == "1" and len(result.predictions[0].top_k) == 2
+        assert [v.version for v in c.versions("client")] == [1]
+        assert c.classifier("client").active_version == 1
+        with pytest.raises(EngramError) as err:
+            c.learn("client", "t2", "naive", [])
+        assert err.value.status == 422 and "empty" in err.value.detail
+    with pytest.raises(EngramError) as err, EngramClient("http://127.0.0.1:9", KEYS["admin"], timeout=2) as dead:
+        dead.classifiers()
+    assert err.value.status == 0 and "cannot reach" in str(err.value)
