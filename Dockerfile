@@ -5,15 +5,15 @@ FROM ${BASE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 ENGRAM_DATA_DIR=/data
 WORKDIR /app
-RUN useradd --create-home --uid 10001 engram && mkdir /data && chown engram /data
+RUN useradd --create-home --uid 10001 engram && mkdir /data && chown 10001 /data
 COPY pyproject.toml README.md ./
 COPY model_core ./model_core
 COPY service ./service
 COPY benchmarks ./benchmarks
-RUN pip install --no-cache-dir uv && uv pip install --system --no-cache -e .
-USER engram
+RUN pip install --no-cache-dir uv==0.13.8 && uv pip install --system --no-cache -e .
+USER 10001
 VOLUME /data
 EXPOSE 8000
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"
+HEALTHCHECK --interval=30s --timeout=5s CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 ENTRYPOINT ["engram"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -11,8 +11,11 @@ from typing import Any
 import anyio
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
+from prometheus_client import generate_latest
 
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.routes import ROUTES
@@ -20,8 +23,10 @@ from service.application import EngramService
 from service.auth import KeyRing
 from service.db import make_engine, make_sessionmaker
 from service.inference import ServingState
+from service.observability import Metrics, RequestLogMiddleware
 from service.settings import Settings
 from service.storage import open_store
+from service.ui import STATIC, TEMPLATES, UI
 
 log = logging.getLogger("engram.app")
 
@@ -36,6 +41,7 @@ async def _background(app: Litestar) -> None:
             await anyio.to_thread.run_sync(service.sync_serving)
             if ticks % max(1, round(2.0 / settings.serving_poll_seconds)) == 0:
                 await anyio.to_thread.run_sync(service.reap)
+                await anyio.to_thread.run_sync(service.observe_finished_jobs)
         except Exception:
             log.exception("background sync failed; retrying")
         ticks += 1
@@ -46,15 +52,14 @@ def create_app(settings: Settings) -> Litestar:
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
     serving = ServingState()
-    service = EngramService(settings, sessions, open_store(settings.artifacts_path), serving)
-    registry = CollectorRegistry()
-    active_gauge = Gauge("engram_active_version", "active version per classifier", ["classifier"], registry=registry)
+    service = EngramService(settings, sessions, open_store(settings.artifacts_path), serving, Metrics())
+    metrics = service.metrics
 
     @get("/metrics", sync_to_thread=False, include_in_schema=False)
-    def metrics() -> Response[bytes]:
+    def metrics_endpoint() -> Response[bytes]:
         for name, version in serving.active_versions().items():
-            active_gauge.labels(name).set(version)
-        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+            metrics.active_version.labels(name).set(version)
+        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -70,10 +75,12 @@ def create_app(settings: Settings) -> Litestar:
     state: dict[str, Any] = {"settings": settings, "service": service, "serving": serving,
                              "keyring": KeyRing(settings.keys(), settings.insecure)}  # fmt: skip
     return Litestar(
-        route_handlers=[*ROUTES, metrics],  # type: ignore[list-item]
+        route_handlers=[*ROUTES, metrics_endpoint, UI, STATIC],  # type: ignore[list-item]
         state=State(state),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="Engram", version="1"),
+        template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
+        middleware=[DefineMiddleware(RequestLogMiddleware, metrics=metrics)],
     )

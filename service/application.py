@@ -5,6 +5,8 @@ No torch here: learn requests are validated and staged, then a worker trains the
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -17,9 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from model_core.config import InputSpec, NetworkSpec, Preprocessing, default_backbone
 from model_core.strategy_specs import SPECS
 from service.api.schemas import ClassifierCreate, LearnRequest, PredictRequest
-from service.db import AuditEntry, Classifier, Job, Version
+from service.db import AuditEntry, Classifier, Job, Version, utcnow
 from service.gate import GateConfig
 from service.inference import Served, ServingState, load_served
+from service.observability import Metrics
 from service.preprocess import InputError, InputFormat, parse_items
 from service.registry import (
     Conflict,
@@ -67,12 +70,19 @@ def stratified_holdout(labels: np.ndarray, share: float, seed: int = 0) -> np.nd
 
 class EngramService:
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], store: ArtifactStore, serving: ServingState
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: ArtifactStore,
+        serving: ServingState,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
         self.serving = serving
+        self.metrics = metrics or Metrics()
+        self._jobs_seen_until = utcnow()  # jobs finished after this are still to be counted
 
     # --- classifiers ------------------------------------------------------------------------------
 
@@ -182,6 +192,33 @@ class EngramService:
                 raise NotFound(f"no job {job_id!r}")
             return job_view(job)
 
+    def recent_jobs(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            rows = s.scalars(
+                select(Job).where(Job.classifier_id == clf.id).order_by(Job.created_at.desc()).limit(limit)
+            )
+            return [job_view(j) for j in rows]
+
+    def lineage_matrix(self, name: str, number: int) -> dict[str, Any]:
+        """Accuracy matrix along a version's lineage: rows are the versions from the first to ``number``
+        (following parents), columns the tasks of ``number``; a cell is that version's gate accuracy."""
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            chain: list[Version] = []
+            current: int | None = number
+            while current is not None and len(chain) < 1000:
+                v = get_version(s, clf, current)
+                chain.append(v)
+                current = v.parent
+            chain.reverse()
+            tasks = [row["task"] for row in chain[-1].report.get("tasks", [])]
+            rows = []
+            for v in chain:
+                acc = {row["task"]: row["after"] for row in v.report.get("tasks", [])}
+                rows.append({"version": v.number, "cells": [acc.get(t) for t in tasks]})
+            return {"tasks": tasks, "rows": rows}
+
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         with self.sessions() as s:
             job = s.get(Job, job_id)
@@ -197,6 +234,23 @@ class EngramService:
                 raise Conflict(f"job {job_id} already ended as {job.status!r}")
             s.commit()
             return job_view(job)
+
+    def observe_finished_jobs(self) -> None:
+        """Feed jobs that ended since the last call into the job metrics (outcome, time per stage)."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Job, Classifier.name)
+                .join(Classifier, Classifier.id == Job.classifier_id)
+                .where(Job.finished_at.is_not(None), Job.finished_at > self._jobs_seen_until)
+                .order_by(Job.finished_at)
+            ).all()
+            for job, name in rows:
+                self.metrics.observe_job(name, job.status, job.seconds or {})
+                finished = job.finished_at
+                if finished is not None:
+                    self._jobs_seen_until = max(
+                        self._jobs_seen_until, finished if finished.tzinfo else finished.replace(tzinfo=dt.UTC)
+                    )
 
     def reap(self) -> None:
         with self.sessions() as s:
@@ -292,8 +346,12 @@ class EngramService:
                 raise Invalid(f"classifier {name!r} is task-incremental: give 'task', one of {sorted(served.tasks)}")
             if req.task not in served.tasks:
                 raise Invalid(f"unknown task {req.task!r} for version {served.version}; known: {sorted(served.tasks)}")
+        start = time.perf_counter()
         x = parse_items(req.inputs, served.fmt, "inputs", self.settings.max_image_pixels)
-        return {"classifier": name, "version": served.version, "predictions": served.predict(x, req.top_k, req.task)}
+        predictions = served.predict(x, req.top_k, req.task)
+        self.metrics.predict_seconds.labels(name, str(served.version)).observe(time.perf_counter() - start)
+        self.metrics.batch_size.labels(name).observe(len(x))
+        return {"classifier": name, "version": served.version, "predictions": predictions}
 
     def strategies(self) -> dict[str, Any]:
         return {n: {"summary": s.summary, "stores_data": s.stores_data, "adds_classes": s.adds_classes,

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import uuid
 from typing import Any
 
@@ -62,19 +61,13 @@ def enqueue(s: Session, settings: Settings, job_id: str, classifier: str) -> Non
     )
 
 
-def _heartbeat(sessions: Any, job_id: str, every: float, stop: threading.Event) -> None:
-    from service.worker import beat
-
-    while not stop.wait(every):
-        beat(sessions, job_id)
-
-
 def run_procrastinate_worker(settings: Settings) -> None:
     """A procrastinate worker on ``settings.queue``: one training job at a time, with stalled recovery."""
     import procrastinate
     from procrastinate.jobs import Status
 
     from service.training import JobRunner  # torch, in the worker process only
+    from service.worker import run_with_heartbeat
 
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
@@ -88,16 +81,7 @@ def run_procrastinate_worker(settings: Settings) -> None:
             if not claim_job(s, job_id, worker_id):
                 log.info("job %s is no longer queued; nothing to do", job_id)
                 return
-        stop = threading.Event()
-        beat = threading.Thread(
-            target=_heartbeat, args=(sessions, job_id, settings.heartbeat_seconds, stop), daemon=True
-        )
-        beat.start()
-        try:
-            runner.run(job_id)
-        finally:
-            stop.set()
-            beat.join()
+        run_with_heartbeat(runner, sessions, job_id, settings.heartbeat_seconds)
 
     def fail_engram_job(pg_job_args: dict[str, Any]) -> None:
         job_id = str(pg_job_args.get("job_id", ""))

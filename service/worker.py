@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +23,9 @@ from service.db import Job, make_engine, make_sessionmaker, utcnow
 from service.registry import claim_next_job
 from service.settings import Settings
 from service.storage import open_store
+
+if TYPE_CHECKING:
+    from service.training import JobRunner
 
 log = logging.getLogger("engram.worker")
 
@@ -43,6 +47,18 @@ def _heartbeat(sessions: sessionmaker[Session], job_id: str, every: float, stop:
         beat(sessions, job_id)
 
 
+def run_with_heartbeat(runner: JobRunner, sessions: sessionmaker[Session], job_id: str, every: float) -> None:
+    """Run a claimed job while a thread keeps its heartbeat fresh."""
+    stop = threading.Event()
+    thread = threading.Thread(target=_heartbeat, args=(sessions, job_id, every, stop), daemon=True)
+    thread.start()
+    try:
+        runner.run(job_id)
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs: int | None = None) -> int:
     """Work until ``stop`` is set (or ``max_jobs`` are done); returns the number of jobs run."""
     from service.training import JobRunner  # torch is imported here, in the worker process only
@@ -61,16 +77,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs
             stop.wait(settings.worker_poll_seconds)
             continue
         log.info("worker %s took job %s", worker_id, job_id)
-        beat_stop = threading.Event()
-        beat = threading.Thread(
-            target=_heartbeat, args=(sessions, job_id, settings.heartbeat_seconds, beat_stop), daemon=True
-        )
-        beat.start()
-        try:
-            runner.run(job_id)
-        finally:
-            beat_stop.set()
-            beat.join()
+        run_with_heartbeat(runner, sessions, job_id, settings.heartbeat_seconds)
         done += 1
     engine.dispose()
     return done

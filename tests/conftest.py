@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -34,3 +39,29 @@ def digit_spec(scenario: str = "class-incremental", backbone: str = "mlp") -> Ne
 
 
 FAST = TrainConfig(iterations=30, batch_size=32, device="cpu")
+
+
+PG_ADMIN_URL = os.environ.get("ENGRAM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.contextmanager
+def throwaway_pg(prefix: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test run, dropped afterwards; skips when none answers."""
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(
+            f"no PostgreSQL reachable at {PG_ADMIN_URL.split('@')[-1]} ({type(exc).__name__}); these tests need one"
+        )
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

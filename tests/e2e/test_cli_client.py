@@ -37,7 +37,9 @@ def image_folder(root: Path, classes: tuple[int, ...], n: int = 60) -> Path:
 
 def engram(srv: Server, *args: str, role: str = "admin") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ENGRAM_URL": srv.url, "ENGRAM_KEY": KEYS[role], "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_quick_start_through_the_cli(srv: Server, tmp_path: Path) -> None:
@@ -62,7 +64,17 @@ def test_quick_start_through_the_cli(srv: Server, tmp_path: Path) -> None:
     out = engram(srv, "rollback", "digits", role="predict")
     assert out.returncode == 2 and "403" in out.stdout
     # EWC adding classes: rejected, with the reason in plain words, and a distinct exit code
-    out = engram(srv, "learn", "digits", str(image_folder(tmp_path / "c", (4, 5))), "--task", "t3", "--strategy", "ewc", role="learn")
+    out = engram(
+        srv,
+        "learn",
+        "digits",
+        str(image_folder(tmp_path / "c", (4, 5))),
+        "--task",
+        "t3",
+        "--strategy",
+        "ewc",
+        role="learn",
+    )
     assert out.returncode == 3 and "rejected" in out.stdout and "cannot add classes" in out.stdout
 
 
@@ -70,7 +82,10 @@ def test_the_python_client(srv: Server, tmp_path: Path) -> None:
     with EngramClient(srv.url, KEYS["admin"]) as c:
         c.create_classifier("client", {"kind": "image", "channels": 1, "height": 8, "width": 8}, backbone="mlp")
         seen: list[str] = []
-        job = c.wait(c.learn_folder("client", image_folder(tmp_path / "a", (0, 1)), "t1", "naive").job_id, lambda j: seen.append(j.status))
+        job = c.wait(
+            c.learn_folder("client", image_folder(tmp_path / "a", (0, 1)), "t1", "naive").job_id,
+            lambda j: seen.append(j.status),
+        )
         assert job.status == "promoted" and job.version == 1 and seen[-1] == "promoted"
         result = c.predict_files("client", [tmp_path / "a" / "1" / "0.png"], top_k=2)
         assert result.version == 1 and result.predictions[0].label == "1" and len(result.predictions[0].top_k) == 2
@@ -82,3 +97,29 @@ def test_the_python_client(srv: Server, tmp_path: Path) -> None:
     with pytest.raises(EngramError) as err, EngramClient("http://127.0.0.1:9", KEYS["admin"], timeout=2) as dead:
         dead.classifiers()
     assert err.value.status == 0 and "cannot reach" in str(err.value)
+
+
+def test_metrics_and_request_logs(srv: Server) -> None:
+    import time
+
+    import httpx
+
+    r = httpx.get(f"{srv.url}/healthz", headers={"X-Request-ID": "trace-123"})
+    assert r.headers["x-request-id"] == "trace-123"
+    assert len(httpx.get(f"{srv.url}/healthz", headers={"X-Request-ID": "bad id!"}).headers["x-request-id"]) == 32
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # job outcomes are collected by the API's background loop
+        text = httpx.get(f"{srv.url}/metrics").text
+        if 'engram_job_outcomes_total{classifier="client",outcome="promoted"} 1.0' in text:
+            break
+        time.sleep(0.5)
+    assert 'engram_job_outcomes_total{classifier="digits",outcome="rejected"} 1.0' in text
+    assert 'engram_job_stage_seconds_count{stage="train"}' in text and 'stage="export"' in text
+    assert 'engram_predict_seconds_count{classifier="digits",version="2"} 1.0' in text
+    assert 'engram_predict_batch_size_bucket{classifier="digits",le="2.0"} 1.0' in text
+    assert 'engram_active_version{classifier="digits"} 1.0' in text
+    log = srv.log.read_text()
+    lines = [line for line in log.splitlines() if '"event": "request"' in line]
+    assert any('"request_id": "trace-123"' in line and '"status": 200' in line for line in lines)
+    assert not any(k in log for k in KEYS.values())  # keys are never logged
+    assert "image_b64" not in log  # nor sample data

@@ -11,37 +11,24 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
+from tests.conftest import throwaway_pg
 from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
 from tests.e2e.test_durability import PROBE, blobs, create, learn, wait_status
 
 pytestmark = pytest.mark.timeout(900)
-ADMIN_URL = os.environ.get("ENGRAM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"engram_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(
-            f"no PostgreSQL reachable at {ADMIN_URL.split('@')[-1]} ({type(exc).__name__}); scale-out tests need one"
-        )
-    yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_pg("engram_test") as url:
+        yield url
 
 
 @dataclass

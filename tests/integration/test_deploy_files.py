@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -33,8 +34,17 @@ def test_compose_commands_and_settings_are_real() -> None:
     assert url.startswith("postgresql+psycopg://")
 
 
+def test_dockerfile_passes_hadolint() -> None:
+    import shutil
+    import subprocess
+
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    proc = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_dockerfile_runs_engram_as_a_non_root_user() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["engram"]' in text and "USER engram" in text and "HEALTHCHECK" in text
+    assert 'ENTRYPOINT ["engram"]' in text and "USER 10001" in text and "HEALTHCHECK" in text
     cmd = next(line for line in text.splitlines() if line.startswith("CMD "))[len("CMD ") :]
     assert build_parser().parse_args(yaml.safe_load(cmd)).command == "serve"

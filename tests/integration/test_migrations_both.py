@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +13,7 @@ from alembic.migration import MigrationContext
 
 from service.db import Base, make_engine
 from service.migrations import alembic_config, upgrade
-
-ADMIN_URL = os.environ.get("ENGRAM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.conftest import throwaway_pg
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -24,17 +21,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'm.db'}"
         return
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"engram_mig_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL reachable at {ADMIN_URL.split('@')[-1]} ({type(exc).__name__})")
-    yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_pg("engram_mig") as pg:
+        yield pg
 
 
 def drift(url: str) -> list[object]:
