@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
@@ -20,11 +21,17 @@ from service.application import EngramService, Invalid
 from service.auth import KeyRing
 from service.db import TERMINAL
 
+# Version numbers fit the database's integer column; larger ones are refused before any query.
+VersionNumber = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="version number")]
+
 
 def require_role(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: the route's ``opt['role']`` decides the role the bearer key needs."""
+    if connection.scope.get("method") == "OPTIONS":
+        return  # CORS preflight and Litestar's automatic OPTIONS answers carry no data
     keys: KeyRing = connection.app.state.keyring
-    connection.state.actor = keys.authorise(connection.headers.get("authorization"), handler.opt["role"])
+    role = handler.opt.get("role", "admin")  # a route that forgot to declare its role needs admin
+    connection.state.actor = keys.authorise(connection.headers.get("authorization"), role)
 
 
 def svc(request: Request[Any, Any, Any]) -> EngramService:
@@ -125,12 +132,12 @@ def list_versions(request: Request[Any, Any, Any], name: str) -> list[dict[str, 
 
 
 @get("/classifiers/{name:str}/versions/{number:int}", opt={"role": "predict"}, sync_to_thread=True)
-def get_version(request: Request[Any, Any, Any], name: str, number: int) -> dict[str, Any]:
+def get_version(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> dict[str, Any]:
     return svc(request).get_version(name, number)
 
 
 @get("/classifiers/{name:str}/versions/{number:int}/model.onnx", opt={"role": "learn"}, sync_to_thread=True)
-def get_onnx(request: Request[Any, Any, Any], name: str, number: int) -> File:
+def get_onnx(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> File:
     path = svc(request).onnx_path(name, number)
     return File(path, filename=f"{name}-v{number}.onnx", media_type="application/octet-stream")
 
@@ -139,7 +146,7 @@ def get_onnx(request: Request[Any, Any, Any], name: str, number: int) -> File:
     "/classifiers/{name:str}/versions/{number:int}/promote", opt={"role": "admin"}, status_code=200, sync_to_thread=True
 )
 def promote(
-    request: Request[Any, Any, Any], name: str, number: int, data: PromoteRequest | None = None
+    request: Request[Any, Any, Any], name: str, number: VersionNumber, data: PromoteRequest | None = None
 ) -> dict[str, Any]:
     data = data or PromoteRequest()
     return svc(request).promote(name, number, request.state.actor, data.force, data.reason)

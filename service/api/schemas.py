@@ -63,7 +63,7 @@ class PredictRequest(Strict):
     inputs: list[dict[str, Any]]
     top_k: int = Field(default=1, ge=1, le=1000)
     task: str | None = None
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class PromoteRequest(Strict):
@@ -72,5 +72,5 @@ class PromoteRequest(Strict):
 
 
 class RollbackRequest(Strict):
-    to_version: int | None = Field(default=None, ge=1)
+    to_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     reason: str | None = Field(default=None, max_length=2000)

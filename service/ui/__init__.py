@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from litestar import Request, Router, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, Parameter
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 
@@ -84,7 +84,9 @@ def rollback_form(request: Request[Any, Any, Any], name: str, data: Form) -> Red
 
 
 @post("/classifiers/{name:str}/versions/{number:int}/promote", sync_to_thread=True)
-def promote_form(request: Request[Any, Any, Any], name: str, number: int, data: Form) -> Redirect:
+def promote_form(
+    request: Request[Any, Any, Any], name: str, number: Annotated[int, Parameter(ge=1, le=2**31 - 1)], data: Form
+) -> Redirect:
     try:
         actor = _actor(request, data.get("key", ""))
         v = _svc(request).promote(name, number, actor, data.get("force") == "true", data.get("reason") or None)

@@ -119,3 +119,7 @@ def test_bad_inputs_get_the_right_4xx(server: Server) -> None:
         "no active version",
     )
     problem(c.post("/v1/classifiers/til/rollback", json={}, headers=auth("admin")), 409, "no earlier")
+    # found by schemathesis: automatic OPTIONS answers and huge version numbers gave 500s
+    assert c.request("OPTIONS", "/v1/classifiers/til/versions").status_code < 500
+    problem(c.get("/v1/classifiers/til/versions/66805706650302382080", headers=auth("predict")), 422, "number")
+    problem(pred({"inputs": [{"vector": [0, 0, 0, 0]}], "task": "first", "version": 2**63}), 422, "version")
