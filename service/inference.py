@@ -83,10 +83,6 @@ class ServingState:
             self._remember(served)
         log.info("serving %s version %d", served.classifier, served.version)
 
-    def clear(self, classifier: str) -> None:
-        with self._lock:
-            self._active.pop(classifier, None)
-
     def cached(self, classifier: str, version: int) -> Served | None:
         with self._lock:
             served = self._cache.get((classifier, version))
