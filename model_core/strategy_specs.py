@@ -45,7 +45,7 @@ SPECS: dict[str, StrategySpec] = {
                 "replay_ratio": 1.0,  # replayed samples per new sample in each step
                 # Weight of distilling the previous model's old-unit outputs on every row, as iCaRL
                 # does; it keeps old classes' regions as the full-data model drew them. Split-Digits
-                # class-IL: 0.954 with it, 0.907 without.
+                # class-IL: 0.954 with it, 0.908 without (python -m benchmarks.sweeps).
                 "distill_alpha": 1.0,
                 "temperature": 2.0,  # distillation temperature
             },
@@ -56,7 +56,7 @@ SPECS: dict[str, StrategySpec] = {
             summary="elastic weight consolidation (separate or online)",
             defaults={
                 # Large because the true Fisher of a confident network is tiny (~1e-8 per weight after
-                # an easy task such as 0-vs-1 digits); Split-Digits task-IL: 1e5 -> 0.933, 1e8 -> 0.969,
+                # an easy task such as 0-vs-1 digits); Split-Digits task-IL: 1e5 -> 0.906, 1e8 -> 0.969,
                 # 1e9 -> 0.974 average accuracy.
                 "ewc_lambda": 1e9,
                 "mode": "separate",  # "separate" or "online"
@@ -84,7 +84,8 @@ SPECS: dict[str, StrategySpec] = {
                 "latent_dim": 32,  # VAE latent size
                 "hidden": 256,  # VAE hidden width (two layers each side)
                 # Generator optimiser steps per experience: the generator's fit is what replay quality
-                # rests on. In a Split-Digits sweep (3 seeds, class-IL) 800 gave 0.940, 500 gave 0.924.
+                # rests on. Split-Digits class-IL, 3 seeds: 800 gives 0.930, 500 gives 0.922
+                # (python -m benchmarks.continual and python -m benchmarks.sweeps).
                 "generator_iterations": 800,
                 "generator_batch": 64,  # new-data samples per generator step (replay adds as many)
                 "generator_lr": 1e-3,

@@ -5,7 +5,6 @@ No torch here: learn requests are validated and staged, then a worker trains the
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import uuid
 from collections import Counter
@@ -16,7 +15,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from model_core.config import InputSpec, NetworkSpec, Preprocessing, default_backbone
+from model_core.config import InputSpec, NetworkSpec, default_backbone
 from model_core.strategy_specs import SPECS
 from service.api.schemas import ClassifierCreate, LearnRequest, PredictRequest
 from service.db import AuditEntry, Classifier, Job, Version, utcnow
@@ -88,10 +87,10 @@ class EngramService:
 
     def create_classifier(self, req: ClassifierCreate) -> dict[str, Any]:
         inp = InputSpec(**req.input.model_dump())
-        backbone = req.backbone or default_backbone(inp)
-        if backbone != "mlp" and inp.kind != "image":
-            raise Invalid(f"backbone {backbone!r} needs image input; use 'mlp' for vectors")
-        spec = NetworkSpec(inp, backbone=backbone, scenario=req.scenario, preprocessing=Preprocessing())
+        try:  # NetworkSpec validates the combination (e.g. a conv backbone on vectors)
+            spec = NetworkSpec(inp, backbone=req.backbone or default_backbone(inp), scenario=req.scenario)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
         gate = GateConfig().merged(req.gate.model_dump() if req.gate else None)
         with self.sessions() as s:
             if s.scalar(select(Classifier).where(Classifier.name == req.name)) is not None:
@@ -246,11 +245,8 @@ class EngramService:
             ).all()
             for job, name in rows:
                 self.metrics.observe_job(name, job.status, job.seconds or {})
-                finished = job.finished_at
-                if finished is not None:
-                    self._jobs_seen_until = max(
-                        self._jobs_seen_until, finished if finished.tzinfo else finished.replace(tzinfo=dt.UTC)
-                    )
+                if job.finished_at is not None:
+                    self._jobs_seen_until = max(self._jobs_seen_until, job.finished_at)
 
     def reap(self) -> None:
         with self.sessions() as s:
@@ -286,9 +282,18 @@ class EngramService:
         cached = self.serving.cached(clf.name, v.number)
         if cached is not None:
             return cached
-        served = load_served(clf.name, v.number, self.store.path(v.artifact), clf.network["scenario"], clf.network)
+        served = load_served(clf.name, v.number, self.store.path(v.artifact), clf.network)
         self.serving.remember(served)
         return served
+
+    def _activate(
+        self, s: Session, clf: Classifier, v: Version, action: str, actor: str, reason: str | None, forced: bool
+    ) -> None:
+        """Build and warm ``v``'s session, then move the pointer (one transaction), then swap it in."""
+        served = self._load(s, clf, v)
+        set_active(s, clf, v, action, actor, reason, forced=forced)
+        s.commit()
+        self.serving.swap(served)
 
     def promote(self, name: str, number: int, actor: str, force: bool, reason: str | None) -> dict[str, Any]:
         with self.sessions() as s:
@@ -296,10 +301,7 @@ class EngramService:
             v = get_version(s, clf, number)
             if v.status == "rejected" and not (force and reason):
                 raise Conflict(f"version {number} was rejected by the gate; promoting it needs force=true and a reason")
-            served = self._load(s, clf, v)  # built and warmed before the pointer moves
-            set_active(s, clf, v, "promote", actor, reason, forced=v.status == "rejected")
-            s.commit()
-        self.serving.swap(served)
+            self._activate(s, clf, v, "promote", actor, reason, forced=v.status == "rejected")
         return self.get_version(name, number)
 
     def rollback(self, name: str, to_version: int | None, actor: str, reason: str | None) -> dict[str, Any]:
@@ -311,10 +313,7 @@ class EngramService:
             v = get_version(s, clf, target)
             if v.status in ("rejected", "candidate"):
                 raise Conflict(f"version {target} was never promoted ({v.status}); promote it instead")
-            served = self._load(s, clf, v)
-            set_active(s, clf, v, "rollback", actor, reason, forced=False)
-            s.commit()
-        self.serving.swap(served)
+            self._activate(s, clf, v, "rollback", actor, reason, forced=False)
         return self.get_version(name, target)
 
     def sync_serving(self) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
@@ -25,11 +26,22 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp column that always reads back as an aware UTC datetime (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         dict[str, Any]: JSON,
         list[Any]: JSON,
-        dt.datetime: DateTime(timezone=True),
     }
 
 
@@ -40,7 +52,7 @@ class Classifier(Base):
     network: Mapped[dict[str, Any]]  # NetworkSpec.to_dict()
     gate: Mapped[dict[str, Any]]  # gate defaults: tolerance, new_task_floor, manual_approval, holdout
     active_version: Mapped[int | None] = mapped_column(Integer, default=None)
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Version(Base):
@@ -58,7 +70,7 @@ class Version(Base):
     report: Mapped[dict[str, Any]]
     artifact: Mapped[str] = mapped_column(String(512))  # bundle folder, relative to the artifact root
     job_id: Mapped[str | None] = mapped_column(String(36), default=None)
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Job(Base):
@@ -77,10 +89,10 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     worker: Mapped[str | None] = mapped_column(String(128), default=None)
-    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(default=None)
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
-    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     seconds: Mapped[dict[str, Any]] = mapped_column(default=dict)  # time per stage
 
 
@@ -94,7 +106,7 @@ class AuditEntry(Base):
     to_version: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     forced: Mapped[bool] = mapped_column(Boolean, default=False)
-    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 TERMINAL = ("promoted", "rejected", "failed", "cancelled", "passed")

@@ -48,7 +48,7 @@ class Served:
         return out
 
 
-def load_served(classifier: str, version: int, folder: Path, scenario: str, network: dict[str, Any]) -> Served:
+def load_served(classifier: str, version: int, folder: Path, network: dict[str, Any]) -> Served:
     """Build and warm a session for the bundle in ``folder``."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -58,7 +58,7 @@ def load_served(classifier: str, version: int, folder: Path, scenario: str, netw
     tasks = {t["name"]: list(t["units"]) for t in json.loads(meta["engram.tasks"])}
     fmt = InputFormat.from_network(network)
     session.run(["logits"], {"input": np.zeros((1, *fmt.shape), dtype=np.float32)})  # warm up
-    return Served(classifier, version, session, labels, tasks, fmt, scenario)
+    return Served(classifier, version, session, labels, tasks, fmt, network["scenario"])
 
 
 class ServingState:

@@ -99,10 +99,7 @@ def reap_stale_jobs(s: Session, stale_after: float) -> list[Job]:
     jobs = list(s.scalars(select(Job).where(Job.status.in_(ACTIVE_JOB))).all())
     dead = []
     for job in jobs:
-        beat = job.heartbeat_at
-        if beat is not None and beat.tzinfo is None:
-            beat = beat.replace(tzinfo=dt.UTC)  # SQLite drops the zone
-        if beat is None or beat < limit:
+        if job.heartbeat_at is None or job.heartbeat_at < limit:
             job.status = "failed"
             job.error = (
                 f"the worker stopped responding (no heartbeat for over {stale_after:.0f} s); it died or was killed"

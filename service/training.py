@@ -117,7 +117,7 @@ class JobRunner:
             job.parent = clf.active_version  # lineage: the version active when the job starts
             s.commit()
             parent = get_version(s, clf, clf.active_version) if clf.active_version is not None else None
-            name, network, gate_defaults = clf.name, dict(clf.network), dict(clf.gate)
+            clf_id, name, network, gate_defaults = clf.id, clf.name, dict(clf.network), dict(clf.gate)
             task, strategy, retention, request = job.task, job.strategy, job.retention, dict(job.request)
             parent_number, parent_dir = (parent.number, self.store.path(parent.artifact)) if parent else (None, None)
 
@@ -170,11 +170,10 @@ class JobRunner:
         times["export"] = time.perf_counter() - t3
         cfg = GateConfig.from_dict(gate_defaults).merged(request.get("gate"))
         report = evaluate(cfg, learner.scenario, strategy, retention, task, result.new_labels, rows, diff, err)
-        report["seconds"] = {k: round(v, 3) for k, v in times.items()}
 
         t4 = time.perf_counter()
         with self.sessions() as s:
-            clf = s.get(Classifier, s.get(Job, job_id).classifier_id)  # type: ignore[union-attr]
+            clf = s.get(Classifier, clf_id)
             assert clf is not None
             number = next_version_number(s, clf)
             folder = self.store.version_dir(name, number)
