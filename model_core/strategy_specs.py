@@ -6,6 +6,8 @@ in ``model_core.strategies`` take their flags and defaults from here.
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +22,36 @@ class StrategySpec:
     adds_classes: bool = True
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the allowed values of string parameters
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Defaults overlaid with ``params``; ValueError naming unknown parameters."""
+        """Defaults overlaid with ``params``; ValueError naming an unknown parameter or one with a bad value
+        (checked here, so that a learn request is refused up front rather than failing in the worker)."""
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             raise ValueError(f"strategy {self.name!r} has no parameter(s) {unknown}; known: {sorted(self.defaults)}")
+        for key, value in params.items():
+            problem = self._value_problem(key, value)
+            if problem:
+                raise ValueError(f"strategy {self.name!r} parameter {key!r} {problem}; got {reprlib.repr(value)}")
         return {**self.defaults, **params}
+
+    def _value_problem(self, key: str, value: Any) -> str | None:
+        """A value must be of its default's kind: one of the choices, a count (a whole number >= 1, or null
+        where the default is null) or a finite weight >= 0 (> 0 for a temperature)."""
+        default = self.defaults[key]
+        if key in self.choices:
+            return None if value in self.choices[key] else f"must be one of {list(self.choices[key])}"
+        if default is None or isinstance(default, int):
+            if (value is None and default is None) or (type(value) is int and value >= 1):
+                return None
+            return "must be a whole number >= 1" + (" or null" if default is None else "")
+        positive = "temperature" in key
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        finite = number and (isinstance(value, int) or math.isfinite(value))  # a huge int overflows isfinite
+        if not finite or value < 0 or (positive and value == 0):
+            return f"must be a finite number {'> 0' if positive else '>= 0'}"
+        return None
 
 
 SPECS: dict[str, StrategySpec] = {
@@ -49,6 +74,7 @@ SPECS: dict[str, StrategySpec] = {
                 "distill_alpha": 1.0,
                 "temperature": 2.0,  # distillation temperature
             },
+            choices={"selection": ("herding", "random")},
         ),
         StrategySpec(
             "ewc",
@@ -64,6 +90,7 @@ SPECS: dict[str, StrategySpec] = {
                 "fisher": "true",  # "true" (labels sampled from the model) or "empirical" (data labels)
                 "fisher_samples": 500,  # samples of the experience used to estimate the Fisher
             },
+            choices={"mode": ("separate", "online"), "fisher": ("true", "empirical")},
         ),
         StrategySpec(
             "lwf",

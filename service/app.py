@@ -9,16 +9,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
+from litestar.exceptions import SerializationException
 from litestar.middleware import DefineMiddleware
-from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.plugins.pydantic import PydanticInitPlugin
 from litestar.template.config import TemplateConfig
 from prometheus_client import generate_latest
 
 from service.api.errors import EXCEPTION_HANDLERS
-from service.api.routes import ROUTES
+from service.api.openapi import WireSchemaPlugin, openapi_config
+from service.api.routes import ROUTES, answer_options
 from service.application import EngramService
 from service.auth import KeyRing
 from service.db import make_engine, make_sessionmaker
@@ -29,6 +31,23 @@ from service.storage import open_store
 from service.ui import STATIC, TEMPLATES, UI
 
 log = logging.getLogger("engram.app")
+
+
+class EngramRequest(Request[Any, Any, Any]):
+    """A request whose JSON body fails to decode the same way whatever is wrong with it.
+
+    msgspec raises RecursionError for nesting deeper than about 1,000 levels and UnicodeDecodeError for
+    invalid UTF-8 inside a string; Litestar converts only msgspec.DecodeError to its SerializationException
+    (a 400, or the learn route's 422), so those two reached the catch-all as 500s with a traceback.
+    """
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise SerializationException("JSON is malformed: nested too deeply") from None
+        except UnicodeDecodeError as exc:
+            raise SerializationException(f"JSON is malformed: a string is not valid UTF-8 ({exc.reason})") from None
 
 
 async def _background(app: Litestar) -> None:
@@ -78,9 +97,13 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[*ROUTES, metrics_endpoint, UI, STATIC],  # type: ignore[list-item]
         state=State(state),
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=answer_options,
+        request_class=EngramRequest,
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Engram", version="1"),
+        openapi_config=openapi_config(),
+        # Strict: request bodies are validated exactly as the published schema says (no "5" for 5).
+        plugins=[WireSchemaPlugin(), PydanticInitPlugin(validate_strict=True)],
         template_config=TemplateConfig(directory=TEMPLATES, engine=JinjaTemplateEngine),
         middleware=[DefineMiddleware(RequestLogMiddleware, metrics=metrics)],
     )

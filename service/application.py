@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +21,7 @@ from model_core.strategy_specs import SPECS
 from service.api.schemas import ClassifierCreate, LearnRequest, PredictRequest
 from service.db import AuditEntry, Classifier, Job, Version, utcnow
 from service.gate import GateConfig
-from service.inference import Served, ServingState, load_served
+from service.inference import Served, ServingOptions, ServingState, load_served
 from service.observability import Metrics
 from service.preprocess import InputError, InputFormat, parse_items
 from service.registry import (
@@ -82,6 +83,9 @@ class EngramService:
         self.serving = serving
         self.metrics = metrics or Metrics()
         self._jobs_seen_until = utcnow()  # jobs finished after this are still to be counted
+        self.serving_options = ServingOptions(
+            settings.ort_threads, settings.batch_max_size, settings.batch_max_wait_ms / 1000, settings.max_image_pixels
+        )
 
     # --- classifiers ------------------------------------------------------------------------------
 
@@ -181,6 +185,8 @@ class EngramService:
             label = item.get("label") if isinstance(item, dict) else None
             if not isinstance(label, str) or not label.strip() or len(label) > 128:
                 raise InputError(field, i, "'label' must be a non-empty string of at most 128 characters")
+            if not label.isprintable():  # control characters; numpy would also drop a trailing NUL silently
+                raise InputError(field, i, "'label' must not contain control characters")
             out.append(label)
         return np.array(out, dtype=str)
 
@@ -282,7 +288,7 @@ class EngramService:
         cached = self.serving.cached(clf.name, v.number)
         if cached is not None:
             return cached
-        served = load_served(clf.name, v.number, self.store.path(v.artifact), clf.network)
+        served = load_served(clf.name, v.number, self.store.path(v.artifact), clf.network, self.serving_options)
         self.serving.remember(served)
         return served
 
@@ -327,30 +333,36 @@ class EngramService:
 
     # --- predict ----------------------------------------------------------------------------------
 
-    def predict(self, name: str, req: PredictRequest) -> dict[str, Any]:
+    async def predict(self, name: str, req: PredictRequest) -> dict[str, Any]:
+        """Decode and run as part of a micro-batch with concurrent requests (see service.batching)."""
         if not req.inputs:
             raise Invalid("inputs is empty")
         if len(req.inputs) > self.settings.max_predict_items:
             raise Invalid(f"inputs has {len(req.inputs)} items; the limit is {self.settings.max_predict_items}")
+        start = time.perf_counter()
         served = self.serving.active(name) if req.version is None else self.serving.cached(name, req.version)
         if served is None:
-            with self.sessions() as s:
-                clf = get_classifier(s, name)
-                number = req.version if req.version is not None else clf.active_version
-                if number is None:
-                    raise Conflict(f"classifier {name!r} has no active version yet; learn something first")
-                served = self._load(s, clf, get_version(s, clf, number))
+            served = await anyio.to_thread.run_sync(self._served_for, name, req.version)
         if served.scenario == "task-incremental":
             if req.task is None:
                 raise Invalid(f"classifier {name!r} is task-incremental: give 'task', one of {sorted(served.tasks)}")
             if req.task not in served.tasks:
                 raise Invalid(f"unknown task {req.task!r} for version {served.version}; known: {sorted(served.tasks)}")
-        start = time.perf_counter()
-        x = parse_items(req.inputs, served.fmt, "inputs", self.settings.max_image_pixels)
-        predictions = served.predict(x, req.top_k, req.task)
+        logits, run_rows = await served.batcher.submit(req.inputs)  # decoded in the batch's worker thread
+        predictions = served.postprocess(logits, req.top_k, req.task)
         self.metrics.predict_seconds.labels(name, str(served.version)).observe(time.perf_counter() - start)
-        self.metrics.batch_size.labels(name).observe(len(x))
+        self.metrics.batch_size.labels(name).observe(len(req.inputs))
+        self.metrics.model_batch_rows.labels(name).observe(run_rows)
         return {"classifier": name, "version": served.version, "predictions": predictions}
+
+    def _served_for(self, name: str, version: int | None) -> Served:
+        """A pinned version, or the active one before the background sync has loaded it."""
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            number = version if version is not None else clf.active_version
+            if number is None:
+                raise Conflict(f"classifier {name!r} has no active version yet; learn something first")
+            return self._load(s, clf, get_version(s, clf, number))
 
     def strategies(self) -> dict[str, Any]:
         return {n: {"summary": s.summary, "stores_data": s.stores_data, "adds_classes": s.adds_classes,

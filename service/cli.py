@@ -133,7 +133,8 @@ def _serve(args: argparse.Namespace) -> int:
     if supervisor is not None:
         supervisor.start()
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        # access_log off: RequestLogMiddleware writes one JSON line per request (with its id) instead
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
     finally:
         if supervisor is not None:
             supervisor.stop()

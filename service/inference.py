@@ -2,27 +2,44 @@
 
 The predict path needs only onnxruntime and numpy. A version's session is built and warmed before the
 pointer moves to it, so a swap is instant; a request that already holds the old session finishes on it.
+Each served version has its own micro-batcher (``service.batching``): concurrent requests share one run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from service.preprocess import InputFormat, softmax
+from service.batching import MicroBatcher
+from service.preprocess import InputFormat, parse_items, softmax
 
 log = logging.getLogger("engram.serving")
 
 
 @dataclass(frozen=True)
+class ServingOptions:
+    """How sessions run and batch; from Settings (ENGRAM_ORT_THREADS, ENGRAM_BATCH_*)."""
+
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per CPU this process may use
+    max_batch: int = 64  # rows per model run
+    max_wait: float = 0.0  # seconds a batch waits for more requests before it runs
+    max_image_pixels: int = 16_000_000  # decoded images larger than this are refused
+
+    def intra_op_threads(self) -> int:
+        return self.threads or len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True, eq=False)
 class Served:
     classifier: str
     version: int
@@ -31,9 +48,10 @@ class Served:
     tasks: dict[str, list[int]]  # task name -> output units
     fmt: InputFormat
     scenario: str
+    batcher: MicroBatcher
 
-    def predict(self, x: np.ndarray, top_k: int, task: str | None) -> list[dict[str, Any]]:
-        logits = self.session.run(["logits"], {"input": x})[0]  # (N, U)
+    def postprocess(self, logits: np.ndarray, top_k: int, task: str | None) -> list[dict[str, Any]]:
+        """One request's logits rows -> its predictions (labels and top-k scores)."""
         units = np.arange(logits.shape[1])
         if self.scenario == "task-incremental":
             assert task is not None
@@ -48,17 +66,37 @@ class Served:
         return out
 
 
-def load_served(classifier: str, version: int, folder: Path, network: dict[str, Any]) -> Served:
+def _run_logits(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = session.run(["logits"], {"input": x})[0]  # (N, units)
+    return out
+
+
+def _parse_inputs(items: list[Any], fmt: InputFormat, max_pixels: int) -> np.ndarray:
+    return parse_items(items, fmt, "inputs", max_pixels)
+
+
+def load_served(
+    classifier: str, version: int, folder: Path, network: dict[str, Any], options: ServingOptions | None = None
+) -> Served:
     """Build and warm a session for the bundle in ``folder``."""
+    options = options or ServingOptions()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = options.intra_op_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Spinning worker threads would take the CPU the HTTP event loop needs between batches.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     labels = json.loads(meta["engram.labels"])
     tasks = {t["name"]: list(t["units"]) for t in json.loads(meta["engram.tasks"])}
     fmt = InputFormat.from_network(network)
-    session.run(["logits"], {"input": np.zeros((1, *fmt.shape), dtype=np.float32)})  # warm up
-    return Served(classifier, version, session, labels, tasks, fmt, network["scenario"])
+    for n in sorted({1, options.max_batch}):  # warm up the shapes the batcher will use most
+        session.run(["logits"], {"input": np.zeros((n, *fmt.shape), dtype=np.float32)})
+    prepare = partial(_parse_inputs, fmt=fmt, max_pixels=options.max_image_pixels)
+    batcher = MicroBatcher(partial(_run_logits, session), options.max_batch, options.max_wait, prepare)
+    return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], batcher)
 
 
 class ServingState:

@@ -28,6 +28,10 @@ class Metrics:
                                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))  # fmt: skip
         self.batch_size = Histogram("engram_predict_batch_size", "inputs per predict request", ["classifier"],
                                     registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))  # fmt: skip
+        self.model_batch_rows = Histogram("engram_model_batch_rows",
+                                          "rows in the batched model run that served each predict request",
+                                          ["classifier"], registry=r,
+                                          buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))  # fmt: skip
         self.job_stage_seconds = Histogram("engram_job_stage_seconds", "time per learning-job stage", ["stage"],
                                            registry=r, buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800))  # fmt: skip
         self.job_outcomes = Counter("engram_job_outcomes_total", "finished learning jobs by outcome (gate verdict)",

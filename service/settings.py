@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = 16_000_000  # decoded images larger than this are refused (image bombs)
     max_batch_items: int = 20_000  # samples per learn request
     max_predict_items: int = 1_024  # inputs per predict request
+    ort_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads per model run; 0 = one per usable CPU
+    batch_max_size: int = Field(default=64, ge=1)  # rows per batched model run (a bigger request runs alone)
+    batch_max_wait_ms: float = Field(default=0.0, ge=0)  # wait for more requests before a batch runs
     embedded_worker: bool = True  # `engram serve` starts one local worker process
     worker_poll_seconds: float = 0.5
     heartbeat_seconds: float = 2.0  # how often a worker marks its running job alive

@@ -79,12 +79,18 @@ class JobRunner:
             job.status, job.error, job.finished_at = status, error, utcnow()
             s.commit()
 
-    def _callbacks(self, job_id: str) -> tuple[Callable[[Progress], None], Callable[[], bool]]:
-        last = {"write": 0.0, "cancel": 0.0}
+    def _callbacks(
+        self, job_id: str, stage_seconds: dict[str, float]
+    ) -> tuple[Callable[[Progress], None], Callable[[], bool]]:
+        """Progress writes and cancel checks, throttled. ``stage_seconds`` collects the time of each training
+        stage (classifier "train", "generator", "importance"): the time up to a report goes to its stage."""
+        last = {"write": 0.0, "cancel": 0.0, "report": time.monotonic()}
         cancelled = {"flag": False}
 
         def progress(p: Progress) -> None:
             now = time.monotonic()
+            stage_seconds[p.stage] = stage_seconds.get(p.stage, 0.0) + now - last["report"]
+            last["report"] = now
             if now - last["write"] < THROTTLE and p.step != p.total:
                 return
             last["write"] = now
@@ -151,10 +157,12 @@ class JobRunner:
             seed=int(options.get("seed", 0)),
             device=self.device,
         )
-        progress, should_cancel = self._callbacks(job_id)
+        stages: dict[str, float] = {}
+        progress, should_cancel = self._callbacks(job_id, stages)
         exp = experience(task, train["x"], train["label"])
         result = learner.learn(exp, strategy, request.get("params"), config, progress, should_cancel)
         times["train"] = time.perf_counter() - t1
+        times.update({f"train.{stage}": sec for stage, sec in stages.items()})  # e.g. train.generator
 
         self._set_status(job_id, "evaluating")
         t2 = time.perf_counter()

@@ -1,9 +1,12 @@
-"""Thin controllers: authorise, parse, call the application service, return its answer."""
+"""Thin controllers: authorise, parse, call the application service, return its answer.
+
+Handlers return the application's dicts; ``responses=answers(...)`` documents each answer's schema
+(``service.api.schemas``) and the problem+json errors the operation can give.
+"""
 
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -14,15 +17,48 @@ from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
-from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
+from litestar.routes import HTTPRoute
+from litestar.serialization import encode_json
+from litestar.status_codes import (
+    HTTP_201_CREATED,
+    HTTP_202_ACCEPTED,
+    HTTP_204_NO_CONTENT,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+)
 
-from service.api.schemas import ClassifierCreate, LearnRequest, PredictRequest, PromoteRequest, RollbackRequest
+from service.api.openapi import LearnOperation, answers
+from service.api.schemas import (
+    AuditView,
+    ClassifierCreate,
+    ClassifierView,
+    Health,
+    JobEvent,
+    JobView,
+    LearnRequest,
+    PredictRequest,
+    PredictResult,
+    PromoteRequest,
+    Ready,
+    RollbackRequest,
+    StrategyView,
+    Unready,
+    VersionView,
+)
 from service.application import EngramService, Invalid
 from service.auth import KeyRing
 from service.db import TERMINAL
 
 # Version numbers fit the database's integer column; larger ones are refused before any query.
 VersionNumber = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="version number")]
+
+
+# Guards and hooks are async on purpose: Litestar runs a sync one in a worker thread, on every request.
+
+
+async def guard_v1(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The /v1 guard: the key's role first (401/403), then the body's content type (415)."""
+    require_role(connection, handler)
+    require_json_body(connection, handler)
 
 
 def require_role(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -34,27 +70,68 @@ def require_role(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRo
     connection.state.actor = keys.authorise(connection.headers.get("authorization"), role)
 
 
+JSON = ("application/json",)
+
+
+def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Guard: a POST with a body must say it is JSON (or, where ``opt['content_types']`` allows, a
+    multipart form); a body sent as text/plain or a urlencoded form gets 415 instead of being parsed."""
+    if connection.scope.get("method") != "POST":
+        return
+    headers = connection.headers
+    ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if not ctype and headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        return  # no body at all (promote and rollback take an optional one)
+    allowed = handler.opt.get("content_types", JSON)
+    if ctype not in allowed:
+        raise HTTPException(
+            status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail=f"Content-Type {ctype or '(none)'!r} is not accepted here; send {' or '.join(allowed)}",
+        )
+
+
+async def answer_options(request: Request[Any, Any, Any]) -> Response[None] | None:
+    """``before_request`` hook: answer OPTIONS with every method of the path.
+
+    Litestar 2's automatic OPTIONS handler lists only the methods of the first handler registered on a
+    path (litestar#4169, fixed in 3.0), so ``Allow`` for /v1/classifiers lacked GET. The service defines
+    no OPTIONS handler of its own; every OPTIONS request reaching a handler is one of those.
+    """
+    if request.method != "OPTIONS":
+        return None
+    template = request.scope.get("path_template")
+    routes = (r for r in request.app.routes if isinstance(r, HTTPRoute) and r.path_format == template)
+    route = next(routes, None)
+    if route is None:
+        return None
+    return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": ", ".join(sorted(route.methods))})
+
+
 def svc(request: Request[Any, Any, Any]) -> EngramService:
     service: EngramService = request.app.state.service
     return service
 
 
-@get("/strategies", opt={"role": "predict"}, sync_to_thread=False)
+@get("/strategies", opt={"role": "predict"}, sync_to_thread=False,
+     responses=answers(200, dict[str, StrategyView], "Each strategy by name", 401))  # fmt: skip
 def strategies(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return svc(request).strategies()
 
 
-@post("/classifiers", opt={"role": "admin"}, status_code=HTTP_201_CREATED, sync_to_thread=True)
+@post("/classifiers", opt={"role": "admin"}, status_code=HTTP_201_CREATED, sync_to_thread=True,
+      responses=answers(201, ClassifierView, "The new classifier", 400, 401, 403, 409, 413, 422, 415))  # fmt: skip
 def create_classifier(request: Request[Any, Any, Any], data: ClassifierCreate) -> dict[str, Any]:
     return svc(request).create_classifier(data)
 
 
-@get("/classifiers", opt={"role": "predict"}, sync_to_thread=True)
+@get("/classifiers", opt={"role": "predict"}, sync_to_thread=True,
+     responses=answers(200, list[ClassifierView], "Every classifier, by name", 401))  # fmt: skip
 def list_classifiers(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return svc(request).list_classifiers()
 
 
-@get("/classifiers/{name:str}", opt={"role": "predict"}, sync_to_thread=True)
+@get("/classifiers/{name:str}", opt={"role": "predict"}, sync_to_thread=True,
+     responses=answers(200, ClassifierView, "The classifier", 400, 401, 404))  # fmt: skip
 def get_classifier(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
     return svc(request).get_classifier(name)
 
@@ -64,7 +141,7 @@ async def _learn_body(request: Request[Any, Any, Any]) -> LearnRequest:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form()
-        files, labels = form.getall("file"), form.getall("label")
+        files, labels = form.getall("file", []), form.getall("label", [])  # a form may lack either
         if len(files) != len(labels):
             raise Invalid(f"the form has {len(files)} files but {len(labels)} labels; send one label per file")
         samples = []
@@ -73,8 +150,6 @@ async def _learn_body(request: Request[Any, Any, Any]) -> LearnRequest:
             samples.append({"label": label, "image_b64": base64.b64encode(raw).decode()})
         fields = {k: form.get(k) for k in ("task", "strategy", "retention") if form.get(k) is not None}
         return LearnRequest.model_validate({**fields, "samples": samples})
-    if not ctype.startswith("application/json"):
-        raise Invalid("send application/json or multipart/form-data")
     try:
         body = await request.json()
     except HTTPException:
@@ -84,23 +159,30 @@ async def _learn_body(request: Request[Any, Any, Any]) -> LearnRequest:
     return LearnRequest.model_validate(body)
 
 
-@post("/classifiers/{name:str}/learn", opt={"role": "learn"}, status_code=HTTP_202_ACCEPTED)
+@post("/classifiers/{name:str}/learn", status_code=HTTP_202_ACCEPTED,
+      opt={"role": "learn", "content_types": ("application/json", "multipart/form-data")},
+      operation_class=LearnOperation,
+      responses=answers(202, JobView, "The queued job", 400, 401, 403, 404, 413, 422, 415))  # fmt: skip
 async def learn(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
     body = await _learn_body(request)
     return await anyio.to_thread.run_sync(svc(request).submit_learn, name, body)
 
 
-@get("/jobs/{job_id:str}", opt={"role": "learn"}, sync_to_thread=True)
+@get("/jobs/{job_id:str}", opt={"role": "learn"}, sync_to_thread=True,
+     responses=answers(200, JobView, "The job", 400, 401, 403, 404))  # fmt: skip
 def get_job(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
     return svc(request).get_job(job_id)
 
 
-@post("/jobs/{job_id:str}/cancel", opt={"role": "learn"}, status_code=200, sync_to_thread=True)
+@post("/jobs/{job_id:str}/cancel", opt={"role": "learn"}, status_code=200, sync_to_thread=True,
+      responses=answers(200, JobView, "The job, cancelled or asked to stop", 400, 401, 403, 404, 409, 415))  # fmt: skip
 def cancel_job(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
     return svc(request).cancel_job(job_id)
 
 
-@get("/jobs/{job_id:str}/events", opt={"role": "learn"})
+@get("/jobs/{job_id:str}/events", opt={"role": "learn"},
+     responses=answers(200, JobEvent, "Server-sent events: 'progress' with the job on each change, then 'end'",
+                       400, 401, 403, 404, media_type="text/event-stream"))  # fmt: skip
 async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
     service = svc(request)
     await anyio.to_thread.run_sync(service.get_job, job_id)  # 404 before the stream starts
@@ -109,7 +191,7 @@ async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSent
         last = None
         while True:
             view = await anyio.to_thread.run_sync(service.get_job, job_id)
-            data = json.dumps(view, default=str)
+            data = encode_json(view).decode()  # as the JSON API writes it (RFC 3339 timestamps)
             done = view["status"] in TERMINAL
             if data != last:
                 yield ServerSentEventMessage(data=data, event="end" if done else "progress")
@@ -121,30 +203,35 @@ async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSent
     return ServerSentEvent(stream())
 
 
-@post("/classifiers/{name:str}/predict", opt={"role": "predict"}, status_code=200, sync_to_thread=True)
-def predict(request: Request[Any, Any, Any], name: str, data: PredictRequest) -> dict[str, Any]:
-    return svc(request).predict(name, data)
+@post("/classifiers/{name:str}/predict", opt={"role": "predict"}, status_code=200,
+      responses=answers(200, PredictResult, "One prediction per input", 400, 401, 404, 409, 413, 422, 415))  # fmt: skip
+async def predict(request: Request[Any, Any, Any], name: str, data: PredictRequest) -> dict[str, Any]:
+    return await svc(request).predict(name, data)
 
 
-@get("/classifiers/{name:str}/versions", opt={"role": "predict"}, sync_to_thread=True)
+@get("/classifiers/{name:str}/versions", opt={"role": "predict"}, sync_to_thread=True,
+     responses=answers(200, list[VersionView], "Every version, oldest first", 400, 401, 404))  # fmt: skip
 def list_versions(request: Request[Any, Any, Any], name: str) -> list[dict[str, Any]]:
     return svc(request).list_versions(name)
 
 
-@get("/classifiers/{name:str}/versions/{number:int}", opt={"role": "predict"}, sync_to_thread=True)
+@get("/classifiers/{name:str}/versions/{number:int}", opt={"role": "predict"}, sync_to_thread=True,
+     responses=answers(200, VersionView, "The version", 400, 401, 404, 422))  # fmt: skip
 def get_version(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> dict[str, Any]:
     return svc(request).get_version(name, number)
 
 
-@get("/classifiers/{name:str}/versions/{number:int}/model.onnx", opt={"role": "learn"}, sync_to_thread=True)
+@get("/classifiers/{name:str}/versions/{number:int}/model.onnx", opt={"role": "learn"}, sync_to_thread=True,
+     responses=answers(200, bytes, "The version's ONNX model", 400, 401, 403, 404, 422,
+                       media_type="application/octet-stream"))  # fmt: skip
 def get_onnx(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> File:
     path = svc(request).onnx_path(name, number)
     return File(path, filename=f"{name}-v{number}.onnx", media_type="application/octet-stream")
 
 
-@post(
-    "/classifiers/{name:str}/versions/{number:int}/promote", opt={"role": "admin"}, status_code=200, sync_to_thread=True
-)
+@post("/classifiers/{name:str}/versions/{number:int}/promote", opt={"role": "admin"}, status_code=200,
+      sync_to_thread=True,
+      responses=answers(200, VersionView, "The version, now active", 400, 401, 403, 404, 409, 413, 422, 415))  # fmt: skip
 def promote(
     request: Request[Any, Any, Any], name: str, number: VersionNumber, data: PromoteRequest | None = None
 ) -> dict[str, Any]:
@@ -152,23 +239,28 @@ def promote(
     return svc(request).promote(name, number, request.state.actor, data.force, data.reason)
 
 
-@post("/classifiers/{name:str}/rollback", opt={"role": "admin"}, status_code=200, sync_to_thread=True)
+@post("/classifiers/{name:str}/rollback", opt={"role": "admin"}, status_code=200, sync_to_thread=True,
+      responses=answers(200, VersionView, "The version rolled back to, now active",
+                        400, 401, 403, 404, 409, 413, 415, 422))  # fmt: skip
 def rollback(request: Request[Any, Any, Any], name: str, data: RollbackRequest | None = None) -> dict[str, Any]:
     data = data or RollbackRequest()
     return svc(request).rollback(name, data.to_version, request.state.actor, data.reason)
 
 
-@get("/classifiers/{name:str}/audit", opt={"role": "learn"}, sync_to_thread=True)
+@get("/classifiers/{name:str}/audit", opt={"role": "learn"}, sync_to_thread=True,
+     responses=answers(200, list[AuditView], "Promotions and rollbacks, oldest first", 400, 401, 403, 404))  # fmt: skip
 def audit(request: Request[Any, Any, Any], name: str) -> list[dict[str, Any]]:
     return svc(request).audit(name)
 
 
-@get("/healthz", sync_to_thread=False)
+@get("/healthz", sync_to_thread=False, responses=answers(200, Health, "The process is up"))
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", sync_to_thread=True)
+@get("/readyz", sync_to_thread=True,
+     responses={**answers(200, Ready, "The database answers; the versions this replica serves"),
+                **answers(503, Unready, "The database does not answer")})  # fmt: skip
 def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     try:
         svc(request).list_classifiers()
@@ -179,7 +271,8 @@ def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 
 V1 = Router(
     path="/v1",
-    guards=[require_role],
+    guards=[guard_v1],
+    security=[{"bearer": []}],
     route_handlers=[strategies, create_classifier, list_classifiers, get_classifier, learn, get_job, cancel_job,
                     job_events, predict, list_versions, get_version, get_onnx, promote, rollback, audit],
 )  # fmt: skip

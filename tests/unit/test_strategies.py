@@ -52,6 +52,16 @@ def test_unknown_strategy_and_parameter_are_refused() -> None:
         create_strategy("si")
     with pytest.raises(ValueError, match="no parameter"):
         create_strategy("ewc", {"lambda": 1})
+    # values are checked against their default's kind too, so a learn request is refused before it is queued
+    bad = [("replay", "per_class", "many"), ("replay", "per_class", 2.5), ("replay", "per_class", True),
+           ("replay", "max_total", 0), ("replay", "selection", "best"), ("ewc", "mode", "sideways"),
+           ("ewc", "ewc_lambda", -1.0), ("lwf", "alpha", float("nan")), ("lwf", "temperature", 0),
+           ("generative_replay", "hidden", 0), ("mas", "mas_lambda", None)]  # fmt: skip
+    for name, key, value in bad:
+        with pytest.raises(ValueError, match=f"parameter '{key}' must be"):
+            create_strategy(name, {key: value})
+    create_strategy("replay", {"per_class": 5, "max_total": None, "selection": "random", "distill_alpha": 0})
+    create_strategy("ewc", {"ewc_lambda": 0, "mode": "online", "decay": 0.5, "fisher": "empirical"})
 
 
 def test_specs_describe_every_registered_strategy() -> None:

@@ -1,0 +1,264 @@
+"""Serving speed: Engram against a naive torch-eager Litestar endpoint and against the in-process limit.
+
+    python -m benchmarks.serve_bench [--seconds 10] [--levels 1,8,32,64] [--models small,resnet18] [--json FILE]
+
+For each model it starts ``engram serve`` on a fresh data folder, creates the classifier and teaches it
+digits 0-4 over HTTP (the version is real: trained, gated, exported and promoted by the service), then:
+
+1. **engram**: POST /v1/classifiers/NAME/predict, one image per request (PNG, base64 JSON), through
+   micro-batching and ONNX Runtime;
+2. **naive**: ``benchmarks.naive_server`` on the same trained weights: the same request body, the same
+   decoding, torch eager mode, one request per forward pass (what a user might write first);
+3. **limit**: ONNX Runtime called in this process on batches of ``concurrency`` decoded rows, the same
+   session options as Engram, no HTTP and no decoding. Its "req/s" is rows per second and its latency
+   is the time of one batched run.
+
+Each concurrency level runs closed-loop (every connection sends its next request when the previous answer
+arrives) for ``--seconds`` after a warm-up. The load generator runs in this process and shares the machine
+with the server, as a sidecar would; its cost is part of every HTTP figure, Engram's and naive's alike.
+
+Models: ``small`` is the default model for 28x28 grayscale images (the ``cnn`` backbone); ``resnet18`` is
+ResNet-18 on 64x64 RGB. Training is short (accuracy is not the point here), so the gate's new-task floor
+is set to 0 for the benchmark classifiers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from benchmarks.loadgen import LoadResult, run_load
+
+ADMIN = "bench-admin-key"
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    name: str
+    input: dict[str, Any]
+    backbone: str
+    iterations: int
+
+
+MODELS = {
+    "small": ModelCase("small", {"kind": "image", "channels": 1, "height": 28, "width": 28}, "cnn", 150),
+    "resnet18": ModelCase("resnet18", {"kind": "image", "channels": 3, "height": 64, "width": 64}, "resnet18", 30),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], path: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited with {proc.returncode}")
+        try:
+            httpx.get(url + path, timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready in {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def digit_png(image: np.ndarray, case: ModelCase) -> str:
+    """An 8x8 digit scaled to the model's input size and mode, as a client would send it."""
+    img = Image.fromarray(np.round(image * 255 / 16).astype(np.uint8))
+    h, w = case.input["height"], case.input["width"]
+    img = img.resize((w, h), Image.Resampling.BILINEAR).convert("L" if case.input["channels"] == 1 else "RGB")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def train(url: str, case: ModelCase, x: np.ndarray, y: np.ndarray) -> int:
+    """Create the classifier and learn digits 0-4 through the API; returns the promoted version."""
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as c:
+        r = c.post("/v1/classifiers", json={"name": case.name, "input": case.input, "backbone": case.backbone,
+                                            "gate": {"new_task_floor": 0.0}})  # fmt: skip
+        r.raise_for_status()
+        keep = y < 5
+        samples = [
+            {"label": str(label), "image_b64": digit_png(img, case)}
+            for img, label in zip(x[keep], y[keep], strict=True)
+        ]
+        body = {"task": "digits-0-4", "strategy": "naive", "samples": samples,
+                "options": {"iterations": case.iterations, "batch_size": 32}}  # fmt: skip
+        started = time.perf_counter()
+        job = c.post(f"/v1/classifiers/{case.name}/learn", json=body).json()
+        while job["status"] not in ("promoted", "rejected", "failed", "cancelled", "passed"):
+            time.sleep(0.5)
+            job = c.get(f"/v1/jobs/{job['job_id']}").json()
+        if job["status"] != "promoted":
+            raise RuntimeError(f"training the {case.name} model ended {job['status']}: {job.get('error')}")
+        print(f"  trained {case.name}: version {job['version']} in {time.perf_counter() - started:.1f} s")
+        return int(job["version"])
+
+
+def artifact_dir(data_dir: Path, name: str, version: int) -> Path:
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "engram.db") as db:
+        (artifact,) = db.execute(
+            "SELECT v.artifact FROM versions v JOIN classifiers c ON c.id = v.classifier_id "
+            "WHERE c.name = ? AND v.number = ?",
+            (name, version),
+        ).fetchone()
+    return data_dir / "artifacts" / artifact
+
+
+def limit_level(folder: Path, network: dict[str, Any], rows: np.ndarray, level: int, seconds: float) -> dict[str, Any]:
+    """ONNX Runtime in this process on batches of ``level`` rows: the ceiling for any HTTP front end.
+    ``rps`` is rows per second; the latencies are those of one batched run."""
+    from service.inference import ServingOptions, load_served
+
+    served = load_served("limit", 0, folder, network, ServingOptions(max_batch=level))
+    x = np.ascontiguousarray(np.resize(rows, (level, *rows.shape[1:])))
+    end = time.perf_counter() + 1.0  # warm-up
+    while time.perf_counter() < end:
+        served.session.run(["logits"], {"input": x})
+    result = LoadResult(level, seconds)
+    start = time.perf_counter()
+    while (now := time.perf_counter()) - start < seconds:
+        served.session.run(["logits"], {"input": x})
+        result.latencies.append(time.perf_counter() - now)
+    result.seconds = time.perf_counter() - start
+    result.sent = len(result.latencies)
+    out = result.summary()
+    out["rps"] = round(len(result.latencies) * level / result.seconds, 1)
+    return out
+
+
+def row(label: str, r: dict[str, Any]) -> str:
+    return (f"{label:<8}{r['rps']:>10.1f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{r['errors']:>8d}")  # fmt: skip
+
+
+def bench_model(case: ModelCase, levels: list[int], seconds: float, warmup: float, workdir: Path) -> dict[str, Any]:
+    digits = load_digits()
+    x, y = digits.images, digits.target
+    data_dir = workdir / case.name
+    port = free_port()
+    env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
+    log = open(workdir / f"engram-{case.name}.log", "wb")  # noqa: SIM115
+    engram = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    naive: subprocess.Popen[bytes] | None = None
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, engram, "/readyz")
+        version = train(url, case, x, y)
+        folder = artifact_dir(data_dir, case.name, version)
+        network = json.loads((folder / "manifest.json").read_text())["network"]
+        nport = free_port()
+        naive = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server", str(folder), "--port", str(nport)],
+                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        nurl = f"http://127.0.0.1:{nport}"
+        wait_ready(nurl, naive, "/schema")
+        pngs = [digit_png(img, case) for img in x[-256:]]
+        bodies = [json.dumps({"inputs": [{"image_b64": p}]}).encode() for p in pngs]
+        from service.preprocess import InputFormat, parse_items
+
+        decoded = parse_items([{"image_b64": p} for p in pngs], InputFormat.from_network(network), "inputs", 10**8)
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        levels_out = []
+        print(f"\n{case.name}: {case.backbone} on {case.input['height']}x{case.input['width']}x"
+              f"{case.input['channels']}, {seconds:g} s per level (+{warmup:g} s warm-up)")  # fmt: skip
+        print(f"{'':<8}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+        for level in levels:
+            e = run_load(url, f"/v1/classifiers/{case.name}/predict", bodies, level, seconds, warmup, auth).summary()
+            n = run_load(nurl, "/predict", bodies, level, seconds, warmup).summary()
+            lim = limit_level(folder, network, decoded, level, seconds)
+            ratios = {"engram_over_naive": round(e["rps"] / n["rps"], 2) if n["rps"] else None,
+                      "engram_over_limit": round(e["rps"] / lim["rps"], 3) if lim["rps"] else None,
+                      "engram_p99_over_p50": round(e["p99_ms"] / e["p50_ms"], 2) if e["p50_ms"] else None}  # fmt: skip
+            print(f"c={level}")
+            print(row("engram", e))
+            print(row("naive", n))
+            print(row("limit", lim) + "   (rows/s; latency of one batched run)")
+            print(f"        engram/naive {ratios['engram_over_naive']}x   engram/limit "
+                  f"{ratios['engram_over_limit']}x   engram p99/p50 {ratios['engram_p99_over_p50']}")  # fmt: skip
+            levels_out.append({"concurrency": level, "engram": e, "naive": n, "limit": lim, **ratios})
+        metrics = httpx.get(url + "/metrics").text
+        return {"model": case.name, "backbone": case.backbone, "input": case.input, "version": version,
+                "levels": levels_out, "batch_rows_metric": _batch_rows(metrics, case.name)}  # fmt: skip
+    finally:
+        if naive is not None:
+            stop(naive)
+        stop(engram)
+        log.close()
+
+
+def _batch_rows(metrics: str, name: str) -> dict[str, float]:
+    """Mean rows per model run over the whole benchmark, from Engram's own Prometheus metrics."""
+    total = count = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("engram_model_batch_rows_sum") and f'classifier="{name}"' in line:
+            total = float(line.rsplit(" ", 1)[1])
+        if line.startswith("engram_model_batch_rows_count") and f'classifier="{name}"' in line:
+            count = float(line.rsplit(" ", 1)[1])
+    return {"requests": count, "mean_rows_per_run_seen_by_request": round(total / count, 2) if count else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Engram serving benchmark (see module docstring)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured time per level and system")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time before each level")
+    parser.add_argument("--levels", default="1,8,32,64")
+    parser.add_argument("--models", default="small,resnet18")
+    parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
+    args = parser.parse_args()
+    levels = [int(v) for v in args.levels.split(",")]
+    import onnxruntime
+    import torch
+
+    env = {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+           "onnxruntime": onnxruntime.__version__, "torch_threads": torch.get_num_threads(),
+           "batch_max_size": os.environ.get("ENGRAM_BATCH_MAX_SIZE", "64 (default)"),
+           "batch_max_wait_ms": os.environ.get("ENGRAM_BATCH_MAX_WAIT_MS", "0 (default)"),
+           "ort_threads": os.environ.get("ENGRAM_ORT_THREADS", "0 = one per CPU (default)")}  # fmt: skip
+    print("serve_bench:", json.dumps(env))
+    results = []
+    with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
+        for name in args.models.split(","):
+            results.append(bench_model(MODELS[name], levels, args.seconds, args.warmup, Path(tmp)))
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "results": results}, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
