@@ -86,3 +86,5 @@ def test_every_operation_conforms_to_the_document(srv: Server, tmp_path: Path) -
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):  # each ran and passed, none was skipped
         assert f"✅ {phase}" in out, out[-3000:]
     assert "Traceback" not in srv.log.read_text()
+    summary = out[out.rfind("Test cases:") :].splitlines()[:3] if "Test cases:" in out else out.splitlines()[-8:]
+    print("\nschemathesis:", " ".join(line.strip() for line in summary))
