@@ -116,7 +116,7 @@ async def drive(
                     continue
                 if read_version:
                     result.versions[json.loads(body)["version"]] += 1
-                if start >= window[0]:
+                if start >= window[0] and end <= window[1]:  # wholly inside the measured window
                     result.latencies.append(end - start)
         finally:
             writer.close()

@@ -33,7 +33,8 @@ def create_app(bundle: Path) -> Litestar:
         rows = []
         for item in data["inputs"]:
             img = Image.open(io.BytesIO(base64.b64decode(item["image_b64"]))).convert(mode)
-            img = img.resize((inp["width"], inp["height"]), Image.Resampling.BILINEAR)
+            if img.size != (inp["width"], inp["height"]):
+                img = img.resize((inp["width"], inp["height"]), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
             rows.append(arr[None] if mode == "L" else arr.transpose(2, 0, 1))
         with torch.inference_mode():

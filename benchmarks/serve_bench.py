@@ -1,6 +1,10 @@
 """Serving speed: Engram against a naive torch-eager Litestar endpoint and against the in-process limit.
 
-    python -m benchmarks.serve_bench [--seconds 10] [--levels 1,8,32,64] [--models small,resnet18] [--json FILE]
+    python -m benchmarks.serve_bench [--seconds 10] [--levels 1,8,32,64] [--models small,resnet18]
+                                     [--systems engram,naive,limit] [--json FILE]
+
+Engram's serving settings come from the environment as usual, e.g.
+``ENGRAM_BATCH_MAX_WAIT_MS=2 python -m benchmarks.serve_bench --models small --systems engram``.
 
 For each model it starts ``engram serve`` on a fresh data folder, creates the classifier and teaches it
 digits 0-4 over HTTP (the version is real: trained, gated, exported and promoted by the service), then:
@@ -11,7 +15,8 @@ digits 0-4 over HTTP (the version is real: trained, gated, exported and promoted
    decoding, torch eager mode, one request per forward pass (what a user might write first);
 3. **limit**: ONNX Runtime called in this process on batches of ``concurrency`` decoded rows, the same
    session options as Engram, no HTTP and no decoding. Its "req/s" is rows per second and its latency
-   is the time of one batched run.
+   is the time of one batched run. ``limit-ort-defaults`` is the same with ONNX Runtime's default
+   session options, to show Engram's options cost nothing.
 
 Each concurrency level runs closed-loop (every connection sends its next request when the previous answer
 arrives) for ``--seconds`` after a warm-up. The load generator runs in this process and shares the machine
@@ -41,7 +46,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from benchmarks.loadgen import LoadResult, run_load
@@ -91,11 +98,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def digit_png(image: np.ndarray, case: ModelCase) -> str:
-    """An 8x8 digit scaled to the model's input size and mode, as a client would send it."""
+def digit_png(image: np.ndarray, inp: dict[str, Any]) -> str:
+    """An 8x8 digit scaled to an image input's size and mode (``inp``: channels, height, width), as a
+    client would send it."""
     img = Image.fromarray(np.round(image * 255 / 16).astype(np.uint8))
-    h, w = case.input["height"], case.input["width"]
-    img = img.resize((w, h), Image.Resampling.BILINEAR).convert("L" if case.input["channels"] == 1 else "RGB")
+    if img.size != (inp["width"], inp["height"]):
+        img = img.resize((inp["width"], inp["height"]), Image.Resampling.BILINEAR)
+    img = img.convert("L" if inp["channels"] == 1 else "RGB")
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
@@ -110,7 +119,7 @@ def train(url: str, case: ModelCase, x: np.ndarray, y: np.ndarray) -> int:
         r.raise_for_status()
         keep = y < 5
         samples = [
-            {"label": str(label), "image_b64": digit_png(img, case)}
+            {"label": str(label), "image_b64": digit_png(img, case.input)}
             for img, label in zip(x[keep], y[keep], strict=True)
         ]
         body = {"task": "digits-0-4", "strategy": "naive", "samples": samples,
@@ -138,20 +147,19 @@ def artifact_dir(data_dir: Path, name: str, version: int) -> Path:
     return data_dir / "artifacts" / artifact
 
 
-def limit_level(folder: Path, network: dict[str, Any], rows: np.ndarray, level: int, seconds: float) -> dict[str, Any]:
+def limit_level(
+    session: ort.InferenceSession, rows: np.ndarray, level: int, seconds: float, warmup: float
+) -> dict[str, Any]:
     """ONNX Runtime in this process on batches of ``level`` rows: the ceiling for any HTTP front end.
     ``rps`` is rows per second; the latencies are those of one batched run."""
-    from service.inference import ServingOptions, load_served
-
-    served = load_served("limit", 0, folder, network, ServingOptions(max_batch=level))
     x = np.ascontiguousarray(np.resize(rows, (level, *rows.shape[1:])))
-    end = time.perf_counter() + 1.0  # warm-up
+    end = time.perf_counter() + warmup
     while time.perf_counter() < end:
-        served.session.run(["logits"], {"input": x})
+        session.run(["logits"], {"input": x})
     result = LoadResult(level, seconds)
     start = time.perf_counter()
     while (now := time.perf_counter()) - start < seconds:
-        served.session.run(["logits"], {"input": x})
+        session.run(["logits"], {"input": x})
         result.latencies.append(time.perf_counter() - now)
     result.seconds = time.perf_counter() - start
     result.sent = len(result.latencies)
@@ -160,12 +168,29 @@ def limit_level(folder: Path, network: dict[str, Any], rows: np.ndarray, level: 
     return out
 
 
+def limit_sessions(folder: Path, network: dict[str, Any]) -> dict[str, ort.InferenceSession]:
+    """The session Engram builds (same options), and one with ONNX Runtime's default options."""
+    from service.inference import ServingOptions, load_served
+    from service.settings import Settings
+
+    onnx_file = str(folder / "model.onnx")  # ENGRAM_ORT_THREADS applies here as in the server
+    options = ServingOptions.from_settings(Settings())
+    return {"limit": load_served("limit", 0, folder, network, options).session,
+            "limit-ort-defaults": ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])}  # fmt: skip
+
+
 def row(label: str, r: dict[str, Any]) -> str:
-    return (f"{label:<8}{r['rps']:>10.1f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+    return (f"{label:<20}{r['rps']:>10.1f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
             f"{r['errors']:>8d}")  # fmt: skip
 
 
-def bench_model(case: ModelCase, levels: list[int], seconds: float, warmup: float, workdir: Path) -> dict[str, Any]:
+def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "rps") -> float | None:
+    return round(a[key] / b[key], 3) if a and b and b[key] else None
+
+
+def bench_model(
+    case: ModelCase, levels: list[int], seconds: float, warmup: float, workdir: Path, systems: set[str]
+) -> dict[str, Any]:
     digits = load_digits()
     x, y = digits.images, digits.target
     data_dir = workdir / case.name
@@ -183,38 +208,54 @@ def bench_model(case: ModelCase, levels: list[int], seconds: float, warmup: floa
         version = train(url, case, x, y)
         folder = artifact_dir(data_dir, case.name, version)
         network = json.loads((folder / "manifest.json").read_text())["network"]
-        nport = free_port()
-        naive = subprocess.Popen([sys.executable, "-m", "benchmarks.naive_server", str(folder), "--port", str(nport)],
-                                 stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        nurl = f"http://127.0.0.1:{nport}"
-        wait_ready(nurl, naive, "/schema")
-        pngs = [digit_png(img, case) for img in x[-256:]]
+        nurl = ""
+        if "naive" in systems:
+            nport = free_port()
+            naive = subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.naive_server", str(folder), "--port", str(nport)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            nurl = f"http://127.0.0.1:{nport}"
+            wait_ready(nurl, naive, "/schema")
+        pngs = [digit_png(img, case.input) for img in x[-256:]]
         bodies = [json.dumps({"inputs": [{"image_b64": p}]}).encode() for p in pngs]
         from service.preprocess import InputFormat, parse_items
 
         decoded = parse_items([{"image_b64": p} for p in pngs], InputFormat.from_network(network), "inputs", 10**8)
+        sessions = limit_sessions(folder, network) if "limit" in systems else {}
         auth = {"Authorization": f"Bearer {ADMIN}"}
         levels_out = []
         print(f"\n{case.name}: {case.backbone} on {case.input['height']}x{case.input['width']}x"
               f"{case.input['channels']}, {seconds:g} s per level (+{warmup:g} s warm-up)")  # fmt: skip
-        print(f"{'':<8}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+        print(f"{'':<20}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
         for level in levels:
-            e = run_load(url, f"/v1/classifiers/{case.name}/predict", bodies, level, seconds, warmup, auth).summary()
-            n = run_load(nurl, "/predict", bodies, level, seconds, warmup).summary()
-            lim = limit_level(folder, network, decoded, level, seconds)
-            ratios = {"engram_over_naive": round(e["rps"] / n["rps"], 2) if n["rps"] else None,
-                      "engram_over_limit": round(e["rps"] / lim["rps"], 3) if lim["rps"] else None,
-                      "engram_p99_over_p50": round(e["p99_ms"] / e["p50_ms"], 2) if e["p50_ms"] else None}  # fmt: skip
+            out: dict[str, Any] = {"concurrency": level}
+            if "engram" in systems:
+                path = f"/v1/classifiers/{case.name}/predict"
+                before = batch_rows(httpx.get(url + "/metrics").text, case.name)
+                out["engram"] = run_load(url, path, bodies, level, seconds, warmup, auth).summary()
+                after = batch_rows(httpx.get(url + "/metrics").text, case.name)
+                # mean rows in the model run that served each request at this level (warm-up included)
+                served = after[0] - before[0]
+                out["engram"]["mean_batch_rows"] = round((after[1] - before[1]) / served, 1) if served else None
+            if "naive" in systems:
+                out["naive"] = run_load(nurl, "/predict", bodies, level, seconds, warmup).summary()
+            for name, session in sessions.items():  # rows/s; latency of one batched run
+                out[name] = limit_level(session, decoded, level, seconds, warmup)
+            e = out.get("engram")
+            out |= {"engram_over_naive": ratio(e, out.get("naive")), "engram_over_limit": ratio(e, out.get("limit")),
+                    "engram_p99_over_p50": round(e["p99_ms"] / e["p50_ms"], 2) if e and e["p50_ms"] else None}  # fmt: skip
             print(f"c={level}")
-            print(row("engram", e))
-            print(row("naive", n))
-            print(row("limit", lim) + "   (rows/s; latency of one batched run)")
-            print(f"        engram/naive {ratios['engram_over_naive']}x   engram/limit "
-                  f"{ratios['engram_over_limit']}x   engram p99/p50 {ratios['engram_p99_over_p50']}")  # fmt: skip
-            levels_out.append({"concurrency": level, "engram": e, "naive": n, "limit": lim, **ratios})
-        metrics = httpx.get(url + "/metrics").text
+            for name in ("engram", "naive", *sessions):
+                if name in out:
+                    print(row(name, out[name]))
+            shown = {k: "-" if out[k] is None else out[k] for k in ("engram_over_naive", "engram_over_limit")}
+            print(f"{'':<20}engram/naive {shown['engram_over_naive']}x   engram/limit {shown['engram_over_limit']}x   "
+                  f"engram p99/p50 {out['engram_p99_over_p50']}   engram mean batch rows "
+                  f"{(e or {}).get('mean_batch_rows')}")  # fmt: skip
+            levels_out.append(out)
         return {"model": case.name, "backbone": case.backbone, "input": case.input, "version": version,
-                "levels": levels_out, "batch_rows_metric": _batch_rows(metrics, case.name)}  # fmt: skip
+                "levels": levels_out}  # fmt: skip
     finally:
         if naive is not None:
             stop(naive)
@@ -222,15 +263,13 @@ def bench_model(case: ModelCase, levels: list[int], seconds: float, warmup: floa
         log.close()
 
 
-def _batch_rows(metrics: str, name: str) -> dict[str, float]:
-    """Mean rows per model run over the whole benchmark, from Engram's own Prometheus metrics."""
-    total = count = 0.0
-    for line in metrics.splitlines():
-        if line.startswith("engram_model_batch_rows_sum") and f'classifier="{name}"' in line:
-            total = float(line.rsplit(" ", 1)[1])
-        if line.startswith("engram_model_batch_rows_count") and f'classifier="{name}"' in line:
-            count = float(line.rsplit(" ", 1)[1])
-    return {"requests": count, "mean_rows_per_run_seen_by_request": round(total / count, 2) if count else 0.0}
+def batch_rows(metrics: str, name: str) -> tuple[float, float]:
+    """(requests, sum of rows in the model run that served each) from Engram's ``engram_model_batch_rows``."""
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "engram_model_batch_rows":
+            got = {s.name: s.value for s in family.samples if s.labels.get("classifier") == name}
+            return got.get("engram_model_batch_rows_count", 0.0), got.get("engram_model_batch_rows_sum", 0.0)
+    return 0.0, 0.0
 
 
 def main() -> None:
@@ -239,14 +278,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time before each level")
     parser.add_argument("--levels", default="1,8,32,64")
     parser.add_argument("--models", default="small,resnet18")
+    parser.add_argument("--systems", default="engram,naive,limit", help="any of engram, naive, limit")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
+    systems = set(args.systems.split(","))
     levels = [int(v) for v in args.levels.split(",")]
-    import onnxruntime
     import torch
 
     env = {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-           "onnxruntime": onnxruntime.__version__, "torch_threads": torch.get_num_threads(),
+           "onnxruntime": ort.__version__, "torch_threads": torch.get_num_threads(),
            "batch_max_size": os.environ.get("ENGRAM_BATCH_MAX_SIZE", "64 (default)"),
            "batch_max_wait_ms": os.environ.get("ENGRAM_BATCH_MAX_WAIT_MS", "0 (default)"),
            "ort_threads": os.environ.get("ENGRAM_ORT_THREADS", "0 = one per CPU (default)")}  # fmt: skip
@@ -254,7 +294,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
         for name in args.models.split(","):
-            results.append(bench_model(MODELS[name], levels, args.seconds, args.warmup, Path(tmp)))
+            results.append(bench_model(MODELS[name], levels, args.seconds, args.warmup, Path(tmp), systems))
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "results": results}, indent=2))
         print(f"\nwrote {args.json}")

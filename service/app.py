@@ -36,8 +36,8 @@ log = logging.getLogger("engram.app")
 class EngramRequest(Request[Any, Any, Any]):
     """A request whose JSON body fails to decode the same way whatever is wrong with it.
 
-    msgspec raises RecursionError for nesting deeper than about 1,000 levels and UnicodeDecodeError for
-    invalid UTF-8 inside a string; Litestar converts only msgspec.DecodeError to its SerializationException
+    msgspec raises RecursionError for nesting past its recursion limit (the tests send 10,000 and 100,000
+    levels) and UnicodeDecodeError for invalid UTF-8 inside a string; Litestar converts only msgspec.DecodeError to its SerializationException
     (a 400, or the learn route's 422), so those two reached the catch-all as 500s with a traceback.
     """
 

@@ -5,6 +5,7 @@ No torch here: learn requests are validated and staged, then a worker trains the
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import Counter
@@ -13,7 +14,8 @@ from typing import Any
 
 import anyio.to_thread
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_core.config import InputSpec, NetworkSpec, default_backbone
@@ -27,6 +29,7 @@ from service.preprocess import InputError, InputFormat, parse_items
 from service.registry import (
     Conflict,
     NotFound,
+    end_job,
     get_classifier,
     get_version,
     job_view,
@@ -37,6 +40,8 @@ from service.registry import (
 from service.settings import Settings
 from service.storage import ArtifactStore
 from service.tasks import enqueue, uses_procrastinate
+
+log = logging.getLogger("engram.application")
 
 
 class Invalid(ValueError):
@@ -83,9 +88,8 @@ class EngramService:
         self.serving = serving
         self.metrics = metrics or Metrics()
         self._jobs_seen_until = utcnow()  # jobs finished after this are still to be counted
-        self.serving_options = ServingOptions(
-            settings.ort_threads, settings.batch_max_size, settings.batch_max_wait_ms / 1000, settings.max_image_pixels
-        )
+        self._unservable: set[tuple[str, int]] = set()  # active versions whose session failed to build
+        self.serving_options = ServingOptions.from_settings(settings)
 
     # --- classifiers ------------------------------------------------------------------------------
 
@@ -97,12 +101,18 @@ class EngramService:
             raise Invalid(str(exc)) from None
         gate = GateConfig().merged(req.gate.model_dump() if req.gate else None)
         with self.sessions() as s:
-            if s.scalar(select(Classifier).where(Classifier.name == req.name)) is not None:
-                raise Conflict(f"a classifier named {req.name!r} already exists")
             clf = Classifier(name=req.name, network=spec.to_dict(), gate=dict(gate.__dict__))
             s.add(clf)
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:  # the unique name: also right when two requests race
+                raise Conflict(f"a classifier named {req.name!r} already exists") from None
             return classifier_view(clf)
+
+    def ping(self) -> None:
+        """Raise if the database does not answer (readiness)."""
+        with self.sessions() as s:
+            s.execute(text("SELECT 1"))
 
     def list_classifiers(self) -> list[dict[str, Any]]:
         with self.sessions() as s:
@@ -210,19 +220,21 @@ class EngramService:
         (following parents), columns the tasks of ``number``; a cell is that version's gate accuracy."""
         with self.sessions() as s:
             clf = get_classifier(s, name)
-            chain: list[Version] = []
-            current: int | None = number
-            while current is not None and len(chain) < 1000:
-                v = get_version(s, clf, current)
-                chain.append(v)
-                current = v.parent
-            chain.reverse()
-            tasks = [row["task"] for row in chain[-1].report.get("tasks", [])]
-            rows = []
-            for v in chain:
-                acc = {row["task"]: row["after"] for row in v.report.get("tasks", [])}
-                rows.append({"version": v.number, "cells": [acc.get(t) for t in tasks]})
-            return {"tasks": tasks, "rows": rows}
+            versions = {v.number: v for v in s.scalars(select(Version).where(Version.classifier_id == clf.id))}
+        if number not in versions:
+            raise NotFound(f"classifier {name!r} has no version {number}")
+        chain: list[Version] = []
+        current: int | None = number
+        while current is not None:
+            chain.append(versions[current])
+            current = versions[current].parent
+        chain.reverse()
+        tasks = [row["task"] for row in chain[-1].report.get("tasks", [])]
+        rows = []
+        for v in chain:
+            acc = {row["task"]: row["after"] for row in v.report.get("tasks", [])}
+            rows.append({"version": v.number, "cells": [acc.get(t) for t in tasks]})
+        return {"tasks": tasks, "rows": rows}
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         with self.sessions() as s:
@@ -230,14 +242,14 @@ class EngramService:
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
             if job.status == "queued":
-                job.status, job.error = "cancelled", "cancelled before it started"
-                if job.retention == "discard":
-                    self.store.delete_job(job_id)
+                end_job(job, "cancelled", "cancelled before it started")
             elif job.status in ("running", "evaluating"):
                 job.cancel_requested = True
             else:
                 raise Conflict(f"job {job_id} already ended as {job.status!r}")
             s.commit()
+            if job.status == "cancelled" and job.retention == "discard":
+                self.store.delete_job(job_id)  # after the commit: a failed commit keeps a queued job's data
             return job_view(job)
 
     def observe_finished_jobs(self) -> None:
@@ -284,7 +296,7 @@ class EngramService:
             return [{"action": a.action, "actor": a.actor, "from_version": a.from_version, "to_version": a.to_version,
                      "reason": a.reason, "forced": a.forced, "at": a.at} for a in rows]  # fmt: skip
 
-    def _load(self, s: Session, clf: Classifier, v: Version) -> Served:
+    def _load(self, clf: Classifier, v: Version) -> Served:
         cached = self.serving.cached(clf.name, v.number)
         if cached is not None:
             return cached
@@ -296,7 +308,7 @@ class EngramService:
         self, s: Session, clf: Classifier, v: Version, action: str, actor: str, reason: str | None, forced: bool
     ) -> None:
         """Build and warm ``v``'s session, then move the pointer (one transaction), then swap it in."""
-        served = self._load(s, clf, v)
+        served = self._load(clf, v)
         set_active(s, clf, v, action, actor, reason, forced=forced)
         s.commit()
         self.serving.swap(served)
@@ -308,7 +320,7 @@ class EngramService:
             if v.status == "rejected" and not (force and reason):
                 raise Conflict(f"version {number} was rejected by the gate; promoting it needs force=true and a reason")
             self._activate(s, clf, v, "promote", actor, reason, forced=v.status == "rejected")
-        return self.get_version(name, number)
+            return version_view(v)
 
     def rollback(self, name: str, to_version: int | None, actor: str, reason: str | None) -> dict[str, Any]:
         with self.sessions() as s:
@@ -320,16 +332,28 @@ class EngramService:
             if v.status in ("rejected", "candidate"):
                 raise Conflict(f"version {target} was never promoted ({v.status}); promote it instead")
             self._activate(s, clf, v, "rollback", actor, reason, forced=False)
-        return self.get_version(name, target)
+            return version_view(v)
 
     def sync_serving(self) -> None:
         """Follow active pointers moved elsewhere (the worker, another replica): build, then swap."""
         with self.sessions() as s:
-            for clf in s.scalars(select(Classifier)).all():
-                current = self.serving.active(clf.name)
-                if clf.active_version is None or (current is not None and current.version == clf.active_version):
-                    continue
-                self.serving.swap(self._load(s, clf, get_version(s, clf, clf.active_version)))
+            pointers = s.execute(select(Classifier.name, Classifier.active_version)).all()
+            moved = []
+            for name, number in pointers:
+                current = self.serving.active(name)
+                if (
+                    number is not None
+                    and (current is None or current.version != number)
+                    and ((name, number) not in self._unservable)
+                ):
+                    clf = get_classifier(s, name)
+                    moved.append((clf, get_version(s, clf, number)))
+        for clf, v in moved:  # built outside the session; one that fails to load does not hold up the others
+            try:
+                self.serving.swap(self._load(clf, v))
+            except Exception:
+                log.exception("cannot serve %s version %d; not retried until a restart", clf.name, v.number)
+                self._unservable.add((clf.name, v.number))
 
     # --- predict ----------------------------------------------------------------------------------
 
@@ -362,7 +386,7 @@ class EngramService:
             number = version if version is not None else clf.active_version
             if number is None:
                 raise Conflict(f"classifier {name!r} has no active version yet; learn something first")
-            return self._load(s, clf, get_version(s, clf, number))
+            return self._load(clf, get_version(s, clf, number))
 
     def strategies(self) -> dict[str, Any]:
         return {n: {"summary": s.summary, "stores_data": s.stores_data, "adds_classes": s.adds_classes,

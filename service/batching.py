@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
@@ -32,12 +32,10 @@ def _as_array(payload: Any) -> np.ndarray:
 
 @dataclass
 class BatchStats:
-    """Running totals, read by metrics and tests."""
+    """Running totals (requests served, rows run)."""
 
-    batches: int = 0
     rows: int = 0
     requests: int = 0
-    sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))  # recent batch sizes (rows)
 
 
 @dataclass
@@ -64,19 +62,16 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._pending: deque[_Pending] = deque()
         self._pending_rows = 0
-        self._full: asyncio.Event | None = None
+        self._full = asyncio.Event()  # set when the queue holds a full batch (binds to a loop on first use)
         self._drainer: asyncio.Task[None] | None = None
 
-    async def submit(self, payload: Any, rows: int | None = None) -> tuple[np.ndarray, int]:
-        """Prepare ``payload`` and run the model on it as part of a batch. ``rows`` is how many input rows
-        it will make (default ``len(payload)``). Returns its output rows and the number of rows in the
-        model run that served it."""
+    async def submit(self, payload: Any) -> tuple[np.ndarray, int]:
+        """Prepare ``payload`` (``len(payload)`` input rows) and run the model on it as part of a batch.
+        Returns its output rows and the number of rows in the model run that served it."""
         loop = asyncio.get_running_loop()
-        item = _Pending(payload, len(payload) if rows is None else rows, loop.create_future())
+        item = _Pending(payload, len(payload), loop.create_future())
         self._pending.append(item)
         self._pending_rows += item.rows
-        if self._full is None:
-            self._full = asyncio.Event()
         if self._pending_rows >= self.max_batch:
             self._full.set()
         if self._drainer is None or self._drainer.done():
@@ -108,7 +103,6 @@ class MicroBatcher:
         return parts, self._run(good[0] if len(good) == 1 else np.concatenate(good))
 
     async def _drain(self) -> None:
-        assert self._full is not None
         while self._pending:
             if self.max_wait > 0 and self._pending_rows < self.max_batch:
                 self._full.clear()
@@ -125,10 +119,8 @@ class MicroBatcher:
                         item.future.set_exception(exc)
                 continue
             run_rows = 0 if out is None else len(out)
-            self.stats.batches += out is not None
             self.stats.rows += run_rows
             self.stats.requests += len(batch)
-            self.stats.sizes.append(run_rows)
             start = 0
             for item, part in zip(batch, parts, strict=True):
                 if item.future.done():

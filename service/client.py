@@ -13,86 +13,51 @@ import base64
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from service.api.schemas import (
+    TERMINAL,
+    AuditView,
+    ClassifierView,
+    JobView,
+    Prediction,
+    PredictResult,
+    Ranked,
+    VersionView,
+)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-TERMINAL = ("promoted", "passed", "rejected", "failed", "cancelled")
+
+# The server's own response models (``service.api.schemas``: pydantic only, no Litestar). They are closed
+# (extra="forbid") to pin what the server sends; ``_read`` validates with extra="ignore" so that a client
+# keeps working against a newer server that adds fields.
+Classifier = ClassifierView
+Version = VersionView
+AuditEntry = AuditView
+__all__ = ["TERMINAL", "AuditEntry", "Classifier", "EngramClient", "EngramError", "Job", "PredictResult", "Prediction",
+           "Ranked", "Version", "read_image_folder"]  # fmt: skip
+M = TypeVar("M", bound=BaseModel)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class Classifier(_Model):
-    name: str
-    input: dict[str, Any]
-    scenario: str
-    backbone: str
-    gate: dict[str, Any]
-    active_version: int | None
-
-
-class Job(_Model):
-    job_id: str
-    status: str
-    task: str
-    strategy: str
-    retention: str
-    progress: dict[str, Any]
-    parent: int | None
-    version: int | None
-    report: dict[str, Any] | None
-    error: str | None
-
+class Job(JobView):
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
 
 
-class Version(_Model):
-    version: int
-    status: str
-    parent: int | None
-    strategy: str
-    classes: list[str]
-    tasks: list[dict[str, Any]]
-    report: dict[str, Any]
-
-
-class Ranked(_Model):
-    label: str
-    score: float
-
-
-class Prediction(_Model):
-    label: str
-    score: float
-    top_k: list[Ranked]
-
-
-class PredictResult(_Model):
-    version: int
-    predictions: list[Prediction]
-
-
-class AuditEntry(_Model):
-    action: str
-    actor: str
-    from_version: int | None
-    to_version: int
-    reason: str | None
-    forced: bool
+def _read(model: type[M], data: Any) -> M:
+    return model.model_validate(data, extra="ignore")
 
 
 class EngramError(Exception):
     """An error answer from the server (problem+json), or no answer at all."""
 
-    def __init__(self, status: int, detail: str, body: dict[str, Any] | None = None) -> None:
+    def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"{status}: {detail}" if status else detail)
-        self.status, self.detail, self.body = status, detail, body or {}
+        self.status, self.detail = status, detail
 
 
 def read_image_folder(folder: str | Path) -> list[tuple[str, bytes]]:
@@ -115,11 +80,9 @@ def b64(data: bytes) -> str:
 
 
 class EngramClient:
-    def __init__(
-        self, url: str, key: str | None = None, timeout: float = 60.0, transport: httpx.BaseTransport | None = None
-    ) -> None:
+    def __init__(self, url: str, key: str | None = None, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -140,8 +103,8 @@ class EngramClient:
                 body = r.json()
                 detail = str(body.get("detail") or body.get("title"))
             except ValueError:
-                body, detail = {}, r.text[:500]
-            raise EngramError(r.status_code, detail, body)
+                detail = r.text[:500]
+            raise EngramError(r.status_code, detail)
         return r.json()
 
     # classifiers
@@ -152,20 +115,20 @@ class EngramClient:
             body["backbone"] = backbone
         if gate:
             body["gate"] = gate
-        return Classifier.model_validate(self._call("POST", "/v1/classifiers", json=body))
+        return _read(Classifier, self._call("POST", "/v1/classifiers", json=body))
 
     def classifiers(self) -> list[Classifier]:
-        return [Classifier.model_validate(c) for c in self._call("GET", "/v1/classifiers")]
+        return [_read(Classifier, c) for c in self._call("GET", "/v1/classifiers")]
 
     def classifier(self, name: str) -> Classifier:
-        return Classifier.model_validate(self._call("GET", f"/v1/classifiers/{name}"))
+        return _read(Classifier, self._call("GET", f"/v1/classifiers/{name}"))
 
     # learning
     def learn(self, name: str, task: str, strategy: str, samples: list[dict[str, Any]], retention: str = "keep",
               **extra: Any) -> Job:  # fmt: skip
         """``extra``: eval_samples, options, params, gate (see the API)."""
         body = {"task": task, "strategy": strategy, "retention": retention, "samples": samples, **extra}
-        return Job.model_validate(self._call("POST", f"/v1/classifiers/{name}/learn", json=body))
+        return _read(Job, self._call("POST", f"/v1/classifiers/{name}/learn", json=body))
 
     def learn_folder(
         self, name: str, folder: str | Path, task: str, strategy: str, retention: str = "keep", **extra: Any
@@ -174,10 +137,10 @@ class EngramClient:
         return self.learn(name, task, strategy, samples, retention, **extra)
 
     def job(self, job_id: str) -> Job:
-        return Job.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
+        return _read(Job, self._call("GET", f"/v1/jobs/{job_id}"))
 
     def cancel(self, job_id: str) -> Job:
-        return Job.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
+        return _read(Job, self._call("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def wait(
         self, job_id: str, on_progress: Callable[[Job], None] | None = None, poll: float = 0.5, timeout: float = 3600
@@ -202,27 +165,25 @@ class EngramClient:
             body["task"] = task
         if version is not None:
             body["version"] = version
-        return PredictResult.model_validate(self._call("POST", f"/v1/classifiers/{name}/predict", json=body))
+        return _read(PredictResult, self._call("POST", f"/v1/classifiers/{name}/predict", json=body))
 
     def predict_files(self, name: str, paths: Sequence[str | Path], **kwargs: Any) -> PredictResult:
         return self.predict(name, [{"image_b64": b64(Path(p).read_bytes())} for p in paths], **kwargs)
 
     # versions
     def versions(self, name: str) -> list[Version]:
-        return [Version.model_validate(v) for v in self._call("GET", f"/v1/classifiers/{name}/versions")]
+        return [_read(Version, v) for v in self._call("GET", f"/v1/classifiers/{name}/versions")]
 
     def version(self, name: str, number: int) -> Version:
-        return Version.model_validate(self._call("GET", f"/v1/classifiers/{name}/versions/{number}"))
+        return _read(Version, self._call("GET", f"/v1/classifiers/{name}/versions/{number}"))
 
     def promote(self, name: str, number: int, force: bool = False, reason: str | None = None) -> Version:
         body = {"force": force, "reason": reason}
-        return Version.model_validate(
-            self._call("POST", f"/v1/classifiers/{name}/versions/{number}/promote", json=body)
-        )
+        return _read(Version, self._call("POST", f"/v1/classifiers/{name}/versions/{number}/promote", json=body))
 
     def rollback(self, name: str, to_version: int | None = None, reason: str | None = None) -> Version:
         body = {"to_version": to_version, "reason": reason}
-        return Version.model_validate(self._call("POST", f"/v1/classifiers/{name}/rollback", json=body))
+        return _read(Version, self._call("POST", f"/v1/classifiers/{name}/rollback", json=body))
 
     def audit(self, name: str) -> list[AuditEntry]:
-        return [AuditEntry.model_validate(a) for a in self._call("GET", f"/v1/classifiers/{name}/audit")]
+        return [_read(AuditEntry, a) for a in self._call("GET", f"/v1/classifiers/{name}/audit")]

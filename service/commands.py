@@ -14,7 +14,7 @@ from rich.table import Table
 from service.client import EngramClient, EngramError, Job
 
 console = Console()
-EXIT = {"promoted": 0, "passed": 0, "rejected": 3, "failed": 1, "cancelled": 1}
+EXIT = {"promoted": 0, "passed": 0, "rejected": 3}  # learn's exit code by how the job ended; otherwise 1
 
 
 def _client(args: argparse.Namespace) -> EngramClient:
@@ -43,7 +43,7 @@ def _list(args: argparse.Namespace) -> int:
         rows = c.classifiers()
     table = Table("name", "input", "scenario", "backbone", "active version")
     for clf in rows:
-        table.add_row(clf.name, json.dumps(clf.input), clf.scenario, clf.backbone, str(clf.active_version))
+        table.add_row(clf.name, json.dumps(clf.input.model_dump()), clf.scenario, clf.backbone, str(clf.active_version))
     console.print(table)
     return 0
 

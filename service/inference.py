@@ -22,18 +22,24 @@ import onnxruntime as ort
 
 from service.batching import MicroBatcher
 from service.preprocess import InputFormat, parse_items, softmax
+from service.settings import Settings
 
 log = logging.getLogger("engram.serving")
 
 
 @dataclass(frozen=True)
 class ServingOptions:
-    """How sessions run and batch; from Settings (ENGRAM_ORT_THREADS, ENGRAM_BATCH_*)."""
+    """How sessions run and batch (the defaults and their reasons live in Settings)."""
 
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per CPU this process may use
-    max_batch: int = 64  # rows per model run
-    max_wait: float = 0.0  # seconds a batch waits for more requests before it runs
-    max_image_pixels: int = 16_000_000  # decoded images larger than this are refused
+    threads: int  # ONNX Runtime intra-op threads; 0 = one per CPU this process may use
+    max_batch: int  # rows per model run
+    max_wait: float  # seconds a batch waits for more requests before it runs
+    max_image_pixels: int  # decoded images larger than this are refused
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServingOptions:
+        return cls(settings.ort_threads, settings.batch_max_size, settings.batch_max_wait_ms / 1000,
+                   settings.max_image_pixels)  # fmt: skip
 
     def intra_op_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -76,10 +82,9 @@ def _parse_inputs(items: list[Any], fmt: InputFormat, max_pixels: int) -> np.nda
 
 
 def load_served(
-    classifier: str, version: int, folder: Path, network: dict[str, Any], options: ServingOptions | None = None
+    classifier: str, version: int, folder: Path, network: dict[str, Any], options: ServingOptions
 ) -> Served:
     """Build and warm a session for the bundle in ``folder``."""
-    options = options or ServingOptions()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = options.intra_op_threads()

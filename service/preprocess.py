@@ -12,11 +12,13 @@ import binascii
 import io
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from model_core.config import InputSpec, NetworkSpec, Preprocessing
 
 
 class InputError(ValueError):
@@ -29,23 +31,19 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class InputFormat:
-    kind: str  # "image" or "vector"
-    channels: int = 1
-    height: int = 0
-    width: int = 0
-    dim: int = 0
-    resize: str = "bilinear"
+    """A classifier's input (model_core's InputSpec) and how uploads become it (its Preprocessing)."""
+
+    input: InputSpec
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
     @classmethod
     def from_network(cls, network: dict[str, Any]) -> InputFormat:
-        inp = network["input"]
-        return cls(
-            inp["kind"], inp["channels"], inp["height"], inp["width"], inp["dim"], network["preprocessing"]["resize"]
-        )
+        spec = NetworkSpec.from_dict(network)
+        return cls(spec.input, spec.preprocessing)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (self.channels, self.height, self.width) if self.kind == "image" else (self.dim,)
+        return self.input.shape
 
 
 def decode_image(data: bytes, fmt: InputFormat, max_pixels: int) -> np.ndarray:
@@ -64,19 +62,20 @@ def decode_image(data: bytes, fmt: InputFormat, max_pixels: int) -> np.ndarray:
         raise ValueError(f"image is too large to decode safely ({exc})") from None
     except Exception as exc:  # Pillow raises many types for corrupt or truncated data
         raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
-    img = img.convert("L" if fmt.channels == 1 else "RGB")
-    if img.size != (fmt.width, fmt.height):
-        method = Image.Resampling.BILINEAR if fmt.resize == "bilinear" else Image.Resampling.NEAREST
-        img = img.resize((fmt.width, fmt.height), method)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return arr[None] if fmt.channels == 1 else arr.transpose(2, 0, 1)
+    inp = fmt.input
+    img = img.convert("L" if inp.channels == 1 else "RGB")
+    if img.size != (inp.width, inp.height):
+        method = Image.Resampling.BILINEAR if fmt.preprocessing.resize == "bilinear" else Image.Resampling.NEAREST
+        img = img.resize((inp.width, inp.height), method)
+    arr = np.asarray(img, dtype=np.float32) / fmt.preprocessing.pixel_scale
+    return arr[None] if inp.channels == 1 else arr.transpose(2, 0, 1)
 
 
 def parse_item(item: Any, fmt: InputFormat, max_pixels: int) -> np.ndarray:
     """One {"image_b64": ...} or {"vector": [...]} -> model input array. Raises ValueError."""
     if not isinstance(item, dict):
         raise ValueError("must be an object with 'image_b64' or 'vector'")
-    if fmt.kind == "image":
+    if fmt.input.kind == "image":
         raw = item.get("image_b64")
         if raw is None:
             raise ValueError("this classifier takes images: give 'image_b64'")
@@ -89,11 +88,11 @@ def parse_item(item: Any, fmt: InputFormat, max_pixels: int) -> np.ndarray:
         return decode_image(data, fmt, max_pixels)
     vec = item.get("vector")
     if vec is None:
-        raise ValueError(f"this classifier takes vectors: give 'vector' with {fmt.dim} numbers")
+        raise ValueError(f"this classifier takes vectors: give 'vector' with {fmt.input.dim} numbers")
     if not isinstance(vec, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in vec):
         raise ValueError("'vector' must be a list of numbers")
-    if len(vec) != fmt.dim:
-        raise ValueError(f"'vector' has {len(vec)} values; this classifier takes {fmt.dim}")
+    if len(vec) != fmt.input.dim:
+        raise ValueError(f"'vector' has {len(vec)} values; this classifier takes {fmt.input.dim}")
     try:
         wide = np.asarray(vec, dtype=np.float64)  # a huge JSON integer raises OverflowError here
     except OverflowError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db import AuditEntry, Classifier, Job, Version, utcnow
@@ -61,13 +61,18 @@ def set_active(
 
 def previous_active(s: Session, clf: Classifier) -> int | None:
     """The version that was active before the current one (the default rollback target)."""
-    entries = s.scalars(
-        select(AuditEntry).where(AuditEntry.classifier_id == clf.id).order_by(AuditEntry.id.desc())
-    ).all()
-    for entry in entries:
-        if entry.to_version == clf.active_version and entry.from_version is not None:
-            return entry.from_version
-    return None
+    return s.scalar(
+        select(AuditEntry.from_version)
+        .where(AuditEntry.classifier_id == clf.id, AuditEntry.to_version == clf.active_version,
+               AuditEntry.from_version.is_not(None))
+        .order_by(AuditEntry.id.desc()).limit(1)
+    )  # fmt: skip
+
+
+def end_job(job: Job, status: str, error: str | None) -> None:
+    """The one way a job ends without a version: status, reason and finish time together (the caller
+    commits, then deletes the staged samples of a ``retention: discard`` job)."""
+    job.status, job.error, job.finished_at = status, error, utcnow()
 
 
 def claim_job(s: Session, job_id: str, worker: str) -> bool:
@@ -96,17 +101,13 @@ def claim_next_job(s: Session, worker: str) -> str | None:
 def reap_stale_jobs(s: Session, stale_after: float) -> list[Job]:
     """Mark running jobs whose worker stopped sending heartbeats as failed; returns them."""
     limit = utcnow() - dt.timedelta(seconds=stale_after)
-    jobs = list(s.scalars(select(Job).where(Job.status.in_(ACTIVE_JOB))).all())
-    dead = []
-    for job in jobs:
-        if job.heartbeat_at is None or job.heartbeat_at < limit:
-            job.status = "failed"
-            job.error = (
-                f"the worker stopped responding (no heartbeat for over {stale_after:.0f} s); it died or was killed"
-            )
-            job.finished_at = utcnow()
-            dead.append(job)
-    s.commit()
+    stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < limit)
+    dead = list(s.scalars(select(Job).where(Job.status.in_(ACTIVE_JOB), stale)).all())
+    for job in dead:
+        end_job(job, "failed",
+                f"the worker stopped responding (no heartbeat for over {stale_after:.0f} s); it died or was killed")  # fmt: skip
+    if dead:
+        s.commit()
     return dead
 
 

@@ -16,49 +16,41 @@ SQLite deployments (the embedded default) have no procrastinate; ``service.worke
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import socket
-import uuid
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from service.db import Job, make_engine, make_sessionmaker, utcnow
-from service.registry import claim_job
+from service.db import Job
+from service.registry import claim_job, end_job
 from service.settings import Settings
-from service.storage import open_store
 
 log = logging.getLogger("engram.tasks")
 TASK_NAME = "engram.train"
 
 
 def uses_procrastinate(url: str) -> bool:
-    return url.startswith("postgresql")
+    return make_url(url).get_backend_name() == "postgresql"
 
 
 def libpq_url(url: str) -> str:
     """SQLAlchemy's postgresql+psycopg://... -> libpq's postgresql://..."""
-    scheme, rest = url.split("://", 1)
-    return "postgresql://" + rest if scheme.startswith("postgresql") else url
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def enqueue(s: Session, settings: Settings, job_id: str, classifier: str) -> None:
-    """Defer the training task inside the caller's transaction (commit makes both visible at once)."""
-    s.execute(
-        text(
-            "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW(:queue, :task, 0, :lock, NULL, CAST(:args AS jsonb), NULL)"
-            "::procrastinate_job_to_defer_v1])"
-        ),
-        {
-            "queue": settings.queue,
-            "task": TASK_NAME,
-            "lock": f"classifier:{classifier}",
-            "args": json.dumps({"job_id": job_id}),
-        },
-    )
+    """Defer the training task inside the caller's transaction (commit makes both visible at once):
+    procrastinate's own defer, run on the session's psycopg connection."""
+    import procrastinate
+    from procrastinate.jobs import Job as TaskJob
+
+    # Never opened: with an explicit connection, procrastinate uses that and no pool of its own.
+    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector())
+    task = TaskJob(id=None, queue=settings.queue, lock=f"classifier:{classifier}", queueing_lock=None,
+                   task_name=TASK_NAME, task_kwargs={"job_id": job_id})  # fmt: skip
+    app.job_manager.defer_job(task, connection=s.connection().connection.driver_connection)
 
 
 def run_procrastinate_worker(settings: Settings) -> None:
@@ -66,13 +58,9 @@ def run_procrastinate_worker(settings: Settings) -> None:
     import procrastinate
     from procrastinate.jobs import Status
 
-    from service.training import JobRunner  # torch, in the worker process only
-    from service.worker import run_with_heartbeat
+    from service.worker import make_runner, run_with_heartbeat
 
-    engine = make_engine(settings.db_url)
-    sessions = make_sessionmaker(engine)
-    runner = JobRunner(sessions, open_store(settings.artifacts_path), settings.device)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    engine, sessions, runner, worker_id = make_runner(settings)
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=libpq_url(settings.db_url)))
 
     @app.task(name=TASK_NAME, queue=settings.queue)
@@ -88,10 +76,8 @@ def run_procrastinate_worker(settings: Settings) -> None:
         with sessions() as s:
             job = s.scalar(select(Job).where(Job.id == job_id))
             if job is not None and job.status in ("queued", "running", "evaluating"):
-                job.status, job.finished_at = "failed", utcnow()
-                job.error = (
-                    "the worker stopped responding (procrastinate found its task stalled); it died or was killed"
-                )
+                end_job(job, "failed",
+                        "the worker stopped responding (procrastinate found its task stalled); it died or was killed")  # fmt: skip
                 s.commit()
                 if job.retention == "discard":
                     runner.store.delete_job(job_id)

@@ -22,7 +22,7 @@ from model_core.learner import Learner
 from model_core.strategies.base import Progress, TrainingCancelled
 from service.db import Classifier, Job, Version, utcnow
 from service.gate import GateConfig, evaluate
-from service.registry import get_version, next_version_number, set_active
+from service.registry import end_job, get_version, next_version_number, set_active
 from service.storage import ArtifactStore, arrays_to_bytes, bytes_to_arrays
 
 log = logging.getLogger("engram.worker")
@@ -72,17 +72,18 @@ class JobRunner:
             if retention == "discard":
                 self.store.delete_job(job_id)
 
-    def _finish(self, job_id: str, status: str, error: str | None = None) -> None:
+    def _finish(self, job_id: str, status: str, error: str) -> None:
         with self.sessions() as s:
             job = s.get(Job, job_id)
             assert job is not None
-            job.status, job.error, job.finished_at = status, error, utcnow()
+            end_job(job, status, error)
             s.commit()
 
     def _callbacks(
         self, job_id: str, stage_seconds: dict[str, float]
     ) -> tuple[Callable[[Progress], None], Callable[[], bool]]:
-        """Progress writes and cancel checks, throttled. ``stage_seconds`` collects the time of each training
+        """Progress writes and cancel checks, throttled; a progress write also reads the cancel flag, so the
+        usual report-then-check pair costs one session. ``stage_seconds`` collects the time of each training
         stage (classifier "train", "generator", "importance"): the time up to a report goes to its stage."""
         last = {"write": 0.0, "cancel": 0.0, "report": time.monotonic()}
         cancelled = {"flag": False}
@@ -93,9 +94,10 @@ class JobRunner:
             last["report"] = now
             if now - last["write"] < THROTTLE and p.step != p.total:
                 return
-            last["write"] = now
+            last["write"] = last["cancel"] = now
             with self.sessions() as s:
                 job = s.get(Job, job_id)
+                cancelled["flag"] = bool(job is None or job.cancel_requested)
                 if job is not None:
                     job.progress = {"stage": p.stage, "step": p.step, "total": p.total,
                                     "losses": {k: round(v, 5) for k, v in p.losses.items()}}  # fmt: skip
@@ -125,6 +127,7 @@ class JobRunner:
             parent = get_version(s, clf, clf.active_version) if clf.active_version is not None else None
             clf_id, name, network, gate_defaults = clf.id, clf.name, dict(clf.network), dict(clf.gate)
             task, strategy, retention, request = job.task, job.strategy, job.retention, dict(job.request)
+            options = request["options"]  # TrainOptions.model_dump(): exactly TrainConfig's own fields
             parent_number, parent_dir = (parent.number, self.store.path(parent.artifact)) if parent else (None, None)
 
         # Load the parent's whole learner state (weights and every strategy's state) and its suite.
@@ -132,8 +135,7 @@ class JobRunner:
             learner, _ = load_bundle(parent_dir)
             suite = bytes_to_arrays((parent_dir / EVAL_FILE).read_bytes())
         else:
-            options = request.get("options", {})
-            learner = Learner.create(NetworkSpec.from_dict(network), seed=int(options.get("seed", 0)))
+            learner = Learner.create(NetworkSpec.from_dict(network), seed=options["seed"])
             suite = {}
         train = self.store.read_arrays(job_id, "train")
         new_eval = self.store.read_arrays(job_id, "eval")
@@ -143,20 +145,15 @@ class JobRunner:
         task_names = list(dict.fromkeys([*(str(t) for t in suite["task"])]))
         times["load"] = time.perf_counter() - t0
 
-        # Parent accuracy per task, before the learner changes.
+        # Parent accuracy per task, before the learner changes (part of the gate's time).
+        t_parent = time.perf_counter()
         before = {
             t: correct(learner, *task_slice(suite, t), t) if t in learner.task_names else None for t in task_names
         }
 
+        parent_gate = time.perf_counter() - t_parent
         t1 = time.perf_counter()
-        options = request.get("options", {})
-        config = TrainConfig(
-            iterations=int(options.get("iterations", 300)),
-            batch_size=int(options.get("batch_size", 64)),
-            lr=float(options.get("lr", 1e-3)),
-            seed=int(options.get("seed", 0)),
-            device=self.device,
-        )
+        config = TrainConfig(**options, device=self.device)
         stages: dict[str, float] = {}
         progress, should_cancel = self._callbacks(job_id, stages)
         exp = experience(task, train["x"], train["label"])
@@ -167,7 +164,7 @@ class JobRunner:
         self._set_status(job_id, "evaluating")
         t2 = time.perf_counter()
         rows = [(t, before[t], correct(learner, *task_slice(suite, t), t)) for t in task_names]
-        times["gate"] = time.perf_counter() - t2
+        times["gate"] = parent_gate + time.perf_counter() - t2
         t3 = time.perf_counter()
         onnx_bytes, diff, err = b"", None, None
         try:

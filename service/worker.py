@@ -17,6 +17,7 @@ import threading
 import uuid
 from typing import TYPE_CHECKING
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import Job, make_engine, make_sessionmaker, utcnow
@@ -59,15 +60,20 @@ def run_with_heartbeat(runner: JobRunner, sessions: sessionmaker[Session], job_i
         thread.join()
 
 
-def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs: int | None = None) -> int:
-    """Work until ``stop`` is set (or ``max_jobs`` are done); returns the number of jobs run."""
+def make_runner(settings: Settings) -> tuple[Engine, sessionmaker[Session], JobRunner, str]:
+    """What every worker needs: the database, a job runner on the artifact store, and its own id."""
     from service.training import JobRunner  # torch is imported here, in the worker process only
 
-    stop = stop or threading.Event()
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
     runner = JobRunner(sessions, open_store(settings.artifacts_path), settings.device)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs: int | None = None) -> int:
+    """Work until ``stop`` is set (or ``max_jobs`` are done); returns the number of jobs run."""
+    stop = stop or threading.Event()
+    engine, sessions, runner, worker_id = make_runner(settings)
     log.info("worker %s ready (device %s)", worker_id, settings.device)
     done = 0
     while not stop.is_set() and (max_jobs is None or done < max_jobs):

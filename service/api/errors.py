@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import pydantic
@@ -17,17 +18,22 @@ from service.registry import Conflict, NotFound
 
 log = logging.getLogger("engram.api")
 PROBLEM = "application/problem+json"
-TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-          409: "Conflict", 413: "Request body too large", 415: "Unsupported media type", 422: "Unprocessable input",
-          500: "Internal error", 503: "Unavailable"}  # fmt: skip
 
 
 def problem(
     request: Request[Any, Any, Any], status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response[Any]:
-    body = {"type": "about:blank", "title": TITLES.get(status, "Error"), "status": status, "detail": detail,
+    # With type about:blank, RFC 9457 says the title SHOULD be the status code's phrase.
+    body = {"type": "about:blank", "title": _phrase(status), "status": status, "detail": detail,
             "instance": request.url.path, **extra}  # fmt: skip
     return Response(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a code http.HTTPStatus does not name
+        return "Error"
 
 
 def _auth(request: Request[Any, Any, Any], exc: AuthError) -> Response[Any]:

@@ -138,11 +138,15 @@ def answers(
     their ``dict[str, Any]`` annotation.
     """
     out = {status: ResponseSpec(body, generate_examples=False, description=description, media_type=media_type)}
-    for code in problems:
-        out[code] = ResponseSpec(
-            schemas.Problem, generate_examples=False, description=PROBLEMS[code], media_type=PROBLEM
-        )
-    return out
+    return {**out, **problem_answers(*problems)}
+
+
+def problem_answers(*codes: int) -> dict[int, ResponseSpec]:
+    """problem+json answers for each of ``codes``, described by ``PROBLEMS``."""
+    return {
+        code: ResponseSpec(schemas.Problem, generate_examples=False, description=PROBLEMS[code], media_type=PROBLEM)
+        for code in codes
+    }
 
 
 # --- the learn request body -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Thin controllers: authorise, parse, call the application service, return its answer.
 
 Handlers return the application's dicts; ``responses=answers(...)`` documents each answer's schema
-(``service.api.schemas``) and the problem+json errors the operation can give.
+(``service.api.schemas``) and the problem+json errors the operation itself can give. ``guard_answers``
+adds those of the /v1 guard (401, 403, 415), derived from each route's role and method.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.handlers.http_handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from litestar.routes import HTTPRoute
@@ -26,8 +28,9 @@ from litestar.status_codes import (
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
 )
 
-from service.api.openapi import LearnOperation, answers
+from service.api.openapi import LearnOperation, answers, problem_answers
 from service.api.schemas import (
+    TERMINAL,
     AuditView,
     ClassifierCreate,
     ClassifierView,
@@ -46,7 +49,6 @@ from service.api.schemas import (
 )
 from service.application import EngramService, Invalid
 from service.auth import KeyRing
-from service.db import TERMINAL
 
 # Version numbers fit the database's integer column; larger ones are refused before any query.
 VersionNumber = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="version number")]
@@ -59,6 +61,15 @@ async def guard_v1(connection: ASGIConnection[Any, Any, Any, Any], handler: Base
     """The /v1 guard: the key's role first (401/403), then the body's content type (415)."""
     require_role(connection, handler)
     require_json_body(connection, handler)
+
+
+def guard_answers(handler: HTTPRouteHandler) -> HTTPRouteHandler:
+    """Add to ``handler``'s documented answers the problems ``guard_v1`` can give before it runs: 401 on
+    every operation, 403 unless its role is predict (which every key has), 415 on a POST."""
+    role = handler.opt.get("role", "admin")
+    codes = [401, *([403] if role != "predict" else []), *([415] if "POST" in handler.http_methods else [])]
+    handler.responses = dict(sorted({**(handler.responses or {}), **problem_answers(*codes)}.items()))
+    return handler
 
 
 def require_role(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -113,25 +124,25 @@ def svc(request: Request[Any, Any, Any]) -> EngramService:
 
 
 @get("/strategies", opt={"role": "predict"}, sync_to_thread=False,
-     responses=answers(200, dict[str, StrategyView], "Each strategy by name", 401))  # fmt: skip
+     responses=answers(200, dict[str, StrategyView], "Each strategy by name"))  # fmt: skip
 def strategies(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return svc(request).strategies()
 
 
 @post("/classifiers", opt={"role": "admin"}, status_code=HTTP_201_CREATED, sync_to_thread=True,
-      responses=answers(201, ClassifierView, "The new classifier", 400, 401, 403, 409, 413, 422, 415))  # fmt: skip
+      responses=answers(201, ClassifierView, "The new classifier", 400, 409, 413, 422))  # fmt: skip
 def create_classifier(request: Request[Any, Any, Any], data: ClassifierCreate) -> dict[str, Any]:
     return svc(request).create_classifier(data)
 
 
 @get("/classifiers", opt={"role": "predict"}, sync_to_thread=True,
-     responses=answers(200, list[ClassifierView], "Every classifier, by name", 401))  # fmt: skip
+     responses=answers(200, list[ClassifierView], "Every classifier, by name"))  # fmt: skip
 def list_classifiers(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     return svc(request).list_classifiers()
 
 
 @get("/classifiers/{name:str}", opt={"role": "predict"}, sync_to_thread=True,
-     responses=answers(200, ClassifierView, "The classifier", 400, 401, 404))  # fmt: skip
+     responses=answers(200, ClassifierView, "The classifier", 400, 404))  # fmt: skip
 def get_classifier(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
     return svc(request).get_classifier(name)
 
@@ -162,35 +173,34 @@ async def _learn_body(request: Request[Any, Any, Any]) -> LearnRequest:
 @post("/classifiers/{name:str}/learn", status_code=HTTP_202_ACCEPTED,
       opt={"role": "learn", "content_types": ("application/json", "multipart/form-data")},
       operation_class=LearnOperation,
-      responses=answers(202, JobView, "The queued job", 400, 401, 403, 404, 413, 422, 415))  # fmt: skip
+      responses=answers(202, JobView, "The queued job", 400, 404, 413, 422))  # fmt: skip
 async def learn(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
     body = await _learn_body(request)
     return await anyio.to_thread.run_sync(svc(request).submit_learn, name, body)
 
 
 @get("/jobs/{job_id:str}", opt={"role": "learn"}, sync_to_thread=True,
-     responses=answers(200, JobView, "The job", 400, 401, 403, 404))  # fmt: skip
+     responses=answers(200, JobView, "The job", 400, 404))  # fmt: skip
 def get_job(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
     return svc(request).get_job(job_id)
 
 
 @post("/jobs/{job_id:str}/cancel", opt={"role": "learn"}, status_code=200, sync_to_thread=True,
-      responses=answers(200, JobView, "The job, cancelled or asked to stop", 400, 401, 403, 404, 409, 415))  # fmt: skip
+      responses=answers(200, JobView, "The job, cancelled or asked to stop", 400, 404, 409))  # fmt: skip
 def cancel_job(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
     return svc(request).cancel_job(job_id)
 
 
 @get("/jobs/{job_id:str}/events", opt={"role": "learn"},
      responses=answers(200, JobEvent, "Server-sent events: 'progress' with the job on each change, then 'end'",
-                       400, 401, 403, 404, media_type="text/event-stream"))  # fmt: skip
+                       400, 404, media_type="text/event-stream"))  # fmt: skip
 async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
     service = svc(request)
-    await anyio.to_thread.run_sync(service.get_job, job_id)  # 404 before the stream starts
+    first = await anyio.to_thread.run_sync(service.get_job, job_id)  # 404 before the stream starts
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
-        last = None
+        view, last = first, None
         while True:
-            view = await anyio.to_thread.run_sync(service.get_job, job_id)
             data = encode_json(view).decode()  # as the JSON API writes it (RFC 3339 timestamps)
             done = view["status"] in TERMINAL
             if data != last:
@@ -199,30 +209,31 @@ async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSent
             if done:
                 return
             await anyio.sleep(0.5)
+            view = await anyio.to_thread.run_sync(service.get_job, job_id)
 
     return ServerSentEvent(stream())
 
 
 @post("/classifiers/{name:str}/predict", opt={"role": "predict"}, status_code=200,
-      responses=answers(200, PredictResult, "One prediction per input", 400, 401, 404, 409, 413, 422, 415))  # fmt: skip
+      responses=answers(200, PredictResult, "One prediction per input", 400, 404, 409, 413, 422))  # fmt: skip
 async def predict(request: Request[Any, Any, Any], name: str, data: PredictRequest) -> dict[str, Any]:
     return await svc(request).predict(name, data)
 
 
 @get("/classifiers/{name:str}/versions", opt={"role": "predict"}, sync_to_thread=True,
-     responses=answers(200, list[VersionView], "Every version, oldest first", 400, 401, 404))  # fmt: skip
+     responses=answers(200, list[VersionView], "Every version, oldest first", 400, 404))  # fmt: skip
 def list_versions(request: Request[Any, Any, Any], name: str) -> list[dict[str, Any]]:
     return svc(request).list_versions(name)
 
 
 @get("/classifiers/{name:str}/versions/{number:int}", opt={"role": "predict"}, sync_to_thread=True,
-     responses=answers(200, VersionView, "The version", 400, 401, 404, 422))  # fmt: skip
+     responses=answers(200, VersionView, "The version", 400, 404, 422))  # fmt: skip
 def get_version(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> dict[str, Any]:
     return svc(request).get_version(name, number)
 
 
 @get("/classifiers/{name:str}/versions/{number:int}/model.onnx", opt={"role": "learn"}, sync_to_thread=True,
-     responses=answers(200, bytes, "The version's ONNX model", 400, 401, 403, 404, 422,
+     responses=answers(200, bytes, "The version's ONNX model", 400, 404, 422,
                        media_type="application/octet-stream"))  # fmt: skip
 def get_onnx(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> File:
     path = svc(request).onnx_path(name, number)
@@ -231,7 +242,7 @@ def get_onnx(request: Request[Any, Any, Any], name: str, number: VersionNumber) 
 
 @post("/classifiers/{name:str}/versions/{number:int}/promote", opt={"role": "admin"}, status_code=200,
       sync_to_thread=True,
-      responses=answers(200, VersionView, "The version, now active", 400, 401, 403, 404, 409, 413, 422, 415))  # fmt: skip
+      responses=answers(200, VersionView, "The version, now active", 400, 404, 409, 413, 422))  # fmt: skip
 def promote(
     request: Request[Any, Any, Any], name: str, number: VersionNumber, data: PromoteRequest | None = None
 ) -> dict[str, Any]:
@@ -241,14 +252,14 @@ def promote(
 
 @post("/classifiers/{name:str}/rollback", opt={"role": "admin"}, status_code=200, sync_to_thread=True,
       responses=answers(200, VersionView, "The version rolled back to, now active",
-                        400, 401, 403, 404, 409, 413, 415, 422))  # fmt: skip
+                        400, 404, 409, 413, 422))  # fmt: skip
 def rollback(request: Request[Any, Any, Any], name: str, data: RollbackRequest | None = None) -> dict[str, Any]:
     data = data or RollbackRequest()
     return svc(request).rollback(name, data.to_version, request.state.actor, data.reason)
 
 
 @get("/classifiers/{name:str}/audit", opt={"role": "learn"}, sync_to_thread=True,
-     responses=answers(200, list[AuditView], "Promotions and rollbacks, oldest first", 400, 401, 403, 404))  # fmt: skip
+     responses=answers(200, list[AuditView], "Promotions and rollbacks, oldest first", 400, 404))  # fmt: skip
 def audit(request: Request[Any, Any, Any], name: str) -> list[dict[str, Any]]:
     return svc(request).audit(name)
 
@@ -263,7 +274,7 @@ def healthz() -> dict[str, str]:
                 **answers(503, Unready, "The database does not answer")})  # fmt: skip
 def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     try:
-        svc(request).list_classifiers()
+        svc(request).ping()
     except Exception as exc:
         return Response({"status": "unavailable", "reason": f"database: {type(exc).__name__}"}, status_code=503)
     return Response({"status": "ready", "serving": request.app.state.serving.active_versions()})
@@ -273,7 +284,9 @@ V1 = Router(
     path="/v1",
     guards=[guard_v1],
     security=[{"bearer": []}],
-    route_handlers=[strategies, create_classifier, list_classifiers, get_classifier, learn, get_job, cancel_job,
-                    job_events, predict, list_versions, get_version, get_onnx, promote, rollback, audit],
+    route_handlers=[guard_answers(h) for h in (
+        strategies, create_classifier, list_classifiers, get_classifier, learn, get_job, cancel_job, job_events,
+        predict, list_versions, get_version, get_onnx, promote, rollback, audit,
+    )],
 )  # fmt: skip
 ROUTES = [V1, healthz, readyz]

@@ -9,7 +9,7 @@ sample and input lists, and the shape of each item (``service.preprocess`` names
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Json, JsonValue
 from pydantic_core import PydanticCustomError
@@ -145,7 +145,9 @@ class RollbackRequest(Strict):
 # (tests/e2e/test_fuzz.py) then fails on a field the document does not list or a listed one that is
 # missing. The application builds plain dicts; these models only describe them.
 
-JobStatus = Literal["queued", "running", "evaluating", "promoted", "passed", "rejected", "failed", "cancelled"]
+JobEnd = Literal["promoted", "passed", "rejected", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "evaluating", JobEnd]
+TERMINAL: tuple[JobEnd, ...] = get_args(JobEnd)  # the statuses a job never leaves (server, worker and client)
 VersionStatus = Literal["candidate", "active", "rejected", "retired"]
 
 

@@ -12,7 +12,7 @@ with engine.connect() as connection:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
-        render_as_batch=url.startswith("sqlite"),
+        render_as_batch=engine.dialect.name == "sqlite",
         # procrastinate's tables are installed by migration 0002 from its own schema, not from our models
         include_name=lambda name, kind, _: not (kind == "table" and str(name).startswith("procrastinate")),
     )

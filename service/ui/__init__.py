@@ -12,21 +12,16 @@ from urllib.parse import quote
 
 from litestar import Request, Router, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Body
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 
-from service.application import EngramService
+from service.api.routes import VersionNumber, svc
 from service.auth import AuthError, KeyRing
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
-
-
-def _svc(request: Request[Any, Any, Any]) -> EngramService:
-    service: EngramService = request.app.state.service
-    return service
 
 
 def _back(name: str, **params: str | int | None) -> Redirect:
@@ -36,7 +31,7 @@ def _back(name: str, **params: str | int | None) -> Redirect:
 
 @get("/", sync_to_thread=True)
 def index(request: Request[Any, Any, Any]) -> Template:
-    return Template("index.html", context={"classifiers": _svc(request).list_classifiers()})
+    return Template("index.html", context={"classifiers": svc(request).list_classifiers()})
 
 
 @get("/classifiers/{name:str}", sync_to_thread=True)
@@ -47,16 +42,16 @@ def classifier_page(
     message: str | None = None,
     error: str | None = None,
 ) -> Template:
-    svc = _svc(request)
-    clf = svc.get_classifier(name)
-    versions = svc.list_versions(name)
+    service = svc(request)
+    clf = service.get_classifier(name)
+    versions = service.list_versions(name)
     wanted = (
         version if version is not None else clf["active_version"] or (versions[-1]["version"] if versions else None)
     )
     selected = next((v for v in versions if v["version"] == wanted), None)
     context = {
-        "clf": clf, "versions": versions, "selected": selected, "jobs": svc.recent_jobs(name),
-        "matrix": svc.lineage_matrix(name, selected["version"]) if selected else None,
+        "clf": clf, "versions": versions, "selected": selected, "jobs": service.recent_jobs(name),
+        "matrix": service.lineage_matrix(name, selected["version"]) if selected else None,
         "message": message, "error": error,
     }  # fmt: skip
     return Template("classifier.html", context=context)
@@ -64,7 +59,7 @@ def classifier_page(
 
 @get("/classifiers/{name:str}/jobs", sync_to_thread=True)
 def jobs_fragment(request: Request[Any, Any, Any], name: str) -> Template:
-    return Template("jobs.html", context={"jobs": _svc(request).recent_jobs(name)})
+    return Template("jobs.html", context={"jobs": svc(request).recent_jobs(name)})
 
 
 def _actor(request: Request[Any, Any, Any], key: str) -> str:
@@ -77,19 +72,17 @@ def rollback_form(request: Request[Any, Any, Any], name: str, data: Form) -> Red
     try:
         actor = _actor(request, data.get("key", ""))
         to = int(data["to_version"]) if data.get("to_version") else None
-        v = _svc(request).rollback(name, to, actor, data.get("reason") or None)
+        v = svc(request).rollback(name, to, actor, data.get("reason") or None)
     except (AuthError, LookupError, RuntimeError, ValueError) as exc:
         return _back(name, error=f"rollback refused: {getattr(exc, 'detail', exc)}")
     return _back(name, message=f"rolled back: v{v['version']} is active")
 
 
 @post("/classifiers/{name:str}/versions/{number:int}/promote", sync_to_thread=True)
-def promote_form(
-    request: Request[Any, Any, Any], name: str, number: Annotated[int, Parameter(ge=1, le=2**31 - 1)], data: Form
-) -> Redirect:
+def promote_form(request: Request[Any, Any, Any], name: str, number: VersionNumber, data: Form) -> Redirect:
     try:
         actor = _actor(request, data.get("key", ""))
-        v = _svc(request).promote(name, number, actor, data.get("force") == "true", data.get("reason") or None)
+        v = svc(request).promote(name, number, actor, data.get("force") == "true", data.get("reason") or None)
     except (AuthError, LookupError, RuntimeError, ValueError) as exc:
         return _back(name, version=number, error=f"promotion refused: {getattr(exc, 'detail', exc)}")
     return _back(name, message=f"v{v['version']} is active")

@@ -17,7 +17,7 @@ def test_class_incremental_generative_replay_beats_naive_by_far(digits: SplitBen
     naive = run_stream(digits, digit_spec(), "naive", PROTOCOL).metrics
     gr = run_stream(digits, digit_spec(), "generative_replay", PROTOCOL).metrics
     assert naive.average_accuracy < 0.3  # one task's worth: the known failure of fine-tuning
-    assert gr.average_accuracy >= 0.88  # seed 0 measured 0.937; no stored samples
+    assert gr.average_accuracy >= 0.88  # no stored samples; mean of seeds 0-2: python -m benchmarks.continual
     assert gr.average_accuracy - naive.average_accuracy > 0.5
 
 

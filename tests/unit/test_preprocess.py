@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model_core.config import InputSpec
 from service.preprocess import InputError, InputFormat, decode_image, parse_item, parse_items
 
-GREY_8 = InputFormat("image", channels=1, height=8, width=8)
-RGB_6x4 = InputFormat("image", channels=3, height=6, width=4)
-VEC_3 = InputFormat("vector", dim=3)
+GREY_8 = InputFormat(InputSpec("image", channels=1, height=8, width=8))
+RGB_6x4 = InputFormat(InputSpec("image", channels=3, height=6, width=4))
+VEC_3 = InputFormat(InputSpec("vector", dim=3))
 LIMIT = 1_000_000
 
 
@@ -55,7 +56,7 @@ def test_jpeg_is_decoded() -> None:
 
 def test_same_size_image_keeps_exact_pixel_values() -> None:
     pixels = np.array([[0, 51], [102, 255]], dtype=np.uint8)
-    arr = decode_image(encode(Image.fromarray(pixels, "L")), InputFormat("image", 1, 2, 2), LIMIT)
+    arr = decode_image(encode(Image.fromarray(pixels, "L")), InputFormat(InputSpec("image", 1, 2, 2)), LIMIT)
     assert np.allclose(arr[0], pixels / 255.0)
 
 
@@ -144,4 +145,4 @@ def test_input_format_shape() -> None:
 @pytest.mark.parametrize("value", [10**400, 1e39, -(10**40)])
 def test_values_beyond_float32_are_refused_cleanly(value: float) -> None:
     with pytest.raises(InputError, match="too large"):
-        parse_items([{"vector": [value]}], InputFormat("vector", dim=1), "inputs", 100)
+        parse_items([{"vector": [value]}], InputFormat(InputSpec("vector", dim=1)), "inputs", 100)
