@@ -11,6 +11,14 @@ COPY model_core ./model_core
 COPY service ./service
 COPY benchmarks ./benchmarks
 RUN pip install --no-cache-dir uv==0.13.8 && uv pip install --system --no-cache -e .
+# Pretrained backbone weights baked into the image, e.g. --build-arg BAKE_WEIGHTS="timm/resnet50 torchvision/resnet18":
+# downloaded now into the weights cache, so hosts that may not download (the default) still use them.
+# timm/efficientnet_lite0 needs nothing here: its weights come with a Python package.
+ARG BAKE_WEIGHTS=""
+ENV ENGRAM_WEIGHTS_CACHE_DIR=/opt/engram/weights
+RUN mkdir -p /opt/engram/weights \
+    && if [ -n "${BAKE_WEIGHTS}" ]; then python -m model_core.backbone_check fetch "${BAKE_WEIGHTS}" --cache-dir /opt/engram/weights; fi \
+    && chown -R 10001 /opt/engram/weights
 USER 10001
 VOLUME /data
 EXPOSE 8000

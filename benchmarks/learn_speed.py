@@ -1,9 +1,12 @@
 """Learning speed: time from a learn request to a promoted version, per digits task, and where it goes.
 
-    python -m benchmarks.learn_speed [--tasks 3] [--strategy generative_replay] [--backbone mlp] [--json FILE]
+    python -m benchmarks.learn_speed [--tasks 3] [--strategy generative_replay] [--backbone cnn] [--size 8] [--json FILE]
+    python -m benchmarks.learn_speed --photos ../shared/data/cifar10-mini   # 1,000 photos a task, pretrained default
 
 Starts ``engram serve`` (embedded worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh data folder,
-creates an 8x8 digits classifier (MLP, as in ``benchmarks.continual``) and teaches it digit pairs (0-1, 2-3, ...) over HTTP, one job at a time.
+creates a classifier with the service's default backbone for its input (``--backbone`` overrides) and teaches
+it class pairs over HTTP, one job at a time: digit pairs (0-1, 2-3, ...) as 8x8 PNGs declared ``--size``
+pixels, or with ``--photos`` the cifar10-mini ImageFolder's classes in pairs (500 photos each, as JPEG files).
 For each job it prints the wall time from POST .../learn to the version being promoted and served, split
 into: the API accepting the request (decoding, checking and staging every sample), the job waiting in the
 queue (the worker polls every ENGRAM_WORKER_POLL_SECONDS), and the worker's run with its own stage times:
@@ -30,16 +33,39 @@ from sklearn.datasets import load_digits
 from benchmarks.serve_bench import ADMIN, digit_png, free_port, stop, wait_ready
 
 DIGITS = {"kind": "image", "channels": 1, "height": 8, "width": 8}
+PHOTOS = {"kind": "image", "channels": 3, "height": 32, "width": 32}
+
+
+def digit_tasks(size: int) -> list[tuple[str, list[dict[str, str]]]]:
+    """Digit pairs as 8x8 PNGs (the service resizes them to the declared size)."""
+    d = load_digits()
+    return [(f"digits-{2 * t}-{2 * t + 1}", [{"label": str(y), "image_b64": digit_png(x, DIGITS)}
+             for x, y in zip(d.images, d.target, strict=True) if y in (2 * t, 2 * t + 1)]) for t in range(5)]  # fmt: skip
+
+
+def photo_tasks(root: Path) -> list[tuple[str, list[dict[str, str]]]]:
+    """cifar10-mini's training photos, two classes a task, read by the CLI client's folder reader."""
+    import base64
+
+    from service.client import read_image_folder
+
+    items = read_image_folder(root / "train")
+    names = sorted({label for label, _ in items})
+    return [(f"{names[2 * t]}-{names[2 * t + 1]}", [{"label": label, "image_b64": base64.b64encode(blob).decode()}
+             for label, blob in items if label in names[2 * t : 2 * t + 2]]) for t in range(len(names) // 2)]  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Engram learn-to-promoted timing (see module docstring)")
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--strategy", default="generative_replay")
-    parser.add_argument("--backbone", default="mlp", choices=["mlp", "cnn"])
+    parser.add_argument("--backbone", help="default: the service's default for the input")
+    parser.add_argument("--size", type=int, default=8, help="digits: the classifier's declared side in pixels")
+    parser.add_argument("--photos", type=Path, help="a cifar10-mini root: learn its photo classes in pairs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    d = load_digits()
+    tasks = photo_tasks(args.photos) if args.photos else digit_tasks(args.size)
+    shape = PHOTOS if args.photos else {**DIGITS, "height": args.size, "width": args.size}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="engram-learn-") as tmp:
         port = free_port()
@@ -51,13 +77,13 @@ def main() -> None:
         try:
             wait_ready(url, proc, "/readyz")
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=600) as c:
-                c.post("/v1/classifiers", json={"name": "digits", "backbone": args.backbone, "input": DIGITS},
-                       ).raise_for_status()  # fmt: skip
-                for t in range(args.tasks):
-                    pair = (2 * t, 2 * t + 1)
-                    samples = [{"label": str(y), "image_b64": digit_png(x, DIGITS)}
-                               for x, y in zip(d.images, d.target, strict=True) if y in pair]  # fmt: skip
-                    body = {"task": f"digits-{pair[0]}-{pair[1]}", "strategy": args.strategy, "samples": samples}
+                created = c.post("/v1/classifiers", json={"name": "digits", "input": shape,
+                                 **({"backbone": args.backbone} if args.backbone else {})})  # fmt: skip
+                created.raise_for_status()
+                backbone = created.json()["backbone"]
+                print(f"classifier {shape}, backbone {backbone}, strategy {args.strategy}")
+                for task, samples in tasks[: args.tasks]:
+                    body = {"task": task, "strategy": args.strategy, "samples": samples}
                     start = time.perf_counter()
                     r = c.post("/v1/classifiers/digits/learn", json=body)
                     r.raise_for_status()
@@ -67,7 +93,7 @@ def main() -> None:
                         time.sleep(0.05)
                         job = c.get(f"/v1/jobs/{job['job_id']}").json()
                     promoted = time.perf_counter() - start
-                    probe = {"inputs": [{"image_b64": digit_png(d.images[0], DIGITS)}]}
+                    probe = {"inputs": [{"image_b64": samples[0]["image_b64"]}]}
                     while job["status"] == "promoted" and (
                         c.post("/v1/classifiers/digits/predict", json=probe).json()["version"] != job["version"]
                     ):
@@ -92,7 +118,7 @@ def main() -> None:
             log.close()
     if args.json:
         args.json.write_text(
-            json.dumps({"strategy": args.strategy, "backbone": args.backbone, "tasks": rows}, indent=2)
+            json.dumps({"strategy": args.strategy, "backbone": backbone, "input": shape, "tasks": rows}, indent=2)
         )
 
 

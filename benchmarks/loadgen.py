@@ -43,8 +43,9 @@ class LoadResult:
                 "p99_ms": round(self.percentile(99) * 1000, 2)}  # fmt: skip
 
 
-def encode_post(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
+def encode_post(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None,
+                content_type: str = "application/json") -> bytes:  # fmt: skip
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Type: {content_type}",
              f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in (headers or {}).items())]  # fmt: skip
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -134,9 +135,10 @@ def run_load(
     warmup: float = 0.0,
     headers: dict[str, str] | None = None,
     read_version: bool = False,
+    content_type: str = "application/json",
 ) -> LoadResult:
-    """Synchronous entry point: POST JSON ``bodies`` to ``url`` + ``path``."""
+    """Synchronous entry point: POST ``bodies`` (JSON unless ``content_type`` says otherwise) to ``url`` + ``path``."""
     hostport = url.split("://", 1)[1].rstrip("/")
     host, _, port = hostport.partition(":")
-    reqs = [encode_post(host, int(port), path, b, headers) for b in bodies]
+    reqs = [encode_post(host, int(port), path, b, headers, content_type) for b in bodies]
     return asyncio.run(drive(host, int(port), reqs, concurrency, seconds, warmup, read_version))

@@ -1,7 +1,9 @@
-"""Serving speed: Engram against a naive torch-eager Litestar endpoint and against the in-process limit.
+"""Serving speed: Engram against BentoML, TorchServe, a naive torch-eager Litestar endpoint and the
+in-process limit.
 
-    python -m benchmarks.serve_bench [--seconds 10] [--levels 1,8,32,64] [--models small,resnet18]
-                                     [--systems engram,naive,limit] [--json FILE]
+    python -m benchmarks.serve_bench [--seconds 10] [--levels 1,8,32,64] [--models small,resnet18,pretrained]
+                                     [--systems engram,naive,limit,bentoml,torchserve] [--engram-workers N]
+                                     [--json FILE]
 
 Engram's serving settings come from the environment as usual, e.g.
 ``ENGRAM_BATCH_MAX_WAIT_MS=2 python -m benchmarks.serve_bench --models small --systems engram``.
@@ -13,7 +15,11 @@ digits 0-4 over HTTP (the version is real: trained, gated, exported and promoted
    micro-batching and ONNX Runtime;
 2. **naive**: ``benchmarks.naive_server`` on the same trained weights: the same request body, the same
    decoding, torch eager mode, one request per forward pass (what a user might write first);
-3. **limit**: ONNX Runtime called in this process on batches of ``concurrency`` decoded rows, the same
+3. **bentoml** and **torchserve** (``benchmarks.peers``, from the ``bench`` extra): BentoML 1.4 with
+   adaptive batching on the version's ONNX file, and TorchServe 0.12 with batching on the same weights
+   traced to TorchScript; the same body and decoding (see ``benchmarks.bento_service`` and
+   ``benchmarks.torchserve_handler``);
+4. **limit**: ONNX Runtime called in this process on batches of ``concurrency`` decoded rows, the same
    session options as Engram, no HTTP and no decoding. Its "req/s" is rows per second and its latency
    is the time of one batched run. ``limit-ort-defaults`` is the same with ONNX Runtime's default
    session options, to show Engram's options cost nothing.
@@ -23,7 +29,8 @@ arrives) for ``--seconds`` after a warm-up. The load generator runs in this proc
 with the server, as a sidecar would; its cost is part of every HTTP figure, Engram's and naive's alike.
 
 Models: ``small`` is the default model for 28x28 grayscale images (the ``cnn`` backbone); ``resnet18`` is
-ResNet-18 on 64x64 RGB. Training is short (accuracy is not the point here), so the gate's new-task floor
+ResNet-18 on 64x64 RGB; ``pretrained`` is the pretrained default (timm EfficientNet-Lite0 with ImageNet
+weights, frozen), on 64x64 RGB uploads. A new model is one line in ``MODELS``. Training is short (accuracy is not the point here), so the gate's new-task floor
 is set to 0 for the benchmark classifiers.
 """
 
@@ -52,6 +59,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from benchmarks.loadgen import LoadResult, run_load
+from benchmarks.peers import start_bentoml, start_torchserve, stop_torchserve
 
 ADMIN = "bench-admin-key"
 
@@ -60,14 +68,22 @@ ADMIN = "bench-admin-key"
 class ModelCase:
     name: str
     input: dict[str, Any]
-    backbone: str
+    backbone: str | dict[str, Any]  # as POST /v1/classifiers takes it
     iterations: int
 
 
 MODELS = {
     "small": ModelCase("small", {"kind": "image", "channels": 1, "height": 28, "width": 28}, "cnn", 150),
     "resnet18": ModelCase("resnet18", {"kind": "image", "channels": 3, "height": 64, "width": 64}, "resnet18", 30),
+    # the pretrained default: ImageNet EfficientNet-Lite0 from its registry package, frozen, at its 224 px
+    "pretrained": ModelCase(
+        "pretrained",
+        {"kind": "image", "channels": 3, "height": 64, "width": 64},
+        {"name": "timm/efficientnet_lite0"},
+        30,
+    ),
 }
+PEERS = ("bentoml", "torchserve")  # benchmarks.peers; installed with the bench extra
 
 
 def free_port() -> int:
@@ -189,7 +205,13 @@ def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "rps") 
 
 
 def bench_model(
-    case: ModelCase, levels: list[int], seconds: float, warmup: float, workdir: Path, systems: set[str]
+    case: ModelCase,
+    levels: list[int],
+    seconds: float,
+    warmup: float,
+    workdir: Path,
+    systems: set[str],
+    engram_workers: int = 1,
 ) -> dict[str, Any]:
     digits = load_digits()
     x, y = digits.images, digits.target
@@ -198,10 +220,12 @@ def bench_model(
     env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
     log = open(workdir / f"engram-{case.name}.log", "wb")  # noqa: SIM115
     engram = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
+         "--workers", str(engram_workers)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     naive: subprocess.Popen[bytes] | None = None
+    peers: dict[str, tuple[subprocess.Popen[bytes], str, str]] = {}  # name -> (process, url, path)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, engram, "/readyz")
@@ -217,6 +241,8 @@ def bench_model(
             )  # fmt: skip
             nurl = f"http://127.0.0.1:{nport}"
             wait_ready(nurl, naive, "/schema")
+        for peer in (p for p in PEERS if p in systems):
+            peers[peer] = start_peer(peer, folder, workdir / case.name, log)
         pngs = [digit_png(img, case.input) for img in x[-256:]]
         bodies = [json.dumps({"inputs": [{"image_b64": p}]}).encode() for p in pngs]
         from service.preprocess import InputFormat, parse_items
@@ -240,27 +266,45 @@ def bench_model(
                 out["engram"]["mean_batch_rows"] = round((after[1] - before[1]) / served, 1) if served else None
             if "naive" in systems:
                 out["naive"] = run_load(nurl, "/predict", bodies, level, seconds, warmup).summary()
+            for peer, (_, purl, ppath) in peers.items():
+                out[peer] = run_load(purl, ppath, bodies, level, seconds, warmup).summary()
             for name, session in sessions.items():  # rows/s; latency of one batched run
                 out[name] = limit_level(session, decoded, level, seconds, warmup)
             e = out.get("engram")
             out |= {"engram_over_naive": ratio(e, out.get("naive")), "engram_over_limit": ratio(e, out.get("limit")),
+                    **{f"engram_over_{p}": ratio(e, out.get(p)) for p in peers},
                     "engram_p99_over_p50": round(e["p99_ms"] / e["p50_ms"], 2) if e and e["p50_ms"] else None}  # fmt: skip
             print(f"c={level}")
-            for name in ("engram", "naive", *sessions):
+            for name in ("engram", "naive", *peers, *sessions):
                 if name in out:
                     print(row(name, out[name]))
             shown = {k: "-" if out[k] is None else out[k] for k in ("engram_over_naive", "engram_over_limit")}
             print(f"{'':<20}engram/naive {shown['engram_over_naive']}x   engram/limit {shown['engram_over_limit']}x   "
                   f"engram p99/p50 {out['engram_p99_over_p50']}   engram mean batch rows "
-                  f"{(e or {}).get('mean_batch_rows')}")  # fmt: skip
+                  f"{(e or {}).get('mean_batch_rows')}"
+                  + "".join(f"   engram/{p} {out[f'engram_over_{p}']}x" for p in peers))  # fmt: skip
             levels_out.append(out)
         return {"model": case.name, "backbone": case.backbone, "input": case.input, "version": version,
                 "levels": levels_out}  # fmt: skip
     finally:
         if naive is not None:
             stop(naive)
+        for peer, (proc, _, _) in peers.items():
+            stop_torchserve(proc) if peer == "torchserve" else stop(proc)
         stop(engram)
         log.close()
+
+
+def start_peer(name: str, folder: Path, workdir: Path, log: Any) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A peer server on the version's bundle: (process, url, predict path)."""
+    port = free_port()
+    started = time.perf_counter()
+    if name == "bentoml":
+        proc, path = start_bentoml(folder, port, workdir, log)
+    else:
+        proc, path = start_torchserve(folder, port, workdir, log, threads=len(os.sched_getaffinity(0)))
+    print(f"  started {name} in {time.perf_counter() - started:.1f} s")
+    return proc, f"http://127.0.0.1:{port}", path
 
 
 def batch_rows(metrics: str, name: str) -> tuple[float, float]:
@@ -278,7 +322,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time before each level")
     parser.add_argument("--levels", default="1,8,32,64")
     parser.add_argument("--models", default="small,resnet18")
-    parser.add_argument("--systems", default="engram,naive,limit", help="any of engram, naive, limit")
+    parser.add_argument(
+        "--systems",
+        default="engram,naive,limit",
+        help="any of engram, naive, limit, bentoml, torchserve (the last two need the bench extra)",
+    )
+    parser.add_argument("--engram-workers", type=int, default=1, help="engram serve --workers N")
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
     systems = set(args.systems.split(","))
@@ -289,12 +338,14 @@ def main() -> None:
            "onnxruntime": ort.__version__, "torch_threads": torch.get_num_threads(),
            "batch_max_size": os.environ.get("ENGRAM_BATCH_MAX_SIZE", "64 (default)"),
            "batch_max_wait_ms": os.environ.get("ENGRAM_BATCH_MAX_WAIT_MS", "0 (default)"),
-           "ort_threads": os.environ.get("ENGRAM_ORT_THREADS", "0 = one per CPU (default)")}  # fmt: skip
+           "ort_threads": os.environ.get("ENGRAM_ORT_THREADS", "0 = one per CPU (default)"),
+           "engram_workers": args.engram_workers}  # fmt: skip
     print("serve_bench:", json.dumps(env))
     results = []
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
         for name in args.models.split(","):
-            results.append(bench_model(MODELS[name], levels, args.seconds, args.warmup, Path(tmp), systems))
+            results.append(bench_model(MODELS[name], levels, args.seconds, args.warmup, Path(tmp), systems,
+                                       args.engram_workers))  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "results": results}, indent=2))
         print(f"\nwrote {args.json}")

@@ -2,7 +2,10 @@
 
     manifest.json        network spec, head sizes, unit labels, tasks, preprocessing, strategy + params,
                          parent, versions of the libraries that wrote it
-    model.safetensors    the classifier's weights
+    model.safetensors    the classifier's weights; for a frozen pretrained backbone whose spec records
+                         its weights' sha256, all but the backbone's (``external_backbone``): those are
+                         loaded from the spec's source and checked against the sha256, not copied into
+                         every version
     state.pt             every strategy's state (tensors, lists, numbers, strings), keyed by strategy
                          name; loads with torch.load(weights_only=True), no pickled objects
     <extra files>        e.g. model.onnx, written in the same atomic step
@@ -32,6 +35,7 @@ from model_core.networks.classifier import create_network
 
 FORMAT = "engram-bundle/1"
 MANIFEST, WEIGHTS, STATE = "manifest.json", "model.safetensors", "state.pt"
+EXTERNAL_PREFIX = "backbone.net."  # the registry network's tensors; its mean/std buffers stay in the bundle
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Manifest:
     strategy: dict[str, Any]  # {"name": ..., "params": {...}} of the job that produced this bundle
     parent: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # free-form: metrics, job ids, ...
+    # Set when model.safetensors leaves out the frozen backbone: {"name", "weights", "sha256"} of its source.
+    external_backbone: dict[str, Any] | None = None
     format: str = FORMAT
     created_at: float = field(default_factory=time.time)
     versions: dict[str, str] = field(default_factory=lambda: {"engram": __version__, "torch": torch.__version__})
@@ -75,6 +81,9 @@ def save_bundle(
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"bundle {path} already exists; bundles are immutable")
+    bb = learner.spec.backbone
+    # A frozen backbone with recorded weights is the same tensors in every version: keep a reference.
+    external = not bb.builtin and bb.pretrained and bool(bb.sha256) and learner.model.frozen_backbone
     manifest = Manifest(
         network=learner.spec.to_dict(),
         head_sizes=learner.model.head_sizes,
@@ -83,12 +92,14 @@ def save_bundle(
         strategy=dict(strategy or {}),
         parent=parent,
         metadata=dict(metadata or {}),
+        external_backbone={"name": bb.name, "weights": bb.weights, "sha256": bb.sha256} if external else None,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in learner.model.state_dict().items()}
+        weights = {k: v.detach().cpu().contiguous() for k, v in learner.model.state_dict().items()
+                   if not (external and k.startswith(EXTERNAL_PREFIX))}  # fmt: skip
         save_file(weights, str(tmp / WEIGHTS))
         with open(tmp / WEIGHTS, "rb+") as f:
             os.fsync(f.fileno())
@@ -125,8 +136,14 @@ def load_bundle(path: str | Path) -> tuple[Learner, Manifest]:
     path = Path(path)
     manifest = read_manifest(path)
     spec = NetworkSpec.from_dict(manifest.network)
-    model = create_network(spec, manifest.head_sizes)
-    model.load_state_dict(load_file(str(path / WEIGHTS)))
+    if manifest.external_backbone is None:
+        model = create_network(spec, manifest.head_sizes, load_weights=False)  # the bundle holds every weight
+        model.load_state_dict(load_file(str(path / WEIGHTS)))
+    else:  # the frozen backbone from its source, which must still have the recorded sha256
+        model = create_network(spec, manifest.head_sizes)
+        missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+        if unexpected or not all(k.startswith(EXTERNAL_PREFIX) for k in missing):
+            raise ValueError(f"bundle {path}: weights do not fit the network ({(unexpected or missing)[0]!r})")
     model.eval()
     states = torch.load(path / STATE, weights_only=True, map_location="cpu")
     tasks = [TaskInfo(t["name"], list(t["units"])) for t in manifest.tasks]

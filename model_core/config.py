@@ -13,6 +13,22 @@ from typing import Any, Literal
 Scenario = Literal["class-incremental", "task-incremental"]
 SCENARIOS: tuple[Scenario, ...] = ("class-incremental", "task-incremental")
 BackboneName = Literal["mlp", "cnn", "resnet18"]
+BUILTIN_BACKBONES: tuple[BackboneName, ...] = ("mlp", "cnn", "resnet18")  # random init, trained by the job
+# Where a backbone's weights come from: "none" (random init), "package" (an installed registry package,
+# offline), "file" (a safetensors or torch state-dict file on the server), "download" (the framework's own
+# download into a cache dir, only when the host allows downloads; otherwise the cache must already hold it).
+WeightsSource = Literal["none", "package", "file", "download"]
+WEIGHTS_SOURCES: tuple[WeightsSource, ...] = ("none", "package", "file", "download")
+# What a job trains of the backbone: nothing ("frozen", features can be cached), its last stage and what
+# follows it ("last"), or everything ("all"). The head always trains.
+TrainablePart = Literal["frozen", "last", "all"]
+TRAINABLE_PARTS: tuple[TrainablePart, ...] = ("frozen", "last", "all")
+# Registry prefixes of pretrained backbones: "timm/<timm model name>" and "torchvision/<model name>".
+REGISTRIES = ("timm", "torchvision")
+# Backbones whose weights ship in an installed package (the offline default source).
+PACKAGE_WEIGHTS = ("timm/efficientnet_lite0",)
+# Side, in pixels, that a registry backbone resizes its input to (inside the graph) when none is given.
+DEFAULT_RESOLUTION = 224
 
 
 @dataclass(frozen=True)
@@ -71,11 +87,100 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class BackboneSpec:
+    """Which feature extractor a classifier uses, where its weights come from, and what of it trains.
+
+    ``name`` is a built-in (``mlp``, ``cnn``, ``resnet18``: random init) or a registry name:
+    ``timm/<model>`` (any ``timm.list_models()`` name, e.g. ``timm/efficientnet_lite0``) or
+    ``torchvision/<model>`` (any ``torchvision.models.list_models()`` name, e.g. ``torchvision/resnet18``).
+    Unset fields get their defaults in ``__post_init__``, so a stored spec always says what it means.
+    The fields after ``cache_dir`` are recorded when the weights are checked (``resolve_backbone``); a
+    backbone built from a spec that lacks them reads them from the model's own pretrained config.
+    """
+
+    name: str = "mlp"
+    # default: "package" where a package ships the weights, "download" for other registry names, "none"
+    # for the built-ins
+    weights: WeightsSource | None = None
+    file: str | None = None  # weights == "file": path of the file on the server
+    train: TrainablePart | None = None  # default: "frozen" with pretrained weights, else "all"
+    # Registry backbones: side in pixels the input is resized to inside the graph (the shorter side when
+    # the declared image is not square). Built-ins use the declared size and leave this unset.
+    resolution: int | None = None
+    cache_dir: str | None = None  # weights == "download": where the framework caches downloaded files
+    sha256: str | None = None  # of the weights file; a build refuses a file that changed since
+    mean: tuple[float, ...] | None = None  # per RGB channel, of the pretrained weights' training data
+    std: tuple[float, ...] | None = None
+    input_size: tuple[int, ...] | None = None  # (C, H, W) the weights were trained at
+
+    def __post_init__(self) -> None:
+        registry, _, model = self.name.partition("/")
+        if self.name not in BUILTIN_BACKBONES and (registry not in REGISTRIES or not model):
+            raise ValueError(
+                f"unknown backbone {self.name!r}; expected mlp, cnn, resnet18, 'timm/<model>' or 'torchvision/<model>'"
+            )
+        builtin = self.name in BUILTIN_BACKBONES
+        weights = self.weights or ("none" if builtin else "package" if self.name in PACKAGE_WEIGHTS else "download")
+        if weights not in WEIGHTS_SOURCES:
+            raise ValueError(f"unknown weights source {weights!r}; expected one of {', '.join(WEIGHTS_SOURCES)}")
+        if builtin and weights != "none":
+            raise ValueError(f"backbone {self.name!r} has no pretrained weights; use a 'timm/...' or 'torchvision/...' name")
+        if weights == "package" and self.name not in PACKAGE_WEIGHTS:
+            raise ValueError(f"no installed package ships weights for {self.name!r}; packaged: {', '.join(PACKAGE_WEIGHTS)}")
+        if (weights == "file") != bool(self.file):
+            raise ValueError("weights 'file' needs 'file', the path of the weights file, and only it takes one")
+        train = self.train or ("all" if weights == "none" else "frozen")
+        if train not in TRAINABLE_PARTS:
+            raise ValueError(f"unknown train {train!r}; expected one of {', '.join(TRAINABLE_PARTS)}")
+        if builtin and train != "all":
+            raise ValueError(f"backbone {self.name!r} starts from random weights, so all of it trains (train 'all')")
+        resolution = self.resolution
+        if builtin and resolution is not None:
+            raise ValueError(f"backbone {self.name!r} works at the declared image size; 'resolution' is for registry backbones")
+        if not builtin:
+            resolution = resolution or DEFAULT_RESOLUTION
+            if not 16 <= resolution <= 1024:
+                raise ValueError(f"resolution must be between 16 and 1024 pixels, got {resolution}")
+        for key, value in (("weights", weights), ("train", train), ("resolution", resolution)):
+            object.__setattr__(self, key, value)
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN_BACKBONES
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+    @classmethod
+    def parse(cls, value: BackboneSpec | str | dict[str, Any]) -> BackboneSpec:
+        """A spec from a name (``"cnn"``, how older specs stored it), a dict (``to_dict``) or a spec."""
+        if isinstance(value, BackboneSpec):
+            return value
+        if isinstance(value, str):
+            return cls(name=value)
+        data = dict(value)
+        for key in ("mean", "std", "input_size"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class WeightsAccess:
+    """How this host may obtain pretrained weights; the service builds it from its settings."""
+
+    cache_dir: str | None = None  # where framework downloads are cached (and baked images keep them)
+    allow_download: bool = False  # off: a "download" source must already be in cache_dir
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     """Everything needed to rebuild the network before loading its weights."""
 
     input: InputSpec
-    backbone: BackboneName = "mlp"
+    # A name (``"cnn"``) is accepted too and becomes BackboneSpec(name) in __post_init__.
+    backbone: BackboneSpec = field(default_factory=BackboneSpec)
     scenario: Scenario = "class-incremental"
     # MLP hidden widths; the last is the feature size. 2x256 matches the Avalanche peer setup.
     hidden: tuple[int, ...] = (256, 256)
@@ -86,10 +191,10 @@ class NetworkSpec:
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; expected one of {SCENARIOS}")
-        if self.backbone not in ("mlp", "cnn", "resnet18"):
-            raise ValueError(f"unknown backbone {self.backbone!r}; expected mlp, cnn or resnet18")
-        if self.backbone != "mlp" and self.input.kind != "image":
-            raise ValueError(f"backbone {self.backbone!r} needs image input; use 'mlp' for vectors")
+        backbone = BackboneSpec.parse(self.backbone)
+        object.__setattr__(self, "backbone", backbone)
+        if backbone.name != "mlp" and self.input.kind != "image":
+            raise ValueError(f"backbone {backbone.name!r} needs image input; use 'mlp' for vectors")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -103,19 +208,30 @@ class NetworkSpec:
             if key in pre:
                 pre[key] = tuple(pre[key])
         data["preprocessing"] = Preprocessing(**pre)
+        if "backbone" in data:  # a name in specs stored before backbones had weights, else a dict
+            data["backbone"] = BackboneSpec.parse(data["backbone"])
         for key in ("hidden", "cnn_channels"):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
 
 
-def default_backbone(spec: InputSpec) -> BackboneName:
-    """The backbone a new classifier gets when none is asked for."""
+def default_backbone(spec: InputSpec) -> str:
+    """The backbone a new classifier gets when none is asked for, chosen by measurement
+    (python -m benchmarks.continual with --dataset digits-long, --size 8 and 28, and cifar10-mini):
+
+    - vectors: the MLP (its input has no spatial structure to exploit);
+    - grey images up to 32 px (digits, glyphs, small scans): the small CNN, trained from scratch; with
+      generative replay's per-class generators it keeps every task at 8x8 and 28x28;
+    - RGB images of any size, and grey images above 32 px: ImageNet-pretrained EfficientNet-Lite0, frozen,
+      with weights from an installed package (nothing downloaded). A few hundred photos cannot train a
+      network from scratch, and frozen pretrained features are what replay and the analytic head build on.
+    """
     if spec.kind == "vector":
         return "mlp"
-    if max(spec.height, spec.width) <= 32:
+    if spec.channels == 1 and max(spec.height, spec.width) <= 32:
         return "cnn"
-    return "resnet18"
+    return "timm/efficientnet_lite0"
 
 
 @dataclass(frozen=True)

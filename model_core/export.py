@@ -6,6 +6,8 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,10 +37,13 @@ def serving_metadata(learner: Learner) -> dict[str, str]:
     }
 
 
-def export_onnx(learner: Learner, check_inputs: torch.Tensor | None = None, seed: int = 0) -> ExportResult:
+def export_onnx(
+    learner: Learner, check_inputs: torch.Tensor | None = None, seed: int = 0, cache_dir: Path | None = None
+) -> ExportResult:
     """Export the classifier to ONNX (input (B, *shape) float32 -> logits (B, U)) and check parity.
 
-    ``check_inputs`` defaults to 16 uniform random inputs; pass real samples when you have them.
+    ``check_inputs`` defaults to 16 uniform random inputs; pass real samples when you have them. A frozen
+    backbone's graph is exported once and reused from ``cache_dir`` (``model_core.export_frozen``).
     """
     import onnx
 
@@ -46,6 +51,11 @@ def export_onnx(learner: Learner, check_inputs: torch.Tensor | None = None, seed
     if model.num_units == 0:
         raise ExportError("the classifier has no classes yet; learn something before exporting")
     shape = learner.spec.input.shape
+    if learner.frozen_backbone:
+        from model_core.export_frozen import export_frozen
+
+        proto = onnx.load_from_string(export_frozen(learner, INPUT_NAME, OUTPUT_NAME, cache_dir))
+        return _finish(learner, proto, check_inputs, seed)
     example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
@@ -60,7 +70,14 @@ def export_onnx(learner: Learner, check_inputs: torch.Tensor | None = None, seed
             verbose=False,
         )
     assert program is not None
-    proto = program.model_proto
+    return _finish(learner, program.model_proto, check_inputs, seed)
+
+
+def _finish(learner: Learner, proto: Any, check_inputs: torch.Tensor | None, seed: int) -> ExportResult:
+    """Add the serving metadata to the graph, serialise it and check it against torch."""
+    import onnx
+
+    shape = learner.spec.input.shape
     for key, value in serving_metadata(learner).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

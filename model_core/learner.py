@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,17 @@ class LearnResult:
     params: dict[str, Any]
     new_labels: list[str]
     train: TrainResult
+    # What the strategy measured about itself while training, for the gate report: generative replay gives
+    # {"replay_accuracy": {label: float}}, the previous model's accuracy on its replayed samples of each old
+    # class (low means the generator, not the classifier, lost the class).
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+def _labelled(per_unit: Any, labels: list[str]) -> Any:
+    """{unit index: value} -> {label: value}; other values pass through."""
+    if isinstance(per_unit, dict) and all(isinstance(k, int) for k in per_unit):
+        return {labels[k]: v for k, v in per_unit.items()}
+    return per_unit
 
 
 @dataclass
@@ -47,6 +59,9 @@ class Learner:
     labels: list[str] = field(default_factory=list)  # label name of each output unit
     tasks: list[TaskInfo] = field(default_factory=list)
     strategy_states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Frozen-backbone features of every input seen by this object, keyed by a digest of the input row: a job
+    # computes each sample's features once for training, the gate's before/after checks and the export check.
+    _features: dict[bytes, Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def create(cls, spec: NetworkSpec, seed: int = 0) -> Learner:
@@ -77,6 +92,28 @@ class Learner:
                 if owner[u] < 0:
                     owner[u] = i
         return owner
+
+    @property
+    def frozen_backbone(self) -> bool:
+        return bool(getattr(self.model, "frozen_backbone", False))
+
+    @torch.no_grad()
+    def features(self, x: Tensor, batch_size: int = 256, device: str = "auto") -> Tensor:
+        """(N, *input_shape) -> (N, feature_dim) frozen-backbone features on the cpu, each row computed once."""
+        self._check_input(x)
+        x = x.float().contiguous()
+        keys = [hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest() for row in x]
+        missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in self._features))
+        if missing:
+            dev = resolve_device(device)
+            self.model.to(dev).eval()
+            for start in range(0, len(missing), batch_size):
+                rows = missing[start : start + batch_size]
+                out = self.model.forward_features(x[rows].to(dev)).float().cpu()
+                for i, f in zip(rows, out, strict=True):
+                    self._features[keys[i]] = f
+            self.model.to("cpu")
+        return torch.stack([self._features[k] for k in keys]) if keys else torch.zeros(0, self.model.feature_dim)
 
     def _check_input(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.spec.input.shape:
@@ -155,8 +192,9 @@ class Learner:
         if n_new:
             self.model.expand_head(n_new, torch.Generator().manual_seed(config.seed + 7))
         task_index = self.task_names.index(exp.task)
+        x = self.features(exp.x, device=config.device) if self.frozen_backbone else exp.x.float()
         data = LabeledData(
-            exp.x.float(),
+            x,
             torch.tensor(units, dtype=torch.long)[exp.y],
             torch.full((len(exp),), task_index, dtype=torch.long),
         )
@@ -175,15 +213,20 @@ class Learner:
         )
         self.model.to("cpu")
         self.strategy_states[name] = strat.state_dict()
-        return LearnResult(name, dict(strat.params), new_labels, result)
+        diagnostics = {k: _labelled(v, self.labels) for k, v in strat.diagnostics().items()}
+        return LearnResult(name, dict(strat.params), new_labels, result, diagnostics)
 
     @torch.no_grad()
     def logits(self, x: Tensor, batch_size: int = 512, device: str = "auto") -> Tensor:
         """(N, *input_shape) -> (N, U) logits on the cpu."""
         self._check_input(x)
         dev = resolve_device(device)
+        if self.frozen_backbone:
+            x, forward = self.features(x, device=device), self.model.forward_head
+        else:
+            forward = self.model
         self.model.to(dev).eval()
-        out = [self.model(x[i : i + batch_size].to(dev).float()).float().cpu() for i in range(0, len(x), batch_size)]
+        out = [forward(x[i : i + batch_size].to(dev).float()).float().cpu() for i in range(0, len(x), batch_size)]
         self.model.to("cpu")
         return torch.cat(out) if out else torch.zeros(0, self.model.num_units)
 

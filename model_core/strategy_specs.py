@@ -11,6 +11,9 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
+FRACTIONS = frozenset({"hard_weight"})  # parameters that are shares, from 0 to 1
+OPTIONAL_NUMBERS = frozenset({"ridge"})  # numbers > 0 whose null default means "chosen from the data"
+
 
 @dataclass(frozen=True)
 class StrategySpec:
@@ -42,15 +45,20 @@ class StrategySpec:
         default = self.defaults[key]
         if key in self.choices:
             return None if value in self.choices[key] else f"must be one of {list(self.choices[key])}"
-        if default is None or isinstance(default, int):
+        if key in OPTIONAL_NUMBERS:
+            if value is None:
+                return None
+        elif default is None or isinstance(default, int):
             if (value is None and default is None) or (type(value) is int and value >= 1):
                 return None
             return "must be a whole number >= 1" + (" or null" if default is None else "")
-        positive = "temperature" in key
+        positive = "temperature" in key or key in OPTIONAL_NUMBERS
         number = isinstance(value, int | float) and not isinstance(value, bool)
         finite = number and (isinstance(value, int) or math.isfinite(value))  # a huge int overflows isfinite
         if not finite or value < 0 or (positive and value == 0):
             return f"must be a finite number {'> 0' if positive else '>= 0'}"
+        if key in FRACTIONS and value > 1:
+            return "must be a number from 0 to 1"
         return None
 
 
@@ -106,18 +114,35 @@ SPECS: dict[str, StrategySpec] = {
         ),
         StrategySpec(
             "generative_replay",
-            summary="a class-conditional VAE replays old classes; stores no samples",
+            summary="replays old classes from a generator (frozen per-class Gaussians by default); stores no samples",
             defaults={
-                "latent_dim": 32,  # VAE latent size
-                "hidden": 256,  # VAE hidden width (two layers each side)
-                # Generator optimiser steps per experience: the generator's fit is what replay quality
-                # rests on. Split-Digits class-IL, 3 seeds: 800 gives 0.930, 500 gives 0.922
-                # (python -m benchmarks.continual and python -m benchmarks.sweeps).
-                "generator_iterations": 800,
-                "generator_batch": 64,  # new-data samples per generator step (replay adds as many)
-                "generator_lr": 1e-3,
+                # "class_gaussians": one mixture of probabilistic PCA models per class, fitted once on the
+                # class's data and then frozen, so replay does not decay with the number of tasks;
+                # "vae": one conditional VAE retrained on new data plus its own replay each experience.
+                "generator": "class_gaussians",
+                "components": 8,  # class_gaussians: mixture components per class (k-means clusters)
+                "rank": 16,  # class_gaussians: principal directions per component
+                "noise_scale": 1.0,  # class_gaussians: scale of the isotropic noise beyond those directions
+                # Share of a replayed row's target that is the class it was drawn for; the rest is the
+                # previous model's soft output (distillation). The VAE draws classes too, so both use it.
+                "hard_weight": 0.5,
+                "latent_dim": 32,  # vae: latent size
+                "hidden": 256,  # vae: hidden width (two layers each side)
+                "generator_iterations": 800,  # vae: optimiser steps per experience
+                "generator_batch": 64,  # vae: new-data samples per generator step (replay adds as many)
+                "generator_lr": 1e-3,  # vae
                 "temperature": 2.0,  # distillation temperature of the replayed soft targets
-                "sample_temperature": 1.0,  # std of the latent prior when sampling
+                "sample_temperature": 1.0,  # vae: std of the latent prior when sampling
+            },
+            choices={"generator": ("class_gaussians", "vae")},
+        ),
+        StrategySpec(
+            "analytic",
+            summary="closed-form ridge head on frozen pretrained features from class statistics; stores no samples",
+            defaults={
+                # Ridge strength relative to the mean eigenvalue of the feature Gram matrix; null chooses it
+                # for every solve by generalised cross-validation from the accumulated statistics.
+                "ridge": None,
             },
         ),
     )

@@ -8,11 +8,12 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from model_core.config import Scenario, TrainConfig
 from model_core.networks.classifier import IncrementalClassifier
@@ -47,6 +48,37 @@ def classification_loss(logits: Tensor, batch: Batch) -> Tensor:
     return (batch.weight * rows).sum()
 
 
+class HeadView(nn.Module):
+    """The trainable part of a classifier whose backbone is frozen: features (B, F) -> logits (B, U).
+
+    Training a frozen-backbone classifier runs on features computed once per job, so every strategy sees this
+    view as "the model": its inputs are features and its parameters are the head's.
+    """
+
+    def __init__(self, model: IncrementalClassifier) -> None:
+        super().__init__()
+        self.spec = model.spec
+        self.feature_dim = model.feature_dim
+        self.heads = model.heads  # shared, not copied: training the view trains the classifier
+
+    @property
+    def head_sizes(self) -> list[int]:
+        return [int(cast(nn.Linear, h).out_features) for h in self.heads]
+
+    @property
+    def num_units(self) -> int:
+        return sum(self.head_sizes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return x
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        return torch.cat([head(features) for head in self.heads], dim=1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.forward_head(features)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     steps: int
@@ -68,7 +100,8 @@ def train_experience(
 ) -> TrainResult:
     """Train ``model`` on one experience with ``strategy``; returns step count and timing.
 
-    Seeds the global RNGs with ``config.seed`` too, for the randomness that takes no generator argument
+    When the model's backbone is frozen, ``data.x`` holds its features (computed once by the learner) and only
+    the head trains, through a ``HeadView``. Seeds the global RNGs with ``config.seed`` too, for the randomness that takes no generator argument
     (a VAE's reparameterisation noise), so one experience with one seed always trains the same way.
     """
     start = time.perf_counter()
@@ -77,10 +110,14 @@ def train_experience(
     model.to(device)
     if previous is not None:
         previous = copy.deepcopy(previous).to(device).eval().requires_grad_(False)
+    features = bool(getattr(model, "frozen_backbone", False))
+    net: IncrementalClassifier = HeadView(model) if features else model  # type: ignore[assignment]
+    if previous is not None and features:
+        previous = HeadView(previous)  # type: ignore[assignment]
     cpu_rng = torch.Generator().manual_seed(config.seed)
     rng = torch.Generator(device=device).manual_seed(config.seed + 1)
     ctx = TrainContext(
-        model=model,
+        model=net,
         previous=previous,
         scenario=scenario,
         config=config,
@@ -92,6 +129,7 @@ def train_experience(
         cpu_rng=cpu_rng,
         progress=progress,
         should_cancel=should_cancel,
+        replays_inputs=not features,
     )
     train_data = strategy.training_data(ctx, data)
     strategy.before_experience(ctx)
@@ -100,10 +138,14 @@ def train_experience(
     bs = min(config.batch_size, n)
     per_epoch = math.ceil(n / bs)
     total = config.iterations if config.iterations is not None else config.epochs * per_epoch
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
-    model.train()
+    last = float("nan")
+    if not strategy.gradient_steps:
+        total, last = 0, 0.0
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    net.train()
     order = torch.randperm(n, generator=cpu_rng)
-    cursor, last = 0, float("nan")
+    cursor = 0
     for step in range(1, total + 1):
         if cursor + bs > n:  # new epoch: reshuffle; drop the ragged tail so batches stay full
             order, cursor = torch.randperm(n, generator=cpu_rng), 0
@@ -114,7 +156,7 @@ def train_experience(
         )
         batch = strategy.augment(ctx, batch)
         with ctx.autocast():
-            logits = model(batch.x)  # (B, U)
+            logits = net(batch.x)  # (B, U)
         ce = classification_loss(logits, batch)
         penalty = strategy.penalty(ctx, batch, logits)
         loss = ce + penalty
@@ -127,6 +169,6 @@ def train_experience(
                 "train", step, total, loss=last, classification=float(ce.detach()), penalty=float(penalty.detach())
             )
             ctx.check_cancel()
-    model.eval()
+    net.eval()
     strategy.after_experience(ctx)
     return TrainResult(total, time.perf_counter() - start, last)

@@ -18,6 +18,7 @@ from litestar.plugins.pydantic import PydanticInitPlugin
 from litestar.template.config import TemplateConfig
 from prometheus_client import generate_latest
 
+from service.api.body import BodyNotJSON, check_utf8, describe_syntax_error
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.openapi import WireSchemaPlugin, openapi_config
 from service.api.routes import ROUTES, answer_options
@@ -25,6 +26,7 @@ from service.application import EngramService
 from service.auth import KeyRing
 from service.db import make_engine, make_sessionmaker
 from service.inference import ServingState
+from service.notify import ActiveVersionListener, Wakeup
 from service.observability import Metrics, RequestLogMiddleware
 from service.settings import Settings
 from service.storage import open_store
@@ -34,20 +36,23 @@ log = logging.getLogger("engram.app")
 
 
 class EngramRequest(Request[Any, Any, Any]):
-    """A request whose JSON body fails to decode the same way whatever is wrong with it.
+    """A request whose JSON body fails to decode with the service's own message, whatever is wrong with it.
 
-    msgspec raises RecursionError for nesting past its recursion limit (the tests send 10,000 and 100,000
-    levels) and UnicodeDecodeError for invalid UTF-8 inside a string; Litestar converts only msgspec.DecodeError to its SerializationException
-    (a 400, or the learn route's 422), so those two reached the catch-all as 500s with a traceback.
+    Litestar passes msgspec's message through, which changes between msgspec releases; it also lets a
+    RecursionError (nesting past msgspec's limit) and a UnicodeDecodeError reach the catch-all as 500s.
     """
 
     async def json(self) -> Any:
         try:
+            check_utf8(await self.body())
             return await super().json()
+        except BodyNotJSON as exc:
+            raise SerializationException(str(exc)) from None
         except RecursionError:
-            raise SerializationException("JSON is malformed: nested too deeply") from None
-        except UnicodeDecodeError as exc:
-            raise SerializationException(f"JSON is malformed: a string is not valid UTF-8 ({exc.reason})") from None
+            raise SerializationException("the request body is not valid JSON: it is nested too deeply") from None
+        except (SerializationException, UnicodeDecodeError) as exc:
+            cause = exc.__cause__ if isinstance(exc, SerializationException) else exc
+            raise SerializationException(describe_syntax_error(await self.body(), str(cause))) from None
 
 
 async def _background(app: Litestar) -> None:
@@ -57,21 +62,21 @@ async def _background(app: Litestar) -> None:
     ticks = 0
     while True:
         try:
-            await anyio.to_thread.run_sync(service.sync_serving)
+            await anyio.to_thread.run_sync(service.serving.sync)
             if ticks % max(1, round(2.0 / settings.serving_poll_seconds)) == 0:
-                await anyio.to_thread.run_sync(service.reap)
-                await anyio.to_thread.run_sync(service.observe_finished_jobs)
+                await anyio.to_thread.run_sync(service.learning.reap)
+                await anyio.to_thread.run_sync(service.learning.observe_finished_jobs)
         except Exception:
             log.exception("background sync failed; retrying")
         ticks += 1
-        await asyncio.sleep(settings.serving_poll_seconds)
+        await app.state.wakeup.wait(settings.serving_poll_seconds)  # or sooner: NOTIFY (service.notify)
 
 
 def create_app(settings: Settings) -> Litestar:
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
     serving = ServingState()
-    service = EngramService(settings, sessions, open_store(settings.artifacts_path), serving, Metrics())
+    service = EngramService(settings, sessions, open_store(settings.artifacts_path, settings.artifacts_url), serving, Metrics())
     metrics = service.metrics
 
     @get("/metrics", sync_to_thread=False, include_in_schema=False)
@@ -82,10 +87,14 @@ def create_app(settings: Settings) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.wakeup = wakeup = Wakeup()
+        listener = ActiveVersionListener(settings.db_url, wakeup.notify)
+        listener.start()  # PostgreSQL only
         task = asyncio.create_task(_background(app))
         try:
             yield
         finally:
+            listener.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

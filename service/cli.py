@@ -134,7 +134,12 @@ def _serve(args: argparse.Namespace) -> int:
         supervisor.start()
     try:
         # access_log off: RequestLogMiddleware writes one JSON line per request (with its id) instead
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+        if args.workers > 1:
+            from service.multiproc import serve_processes
+
+            serve_processes(settings, args.host, args.port, args.workers)
+        else:
+            uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
     finally:
         if supervisor is not None:
             supervisor.stop()
@@ -176,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--insecure", action="store_true", help="allow running with no API keys")
     serve.add_argument("--no-worker", action="store_true", help="do not start a local worker process")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="serving processes, each with its own ONNX Runtime sessions (default 1)")  # fmt: skip
     serve.set_defaults(func=_serve)
     worker = sub.add_parser("worker", help="run a training worker in the foreground")
     worker.add_argument("--data-dir")

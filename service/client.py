@@ -10,12 +10,14 @@ print(client.predict_files("digits", ["x.png"]).predictions[0].label)
 from __future__ import annotations
 
 import base64
+import io
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 from pydantic import BaseModel
 
 from service.api.schemas import (
@@ -79,6 +81,16 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _options(top_k: int, task: str | None, version: int | None) -> dict[str, Any]:
+    """The query parameters of ``POST .../predict/binary``."""
+    params: dict[str, Any] = {"top_k": top_k}
+    if task is not None:
+        params["task"] = task
+    if version is not None:
+        params["version"] = version
+    return params
+
+
 class EngramClient:
     def __init__(self, url: str, key: str | None = None, timeout: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -109,7 +121,7 @@ class EngramClient:
 
     # classifiers
     def create_classifier(self, name: str, input: dict[str, Any], scenario: str = "class-incremental",
-                          backbone: str | None = None, gate: dict[str, Any] | None = None) -> Classifier:  # fmt: skip
+                          backbone: str | dict[str, Any] | None = None, gate: dict[str, Any] | None = None) -> Classifier:  # fmt: skip
         body: dict[str, Any] = {"name": name, "input": input, "scenario": scenario}
         if backbone:
             body["backbone"] = backbone
@@ -168,7 +180,26 @@ class EngramClient:
         return _read(PredictResult, self._call("POST", f"/v1/classifiers/{name}/predict", json=body))
 
     def predict_files(self, name: str, paths: Sequence[str | Path], **kwargs: Any) -> PredictResult:
-        return self.predict(name, [{"image_b64": b64(Path(p).read_bytes())} for p in paths], **kwargs)
+        """Image files, sent as they are (multipart, no base64)."""
+        return self.predict_images(name, [Path(p).read_bytes() for p in paths], **kwargs)
+
+    def predict_images(self, name: str, images: Sequence[bytes], top_k: int = 1, task: str | None = None,
+                       version: int | None = None) -> PredictResult:  # fmt: skip
+        """Encoded images (PNG, JPEG...) as one multipart body: ``POST .../predict/binary``."""
+        files = [("file", (f"{i}", data, "application/octet-stream")) for i, data in enumerate(images)]
+        answer = self._call("POST", f"/v1/classifiers/{name}/predict/binary", files=files,
+                            params=_options(top_k, task, version))  # fmt: skip
+        return _read(PredictResult, answer)
+
+    def predict_array(self, name: str, rows: np.ndarray, top_k: int = 1, task: str | None = None,
+                      version: int | None = None) -> PredictResult:  # fmt: skip
+        """(N, *input shape) rows as one ``.npy`` body: float32/float64 as the model takes them ([0, 1]
+        pixels), or uint8 raw pixels of image classifiers. ``POST .../predict/binary``."""
+        buf = io.BytesIO()
+        np.save(buf, rows, allow_pickle=False)
+        answer = self._call("POST", f"/v1/classifiers/{name}/predict/binary", content=buf.getvalue(),
+                            headers={"content-type": "application/x-npy"}, params=_options(top_k, task, version))  # fmt: skip
+        return _read(PredictResult, answer)
 
     # versions
     def versions(self, name: str) -> list[Version]:

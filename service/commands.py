@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -64,6 +65,24 @@ def print_verdict(job: Job) -> None:
         console.print(f"  [red]{failure}[/]")
     if report.get("explanation"):
         console.print(f"  [bold]why:[/] {report['explanation']}")
+    print_forgotten(report)
+
+
+def print_forgotten(report: dict[str, Any], shown: int = 10) -> None:
+    """The forgotten classes (before -> after, who lost each) and the gate's next step."""
+    rows = [r for r in report.get("classes", []) if r.get("forgotten")]
+    if rows:
+        console.print(f"  [bold]forgotten classes:[/] {escape(', '.join(report.get('forgotten', [])))}")
+    for r in rows[:shown]:
+        replayed = r.get("replay_accuracy")
+        who = f"; lost by the {r['lost_by']}" if r.get("lost_by") else ""
+        figure = f"; replayed samples recognised {replayed:.3f}" if replayed is not None else ""
+        console.print(f"    {escape(str(r['class']))} (task {escape(str(r['task']))}): "
+                      f"{r['before']:.3f} -> {r['after']:.3f} (n={r['n']}{who}{figure})")  # fmt: skip
+    if len(rows) > shown:
+        console.print(f"    ... and {len(rows) - shown} more")
+    if report.get("next_step"):
+        console.print(f"  [bold]next step:[/] {escape(report['next_step'])}")
 
 
 def _learn(args: argparse.Namespace) -> int:
@@ -167,7 +186,8 @@ def register(sub: Any) -> None:
     kind.add_argument("--image", type=_image_input, metavar="CxHxW")
     kind.add_argument("--vector", type=int, metavar="DIM")
     p.add_argument("--scenario", default="class-incremental", choices=["class-incremental", "task-incremental"])
-    p.add_argument("--backbone", choices=["mlp", "cnn", "resnet18"])
+    p.add_argument("--backbone", help="mlp, cnn, resnet18, timm/<model> or torchvision/<model> (default by input size; "
+                   "pretrained names use their packaged or cached weights, frozen)")  # fmt: skip
     p.add_argument("--manual-approval", action="store_true", help="wait for an admin before promoting")
     add("list", _list, "list classifiers", clfs)
     p = add("learn", _learn, "learn a task from an ImageFolder-style folder (one subfolder per class)")

@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.batching import MicroBatcher
+from service.binary import BinaryBatch, ImageFiles, NpyBatch
 from service.preprocess import InputFormat, parse_items, softmax
 from service.settings import Settings
 
@@ -77,7 +78,9 @@ def _run_logits(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _parse_inputs(items: list[Any], fmt: InputFormat, max_pixels: int) -> np.ndarray:
+def _parse_inputs(items: list[Any] | BinaryBatch, fmt: InputFormat, max_pixels: int) -> np.ndarray:
+    if isinstance(items, NpyBatch | ImageFiles):  # POST .../predict/binary (service.binary)
+        return items.rows(fmt, max_pixels)
     return parse_items(items, fmt, "inputs", max_pixels)
 
 

@@ -39,6 +39,14 @@ class Metrics:
         self.active_version = Gauge(
             "engram_active_version", "version served per classifier", ["classifier"], registry=r
         )
+        self.session_builds = Counter("engram_session_builds_total",
+                                      "ONNX Runtime sessions built (one per version per replica, single flight)",
+                                      ["classifier"], registry=r)  # fmt: skip
+        self.session_load_failures = Counter("engram_session_load_failures_total",
+                                             "failed attempts to load a version's session (retried with backoff)",
+                                             ["classifier"], registry=r)  # fmt: skip
+        self.unloadable_versions = Gauge("engram_unloadable_active_versions",
+                                         "active versions this replica cannot load yet", registry=r)  # fmt: skip
         self.requests = Counter("engram_http_requests_total", "HTTP requests", ["method", "status"], registry=r)
 
     def observe_job(self, classifier: str, status: str, seconds: dict[str, Any]) -> None:

@@ -13,16 +13,10 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db import AuditEntry, Classifier, Job, Version, utcnow
+from service.errors import Conflict, NotFound, PointerMoved
 
+__all__ = ["Conflict", "NotFound", "PointerMoved"]  # re-exported: older imports name this module
 ACTIVE_JOB = ("running", "evaluating")
-
-
-class NotFound(LookupError):
-    """A classifier, version or job does not exist."""
-
-
-class Conflict(RuntimeError):
-    """The request is well formed but the current state forbids it."""
 
 
 def get_classifier(s: Session, name: str) -> Classifier:
@@ -44,18 +38,40 @@ def next_version_number(s: Session, clf: Classifier) -> int:
 
 
 def set_active(
-    s: Session, clf: Classifier, target: Version, action: str, actor: str, reason: str | None, forced: bool
+    s: Session,
+    clf: Classifier,
+    target: Version,
+    action: str,
+    actor: str,
+    reason: str | None,
+    forced: bool,
+    expected: int | None,
 ) -> None:
-    """Point ``clf`` at ``target`` (within the caller's transaction) and write the audit entry."""
-    previous = clf.active_version
-    if previous == target.number:
+    """Move ``clf``'s pointer from ``expected`` to ``target`` (compare-and-set, in the caller's transaction)
+    with its audit entry. Raises ``PointerMoved`` when the pointer is no longer ``expected``: two moves
+    racing each other never both land, so there is never a second active version nor a wrong
+    ``from_version`` in the audit (the default rollback target is computed from it)."""
+    if expected == target.number:
         raise Conflict(f"version {target.number} of {clf.name!r} is already active")
-    if previous is not None:
-        old = get_version(s, clf, previous)
-        old.status = "retired"
+    moved = s.execute(
+        update(Classifier)
+        .where(Classifier.id == clf.id, Classifier.active_version.is_not_distinct_from(expected))
+        .values(active_version=target.number)
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        current = s.scalar(select(Classifier.active_version).where(Classifier.id == clf.id))
+        if current == target.number:
+            raise Conflict(f"version {target.number} of {clf.name!r} is already active")
+        raise PointerMoved(clf.name, expected, current)
+    # The pointer row is now locked by this transaction: the status flips below cannot interleave with
+    # another move of the same classifier.
+    if expected is not None:
+        s.execute(update(Version).where(Version.classifier_id == clf.id, Version.number == expected)
+                  .values(status="retired").execution_options(synchronize_session=False))  # fmt: skip
     target.status = "active"
     clf.active_version = target.number
-    s.add(AuditEntry(classifier_id=clf.id, action=action, actor=actor, from_version=previous, to_version=target.number,
+    s.add(AuditEntry(classifier_id=clf.id, action=action, actor=actor, from_version=expected, to_version=target.number,
                      reason=reason, forced=forced))  # fmt: skip
 
 

@@ -16,6 +16,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./engram-data")  # SQLite file and artifacts live here by default
     database_url: str | None = None  # default: sqlite:///<data_dir>/engram.db
     artifacts_dir: Path | None = None  # default: <data_dir>/artifacts
+    # s3://bucket/prefix: artifacts on an S3-API object store; artifacts_dir is then this host's cache
+    artifacts_url: str | None = None
     # "role:key,role:key"; roles predict < learn < admin. Never logged.
     api_keys: str = Field(default="", repr=False)
     insecure: bool = False  # allow starting with no keys (every request then acts as admin)
@@ -33,6 +35,11 @@ class Settings(BaseSettings):
     serving_poll_seconds: float = 0.5  # how often replicas look for a new active version
     device: str = "auto"  # training device for workers: auto, cpu, cuda
     queue: str = "gpu"  # procrastinate queue the training jobs go to (PostgreSQL deployments)
+    # Pretrained backbone weights: where framework downloads are cached (default <data_dir>/weights; the
+    # Dockerfile's BAKE_WEIGHTS build argument fills /opt/engram/weights), and whether this host may
+    # download at all. Off by default: a "download" source must then already be in the cache.
+    weights_cache_dir: Path | None = None
+    allow_downloads: bool = False
 
     @field_validator("api_keys")
     @classmethod
@@ -47,6 +54,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_path(self) -> Path:
         return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def weights_cache_path(self) -> Path:
+        return (self.weights_cache_dir or self.data_dir / "weights").resolve()
 
     def keys(self) -> dict[str, str]:
         """key -> role."""

@@ -1,6 +1,11 @@
 """The artifact store: immutable version bundles and per-job staging files under one root folder.
 
-    <root>/classifiers/<name>/v<N>/     a model_core bundle (+ model.onnx, eval sets); never modified
+    <root>/classifiers/<name>/j-<job>/  a model_core bundle (+ model.onnx, eval sets); never modified.
+                                        Named by the job that trained it, not by its version number: the
+                                        number is given when the row is committed, after the bundle is in
+                                        place, so a worker that dies in between leaves a folder no later job
+                                        can collide with, and the worker's start sweeps it (``orphans``).
+                                        (Older stores have ``v<N>`` folders; the rows name them.)
     <root>/jobs/<job id>/train.npz      the job's training samples (preprocessed arrays, not uploads);
                                         deleted when the job ends if its retention is "discard"
     <root>/jobs/<job id>/eval.npz       the job's evaluation samples, copied into the version's bundle
@@ -25,8 +30,22 @@ Arrays = dict[str, np.ndarray]
 
 
 class ArtifactStore(Protocol):
-    def version_dir(self, classifier: str, number: int) -> Path:
-        """Where a new version's bundle is written (it must not exist yet)."""
+    def bundle_dir(self, classifier: str, job_id: str) -> Path:
+        """Where job ``job_id`` writes its version's bundle (it must not exist yet)."""
+        ...
+
+    def bundle_folders(self) -> list[tuple[str, str | None]]:
+        """Every bundle folder, finished or half-written: (store-relative name, the job id in its name or
+        None for a legacy ``v<N>`` folder)."""
+        ...
+
+    def remove(self, relative: str) -> None:
+        """Delete the artifact named ``relative`` (an orphan bundle)."""
+        ...
+
+    def publish(self, folder: Path) -> None:
+        """Make the complete bundle just written to ``folder`` (a ``bundle_dir``) readable by every host,
+        before any row names it. Refuses (FileExistsError) a bundle already published: versions are immutable."""
         ...
 
     def relative(self, path: Path) -> str:
@@ -46,7 +65,13 @@ class ArtifactStore(Protocol):
         ...
 
 
-def open_store(root: Path) -> ArtifactStore:
+def open_store(root: Path, url: str | None = None) -> ArtifactStore:
+    """The filesystem store at ``root``, or with ``url`` (``s3://bucket/prefix``, ENGRAM_ARTIFACTS_URL) the
+    S3-API store, which then uses ``root`` as this host's cache of bundle folders."""
+    if url:
+        from service.storage_s3 import S3ArtifactStore  # boto3 is imported only when an S3 store is chosen
+
+        return S3ArtifactStore.from_url(url, root)
     return FileArtifactStore(root)
 
 
@@ -58,8 +83,21 @@ class FileArtifactStore:
         (root / "classifiers").mkdir(parents=True, exist_ok=True)
         (root / "jobs").mkdir(parents=True, exist_ok=True)
 
-    def version_dir(self, classifier: str, number: int) -> Path:
-        return self.root / "classifiers" / classifier / f"v{number}"
+    def bundle_dir(self, classifier: str, job_id: str) -> Path:
+        return self.root / "classifiers" / classifier / f"{BUNDLE_PREFIX}{job_id}"
+
+    def bundle_folders(self) -> list[tuple[str, str | None]]:
+        out: list[tuple[str, str | None]] = []
+        for clf in sorted(p for p in (self.root / "classifiers").iterdir() if p.is_dir()):
+            for folder in sorted(p for p in clf.iterdir() if p.is_dir()):
+                out.append((self.relative(folder), bundle_job_id(folder.name)))
+        return out
+
+    def remove(self, relative: str) -> None:
+        shutil.rmtree(self.path(relative), ignore_errors=True)
+
+    def publish(self, folder: Path) -> None:
+        """Nothing to do: ``save_bundle`` renamed the folder into place on the shared path, atomically."""
 
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.root))
@@ -86,6 +124,16 @@ class FileArtifactStore:
 
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+
+BUNDLE_PREFIX = "j-"
+
+
+def bundle_job_id(folder: str) -> str | None:
+    """The job id in a bundle folder's name, also for the temporary ``.<name>.tmp-<hex>`` folder that
+    ``save_bundle`` renames into place; None for a legacy ``v<N>`` folder."""
+    name = folder.lstrip(".").split(".tmp-", 1)[0]
+    return name[len(BUNDLE_PREFIX):] if name.startswith(BUNDLE_PREFIX) else None
 
 
 def arrays_to_bytes(arrays: Arrays) -> bytes:

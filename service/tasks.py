@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from service.db import Job
+from service.jobhost import make_runner, run_with_heartbeat
 from service.registry import claim_job, end_job
 from service.settings import Settings
 
@@ -57,8 +58,6 @@ def run_procrastinate_worker(settings: Settings) -> None:
     """A procrastinate worker on ``settings.queue``: one training job at a time, with stalled recovery."""
     import procrastinate
     from procrastinate.jobs import Status
-
-    from service.worker import make_runner, run_with_heartbeat
 
     engine, sessions, runner, worker_id = make_runner(settings)
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=libpq_url(settings.db_url)))

@@ -12,62 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
-import uuid
-from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
-from service.db import Job, make_engine, make_sessionmaker, utcnow
+from service.jobhost import make_runner, run_with_heartbeat
 from service.registry import claim_next_job
 from service.settings import Settings
-from service.storage import open_store
-
-if TYPE_CHECKING:
-    from service.training import JobRunner
+from service.tasks import run_procrastinate_worker, uses_procrastinate
 
 log = logging.getLogger("engram.worker")
-
-
-def beat(sessions: sessionmaker[Session], job_id: str) -> None:
-    """Mark a running job alive."""
-    try:
-        with sessions() as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                job.heartbeat_at = utcnow()
-                s.commit()
-    except Exception:  # a busy database must not kill the heartbeat
-        log.warning("heartbeat for job %s failed", job_id, exc_info=True)
-
-
-def _heartbeat(sessions: sessionmaker[Session], job_id: str, every: float, stop: threading.Event) -> None:
-    while not stop.wait(every):
-        beat(sessions, job_id)
-
-
-def run_with_heartbeat(runner: JobRunner, sessions: sessionmaker[Session], job_id: str, every: float) -> None:
-    """Run a claimed job while a thread keeps its heartbeat fresh."""
-    stop = threading.Event()
-    thread = threading.Thread(target=_heartbeat, args=(sessions, job_id, every, stop), daemon=True)
-    thread.start()
-    try:
-        runner.run(job_id)
-    finally:
-        stop.set()
-        thread.join()
-
-
-def make_runner(settings: Settings) -> tuple[Engine, sessionmaker[Session], JobRunner, str]:
-    """What every worker needs: the database, a job runner on the artifact store, and its own id."""
-    from service.training import JobRunner  # torch is imported here, in the worker process only
-
-    engine = make_engine(settings.db_url)
-    sessions = make_sessionmaker(engine)
-    runner = JobRunner(sessions, open_store(settings.artifacts_path), settings.device)
-    return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs: int | None = None) -> int:
@@ -91,8 +43,6 @@ def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs
 
 def serve_jobs(settings: Settings) -> None:
     """Run the worker that fits the database: procrastinate on PostgreSQL, the polling loop on SQLite."""
-    from service.tasks import run_procrastinate_worker, uses_procrastinate
-
     if uses_procrastinate(settings.db_url):
         run_procrastinate_worker(settings)
     else:

@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +69,73 @@ def throwaway_pg(prefix: str) -> Iterator[str]:
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@dataclass
+class PgCluster:
+    """A PostgreSQL server of the test's own (``initdb`` + ``pg_ctl``) that the test may stop and start."""
+
+    data: Path
+    port: int
+    run_as: list[str]  # prefix that runs a command as the cluster's owner (PostgreSQL refuses root)
+    bin: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def ctl(self, *args: str) -> None:
+        cmd = [*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", *args]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=90)
+
+    def start(self) -> None:
+        self.ctl("-l", str(self.data / "server.log"), "-o", f"-p {self.port} -k {self.data} -h 127.0.0.1", "start")
+
+    def stop(self) -> None:
+        self.ctl("-m", "fast", "stop")
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return versions[-1].parent if versions else None
+
+
+@contextlib.contextmanager
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster on a free loopback port (trust auth), removed afterwards. Skips, saying
+    why, when the server binaries are absent (Debian: apt-get install postgresql)."""
+    import pwd
+    import socket
+    import tempfile
+
+    binary = _pg_bin()
+    if binary is None or not (binary / "initdb").exists():
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine; apt-get install postgresql")
+    run_as: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="engram-pg-"))
+    if os.geteuid() == 0:  # initdb refuses root: run the cluster as the packages' postgres user
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(data)
+            pytest.skip("running as root and no 'postgres' user to own a throwaway PostgreSQL cluster")
+        os.chown(data, owner.pw_uid, owner.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cluster = PgCluster(data / "db", port, run_as, binary)
+    try:
+        subprocess.run([*run_as, str(binary / "initdb"), "-D", str(cluster.data), "-U", "postgres", "-A", "trust",
+                        "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120)  # fmt: skip
+        with open(cluster.data / "postgresql.conf", "a") as conf:  # a test server: no durability waits
+            conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+        cluster.start()
+        yield cluster
+    finally:
+        with contextlib.suppress(Exception):
+            cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)

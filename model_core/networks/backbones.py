@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model_core.config import NetworkSpec
+from model_core.config import NetworkSpec, WeightsAccess
+from model_core.networks.pretrained import RegistryBackbone
 
 
 class MLP(nn.Module):
@@ -78,12 +79,20 @@ class ResNet18(nn.Module):
         return out
 
 
-def create_backbone(spec: NetworkSpec) -> MLP | SmallCNN | ResNet18:
-    """Build the backbone a spec names; its ``feature_dim`` attribute gives the output width."""
-    inp = spec.input
-    if spec.backbone == "mlp":
+def create_backbone(
+    spec: NetworkSpec, access: WeightsAccess | None = None, load_weights: bool = True
+) -> MLP | SmallCNN | ResNet18 | RegistryBackbone:
+    """Build the backbone a spec names; its ``feature_dim`` attribute gives the output width.
+
+    Registry backbones load their pretrained weights unless ``load_weights`` is False (a saved bundle
+    supplies every weight itself); ``access`` says where downloads are cached and whether they may happen.
+    """
+    inp, name = spec.input, spec.backbone.name
+    if not spec.backbone.builtin:
+        return RegistryBackbone(spec, access, load_weights)
+    if name == "mlp":
         return MLP(inp.numel, spec.hidden)
-    if spec.backbone == "cnn":
+    if name == "cnn":
         return SmallCNN(inp.channels, spec.cnn_channels)
     return ResNet18(inp.channels, inp.height, inp.width)
 

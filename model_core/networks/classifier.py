@@ -8,7 +8,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from model_core.config import NetworkSpec
+from model_core.config import NetworkSpec, WeightsAccess
 from model_core.networks.backbones import Normalize, create_backbone
 
 
@@ -22,11 +22,17 @@ class IncrementalClassifier(nn.Module):
     learner restricts softmax and prediction to it. ``head_sizes`` rebuilds a saved model.
     """
 
-    def __init__(self, spec: NetworkSpec, head_sizes: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        head_sizes: Sequence[int] = (),
+        access: WeightsAccess | None = None,
+        load_weights: bool = True,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.normalize = Normalize(spec)
-        self.backbone = create_backbone(spec)
+        self.backbone = create_backbone(spec, access, load_weights)
         self.feature_dim: int = self.backbone.feature_dim
         self.heads = nn.ModuleList(nn.Linear(self.feature_dim, n) for n in head_sizes)
 
@@ -37,6 +43,14 @@ class IncrementalClassifier(nn.Module):
     @property
     def num_units(self) -> int:
         return sum(self.head_sizes)
+
+    @property
+    def frozen_backbone(self) -> bool:
+        """True when no backbone parameter trains, so features can be computed once and cached.
+
+        The backbone then also stays in eval mode (batch norm and dropout too) in ``train()``.
+        """
+        return not any(p.requires_grad for p in self.backbone.parameters())
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, *input_shape) -> (B, feature_dim)."""
@@ -70,6 +84,15 @@ def _init_linear(in_features: int, out_features: int, generator: torch.Generator
     return layer
 
 
-def create_network(spec: NetworkSpec, head_sizes: Sequence[int] = ()) -> IncrementalClassifier:
-    """Build a classifier from its spec (and, when loading, its head sizes)."""
-    return IncrementalClassifier(spec, head_sizes)
+def create_network(
+    spec: NetworkSpec,
+    head_sizes: Sequence[int] = (),
+    access: WeightsAccess | None = None,
+    load_weights: bool = True,
+) -> IncrementalClassifier:
+    """Build a classifier from its spec (and, when loading, its head sizes).
+
+    A pretrained backbone loads its weights from the source its spec names (offline unless ``access``
+    allows downloads); ``load_weights=False`` skips that when a saved state dict will replace them.
+    """
+    return IncrementalClassifier(spec, head_sizes, access, load_weights)

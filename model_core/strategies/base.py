@@ -107,6 +107,9 @@ class TrainContext:
     cpu_rng: torch.Generator  # shuffling and index sampling
     progress: ProgressFn | None = None
     should_cancel: Callable[[], bool] | None = None
+    # False when the backbone is frozen: ``data`` and every batch then hold features, ``model`` and
+    # ``previous`` map features to logits, and replay generates features.
+    replays_inputs: bool = True
 
     @property
     def num_units(self) -> int:
@@ -181,6 +184,7 @@ class Strategy:
     """
 
     spec: ClassVar[StrategySpec]  # name, flags and parameter defaults (model_core.strategy_specs)
+    gradient_steps: ClassVar[bool] = True  # False: the strategy solves its weights in closed form, no loop
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = self.spec.check_params(params)
@@ -210,6 +214,11 @@ class Strategy:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         return None
+
+    def diagnostics(self) -> dict[str, Any]:
+        """What the last experience measured about the strategy itself (JSON-able); dicts keyed by output unit
+        are relabelled with class names by the learner."""
+        return {}
 
 
 S = TypeVar("S", bound=type[Strategy])

@@ -1,18 +1,27 @@
-"""Deep generative replay with distillation (Shin et al. 2017; van de Ven et al. 2020).
+"""Generative replay with distillation (Shin et al. 2017; van de Ven et al. 2020): old classes are replayed
+from a generator, never from stored samples.
 
-No sample is stored: the generator's weights are the whole memory. For each experience:
-- while training the classifier, every step adds a batch replayed from the generator (classes drawn
-  uniformly from those it knows), labelled with the previous model's soft targets at temperature T, and
-  mixed with the new data in proportion to the number of classes seen;
-- afterwards the generator is trained on the new data plus its own replay of the old classes (from a
-  frozen copy of itself), in the same proportion, so that it keeps every class.
-The previous model is the parent version's network, the same one EWC anchors to and LwF distils from.
+Two generator kinds (parameter ``generator``):
+- ``class_gaussians`` (default): one mixture of probabilistic PCA models per class, fitted in closed form on
+  that class's real data when the class is first learned and frozen from then on
+  (``model_core.networks.class_gaussians``). Learning a new class cannot damage an old class's model, so
+  replay does not decay as tasks are added.
+- ``vae``: one class-conditional VAE retrained every experience on the new data plus its own replay of the old
+  classes (the classic deep generative replay); kept for comparison (python -m benchmarks.continual).
+
+Replay happens in the space the trainable part of the network consumes: the input for a network that trains
+end to end, the frozen backbone's features for a pretrained frozen backbone (the trainer then hands every
+strategy features instead of inputs), as brain-inspired replay does on frozen layers.
+
+While the classifier trains, every step adds a batch replayed from the generator (old classes drawn
+uniformly), labelled with the previous model's soft targets at temperature T mixed with the class the sample
+was drawn for (``hard_weight``), in proportion to the number of classes seen. The previous model is the
+parent version's network, the same one EWC anchors to and LwF distils from.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,12 +29,15 @@ import torch
 from torch import Tensor
 
 from model_core.config import InputSpec
+from model_core.networks.class_gaussians import ClassGaussians
 from model_core.networks.generators import ConditionalVAE
 from model_core.strategies.base import Batch, Strategy, TrainContext, mix, register_strategy
 from model_core.strategies.importance import masked_log_softmax
 from model_core.strategy_specs import SPECS
 
-ARCH_KEYS = ("latent_dim", "hidden")
+VAE_ARCH = ("latent_dim", "hidden")
+GAUSSIAN_ARCH = ("components", "rank")
+QUALITY_SAMPLES = 100  # replayed samples per old class behind the generator quality figure
 
 
 @register_strategy
@@ -34,34 +46,77 @@ class GenerativeReplay(Strategy):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.generator: ConditionalVAE | None = None
+        self.vae: ConditionalVAE | None = None
+        self.gaussians: ClassGaussians | None = None
         self.known_units: list[int] = []  # classes (output units) the generator can produce
-        self.frozen: ConditionalVAE | None = None  # generator as it was before this experience
+        self.frozen: ConditionalVAE | None = None  # the VAE as it was before this experience
+        self.quality: dict[int, float] = {}
 
-    def _build(self, ctx: TrainContext, n_classes: int) -> ConditionalVAE:
-        arch = {k: int(self.params[k]) for k in ARCH_KEYS}
-        return ConditionalVAE(ctx.model.spec.input, n_classes, **arch).to(ctx.device)
+    @property
+    def kind(self) -> str:
+        return str(self.params["generator"])
 
-    def _replay(self, ctx: TrainContext, n: int) -> tuple[Tensor, Tensor]:
-        """n samples from the frozen generator: (x (n, *shape), unit (n,))."""
+    # --- sampling -------------------------------------------------------------------------------
+
+    def _sample(self, ctx: TrainContext, units: Tensor) -> Tensor:
+        """Replayed samples of ``units`` (n,), shaped like the training data's rows."""
+        shape = tuple(ctx.data.x.shape[1:])
+        if self.kind == "class_gaussians":
+            assert self.gaussians is not None
+            x = self.gaussians.sample(units, ctx.rng, float(self.params["noise_scale"]))
+            x = x.reshape(len(units), *shape)
+            return x.clamp(0.0, 1.0) if ctx.replays_inputs and ctx.model.spec.input.kind == "image" else x
         assert self.frozen is not None
+        return self.frozen.sample(units, ctx.rng, float(self.params["sample_temperature"])).reshape(len(units), *shape)
+
+    def _replay_units(self, ctx: TrainContext, n: int) -> Tensor:
         known = torch.tensor(self.known_units, device=ctx.device)
-        units = known[torch.randint(len(known), (n,), device=ctx.device, generator=ctx.rng)]
-        return self.frozen.sample(units, ctx.rng, float(self.params["sample_temperature"])), units
+        return known[torch.randint(len(known), (n,), device=ctx.device, generator=ctx.rng)]
+
+    @property
+    def _can_replay(self) -> bool:
+        return bool(self.known_units) and (self.kind == "class_gaussians" or self.frozen is not None)
+
+    # --- hooks ----------------------------------------------------------------------------------
 
     def before_experience(self, ctx: TrainContext) -> None:
-        if self.generator is None:
-            self.generator = self._build(ctx, ctx.num_units)
-            self.generator.set_standardisation(ctx.data.x)
-        self.generator.to(ctx.device)
-        self.frozen = None
-        if self.known_units and ctx.previous is not None:
-            self.frozen = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        self.quality = {}
+        if self.kind == "vae":
+            if self.vae is None:
+                self.vae = self._build_vae(ctx, ctx.num_units)
+                self.vae.set_standardisation(ctx.data.x)
+            self.vae.to(ctx.device)
+            self.frozen = None
+            if self.known_units and ctx.previous is not None:
+                self.frozen = copy.deepcopy(self.vae).eval().requires_grad_(False)
+        elif self.gaussians is None:
+            self.gaussians = ClassGaussians(
+                int(ctx.data.x[0].numel()), int(self.params["components"]), int(self.params["rank"])
+            )
+        if self._can_replay and ctx.previous is not None:
+            self.quality = self._measure_quality(ctx)
+
+    @torch.no_grad()
+    def _measure_quality(self, ctx: TrainContext) -> dict[int, float]:
+        """The previous model's accuracy on replayed samples of each old class (among the old units, or within
+        the class's task head in task-incremental learning): a low figure means the generator lost the class."""
+        assert ctx.previous is not None
+        out = {}
+        n_old = ctx.previous.num_units
+        for unit in self.known_units:
+            units = torch.full((QUALITY_SAMPLES,), unit, device=ctx.device)
+            with ctx.autocast():
+                logits = ctx.previous(self._sample(ctx, units)).float()
+            mask = ctx.unit_mask(ctx.unit_task[units])[:, :n_old]
+            predicted = logits.masked_fill(~mask, float("-inf")).argmax(1)
+            out[unit] = round(float((predicted == unit).float().mean()), 4)
+        return out
 
     def augment(self, ctx: TrainContext, batch: Batch) -> Batch:
-        if self.frozen is None or ctx.previous is None:
+        if not self._can_replay or ctx.previous is None:
             return batch
-        x, units = self._replay(ctx, len(batch))
+        units = self._replay_units(ctx, len(batch))
+        x = self._sample(ctx, units)
         task = ctx.unit_task[units]
         t = float(self.params["temperature"])
         n_old = ctx.previous.num_units
@@ -69,14 +124,42 @@ class GenerativeReplay(Strategy):
             teacher = ctx.previous(x).float()  # (n, U_old)
         mask = ctx.unit_mask(task)  # (n, U)
         soft = masked_log_softmax(teacher / t, mask[:, :n_old]).exp() * mask[:, :n_old]
+        hard = torch.zeros_like(soft)
+        hard[torch.arange(len(x), device=x.device), units] = 1.0
+        w = float(self.params["hard_weight"])
         targets = torch.zeros(len(x), ctx.num_units, device=ctx.device)
-        targets[:, :n_old] = soft
+        targets[:, :n_old] = (1 - w) * soft + w * hard
         ones = torch.ones(len(x), device=ctx.device)
         replayed = Batch(x, targets, task, ones / len(x), ones * t, mask)
         return mix(batch, replayed, ctx.new_share)
 
     def after_experience(self, ctx: TrainContext) -> None:
-        gen = self.generator
+        if self.kind == "class_gaussians":
+            assert self.gaussians is not None
+            ctx.report("generator", 0, 1)
+            for unit in sorted(set(ctx.data.y.tolist())):
+                self.gaussians.fit_class(unit, ctx.data.x[ctx.data.y == unit], ctx.cpu_rng)
+            ctx.report("generator", 1, 1)
+        else:
+            self._train_vae(ctx)
+        self.known_units = sorted(set(self.known_units) | set(ctx.data.y.tolist()))
+        self.frozen = None
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {"replay_accuracy": dict(self.quality)} if self.quality else {}
+
+    # --- the VAE --------------------------------------------------------------------------------
+
+    def _build_vae(self, ctx: TrainContext, n_classes: int) -> ConditionalVAE:
+        arch = {k: int(self.params[k]) for k in VAE_ARCH}
+        shape = tuple(ctx.data.x.shape[1:])
+        space = ctx.model.spec.input if ctx.replays_inputs else InputSpec("vector", dim=int(ctx.data.x[0].numel()))
+        assert space.shape == shape
+        return ConditionalVAE(space, n_classes, **arch).to(ctx.device)
+
+    def _train_vae(self, ctx: TrainContext) -> None:
+        """Train the VAE on the new data plus its own replay of the old classes, in the classes' proportion."""
+        gen = self.vae
         assert gen is not None
         gen.expand_classes(ctx.num_units)
         gen.train()
@@ -90,8 +173,8 @@ class GenerativeReplay(Strategy):
             x, y = data.x[idx].to(ctx.device), data.y[idx].to(ctx.device)
             w = torch.full((bs,), 1.0 / bs, device=ctx.device)
             if self.frozen is not None:
-                rx, ry = self._replay(ctx, bs)
-                x, y = torch.cat([x, rx]), torch.cat([y, ry])
+                ry = self._replay_units(ctx, bs)
+                x, y = torch.cat([x, self._sample(ctx, ry)]), torch.cat([y, ry])
                 w = torch.cat([w * share, torch.full((bs,), (1 - share) / bs, device=ctx.device)])
             with ctx.autocast():
                 loss, rec, kl = gen.loss(x, y, w)
@@ -99,35 +182,42 @@ class GenerativeReplay(Strategy):
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             if step % 50 == 0 or step == total:
-                ctx.report(
-                    "generator",
-                    step,
-                    total,
-                    loss=float(loss.detach()),
-                    reconstruction=float(rec.detach()),
-                    kl=float(kl.detach()),
-                )
+                ctx.report("generator", step, total, loss=float(loss.detach()), reconstruction=float(rec.detach()),
+                           kl=float(kl.detach()))  # fmt: skip
                 ctx.check_cancel()
         gen.eval()
-        self.known_units = sorted(set(self.known_units) | set(ctx.data.y.tolist()))
-        self.frozen = None
+
+    # --- state ----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        if self.generator is None:
-            return {}
-        return {
-            "arch": {k: int(self.params[k]) for k in ARCH_KEYS},
-            "input": dataclasses.asdict(self.generator.input),
-            "n_classes": self.generator.n_classes,
-            "known_units": list(self.known_units),
-            "weights": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
-        }
+        state: dict[str, Any] = {"known_units": list(self.known_units), "generator": self.kind}
+        if self.gaussians is not None:
+            state["gaussians"] = self.gaussians.state_dict()
+        if self.vae is not None:
+            state["vae"] = {
+                "arch": {k: int(self.params[k]) for k in VAE_ARCH},
+                "input": {"kind": self.vae.input.kind, "channels": self.vae.input.channels,
+                          "height": self.vae.input.height, "width": self.vae.input.width, "dim": self.vae.input.dim},
+                "n_classes": self.vae.n_classes,
+                "weights": {k: v.detach().cpu() for k, v in self.vae.state_dict().items()},
+            }  # fmt: skip
+        return state if (self.gaussians is not None or self.vae is not None) else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not state:
             return
-        self.params.update(state["arch"])  # the saved generator's shape wins over new defaults
-        gen = ConditionalVAE(InputSpec(**state["input"]), int(state["n_classes"]), **state["arch"])
-        gen.load_state_dict(state["weights"])
-        self.generator = gen.eval()
+        saved = str(state.get("generator", "vae"))
+        if saved != self.kind and self.known_units == [] and state.get("known_units"):
+            # The classes already learned live in the saved generator: its kind wins over a new default.
+            self.params["generator"] = saved
+        if "gaussians" in state:
+            self.gaussians = ClassGaussians.from_state(state["gaussians"])
+            self.params.update({k: self.gaussians.__dict__[k] for k in GAUSSIAN_ARCH})
+        vae = state.get("vae") or ({"arch": state["arch"], "input": state["input"], "n_classes": state["n_classes"],
+                                    "weights": state["weights"]} if "weights" in state else None)  # fmt: skip
+        if vae is not None:
+            self.params.update(vae["arch"])  # the saved generator's shape wins over new defaults
+            gen = ConditionalVAE(InputSpec(**vae["input"]), int(vae["n_classes"]), **vae["arch"])
+            gen.load_state_dict(vae["weights"])
+            self.vae = gen.eval()
         self.known_units = [int(u) for u in state["known_units"]]

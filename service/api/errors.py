@@ -7,14 +7,15 @@ from http import HTTPStatus
 from typing import Any
 
 import pydantic
+import sqlalchemy.exc
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from service.application import Invalid
 from service.auth import AuthError
+from service.binary import BodyError
+from service.errors import Conflict, Invalid, NotFound, PointerMoved, Unavailable
 from service.preprocess import InputError
-from service.registry import Conflict, NotFound
 
 log = logging.getLogger("engram.api")
 PROBLEM = "application/problem+json"
@@ -60,6 +61,23 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return problem(request, exc.status_code, str(exc.detail), exc.headers)
 
 
+def _moved(request: Request[Any, Any, Any], exc: PointerMoved) -> Response[Any]:
+    return problem(request, 409, str(exc), active_version=exc.current)
+
+
+def _unavailable(request: Request[Any, Any, Any], exc: Unavailable) -> Response[Any]:
+    return problem(request, 503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+
+def _database(request: Request[Any, Any, Any], exc: sqlalchemy.exc.SQLAlchemyError) -> Response[Any]:
+    # The database does not answer (stopped, restarting, unreachable, pool exhausted, SQLite locked):
+    # nothing was changed, and the same request may succeed later. Predictions of served versions never
+    # get here: they do not touch the database.
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return problem(request, 503, f"the database is unavailable ({type(exc).__name__}); nothing was changed, retry "
+                   "later", {"Retry-After": "5"})  # fmt: skip
+
+
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(request, 500, "the server failed to handle this request; see its log")
@@ -69,8 +87,14 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     AuthError: _auth,
     NotFound: lambda r, e: problem(r, 404, str(e)),
     Conflict: lambda r, e: problem(r, 409, str(e)),
+    PointerMoved: _moved,
+    Unavailable: _unavailable,
+    sqlalchemy.exc.OperationalError: _database,  # connection refused or lost, server shutting down, locked
+    sqlalchemy.exc.InterfaceError: _database,  # the driver's connection is closed
+    sqlalchemy.exc.TimeoutError: _database,  # no pooled connection came free in time
     Invalid: lambda r, e: problem(r, 422, str(e)),
     InputError: _input,
+    BodyError: lambda r, e: problem(r, e.status, str(e)),  # a binary predict body (400 undecodable, 422 unfit)
     ValidationException: _validation,
     pydantic.ValidationError: _pydantic,
     HTTPException: _http,

@@ -120,12 +120,15 @@ PROBLEMS = {
     401: "No API key, or an unknown one (`WWW-Authenticate: Bearer`).",
     403: "The key's role is below the role this operation needs.",
     404: "No such classifier, version or job.",
-    409: "The current state forbids this; `detail` says why.",
+    409: "The current state forbids this; `detail` says why. A promotion or rollback that lost a race to "
+    "another pointer move also names `active_version`, the version active now.",
     413: "The request body is over the size limit (ENGRAM_MAX_BODY_BYTES).",
     415: "The body's Content-Type is not one this operation reads (application/json; learn also takes "
-    "multipart/form-data).",
+    "multipart/form-data; predict/binary takes application/x-npy, application/octet-stream or multipart/form-data).",
     422: "Well-formed but unusable input. `detail` says what to change; `errors` lists failed checks of the "
     "request, and `field`, `index` and `reason` name a bad sample or input item.",
+    503: "The database (or the version's model) is unavailable; nothing was changed. Retry after "
+    "`Retry-After` seconds. Predictions of versions already served do not need the database.",
 }
 
 

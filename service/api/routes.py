@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import anyio
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, SerializationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.handlers.http_handlers import HTTPRouteHandler
 from litestar.params import Parameter
@@ -28,6 +28,8 @@ from litestar.status_codes import (
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
 )
 
+from service.api.binary import predict_binary
+from service.api.mapping import to_learn, to_new_classifier, to_predict
 from service.api.openapi import LearnOperation, answers, problem_answers
 from service.api.schemas import (
     TERMINAL,
@@ -132,19 +134,19 @@ def strategies(request: Request[Any, Any, Any]) -> dict[str, Any]:
 @post("/classifiers", opt={"role": "admin"}, status_code=HTTP_201_CREATED, sync_to_thread=True,
       responses=answers(201, ClassifierView, "The new classifier", 400, 409, 413, 422))  # fmt: skip
 def create_classifier(request: Request[Any, Any, Any], data: ClassifierCreate) -> dict[str, Any]:
-    return svc(request).create_classifier(data)
+    return svc(request).classifiers.create_classifier(to_new_classifier(data))
 
 
 @get("/classifiers", opt={"role": "predict"}, sync_to_thread=True,
      responses=answers(200, list[ClassifierView], "Every classifier, by name"))  # fmt: skip
 def list_classifiers(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
-    return svc(request).list_classifiers()
+    return svc(request).classifiers.list_classifiers()
 
 
 @get("/classifiers/{name:str}", opt={"role": "predict"}, sync_to_thread=True,
      responses=answers(200, ClassifierView, "The classifier", 400, 404))  # fmt: skip
 def get_classifier(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
-    return svc(request).get_classifier(name)
+    return svc(request).classifiers.get_classifier(name)
 
 
 async def _learn_body(request: Request[Any, Any, Any]) -> LearnRequest:
@@ -163,39 +165,39 @@ async def _learn_body(request: Request[Any, Any, Any]) -> LearnRequest:
         return LearnRequest.model_validate({**fields, "samples": samples})
     try:
         body = await request.json()
+    except SerializationException as exc:  # EngramRequest's own wording: what is wrong and where
+        raise Invalid(str(exc.detail)) from None
     except HTTPException:
         raise  # e.g. 413: the body is over the size limit
-    except Exception:
-        raise Invalid("the body is not valid JSON") from None
     return LearnRequest.model_validate(body)
 
 
 @post("/classifiers/{name:str}/learn", status_code=HTTP_202_ACCEPTED,
       opt={"role": "learn", "content_types": ("application/json", "multipart/form-data")},
       operation_class=LearnOperation,
-      responses=answers(202, JobView, "The queued job", 400, 404, 413, 422))  # fmt: skip
+      responses=answers(202, JobView, "The queued job", 400, 404, 413, 422, 503))  # fmt: skip
 async def learn(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
     body = await _learn_body(request)
-    return await anyio.to_thread.run_sync(svc(request).submit_learn, name, body)
+    return await anyio.to_thread.run_sync(svc(request).learning.submit_learn, name, to_learn(body))
 
 
 @get("/jobs/{job_id:str}", opt={"role": "learn"}, sync_to_thread=True,
      responses=answers(200, JobView, "The job", 400, 404))  # fmt: skip
 def get_job(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
-    return svc(request).get_job(job_id)
+    return svc(request).learning.get_job(job_id)
 
 
 @post("/jobs/{job_id:str}/cancel", opt={"role": "learn"}, status_code=200, sync_to_thread=True,
       responses=answers(200, JobView, "The job, cancelled or asked to stop", 400, 404, 409))  # fmt: skip
 def cancel_job(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
-    return svc(request).cancel_job(job_id)
+    return svc(request).learning.cancel_job(job_id)
 
 
 @get("/jobs/{job_id:str}/events", opt={"role": "learn"},
      responses=answers(200, JobEvent, "Server-sent events: 'progress' with the job on each change, then 'end'",
                        400, 404, media_type="text/event-stream"))  # fmt: skip
 async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
-    service = svc(request)
+    service = svc(request).learning
     first = await anyio.to_thread.run_sync(service.get_job, job_id)  # 404 before the stream starts
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
@@ -215,53 +217,53 @@ async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSent
 
 
 @post("/classifiers/{name:str}/predict", opt={"role": "predict"}, status_code=200,
-      responses=answers(200, PredictResult, "One prediction per input", 400, 404, 409, 413, 422))  # fmt: skip
+      responses=answers(200, PredictResult, "One prediction per input", 400, 404, 409, 413, 422, 503))  # fmt: skip
 async def predict(request: Request[Any, Any, Any], name: str, data: PredictRequest) -> dict[str, Any]:
-    return await svc(request).predict(name, data)
+    return await svc(request).serving.predict(name, to_predict(data))
 
 
 @get("/classifiers/{name:str}/versions", opt={"role": "predict"}, sync_to_thread=True,
      responses=answers(200, list[VersionView], "Every version, oldest first", 400, 404))  # fmt: skip
 def list_versions(request: Request[Any, Any, Any], name: str) -> list[dict[str, Any]]:
-    return svc(request).list_versions(name)
+    return svc(request).versions.list_versions(name)
 
 
 @get("/classifiers/{name:str}/versions/{number:int}", opt={"role": "predict"}, sync_to_thread=True,
      responses=answers(200, VersionView, "The version", 400, 404, 422))  # fmt: skip
 def get_version(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> dict[str, Any]:
-    return svc(request).get_version(name, number)
+    return svc(request).versions.get_version(name, number)
 
 
 @get("/classifiers/{name:str}/versions/{number:int}/model.onnx", opt={"role": "learn"}, sync_to_thread=True,
      responses=answers(200, bytes, "The version's ONNX model", 400, 404, 422,
                        media_type="application/octet-stream"))  # fmt: skip
 def get_onnx(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> File:
-    path = svc(request).onnx_path(name, number)
+    path = svc(request).versions.onnx_path(name, number)
     return File(path, filename=f"{name}-v{number}.onnx", media_type="application/octet-stream")
 
 
 @post("/classifiers/{name:str}/versions/{number:int}/promote", opt={"role": "admin"}, status_code=200,
       sync_to_thread=True,
-      responses=answers(200, VersionView, "The version, now active", 400, 404, 409, 413, 422))  # fmt: skip
+      responses=answers(200, VersionView, "The version, now active", 400, 404, 409, 413, 422, 503))  # fmt: skip
 def promote(
     request: Request[Any, Any, Any], name: str, number: VersionNumber, data: PromoteRequest | None = None
 ) -> dict[str, Any]:
     data = data or PromoteRequest()
-    return svc(request).promote(name, number, request.state.actor, data.force, data.reason)
+    return svc(request).versions.promote(name, number, request.state.actor, data.force, data.reason)
 
 
 @post("/classifiers/{name:str}/rollback", opt={"role": "admin"}, status_code=200, sync_to_thread=True,
       responses=answers(200, VersionView, "The version rolled back to, now active",
-                        400, 404, 409, 413, 422))  # fmt: skip
+                        400, 404, 409, 413, 422, 503))  # fmt: skip
 def rollback(request: Request[Any, Any, Any], name: str, data: RollbackRequest | None = None) -> dict[str, Any]:
     data = data or RollbackRequest()
-    return svc(request).rollback(name, data.to_version, request.state.actor, data.reason)
+    return svc(request).versions.rollback(name, data.to_version, request.state.actor, data.reason)
 
 
 @get("/classifiers/{name:str}/audit", opt={"role": "learn"}, sync_to_thread=True,
      responses=answers(200, list[AuditView], "Promotions and rollbacks, oldest first", 400, 404))  # fmt: skip
 def audit(request: Request[Any, Any, Any], name: str) -> list[dict[str, Any]]:
-    return svc(request).audit(name)
+    return svc(request).versions.audit(name)
 
 
 @get("/healthz", sync_to_thread=False, responses=answers(200, Health, "The process is up"))
@@ -274,10 +276,12 @@ def healthz() -> dict[str, str]:
                 **answers(503, Unready, "The database does not answer")})  # fmt: skip
 def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     try:
-        svc(request).ping()
+        svc(request).classifiers.ping()
     except Exception as exc:
         return Response({"status": "unavailable", "reason": f"database: {type(exc).__name__}"}, status_code=503)
-    return Response({"status": "ready", "serving": request.app.state.serving.active_versions()})
+    service = svc(request)
+    return Response({"status": "ready", "serving": service.serving.state.active_versions(),
+                     "load_failures": service.serving.load_failures()})  # fmt: skip
 
 
 V1 = Router(
@@ -286,7 +290,7 @@ V1 = Router(
     security=[{"bearer": []}],
     route_handlers=[guard_answers(h) for h in (
         strategies, create_classifier, list_classifiers, get_classifier, learn, get_job, cancel_job, job_events,
-        predict, list_versions, get_version, get_onnx, promote, rollback, audit,
+        predict, predict_binary, list_versions, get_version, get_onnx, promote, rollback, audit,
     )],
 )  # fmt: skip
 ROUTES = [V1, healthz, readyz]

@@ -72,6 +72,33 @@ class GateSettings(Strict):
     manual_approval: bool | None = Field(default=None, description="wait for an admin instead of promoting")
 
 
+BACKBONE_NAME = r"^(mlp|cnn|resnet18|(timm|torchvision)/[A-Za-z0-9][A-Za-z0-9_.-]{0,127})$"
+
+
+class BackboneChoice(Strict):
+    """A backbone with its weights' source and what trains (see model_core.config.BackboneSpec)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "timm/efficientnet_lite0", "weights": "package", "train": "frozen", "resolution": 224},
+        {"name": "torchvision/resnet18", "weights": "file", "file": "/srv/weights/resnet18.safetensors"},
+    ]})  # fmt: skip
+
+    name: str = Field(
+        pattern=BACKBONE_NAME,
+        description="mlp, cnn, resnet18, 'timm/<timm model name>' or 'torchvision/<torchvision model name>'",
+    )
+    weights: Literal["none", "package", "file", "download"] | None = Field(
+        default=None, description="default: package if one ships them, else download (refused when the host "
+        "may not download and they are not cached); none for mlp, cnn, resnet18",
+    )  # fmt: skip
+    file: str | None = Field(default=None, min_length=1, max_length=4096,
+                             description="weights 'file': a safetensors or torch state-dict file on the server")  # fmt: skip
+    train: Literal["frozen", "last", "all"] | None = Field(
+        default=None, description="what of the backbone trains; default frozen with pretrained weights, else all")
+    resolution: Annotated[int | None, JsonInt] = Field(
+        default=None, ge=16, le=1024, description="px the images are resized to in the model (registry backbones)")
+
+
 class ClassifierCreate(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"name": "digits", "input": {"kind": "image", "channels": 1, "height": 8, "width": 8}},
@@ -81,7 +108,10 @@ class ClassifierCreate(Strict):
     name: str = Field(pattern=NAME)
     input: Annotated[ImageInput | VectorInput, Field(discriminator="kind")]
     scenario: Literal["class-incremental", "task-incremental"] = "class-incremental"
-    backbone: Literal["mlp", "cnn", "resnet18"] | None = None
+    backbone: Annotated[str, Field(pattern=BACKBONE_NAME)] | BackboneChoice | None = Field(
+        default=None, description="a name (mlp, cnn, resnet18, timm/<model>, torchvision/<model>; default by input "
+        "size), or an object saying where the weights come from and what trains",
+    )  # fmt: skip
     gate: GateSettings | None = None
 
 
@@ -193,7 +223,10 @@ class VersionView(Out):
     params: dict[str, Any] = Field(description="the strategy parameters it was trained with")
     classes: list[str]
     tasks: list[TaskView]
-    report: dict[str, Any] = Field(description="the gate's report: accuracy per task, failures, ONNX check")
+    report: dict[str, Any] = Field(
+        description="the gate's report: accuracy per task and per class, failures, ONNX check, forgotten classes "
+        "and the next step"
+    )
     job_id: str | None
     created_at: dt.datetime
 
@@ -261,9 +294,19 @@ class Health(Out):
     status: Literal["ok"]
 
 
+class LoadFailureView(Out):
+    version: int = Field(description="the active version that failed to load")
+    error: str
+    attempts: int
+    retry_in_seconds: float = Field(description="the next attempt (backoff doubles per failure, up to 60 s)")
+
+
 class Ready(Out):
     status: Literal["ready"]
     serving: dict[str, int] = Field(description="classifier name -> the version this replica serves")
+    load_failures: dict[str, LoadFailureView] = Field(
+        default_factory=dict, description="classifier name -> its active version this replica cannot load yet"
+    )
 
 
 class Unready(Out):

@@ -31,7 +31,7 @@ def _back(name: str, **params: str | int | None) -> Redirect:
 
 @get("/", sync_to_thread=True)
 def index(request: Request[Any, Any, Any]) -> Template:
-    return Template("index.html", context={"classifiers": svc(request).list_classifiers()})
+    return Template("index.html", context={"classifiers": svc(request).classifiers.list_classifiers()})
 
 
 @get("/classifiers/{name:str}", sync_to_thread=True)
@@ -43,15 +43,15 @@ def classifier_page(
     error: str | None = None,
 ) -> Template:
     service = svc(request)
-    clf = service.get_classifier(name)
-    versions = service.list_versions(name)
+    clf = service.classifiers.get_classifier(name)
+    versions = service.versions.list_versions(name)
     wanted = (
         version if version is not None else clf["active_version"] or (versions[-1]["version"] if versions else None)
     )
     selected = next((v for v in versions if v["version"] == wanted), None)
     context = {
-        "clf": clf, "versions": versions, "selected": selected, "jobs": service.recent_jobs(name),
-        "matrix": service.lineage_matrix(name, selected["version"]) if selected else None,
+        "clf": clf, "versions": versions, "selected": selected, "jobs": service.learning.recent_jobs(name),
+        "matrix": service.versions.lineage_matrix(name, selected["version"]) if selected else None,
         "message": message, "error": error,
     }  # fmt: skip
     return Template("classifier.html", context=context)
@@ -59,7 +59,7 @@ def classifier_page(
 
 @get("/classifiers/{name:str}/jobs", sync_to_thread=True)
 def jobs_fragment(request: Request[Any, Any, Any], name: str) -> Template:
-    return Template("jobs.html", context={"jobs": svc(request).recent_jobs(name)})
+    return Template("jobs.html", context={"jobs": svc(request).learning.recent_jobs(name)})
 
 
 def _actor(request: Request[Any, Any, Any], key: str) -> str:
@@ -72,7 +72,7 @@ def rollback_form(request: Request[Any, Any, Any], name: str, data: Form) -> Red
     try:
         actor = _actor(request, data.get("key", ""))
         to = int(data["to_version"]) if data.get("to_version") else None
-        v = svc(request).rollback(name, to, actor, data.get("reason") or None)
+        v = svc(request).versions.rollback(name, to, actor, data.get("reason") or None)
     except (AuthError, LookupError, RuntimeError, ValueError) as exc:
         return _back(name, error=f"rollback refused: {getattr(exc, 'detail', exc)}")
     return _back(name, message=f"rolled back: v{v['version']} is active")
@@ -82,7 +82,7 @@ def rollback_form(request: Request[Any, Any, Any], name: str, data: Form) -> Red
 def promote_form(request: Request[Any, Any, Any], name: str, number: VersionNumber, data: Form) -> Redirect:
     try:
         actor = _actor(request, data.get("key", ""))
-        v = svc(request).promote(name, number, actor, data.get("force") == "true", data.get("reason") or None)
+        v = svc(request).versions.promote(name, number, actor, data.get("force") == "true", data.get("reason") or None)
     except (AuthError, LookupError, RuntimeError, ValueError) as exc:
         return _back(name, version=number, error=f"promotion refused: {getattr(exc, 'detail', exc)}")
     return _back(name, message=f"v{v['version']} is active")

@@ -76,6 +76,9 @@ def test_quick_start_through_the_cli(srv: Server, tmp_path: Path) -> None:
         role="learn",
     )
     assert out.returncode == 3 and "rejected" in out.stdout and "cannot add classes" in out.stdout
+    # the gate names the classes it forgot and the next step (data may be kept here: exemplar replay)
+    assert "forgotten classes:" in out.stdout and "lost by the classifier" in out.stdout, out.stdout
+    assert "next step: 'ewc' cannot add classes" in out.stdout and "strategy 'replay'" in out.stdout, out.stdout
 
 
 def test_the_python_client(srv: Server, tmp_path: Path) -> None:

@@ -12,10 +12,13 @@ import pytest
 from service.client import EngramClient
 from tests.e2e.conftest import KEYS, Server, start_server, stop_server
 from tests.e2e.test_durability import blobs
+from tests.e2e.test_gate_report import learn_starved
 
 pytestmark = pytest.mark.timeout(300)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +38,8 @@ def test_rollback_through_the_dashboard(srv: Server) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(f"{srv.url}/ui")
         page.click("text=shapes")
@@ -68,3 +69,33 @@ def test_rollback_through_the_dashboard(srv: Server) -> None:
         last = c.audit("shapes")[-1]
         assert (last.action, last.to_version, last.reason) == ("rollback", 1, "v2 confuses z and w")
     assert (ARTIFACTS / "dashboard-after-rollback.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium); .ci/run installs it")
+def test_a_rejected_version_shows_its_forgotten_classes_and_next_step(srv: Server) -> None:
+    """A generative-replay job with a starved generator (two small jobs, seconds): the gate report's
+    forgotten classes, per-class rows and next step are on the version's page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    promoted, rejected = learn_starved(srv.client(), "starved")
+    assert rejected["status"] == "rejected", rejected
+    report = rejected["report"]
+    assert report["forgotten"] and report["next_step"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1200})
+        page.goto(f"{srv.url}/ui/classifiers/starved?version={rejected['version']}")
+        expect(page.locator("#forgotten")).to_have_text(f"forgotten classes: {', '.join(report['forgotten'])}")
+        expect(page.locator("#next-step")).to_have_text(f"next step: {report['next_step']}")
+        expect(page.locator("#classes tr[data-class]")).to_have_count(len(report["classes"]))
+        forgotten_rows = page.locator("#classes tr[data-forgotten=true]")
+        expect(forgotten_rows).to_have_count(len(report["forgotten"]))
+        expect(forgotten_rows.first).to_contain_text("FORGOTTEN")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-forgotten-classes.png"), full_page=True)
+        # the active version (the first task, nothing forgotten) shows neither
+        page.goto(f"{srv.url}/ui/classifiers/starved")
+        expect(page.locator("#classes tr[data-class]")).to_have_count(len(promoted["report"]["classes"]))
+        expect(page.locator("#forgotten")).to_have_count(0)
+        expect(page.locator("#next-step")).to_have_count(0)
+        browser.close()

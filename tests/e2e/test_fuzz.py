@@ -39,24 +39,27 @@ enabled = true  # all of them; only the two exceptions below are switched off, a
 # The classifier the fixture trained, so that these reach their logic instead of a 404 for a random name.
 # (Not learn: a request that happens to be valid would start a training job on the test's two cores.)
 [[operations]]
-include-path = ["/v1/classifiers/{name}/predict", "/v1/classifiers/{name}/rollback",
-                "/v1/classifiers/{name}/versions/{number}/promote"]
+include-path = ["/v1/classifiers/{name}/predict", "/v1/classifiers/{name}/predict/binary",
+                "/v1/classifiers/{name}/rollback", "/v1/classifiers/{name}/versions/{number}/promote"]
 parameters = { "path.name" = "v" }
 
 # positive_data_acceptance expects 2xx for every request the schema allows. These operations also check
 # what JSON Schema cannot state, and answer 422 with what to change: the backbone must suit the input kind
 # (create), and each sample or input must decode as an image, or be a vector of exactly the classifier's
 # dim, whichever the classifier takes (learn, predict); learn also needs 2 samples per class to hold out.
+# predict/binary's body is an .npy array of the classifier's shape or image files, which "binary" cannot state.
 [[operations]]
-include-path = ["/v1/classifiers", "/v1/classifiers/{name}/learn", "/v1/classifiers/{name}/predict"]
+include-path = ["/v1/classifiers", "/v1/classifiers/{name}/learn", "/v1/classifiers/{name}/predict",
+                "/v1/classifiers/{name}/predict/binary"]
 include-method = "POST"
 checks.positive_data_acceptance.enabled = false
 
 # ensure_resource_availability reads a 404 after a create as "the created resource is missing". Here the
 # 404 names a version given in the body (predict's version, rollback's to_version) that does not exist;
-# the classifier the stateful phase just created is there.
+# the classifier the stateful phase just created is there. (predict/binary: its version query parameter.)
 [[operations]]
-include-path = ["/v1/classifiers/{name}/predict", "/v1/classifiers/{name}/rollback"]
+include-path = ["/v1/classifiers/{name}/predict", "/v1/classifiers/{name}/predict/binary",
+                "/v1/classifiers/{name}/rollback"]
 checks.ensure_resource_availability.enabled = false
 """
 

@@ -1,10 +1,15 @@
 """Scale-out on this machine: PostgreSQL, two API replicas and two procrastinate workers, as processes.
 
+Every test runs twice: with the artifact folder every process mounts ("file"), and with artifacts on S3
+("s3": moto's server mode on a loopback port), where each process has its own cache folder and shares
+nothing with the others but the database and the bucket.
+
 Skipped, with the reason, only when no PostgreSQL answers at ENGRAM_TEST_PG (default 127.0.0.1:5432).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,14 +26,9 @@ import pytest
 from tests.conftest import throwaway_pg
 from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
 from tests.e2e.test_durability import PROBE, blobs, create, learn, wait_status
+from tests.s3_server import moto_s3, new_bucket
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with throwaway_pg("engram_test") as url:
-        yield url
 
 
 @dataclass
@@ -40,10 +40,12 @@ class Cluster:
     root: Path
 
     def start_worker(self) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115
+        n = len(self.workers)
+        log = open(self.root / f"worker-{n}.log", "wb")  # noqa: SIM115
+        own = {"ENGRAM_DATA_DIR": str(self.root / f"w{n}")}  # its own cache when the store is S3
         proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker"],
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(own if "ENGRAM_ARTIFACTS_URL" in self.env else {})},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -52,23 +54,35 @@ class Cluster:
         return proc
 
 
-@pytest.fixture(scope="module")
-def cluster(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["file", "s3"])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
-    env = {"ENGRAM_DATABASE_URL": pg_url, "ENGRAM_ARTIFACTS_DIR": str(root / "shared-artifacts"),
-           "ENGRAM_STALE_AFTER_SECONDS": "5", "ENGRAM_HEARTBEAT_SECONDS": "0.5", "ENGRAM_DATA_DIR": str(root / "w")}  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        pg_url = stack.enter_context(throwaway_pg("engram_test"))  # a fresh database per store
+        env = {"ENGRAM_DATABASE_URL": pg_url, "ENGRAM_ARTIFACTS_DIR": str(root / "shared-artifacts"),
+               "ENGRAM_STALE_AFTER_SECONDS": "5", "ENGRAM_HEARTBEAT_SECONDS": "0.5", "ENGRAM_DATA_DIR": str(root / "w")}  # fmt: skip
+        if request.param == "s3":
+            s3 = stack.enter_context(moto_s3(root))
+            del env["ENGRAM_ARTIFACTS_DIR"]  # each process caches bundles in its own data folder
+            env |= {**s3, "ENGRAM_ARTIFACTS_URL": f"s3://{new_bucket(s3)}/engram"}
+        yield from _cluster(root, env)
+
+
+def _cluster(root: Path, env: dict[str, str]) -> Iterator[Cluster]:
     subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env={**os.environ, **env}, check=True)
     a = start_server(root / "a", env, "--no-worker")
     b = start_server(root / "b", env, "--no-worker")
     c = Cluster(a, b, [], env, root)
-    c.start_worker()
-    c.start_worker()
-    yield c
-    for w in c.workers:
-        w.kill()
-        w.wait()
-    stop_server(a)
-    stop_server(b)
+    try:
+        c.start_worker()
+        c.start_worker()
+        yield c
+    finally:
+        for w in c.workers:
+            w.kill()
+            w.wait()
+        stop_server(a)
+        stop_server(b)
 
 
 def served_version(client: httpx.Client, name: str) -> int | None:

@@ -5,7 +5,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model_core.config import PACKAGE_WEIGHTS
+from model_core.strategy_specs import SPECS
 from service.gate import GateConfig, evaluate
+from service.gate_advice import JobFacts
 
 
 def correct(n_right: int, n: int) -> np.ndarray:
@@ -130,3 +133,206 @@ def test_merged_ignores_none_overrides() -> None:
     merged = base.merged({"tolerance": None, "new_task_floor": 0.5, "manual_approval": None})
     assert merged == GateConfig(tolerance=0.05, new_task_floor=0.5, holdout=0.3)
     assert base.merged(None) == base
+
+
+# Per-class rows, forgotten classes, who lost them and the next step. An old task "old" of classes a, b and d
+# (100 samples each) and a new task "new" of c: a and d keep 0.95, b falls from 0.95 to 0.10.
+OLD_LABELS = np.array(["a"] * 100 + ["b"] * 100 + ["d"] * 100)
+OLD_BEFORE = np.concatenate([correct(95, 100), correct(95, 100), correct(95, 100)])
+OLD_AFTER = np.concatenate([correct(95, 100), correct(10, 100), correct(95, 100)])
+LABELS = {"old": OLD_LABELS, "new": np.array(["c"] * 100)}
+LOST_B = [("old", OLD_BEFORE, OLD_AFTER), NEW_OK]
+GR = SPECS["generative_replay"]
+
+
+def advise(
+    tasks: list[tuple[str, np.ndarray | None, np.ndarray]] = LOST_B,
+    strategy: str = "generative_replay",
+    retention: str = "discard",
+    replayed: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    network: dict[str, Any] | None = None,
+    iterations: int | None = 300,
+    added: list[str] | None = None,
+) -> dict[str, Any]:
+    """The gate over ``tasks`` with labels, the strategy's diagnostics and the job's facts."""
+    facts = JobFacts({**SPECS[strategy].defaults, **(params or {})}, iterations,
+                     network or {"input": {"kind": "vector", "dim": 64}, "backbone": "mlp"})  # fmt: skip
+    diagnostics = {} if replayed is None else {"replay_accuracy": replayed}
+    return evaluate(GateConfig(), "class-incremental", strategy, retention, "new", added or ["c"], tasks, 0.0, None,
+                    labels=LABELS, diagnostics=diagnostics, facts=facts)  # fmt: skip
+
+
+def test_per_class_rows_name_the_forgotten_class() -> None:
+    report = advise(replayed={"a": 0.9, "b": 0.9})
+    assert report["passed"] is False and report["forgotten"] == ["b"]
+    rows = {(r["task"], r["class"]): r for r in report["classes"]}
+    assert set(rows) == {("old", "a"), ("old", "b"), ("old", "d"), ("new", "c")}
+    a, b, c = rows["old", "a"], rows["old", "b"], rows["new", "c"]
+    assert (a["before"], a["after"], a["drop"], a["forgotten"], a["n"]) == (0.95, 0.95, 0.0, False, 100)
+    assert (b["before"], b["after"], b["drop"], b["forgotten"]) == (0.95, 0.1, 0.85, True)
+    assert b["tolerance"] == pytest.approx(0.08) and b["replay_accuracy"] == 0.9
+    assert "lost_by" not in a and b["lost_by"] == "classifier"
+    assert (c["before"], c["after"], c["forgotten"]) == (None, 0.95, False)
+    # the task-level report keeps its shape: the old task as a whole failed
+    assert [t["task"] for t in report["tasks"]] == ["old", "new"] and report["tasks"][0]["passed"] is False
+
+
+def test_a_class_drop_the_class_size_cannot_resolve_is_not_forgotten() -> None:
+    # 5 samples of b: 5/5 -> 4/5 is inside the size-aware tolerance; 100 of a: 0.95 -> 0.80 is not.
+    labels = np.array(["a"] * 100 + ["b"] * 5)
+    before = np.concatenate([correct(95, 100), correct(5, 5)])
+    after = np.concatenate([correct(80, 100), correct(4, 5)])
+    report = evaluate(GateConfig(), "class-incremental", "replay", "keep", "new", [], [("old", before, after), NEW_OK],
+                      0.0, None, labels={"old": labels})  # fmt: skip
+    assert report["forgotten"] == ["a"]
+    assert [r["class"] for r in report["classes"]] == ["a", "b"]  # no labels for "new": no rows for it
+
+
+def test_without_labels_the_report_has_no_class_rows_and_keeps_its_fields() -> None:
+    report = run(FORGOTTEN, strategy="ewc", added=["7"])
+    assert report["classes"] == [] and report["forgotten"] == [] and report["next_step"] is None
+    assert report["explanation"] is not None and report["recommended_strategy"] == "generative_replay"
+
+
+@pytest.mark.parametrize(
+    ("replayed", "lost_by"),
+    [
+        ({"b": 0.05}, "generator"),
+        ({"b": 0.45}, "generator"),  # three old classes: 0.45 is near chance (1/3)
+        ({"b": 0.9}, "classifier"),
+        ({"a": 0.9}, None),
+        (None, None),
+        ({"b": "high"}, None),
+        ({"b": float("nan")}, None),
+    ],
+)
+def test_who_lost_the_class_follows_the_replay_figure(replayed: dict[str, Any] | None, lost_by: str | None) -> None:
+    row = next(r for r in advise(replayed=replayed)["classes"] if r["class"] == "b")
+    # the verdict compares with the parent's accuracy on real samples (0.95), both above chance (1/3): replay
+    # keeping under half of that margin is the generator's loss
+    assert row["lost_by"] == lost_by
+    assert row["replay_accuracy"] == ((replayed or {})["b"] if lost_by else None)  # malformed figures are dropped
+
+
+def test_a_class_lost_by_a_strategy_without_a_generator_is_the_classifiers() -> None:
+    row = next(r for r in advise(strategy="replay", retention="keep")["classes"] if r["class"] == "b")
+    assert row["lost_by"] == "classifier"
+
+
+DEFAULT_KIND = GR.defaults["generator"]
+OTHER_KIND = next(k for k in GR.choices["generator"] if k != DEFAULT_KIND)
+
+
+def test_next_step_for_a_starved_vae_is_its_default_iterations_and_relearning_the_lost_classes() -> None:
+    default = GR.defaults["generator_iterations"]
+    # measured as the generator's loss, as the classifier's (the figure is weak with two old classes), or not
+    # measured at all: a generator run below its defaults is named either way
+    for replayed in ({"b": 0.05}, {"b": 0.9}, None):
+        report = advise(replayed=replayed, params={"generator": "vae", "generator_iterations": 1})
+        assert report["next_step_request"] == {"params": {"generator_iterations": default}}
+        text = report["next_step"]
+        assert "'b'" in text and f"generator_iterations {default} (its default; this job ran 1)" in text
+        assert "learn those classes' tasks again" in text  # the replay of this job came from the parent's VAE
+
+
+def test_next_step_for_noisy_replay_is_to_learn_this_task_again_with_the_default_noise() -> None:
+    report = advise(replayed={"b": 0.05}, params={"generator": "class_gaussians", "noise_scale": 50.0})
+    assert report["next_step_request"] == {"params": {"noise_scale": GR.defaults["noise_scale"]}}
+    assert "learn this task again with noise_scale" in report["next_step"]
+
+
+def test_next_step_for_a_generator_too_small_is_a_new_classifier_at_the_default_size() -> None:
+    report = advise(replayed={"b": 0.05}, params={"generator": "class_gaussians", "components": 1})
+    assert report["next_step_request"] == {"params": {"components": GR.defaults["components"]}}
+    assert "start a new classifier" in report["next_step"]
+
+
+def test_next_step_for_a_lost_generator_of_another_kind_is_the_default_kind() -> None:
+    report = advise(replayed={"b": 0.05}, params={"generator": OTHER_KIND})
+    assert report["next_step_request"] == {"params": {"generator": DEFAULT_KIND}}
+    assert "the generator lost 'b'" in report["next_step"] and f"{DEFAULT_KIND!r} (the default)" in report["next_step"]
+
+
+def test_next_step_for_a_lost_default_generator_is_a_bigger_one_then_the_other_kind() -> None:
+    report = advise(replayed={"b": 0.05})
+    sizes = report["next_step_request"]["params"]
+    assert sizes and all(v == 2 * GR.defaults[k] for k, v in sizes.items())
+    assert "a bigger generator" in report["next_step"] and "start a new classifier" in report["next_step"]
+    enlarged = advise(replayed={"b": 0.05}, params=sizes)  # already bigger, and still lost
+    assert enlarged["next_step_request"] == {"params": {"generator": OTHER_KIND}}
+
+
+def test_next_step_when_the_classifier_lost_the_class_and_data_may_be_kept_is_exemplars() -> None:
+    report = advise(replayed={"b": 0.9}, retention="keep")
+    assert report["next_step_request"] == {"strategy": "replay"}
+    per_class = SPECS["replay"].defaults["per_class"]
+    assert "the classifier lost 'b' although its replay was recognised" in report["next_step"]
+    assert f"strategy 'replay' ({per_class} exemplars per class)" in report["next_step"]
+
+
+def test_next_step_for_photos_is_a_pretrained_backbone() -> None:
+    photos = {"input": {"kind": "image", "channels": 3, "height": 64, "width": 64}, "backbone": "resnet18"}
+    report = advise(replayed={"b": 0.9}, network=photos)
+    assert report["next_step_request"] == {"classifier": {"backbone": PACKAGE_WEIGHTS[0]}}
+    assert PACKAGE_WEIGHTS[0] in report["next_step"]
+    # already pretrained, or grey images: no backbone advice, train longer instead
+    pretrained = {**photos, "backbone": {"name": PACKAGE_WEIGHTS[0], "weights": "package"}}
+    grey = {"input": {"kind": "image", "channels": 1, "height": 28, "width": 28}, "backbone": "cnn"}
+    for network in (pretrained, grey):
+        assert advise(replayed={"b": 0.9}, network=network)["next_step_request"] == {"options": {"iterations": 600}}
+
+
+def test_next_step_otherwise_is_more_classifier_steps() -> None:
+    report = advise(replayed={"b": 0.9})
+    assert report["next_step_request"] == {"options": {"iterations": 600}}
+    assert "options.iterations 600 (this job ran 300)" in report["next_step"]
+    assert advise(replayed={"b": 0.9}, iterations=None)["next_step_request"] is None
+
+
+@pytest.mark.parametrize(("retention", "better"), [("keep", "replay"), ("discard", "generative_replay")])
+def test_next_step_for_a_strategy_that_cannot_add_classes_names_one_that_can(retention: str, better: str) -> None:
+    report = advise(strategy="ewc", retention=retention)
+    assert report["next_step_request"] == {"strategy": better}
+    assert "'ewc' cannot add classes" in report["next_step"] and "'b'" in report["next_step"]
+
+
+def test_next_step_when_only_the_new_task_missed_its_floor() -> None:
+    report = advise(tasks=[("old", OLD_BEFORE, OLD_BEFORE), ("new", None, correct(50, 100))])
+    assert report["forgotten"] == [] and report["passed"] is False
+    assert report["next_step_request"] == {"options": {"iterations": 600}}
+    assert report["next_step"].startswith("the new task missed its floor")
+
+
+def test_no_next_step_when_nothing_was_forgotten() -> None:
+    report = advise(tasks=[("old", OLD_BEFORE, OLD_BEFORE), NEW_OK])
+    assert report["passed"] is True and report["forgotten"] == []
+    assert report["next_step"] is None and report["next_step_request"] is None
+
+
+def test_in_task_incremental_learning_chance_is_one_over_the_tasks_classes() -> None:
+    # old task "old" (a, b, d) and old task "more" (w, x, y, z): b's replay at 0.6 is near chance (1/3) within its
+    # own task head, so the generator lost it; in class-incremental learning chance would be 1/7
+    labels = {**LABELS, "more": np.array(["w", "x", "y", "z"] * 25)}
+    tasks = [*LOST_B[:1], ("more", correct(100, 100), correct(100, 100)), NEW_OK]
+    facts = JobFacts(GR.defaults, 300, {"input": {"kind": "vector", "dim": 64}, "backbone": "mlp"})
+    verdicts = {}
+    for scenario in ("task-incremental", "class-incremental"):
+        report = evaluate(GateConfig(), scenario, "generative_replay", "discard", "new", [], tasks, 0.0, None,
+                          labels=labels, diagnostics={"replay_accuracy": {"b": 0.6}}, facts=facts)  # fmt: skip
+        verdicts[scenario] = next(r["lost_by"] for r in report["classes"] if r["class"] == "b")
+    assert verdicts == {"task-incremental": "generator", "class-incremental": "classifier"}
+
+
+def test_no_verdict_when_the_parent_knew_two_classes() -> None:
+    # it tells any two distinct blobs apart: a perfect replay score says nothing about the generator
+    two = np.array(["a"] * 100 + ["b"] * 100)
+    tasks = [
+        ("old", np.concatenate([correct(95, 100)] * 2), np.concatenate([correct(95, 100), correct(10, 100)])),
+        NEW_OK,
+    ]
+    report = evaluate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], tasks, 0.0, None,
+                      labels={"old": two}, diagnostics={"replay_accuracy": {"a": 1.0, "b": 1.0}})  # fmt: skip
+    row = next(r for r in report["classes"] if r["forgotten"])
+    assert (row["class"], row["replay_accuracy"], row["lost_by"]) == ("b", 1.0, None)
+    assert "by the generator or the classifier: not known" in report["next_step"]

@@ -22,6 +22,17 @@ from tests.conftest import FAST, digit_spec
 SMALL = {"generative_replay": {"generator_iterations": 20, "hidden": 32}}
 
 
+def frozen(learner: Learner) -> Learner:
+    """The learner with its backbone frozen, as a pretrained one is (the analytic head needs it)."""
+    learner.model.backbone.requires_grad_(False)
+    return learner
+
+
+def fresh(name: str, scenario: str) -> Learner:
+    learner = Learner.create(digit_spec(scenario), seed=3)
+    return frozen(learner) if name == "analytic" else learner
+
+
 def two_tasks(learner: Learner, digits: SplitBenchmark, strategy: str, config: TrainConfig = FAST) -> Learner:
     for exp in digits.train[:2]:
         learner.learn(exp, strategy, SMALL.get(strategy), config)
@@ -31,7 +42,7 @@ def two_tasks(learner: Learner, digits: SplitBenchmark, strategy: str, config: T
 @pytest.mark.parametrize("scenario", ["class-incremental", "task-incremental"])
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_learns_saves_and_is_deterministic(name: str, scenario: str, digits: SplitBenchmark) -> None:
-    runs = [two_tasks(Learner.create(digit_spec(scenario), seed=3), digits, name) for _ in range(2)]
+    runs = [two_tasks(fresh(name, scenario), digits, name) for _ in range(2)]
     a, b = runs
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(va, vb), f"{name}: {k} differs between two runs with the same seed"
@@ -228,24 +239,64 @@ def test_replay_buffer_holds_its_budget_after_learning(digits: SplitBenchmark) -
 def test_generative_replay_keeps_no_samples(digits: SplitBenchmark) -> None:
     learner = two_tasks(Learner.create(digit_spec(), seed=0), digits, "generative_replay")
     state = learner.strategy_states["generative_replay"]
-    assert set(state) == {"arch", "input", "n_classes", "known_units", "weights"}
+    assert set(state) == {"known_units", "generator", "gaussians"} and state["generator"] == "class_gaussians"
     assert state["known_units"] == [0, 1, 2, 3]
+    train = torch.cat([e.x for e in digits.train[:2]]).reshape(-1, 64)
+    # no tensor row of the state is a training sample (a component mean averages >= 10 samples)
+    for unit, model in state["gaussians"]["classes"].items():
+        for name, tensor in model.items():
+            rows = tensor.reshape(-1, 64) if tensor.numel() % 64 == 0 and name == "means" else None
+            if rows is not None:
+                assert float(torch.cdist(rows, train).min()) > 1e-3, f"class {unit} {name} holds a sample"
     gen = create_strategy("generative_replay")
     gen.load_state_dict(state)
-    samples = gen.generator.sample(torch.tensor([0, 3]))  # type: ignore[union-attr]
-    assert samples.shape == (2, 1, 8, 8) and float(samples.min()) >= 0 and float(samples.max()) <= 1
+    assert gen.gaussians is not None  # type: ignore[attr-defined]
+    samples = gen.gaussians.sample(torch.tensor([0, 3]), torch.Generator().manual_seed(0))  # type: ignore[attr-defined]
+    assert samples.shape == (2, 64)
 
 
-def test_generative_replay_on_vectors_uses_gaussian_likelihood(digits: SplitBenchmark) -> None:
+def test_learning_a_new_class_leaves_old_class_generators_bitwise_unchanged(digits: SplitBenchmark) -> None:
+    learner = Learner.create(digit_spec(), seed=0)
+    learner.learn(digits.train[0], "generative_replay", None, FAST)
+    before = copy.deepcopy(learner.strategy_states["generative_replay"]["gaussians"]["classes"])
+    for exp in digits.train[1:3]:
+        learner.learn(exp, "generative_replay", None, FAST)
+    after = learner.strategy_states["generative_replay"]["gaussians"]["classes"]
+    assert sorted(after) == ["0", "1", "2", "3", "4", "5"]
+    for unit in ("0", "1"):
+        for name, tensor in before[unit].items():
+            assert torch.equal(tensor, after[unit][name]), f"class {unit}: {name} changed"
+
+
+def test_generative_replay_reports_replay_quality_per_old_class(digits: SplitBenchmark) -> None:
+    learner = Learner.create(digit_spec(), seed=0)
+    first = learner.learn(digits.train[0], "generative_replay", None, FAST)
+    assert first.diagnostics == {}  # nothing to replay yet
+    second = learner.learn(digits.train[1], "generative_replay", None, FAST)
+    quality = second.diagnostics["replay_accuracy"]
+    assert set(quality) == {"0", "1"} and all(0.0 <= v <= 1.0 for v in quality.values())
+    assert min(quality.values()) > 0.8  # the per-class models replay digits the parent recognises
+
+
+def test_generative_replay_vae_is_still_selectable(digits: SplitBenchmark) -> None:
     from model_core.config import InputSpec, NetworkSpec
 
     spec = NetworkSpec(InputSpec("vector", dim=64), hidden=(32,))
     learner = Learner.create(spec, seed=0)
+    params = {**SMALL["generative_replay"], "generator": "vae"}
     for exp in digits.train[:2]:
         flat = Experience(exp.task, exp.x.reshape(len(exp), -1) * 16 - 8, exp.y, exp.classes)  # not in [0, 1]
-        learner.learn(flat, "generative_replay", SMALL["generative_replay"], FAST)
-    weights = learner.strategy_states["generative_replay"]["weights"]
-    assert float(weights["x_mean"].abs().sum()) > 0  # standardisation was fitted
+        learner.learn(flat, "generative_replay", params, FAST)
+    state = learner.strategy_states["generative_replay"]
+    assert state["generator"] == "vae" and "gaussians" not in state
+    assert float(state["vae"]["weights"]["x_mean"].abs().sum()) > 0  # vectors: standardisation was fitted
+    # a later job with the default parameters keeps the kind its classes live in
+    learner.learn(digits_flat(digits.train[2]), "generative_replay", {"generator_iterations": 5, "hidden": 32}, FAST)
+    assert learner.strategy_states["generative_replay"]["generator"] == "vae"
+
+
+def digits_flat(exp: Experience) -> Experience:
+    return Experience(exp.task, exp.x.reshape(len(exp), -1) * 16 - 8, exp.y, exp.classes)
 
 
 # --- the trainer's hooks ---------------------------------------------------------------------------
@@ -324,3 +375,54 @@ def test_the_api_process_does_not_import_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- frozen backbones: features once, and the analytic head ------------------------------------------
+
+
+def test_a_frozen_backbone_stays_bitwise_unchanged_and_computes_each_feature_once(digits: SplitBenchmark) -> None:
+    learner = frozen(Learner.create(digit_spec(), seed=0))
+    backbone = copy.deepcopy(learner.model.backbone.state_dict())
+    calls: list[int] = []
+    forward = learner.model.forward_features
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return forward(x)
+
+    learner.model.forward_features = counting  # type: ignore[method-assign]
+    for exp in digits.train[:2]:
+        learner.learn(exp, "generative_replay", None, FAST)
+        learner.accuracy(digits.test[0])
+        learner.accuracy(digits.test[0])  # the gate checks the same samples before and after
+    seen = sum(len(e) for e in digits.train[:2]) + len(digits.test[0])
+    assert sum(calls) == seen  # every distinct sample once, whatever the steps, replay and checks
+    for key, value in learner.model.backbone.state_dict().items():
+        assert torch.equal(value, backbone[key]), f"frozen backbone tensor {key} changed"
+    assert not learner.model.backbone.training or not any(p.requires_grad for p in learner.model.backbone.parameters())
+
+
+def test_analytic_head_learned_task_by_task_equals_the_joint_solution(digits: SplitBenchmark) -> None:
+    from model_core.strategies.analytic import solve_ridge
+
+    learner = frozen(Learner.create(digit_spec(), seed=0))
+    params = {"ridge": 1e-3}
+    for exp in digits.train:
+        result = learner.learn(exp, "analytic", params, FAST)
+        assert result.train.steps == 0  # closed form: no gradient steps
+    # the same ridge on all the data at once
+    x = torch.cat([e.x for e in digits.train])
+    y = torch.cat([e.y + 2 * i for i, e in enumerate(digits.train)])
+    f = torch.cat([learner.features(x).double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    targets = torch.nn.functional.one_hot(y, 10).double()
+    joint, _ = solve_ridge(f.T @ f, f.T @ targets, len(x), 1e-3)
+    head = torch.cat([torch.cat([h.weight, h.bias[:, None]], 1) for h in learner.model.heads]).double()
+    assert torch.allclose(head, joint.T, atol=1e-4)
+    assert min(learner.accuracy(t) for t in digits.test) > 0.5  # no task forgotten
+
+
+def test_analytic_refuses_a_backbone_that_trains(digits: SplitBenchmark) -> None:
+    learner = Learner.create(digit_spec(), seed=0)
+    with pytest.raises(ValueError, match="frozen pretrained backbone"):
+        learner.learn(digits.train[0], "analytic", None, FAST)
+    assert learner.labels == []  # all or nothing

@@ -1,0 +1,106 @@
+"""ONNX export of a classifier with a frozen backbone: the backbone graph once, the head per version.
+
+Tracing a pretrained backbone through the exporter takes tens of seconds on a CPU, and with a frozen backbone
+every version of a classifier shares the same one. So the backbone (with the in-graph resizing and
+normalisation) is exported once and kept in a cache folder under a digest of its spec and weights; each
+version's head is written directly as ONNX (one Gemm per head block, concatenated, exactly as
+``IncrementalClassifier.forward_head`` computes it) and joined to the cached backbone into one graph.
+The result is a whole model, input (B, *shape) -> logits (B, U), parity-checked like any other export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model_core.learner import Learner
+
+FEATURES = "features"
+
+
+class _Features(nn.Module):
+    """(B, *input_shape) -> (B, feature_dim): normalisation and backbone, the part every version shares."""
+
+    def __init__(self, learner: Learner) -> None:
+        super().__init__()
+        self.model = learner.model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+
+def backbone_digest(learner: Learner) -> str:
+    """A digest of everything the backbone graph depends on: the spec and every backbone tensor."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps({"input": learner.spec.to_dict()["input"], "backbone": learner.spec.to_dict()["backbone"],
+                         "preprocessing": learner.spec.to_dict()["preprocessing"]}, sort_keys=True,
+                        default=str).encode())  # fmt: skip
+    for name, tensor in sorted({**dict(learner.model.normalize.state_dict()),
+                                **{f"b.{k}": v for k, v in learner.model.backbone.state_dict().items()}}.items()):  # fmt: skip
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def backbone_graph(learner: Learner, input_name: str, cache_dir: Path | None) -> bytes:
+    """The backbone's ONNX bytes, from ``cache_dir`` when an identical backbone was exported before."""
+    path = cache_dir / f"features-{backbone_digest(learner)}.onnx" if cache_dir is not None else None
+    if path is not None and path.exists():
+        return path.read_bytes()
+    model = _Features(learner).eval()
+    example = torch.rand(2, *learner.spec.input.shape, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
+        program = torch.onnx.export(
+            model, (example,), None, dynamo=True, input_names=[input_name], output_names=[FEATURES],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},), verbose=False,
+        )  # fmt: skip
+    assert program is not None
+    import onnx
+
+    buf = io.BytesIO()
+    onnx.save_model(program.model_proto, buf)
+    data = buf.getvalue()
+    if path is not None:  # written under a temporary name, then renamed: readers never see half a file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return data
+
+
+def export_frozen(learner: Learner, input_name: str, output_name: str, cache_dir: Path | None) -> bytes:
+    """The whole graph (backbone from the cache, head written here) as ONNX bytes, without metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    backbone = onnx.load_from_string(backbone_graph(learner, input_name, cache_dir))
+    nodes, inits, outs = [], [], []
+    for i, head in enumerate(learner.model.heads):
+        w = head.weight.detach().cpu().float().numpy()  # type: ignore[operator]
+        b = head.bias.detach().cpu().float().numpy()  # type: ignore[operator]
+        inits += [numpy_helper.from_array(np.ascontiguousarray(w), f"head{i}.weight"),
+                  numpy_helper.from_array(b, f"head{i}.bias")]  # fmt: skip
+        nodes.append(helper.make_node("Gemm", [FEATURES, f"head{i}.weight", f"head{i}.bias"], [f"head{i}.out"],
+                                      transB=1))  # fmt: skip
+        outs.append(f"head{i}.out")
+    nodes.append(helper.make_node("Concat", outs, [output_name], axis=1))
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["batch", learner.model.feature_dim])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])], inits,
+    )  # fmt: skip
+    head_model = helper.make_model(graph, opset_imports=list(backbone.opset_import))
+    head_model.ir_version = backbone.ir_version
+    merged = onnx.compose.merge_models(backbone, head_model, io_map=[(FEATURES, FEATURES)])
+    buf = io.BytesIO()
+    onnx.save_model(merged, buf)
+    return buf.getvalue()

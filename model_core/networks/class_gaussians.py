@@ -1,0 +1,126 @@
+"""Per-class generators that never decay: a mixture of probabilistic PCA models per class, fitted once.
+
+A class's model is fitted in closed form on that class's real data the first time the class is learned,
+then frozen: learning later classes never touches it, so its memory of the class cannot drift, however
+many tasks follow (a generator retrained on its own replay re-learns old classes from samples of samples,
+and errors compound). Each class is a mixture of ``components`` Gaussians found by k-means; each Gaussian is
+probabilistic PCA (Tipping & Bishop 1999): a mean, ``rank`` principal directions scaled by their variance
+above the noise floor, and an isotropic noise variance for the rest.
+
+Privacy: a component is fitted only on at least ``min_samples`` samples, so its mean is an average, never a
+sample; the principal directions are eigenvectors of a covariance. The state is plain tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: int = 25) -> Tensor:
+    """Cluster index of each row of ``x`` (n, D) into ``k`` clusters (k-means++ seeding, Lloyd steps)."""
+    n = x.shape[0]
+    centres = x[torch.randint(n, (1,), generator=generator)]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, centres).min(dim=1).values.square()
+        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / n)
+        centres = torch.cat([centres, x[torch.multinomial(probs, 1, generator=generator)]])
+    assign = torch.cdist(x, centres).argmin(dim=1)
+    for _ in range(iterations):
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                centres[j] = members.mean(0)
+        new = torch.cdist(x, centres).argmin(dim=1)
+        if torch.equal(new, assign):
+            break
+        assign = new
+    return assign
+
+
+def fit_ppca(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Probabilistic PCA of ``x`` (n, D): mean (D,), factors (D, rank) and noise std (scalar).
+
+    Samples are mean + factors @ z + noise * eps with z, eps standard normal; factors are zero-padded when the
+    data have fewer than ``rank`` directions.
+    """
+    n, d = x.shape
+    mean = x.mean(0)
+    centred = x - mean
+    q = min(rank, n - 1, d)
+    factors = x.new_zeros(d, rank)
+    if q < 1:
+        return mean, factors, x.new_zeros(())
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    eig = s.square() / max(n - 1, 1)  # variance along each principal direction, descending
+    rest = d - q
+    noise_var = (eig[q:].sum() / rest).clamp_min(0) if rest > 0 else x.new_zeros(())
+    factors[:, :q] = vh[:q].T * (eig[:q] - noise_var).clamp_min(0).sqrt()
+    return mean, factors, noise_var.sqrt()
+
+
+class ClassGaussians:
+    """One frozen mixture of probabilistic PCA models per class (output unit), on flat vectors of size ``dim``."""
+
+    def __init__(self, dim: int, components: int, rank: int, min_samples: int = 10) -> None:
+        self.dim, self.components, self.rank, self.min_samples = dim, components, rank, min_samples
+        # unit -> tensors: weights (K,), means (K, D), factors (K, D, rank), noise (K,)
+        self.classes: dict[int, dict[str, Tensor]] = {}
+
+    @property
+    def units(self) -> list[int]:
+        return sorted(self.classes)
+
+    def fit_class(self, unit: int, x: Tensor, generator: torch.Generator) -> None:
+        """Fit the model of class ``unit`` on its samples ``x`` (n, D). A class already fitted is kept as is."""
+        if unit in self.classes:
+            return
+        x = x.reshape(x.shape[0], -1).double().cpu()
+        k = max(1, min(self.components, x.shape[0] // self.min_samples))
+        assign = kmeans(x, k, generator) if k > 1 else torch.zeros(x.shape[0], dtype=torch.long)
+        parts = []
+        for j in range(k):
+            members = x[assign == j]
+            if len(members) >= min(self.min_samples, x.shape[0]):  # small clusters are dropped, never kept
+                parts.append((len(members), *fit_ppca(members, self.rank)))
+        if not parts:  # every cluster was small: one component over the whole class
+            parts = [(x.shape[0], *fit_ppca(x, self.rank))]
+        counts = torch.tensor([p[0] for p in parts], dtype=torch.float64)
+        self.classes[unit] = {
+            "weights": (counts / counts.sum()).float(),
+            "means": torch.stack([p[1] for p in parts]).float(),
+            "factors": torch.stack([p[2] for p in parts]).float(),
+            "noise": torch.stack([p[3] for p in parts]).float(),
+        }
+
+    def sample(self, units: Tensor, generator: torch.Generator, noise_scale: float = 1.0) -> Tensor:
+        """(B,) units -> (B, D) samples on ``units``' device. Every unit must have been fitted."""
+        device = units.device
+        out = torch.empty(units.shape[0], self.dim, device=device)
+        for unit in torch.unique(units).tolist():
+            rows = torch.nonzero(units == unit).flatten()
+            m = {k: v.to(device) for k, v in self.classes[int(unit)].items()}
+            comp = torch.multinomial(m["weights"], len(rows), replacement=True, generator=generator)
+            z = torch.randn(len(rows), self.rank, 1, device=device, generator=generator)
+            eps = torch.randn(len(rows), self.dim, device=device, generator=generator)
+            x = m["means"][comp] + (m["factors"][comp] @ z).squeeze(-1)
+            out[rows] = x + noise_scale * m["noise"][comp, None] * eps
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "components": self.components,
+            "rank": self.rank,
+            "min_samples": self.min_samples,
+            "classes": {str(u): {k: v.clone() for k, v in m.items()} for u, m in self.classes.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> ClassGaussians:
+        out = cls(int(state["dim"]), int(state["components"]), int(state["rank"]), int(state["min_samples"]))
+        out.classes = {int(u): dict(m) for u, m in state["classes"].items()}
+        return out

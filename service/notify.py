@@ -1,0 +1,101 @@
+"""Instant fan-out of promotions and rollbacks on PostgreSQL: LISTEN engram_active.
+
+Migration 0003 makes PostgreSQL NOTIFY ``engram_active`` (payload: the classifier's name) whenever a
+classifier's active version moves, delivered when the moving transaction commits. Each API process keeps
+one autocommit connection listening in a daemon thread and wakes its serving sync at once, so a replica
+serves the new version within a few milliseconds plus the session build, instead of within
+``ENGRAM_SERVING_POLL_SECONDS``. The poll stays as the fallback: a lost connection (reconnected with
+backoff) or a notification missed meanwhile is caught by the next poll. SQLite deployments do not listen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger("engram.notify")
+CHANNEL = "engram_active"
+RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0  # seconds between reconnection attempts; doubles up to the max
+
+
+def listen_url(db_url: str) -> str | None:
+    """psycopg's connection string for a SQLAlchemy PostgreSQL URL; None for other databases."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "postgresql":
+        return None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class ActiveVersionListener:
+    """Calls ``on_change(classifier)`` from its own thread for each ``engram_active`` notification."""
+
+    def __init__(self, db_url: str, on_change: Callable[[str], None]) -> None:
+        self.conninfo = listen_url(db_url)
+        self.on_change = on_change
+        self.connected = threading.Event()  # set while LISTEN is in effect (tests and logs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """Start listening; False (and nothing started) when the database is not PostgreSQL."""
+        if self.conninfo is None:
+            return False
+        self._thread = threading.Thread(target=self._run, name="engram-listen", daemon=True)
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import psycopg  # only PostgreSQL deployments need it
+
+        assert self.conninfo is not None
+        delay = RECONNECT_FIRST
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.connected.set()
+                    self.on_change("")  # anything may have moved while we were not listening
+                    delay = RECONNECT_FIRST
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=0.5):  # returns every 0.5 s to check _stop
+                            self.on_change(note.payload)
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                log.warning("LISTEN %s lost (%s: %s); polling until it is back, retry in %.1f s", CHANNEL,
+                            type(exc).__name__, exc, delay)  # fmt: skip
+            finally:
+                self.connected.clear()
+            self._stop.wait(delay)
+            delay = min(RECONNECT_MAX, delay * 2)
+
+
+class Wakeup:
+    """An asyncio event another thread can set: the serving sync waits on it, or on its poll interval."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self.last: float | None = None  # time.monotonic() of the last notification
+
+    def notify(self, _classifier: str = "") -> None:
+        """Thread-safe."""
+        self.last = time.monotonic()
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> None:
+        """Until notified or ``timeout`` seconds have passed; then re-arms."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), timeout)
+        self._event.clear()

@@ -1,0 +1,67 @@
+"""Pretrained backbones at classifier creation, over HTTP: weights are checked before the classifier exists.
+
+A missing file, a file whose tensors do not fit and a download on a host that may not download each get
+a 422 problem+json naming what is wrong, and no classifier; good weights get 201. CPU cost: one server
+and seven weight checks in the server's checker child (it imports torch and timm once), about 20-40 s on 2
+cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_core.networks.weights import package_weights_file
+from tests.e2e.conftest import Server, auth, start_server, stop_server
+
+LITE0 = "timm/efficientnet_lite0"
+RGB = {"kind": "image", "channels": 3, "height": 32, "width": 32}
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("backbones")
+    s = start_server(root / "data", {"ENGRAM_WEIGHTS_CACHE_DIR": str(root / "cache"), "ENGRAM_ALLOW_DOWNLOADS": "false"})
+    yield s
+    stop_server(s)
+
+
+def create(srv: Server, name: str, backbone: object, inp: dict[str, object] = RGB) -> tuple[int, dict[str, object]]:
+    # The first pretrained check starts the server's checker child (torch, timm): allow a busy machine.
+    r = srv.client().post("/v1/classifiers", headers=auth("admin"), json={"name": name, "input": inp, "backbone": backbone},
+                          timeout=300)  # fmt: skip
+    return r.status_code, r.json()
+
+
+def refused(srv: Server, name: str, backbone: object, *needles: str, inp: dict[str, object] = RGB) -> None:
+    status, body = create(srv, name, backbone, inp)
+    assert status == 422, body
+    detail = str(body["detail"])
+    assert all(n in detail for n in needles), detail
+    assert srv.client().get(f"/v1/classifiers/{name}", headers=auth("admin")).status_code == 404
+
+
+def test_bad_weights_are_refused_at_creation_with_what_is_wrong(srv: Server, tmp_path: Path) -> None:
+    refused(srv, "missing", {"name": LITE0, "weights": "file", "file": str(tmp_path / "nope.pt")}, "nope.pt", "does not exist")
+    tensors = torch.load(package_weights_file(LITE0), weights_only=True)
+    tensors["_blocks.3._project_conv.weight"] = torch.zeros(5, 5, 1, 1)
+    torch.save(tensors, tmp_path / "reshaped.pt")
+    refused(srv, "reshaped", {"name": LITE0, "weights": "file", "file": str(tmp_path / "reshaped.pt")},
+            "'_blocks.3._project_conv.weight'", "[5, 5, 1, 1]", "[40, 144, 1, 1]")  # fmt: skip
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    refused(srv, "junk", {"name": LITE0, "weights": "file", "file": str(tmp_path / "junk.safetensors")}, "junk.safetensors")
+    refused(srv, "offline", "timm/resnet18", "downloads are off")
+    refused(srv, "unknown", {"name": "timm/no_such_net_v9", "weights": "none"}, "timm has no model")
+    refused(srv, "vec", {"name": LITE0}, "image input", inp={"kind": "vector", "dim": 4})  # checked before any weights are touched
+
+
+def test_good_weights_are_checked_and_recorded(srv: Server) -> None:
+    status, body = create(srv, "lite0", {"name": LITE0, "weights": "file", "file": str(package_weights_file(LITE0)),
+                                         "resolution": 128})  # fmt: skip
+    assert status == 201, body
+    assert body["backbone"] == LITE0
+    status, body = create(srv, "lite0-default", LITE0)
+    assert status == 201, body

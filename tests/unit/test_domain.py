@@ -1,0 +1,74 @@
+"""The stored job request (schema versions) and the single-flight session loader."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import serving as serving_module
+from service.domain import JOB_REQUEST_SCHEMA, JobRequest, TrainOptions
+from service.errors import Unavailable
+from service.inference import ServingState
+from service.observability import Metrics
+from service.serving import ServingService, VersionRef
+from service.settings import Settings
+
+
+def test_a_job_request_round_trips_with_its_schema_version() -> None:
+    req = JobRequest(TrainOptions(iterations=7, batch_size=3, lr=0.01, seed=5), {"lambda": 2.0}, {"tolerance": 0.1},
+                     {"train": 10, "eval": 4}, ["a", "b"])  # fmt: skip
+    stored = req.to_stored()
+    assert stored["schema"] == JOB_REQUEST_SCHEMA
+    assert JobRequest.from_stored(stored) == req
+
+
+def test_a_request_queued_before_schema_versions_still_reads() -> None:
+    legacy = {"options": {"iterations": 50, "batch_size": 64, "lr": 0.001, "seed": 0}, "params": {},
+              "gate": {}, "samples": {"train": 8, "eval": 2}, "classes": ["x", "y"]}  # fmt: skip
+    assert JobRequest.from_stored(legacy).options == TrainOptions(iterations=50)
+
+
+def test_a_request_from_a_newer_schema_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="newer than this worker"):
+        JobRequest.from_stored({"schema": JOB_REQUEST_SCHEMA + 1})
+
+
+class _FakeServed:
+    def __init__(self, classifier: str, version: int) -> None:
+        self.classifier, self.version = classifier, version
+
+
+def test_concurrent_loads_of_one_version_build_once_and_a_failure_backs_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    builds: list[int] = []
+    fail = {"now": False}
+
+    def slow_load(classifier: str, version: int, folder: Path, network: dict[str, Any], options: Any) -> Any:
+        builds.append(version)
+        time.sleep(0.3)  # the window in which the other threads ask for the same version
+        if fail["now"]:
+            raise RuntimeError("model.onnx is unreadable")
+        return _FakeServed(classifier, version)
+
+    monkeypatch.setattr(serving_module, "load_served", slow_load)
+    svc = ServingService(Settings(data_dir=tmp_path), None, None, ServingState(), Metrics())  # type: ignore[arg-type]
+    got: list[Any] = []
+    threads = [threading.Thread(target=lambda: got.append(svc.load(VersionRef("c", 1, tmp_path, {}))))
+               for _ in range(16)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert builds == [1] and len(got) == 16 and all(g is got[0] for g in got)
+
+    fail["now"] = True
+    with pytest.raises(Unavailable, match="unreadable"):
+        svc.load(VersionRef("c", 2, tmp_path, {}))
+    with pytest.raises(Unavailable) as again:  # within the backoff: no second attempt
+        svc.load(VersionRef("c", 2, tmp_path, {}))
+    assert builds == [1, 2] and again.value.retry_after >= 1
