@@ -47,4 +47,3 @@ class OnnxClassifier:
         probs = softmax(self.session.run(["logits"], {"input": x})[0])
         best = probs.argmax(axis=1)
         return [{"label": self.labels[int(b)], "score": float(p[b])} for p, b in zip(probs, best, strict=True)]
-

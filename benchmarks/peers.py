@@ -10,9 +10,11 @@ Each function returns the process and the URL path that takes serve_bench's pred
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -100,7 +102,8 @@ def start_torchserve(
            "METRICS_LOCATION": str(root / "logs")}  # fmt: skip
     proc = subprocess.Popen([_bin("torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
                              "--ts-config", str(config), "--model-store", str(store)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)  # fmt: skip
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                            start_new_session=True)  # its own process group: the JVM and workers stop with it  # fmt: skip
     _wait(f"http://127.0.0.1:{port}/ping", proc)
     r = httpx.post(f"http://127.0.0.1:{mport}/models", timeout=300, params={
         "url": "peer.mar", "batch_size": TS_BATCH, "max_batch_delay": TS_DELAY_MS, "initial_workers": 1,
@@ -111,10 +114,26 @@ def start_torchserve(
 
 
 def stop_torchserve(proc: subprocess.Popen[bytes]) -> None:
-    """TorchServe's Java frontend starts Python workers of its own; SIGTERM lets it stop them."""
-    proc.terminate()
+    """The ``torchserve`` launcher starts a JVM, which starts Python workers; a SIGTERM to the launcher
+    alone leaves the JVM running (and its pid file makes the next start fail). So the whole process group
+    gets SIGTERM, then SIGKILL if it lingers."""
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            proc.poll()  # reaps the launcher, so that a zombie does not keep its group "alive"
+            time.sleep(0.2)
+        if not _group_alive(proc.pid):
+            break
+    proc.wait()
+    with contextlib.suppress(FileNotFoundError):
+        Path("/tmp/.model_server.pid").unlink()  # TorchServe's own pid file, left behind by a killed JVM
+
+
+def _group_alive(pgid: int) -> bool:
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -221,8 +221,9 @@ def default_backbone(spec: InputSpec) -> str:
     (python -m benchmarks.continual with --dataset digits-long, --size 8 and 28, and cifar10-mini):
 
     - vectors: the MLP (its input has no spatial structure to exploit);
-    - grey images up to 32 px (digits, glyphs, small scans): the small CNN, trained from scratch; with
-      generative replay's per-class generators it keeps every task at 8x8 and 28x28;
+    - grey images up to 32 px (digits, glyphs, small scans): the MLP, trained from scratch. With generative
+      replay's per-class generators it keeps every task at 8x8 and 28x28 (0.953 and 0.958 over 3 seeds); the
+      small CNN reaches 0.968 at 8x8 but costs ten times more per step at 28x28 on a CPU worker;
     - RGB images of any size, and grey images above 32 px: ImageNet-pretrained EfficientNet-Lite0, frozen,
       with weights from an installed package (nothing downloaded). A few hundred photos cannot train a
       network from scratch, and frozen pretrained features are what replay and the analytic head build on.
@@ -230,7 +231,7 @@ def default_backbone(spec: InputSpec) -> str:
     if spec.kind == "vector":
         return "mlp"
     if spec.channels == 1 and max(spec.height, spec.width) <= 32:
-        return "cnn"
+        return "mlp"
     return "timm/efficientnet_lite0"
 
 

@@ -120,7 +120,9 @@ SPECS: dict[str, StrategySpec] = {
                 # class's data and then frozen, so replay does not decay with the number of tasks;
                 # "vae": one conditional VAE retrained on new data plus its own replay each experience.
                 "generator": "class_gaussians",
-                "components": 8,  # class_gaussians: mixture components per class (k-means clusters)
+                # class_gaussians: at most this many mixture components per class (k-means clusters), fewer
+                # when the class has under 4 samples per principal direction for each
+                "components": 8,
                 "rank": 16,  # class_gaussians: principal directions per component
                 "noise_scale": 1.0,  # class_gaussians: scale of the isotropic noise beyond those directions
                 # Share of a replayed row's target that is the class it was drawn for; the rest is the

@@ -30,11 +30,24 @@ def _image_input(text: str) -> dict[str, Any]:
     return {"kind": "image", "channels": c, "height": h, "width": w}
 
 
+def _backbone(args: argparse.Namespace) -> str | dict[str, Any] | None:
+    """The name alone, or the object form when a weights source, trainable part or resolution is given."""
+    extra = {"weights": args.weights, "file": args.weights_file, "train": args.train, "resolution": args.resolution}
+    if args.weights_file and not args.weights:
+        extra["weights"] = "file"
+    extra = {k: v for k, v in extra.items() if v is not None}
+    if not extra:
+        return args.backbone  # type: ignore[no-any-return]
+    if not args.backbone:
+        raise SystemExit("--weights, --weights-file, --train and --resolution need --backbone")
+    return {"name": args.backbone, **extra}
+
+
 def _create(args: argparse.Namespace) -> int:
     inp = args.image if args.image else {"kind": "vector", "dim": args.vector}
     gate = {"manual_approval": True} if args.manual_approval else None
     with _client(args) as c:
-        clf = c.create_classifier(args.name, inp, args.scenario, args.backbone, gate)
+        clf = c.create_classifier(args.name, inp, args.scenario, _backbone(args), gate)
     console.print(f"created [bold]{clf.name}[/] ({clf.scenario}, {clf.backbone} backbone)")
     return 0
 
@@ -65,6 +78,8 @@ def print_verdict(job: Job) -> None:
         console.print(f"  [red]{failure}[/]")
     if report.get("explanation"):
         console.print(f"  [bold]why:[/] {report['explanation']}")
+    if report.get("held"):  # passed, but not auto-promoted: the active version moved while it trained
+        console.print(f"  [yellow]not promoted:[/] {report['held']}")
     print_forgotten(report)
 
 
@@ -188,6 +203,10 @@ def register(sub: Any) -> None:
     p.add_argument("--scenario", default="class-incremental", choices=["class-incremental", "task-incremental"])
     p.add_argument("--backbone", help="mlp, cnn, resnet18, timm/<model> or torchvision/<model> (default by input size; "
                    "pretrained names use their packaged or cached weights, frozen)")  # fmt: skip
+    p.add_argument("--weights", choices=["none", "package", "file", "download"], help="where the backbone's weights come from")
+    p.add_argument("--weights-file", metavar="PATH", help="a safetensors or torch state-dict file on the server")
+    p.add_argument("--train", choices=["frozen", "last", "all"], help="what of the backbone trains")
+    p.add_argument("--resolution", type=int, metavar="PX", help="px images are resized to in the model (pretrained)")
     p.add_argument("--manual-approval", action="store_true", help="wait for an admin before promoting")
     add("list", _list, "list classifiers", clfs)
     p = add("learn", _learn, "learn a task from an ImageFolder-style folder (one subfolder per class)")

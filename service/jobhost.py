@@ -63,11 +63,13 @@ def sweep_orphans(sessions: sessionmaker[Session], store: ArtifactStore) -> list
     """Delete bundle folders that no version row names and that no live job may still be writing: what a
     worker killed between writing a bundle and committing its row left behind. Returns what was removed."""
     with sessions() as s:
+        # Ended jobs first, then the rows: a job that ended before the first read committed its row before
+        # it, so the second read sees the row. A job not yet ended (or not yet seen) is never swept.
+        ended = set(s.scalars(select(Job.id).where(Job.status.not_in(LIVE))))
         named = set(s.scalars(select(Version.artifact)))
-        live = set(s.scalars(select(Job.id).where(Job.status.in_(LIVE))))
     removed = []
     for relative, job_id in store.bundle_folders():
-        if relative in named or (job_id is not None and job_id in live):
+        if relative in named or (job_id is not None and job_id not in ended):
             continue
         store.remove(relative)
         removed.append(relative)

@@ -5,7 +5,9 @@ then frozen: learning later classes never touches it, so its memory of the class
 many tasks follow (a generator retrained on its own replay re-learns old classes from samples of samples,
 and errors compound). Each class is a mixture of ``components`` Gaussians found by k-means; each Gaussian is
 probabilistic PCA (Tipping & Bishop 1999): a mean, ``rank`` principal directions scaled by their variance
-above the noise floor, and an isotropic noise variance for the rest.
+above the noise floor, and an isotropic noise variance for the rest. A class gets as many components as its
+samples support (at least 4 per principal direction each): too many components for the data overfit, and
+replay from them generalises worse (python -m benchmarks.sweeps --only gr:).
 
 Privacy: a component is fitted only on at least ``min_samples`` samples, so its mean is an average, never a
 sample; the principal directions are eigenvectors of a covariance. The state is plain tensors.
@@ -79,7 +81,9 @@ class ClassGaussians:
         if unit in self.classes:
             return
         x = x.reshape(x.shape[0], -1).double().cpu()
-        k = max(1, min(self.components, x.shape[0] // self.min_samples))
+        # Up to ``components`` clusters, each with enough samples (4 per principal direction) to estimate its
+        # directions: a class of 126 samples gets one Gaussian at rank 16, one of 400 gets six.
+        k = max(1, min(self.components, x.shape[0] // (4 * self.rank)))
         assign = kmeans(x, k, generator) if k > 1 else torch.zeros(x.shape[0], dtype=torch.long)
         parts = []
         for j in range(k):

@@ -41,10 +41,12 @@ def _timm_model(model: str) -> tuple[nn.Module, dict[str, Any], tuple[str, ...],
 
     if not timm.is_model(model):
         raise BackboneError(f"timm has no model {model!r} (see timm.list_models())")
-    net = timm.create_model(model, pretrained=False, num_classes=0)
+    net = timm.create_model(model, pretrained=False)
+    full = list(net.state_dict())
+    net.reset_classifier(0)  # type: ignore[operator]  # features out; the weights files' classifier tensors are then known extras
+    kept = net.state_dict()
+    head = tuple(k for k in full if k not in kept)
     cfg: dict[str, Any] = dict(getattr(net, "pretrained_cfg", None) or {})
-    full = timm.create_model(model, pretrained=False).state_dict().keys()
-    head = tuple(k for k in full if k not in net.state_dict())
     info = getattr(net, "feature_info", None)
     last = info[-1]["module"] if info else None
     return net, cfg, head, last
@@ -63,7 +65,10 @@ def _torchvision_model(model: str) -> tuple[nn.Module, dict[str, Any], tuple[str
             setattr(net, attr, nn.Identity())
             break
     cfg: dict[str, Any] = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, 224, 224)}
-    weights = torchvision.models.get_model_weights(model).DEFAULT
+    try:
+        weights = torchvision.models.get_model_weights(model).DEFAULT
+    except (ValueError, AttributeError):  # a model without published weights
+        weights = None
     if weights is not None:
         t = weights.transforms()
         size = int(t.crop_size[0])

@@ -95,8 +95,8 @@ class BackboneChoice(Strict):
                              description="weights 'file': a safetensors or torch state-dict file on the server")  # fmt: skip
     train: Literal["frozen", "last", "all"] | None = Field(
         default=None, description="what of the backbone trains; default frozen with pretrained weights, else all")
-    resolution: Annotated[int | None, JsonInt] = Field(
-        default=None, ge=16, le=1024, description="px the images are resized to in the model (registry backbones)")
+    resolution: Annotated[int, Field(ge=16, le=1024), JsonInt] | None = Field(
+        default=None, description="px the images are resized to in the model (registry backbones)")
 
 
 class ClassifierCreate(Strict):
@@ -334,3 +334,6 @@ class Problem(Out):
     index: int | None = Field(default=None, description="a bad input item: its position in that list")
     reason: str | None = Field(default=None, description="a bad input item: what is wrong with it")
     errors: list[ErrorItem] | None = Field(default=None, description="request validation: every failed check")
+    active_version: int | None = Field(
+        default=None, description="a promotion or rollback that lost a race (409): the version active now"
+    )

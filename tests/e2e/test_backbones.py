@@ -58,6 +58,16 @@ def test_bad_weights_are_refused_at_creation_with_what_is_wrong(srv: Server, tmp
     refused(srv, "vec", {"name": LITE0}, "image input", inp={"kind": "vector", "dim": 4})  # checked before any weights are touched
 
 
+def test_the_cli_sends_the_backbone_object_and_shows_the_refusal(srv: Server, tmp_path: Path) -> None:
+    from tests.e2e.test_cli_client import engram
+
+    out = engram(srv, "classifiers", "create", "cli-bad", "--image", "3x32x32", "--backbone", LITE0,
+                 "--weights-file", str(tmp_path / "gone.safetensors"), "--resolution", "128")  # fmt: skip
+    assert out.returncode == 2 and "gone.safetensors" in out.stdout + out.stderr, out.stdout + out.stderr
+    out = engram(srv, "classifiers", "create", "cli-ok", "--image", "3x32x32", "--backbone", LITE0, "--train", "last")
+    assert out.returncode == 0 and f"{LITE0} backbone" in out.stdout, out.stdout + out.stderr
+
+
 def test_good_weights_are_checked_and_recorded(srv: Server) -> None:
     status, body = create(srv, "lite0", {"name": LITE0, "weights": "file", "file": str(package_weights_file(LITE0)),
                                          "resolution": 128})  # fmt: skip

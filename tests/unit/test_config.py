@@ -34,8 +34,8 @@ def test_conv_backbones_need_images() -> None:
 
 def test_default_backbone_by_input() -> None:
     assert default_backbone(InputSpec("vector", dim=10)) == "mlp"
-    assert default_backbone(InputSpec("image", 1, 28, 28)) == "cnn"
-    assert default_backbone(InputSpec("image", 1, 8, 8)) == "cnn"
+    assert default_backbone(InputSpec("image", 1, 28, 28)) == "mlp"
+    assert default_backbone(InputSpec("image", 1, 8, 8)) == "mlp"
     # photos, and grey images too large to train from scratch on a few hundred samples: pretrained, frozen
     assert default_backbone(InputSpec("image", 3, 32, 32)) == "timm/efficientnet_lite0"
     assert default_backbone(InputSpec("image", 3, 224, 224)) == "timm/efficientnet_lite0"
