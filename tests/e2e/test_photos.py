@@ -5,6 +5,7 @@ both, and classifies held-out photos of all four classes."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def test_two_photo_tasks_through_the_cli_with_defaults(srv: Server, tmp_path: Pa
         assert out.returncode == 0 and f"promoted, version {i}" in out.stdout, out.stdout + out.stderr
     held_out = folder(tmp_path / "test", "test", tuple(c for pair in TASKS for c in pair), TEST)
     files = sorted(str(p) for p in held_out.rglob("*.jpg"))
+    deadline = time.monotonic() + 60  # the server follows the worker's promotion on its next sync
+    while "(version 2)" not in (out := engram(srv, "predict", "photos", files[0], role="predict")).stdout:
+        assert time.monotonic() < deadline, out.stdout + out.stderr
+        time.sleep(0.5)
     out = engram(srv, "predict", "photos", *files, role="predict")
     assert out.returncode == 0 and "(version 2)" in out.stdout, out.stdout + out.stderr
     answers = dict(re.findall(r"^(\S+\.jpg): (\S+) ", out.stdout, flags=re.MULTILINE))

@@ -19,13 +19,15 @@ def test_benchmark_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     proc = run("-m", "benchmarks.continual", "--strategies", "naive,lwf", "--scenarios", "task-incremental",
                "--seeds", "2", "--jobs", "1", "--json", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "lwf" in proc.stdout and "4 runs in" in proc.stdout
+    assert "lwf" in proc.stdout and "6 runs in" in proc.stdout  # joint runs beside every table
     rows = json.loads(out.read_text())
-    assert [r["strategy"] for r in rows] == ["naive", "lwf"]
+    assert [r["strategy"] for r in rows] == ["naive", "joint", "lwf"]
     for row in rows:
         assert row["scenario"] == "task-incremental" and row["seeds"] == [0, 1]
-        assert {"acc_mean", "acc_std", "bwt_mean", "seconds"} <= set(row)
+        assert {"acc_mean", "acc_std", "bwt_mean", "seconds_per_task", "joint"} <= set(row)
         assert 0.5 < row["acc_mean"] <= 1.0 and row["bwt_mean"] <= 0.01
+        assert row["joint"] == rows[1]["acc_mean"]
+    rows = [rows[0], rows[2]]
     assert rows[1]["acc_mean"] > rows[0]["acc_mean"]  # LwF forgets less than fine-tuning
 
 
