@@ -62,6 +62,9 @@ class Learner:
     # Frozen-backbone features of every input seen by this object, keyed by a digest of the input row: a job
     # computes each sample's features once for training, the gate's before/after checks and the export check.
     _features: dict[bytes, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    # Optional faster way to compute frozen-backbone features, e.g. ONNX Runtime on the cached backbone graph
+    # (model_core.export_frozen.OnnxFeatures); None: the torch model. Never saved.
+    feature_fn: Callable[[Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, spec: NetworkSpec, seed: int = 0) -> Learner:
@@ -104,7 +107,11 @@ class Learner:
         x = x.float().contiguous()
         keys = [hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest() for row in x]
         missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in self._features))
-        if missing:
+        if missing and self.feature_fn is not None:
+            out = self.feature_fn(x[missing])
+            for i, f in zip(missing, out, strict=True):
+                self._features[keys[i]] = f
+        elif missing:
             dev = resolve_device(device)
             self.model.to(dev).eval()
             for start in range(0, len(missing), batch_size):

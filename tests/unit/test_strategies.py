@@ -426,3 +426,18 @@ def test_analytic_refuses_a_backbone_that_trains(digits: SplitBenchmark) -> None
     with pytest.raises(ValueError, match="frozen pretrained backbone"):
         learner.learn(digits.train[0], "analytic", None, FAST)
     assert learner.labels == []  # all or nothing
+
+
+def test_onnx_features_match_the_torch_backbone_and_feed_the_same_training(digits: SplitBenchmark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from model_core.export_frozen import OnnxFeatures
+
+    learner = frozen(Learner.create(digit_spec(), seed=0))
+    fast = OnnxFeatures(learner, tmp_path)
+    assert len(list(tmp_path.glob("features-*.onnx"))) == 1  # exported once into the cache
+    x = digits.test[0].x
+    with torch.no_grad():
+        want = learner.model.forward_features(x)
+    assert torch.allclose(fast(x), want, atol=1e-4)
+    learner.feature_fn = OnnxFeatures(learner, tmp_path)  # the second build reads the cached graph
+    learner.learn(digits.train[0], "generative_replay", None, FAST)
+    assert learner.accuracy(digits.test[0]) > 0.9
