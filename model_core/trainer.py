@@ -8,15 +8,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from model_core.config import Scenario, TrainConfig
-from model_core.networks.classifier import IncrementalClassifier
+from model_core.networks.classifier import HeadBlocks, IncrementalClassifier
 from model_core.strategies.base import Batch, LabeledData, ProgressFn, Strategy, TrainContext
 
 REPORT_EVERY = 10  # optimiser steps between progress reports
@@ -48,7 +47,7 @@ def classification_loss(logits: Tensor, batch: Batch) -> Tensor:
     return (batch.weight * rows).sum()
 
 
-class HeadView(nn.Module):
+class HeadView(HeadBlocks):
     """The trainable part of a classifier whose backbone is frozen: features (B, F) -> logits (B, U).
 
     Training a frozen-backbone classifier runs on features computed once per job, so every strategy sees this
@@ -61,19 +60,8 @@ class HeadView(nn.Module):
         self.feature_dim = model.feature_dim
         self.heads = model.heads  # shared, not copied: training the view trains the classifier
 
-    @property
-    def head_sizes(self) -> list[int]:
-        return [int(cast(nn.Linear, h).out_features) for h in self.heads]
-
-    @property
-    def num_units(self) -> int:
-        return sum(self.head_sizes)
-
     def forward_features(self, x: Tensor) -> Tensor:
         return x
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        return torch.cat([head(features) for head in self.heads], dim=1)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.forward_head(features)

@@ -12,7 +12,27 @@ from model_core.config import NetworkSpec, WeightsAccess
 from model_core.networks.backbones import Normalize, create_backbone
 
 
-class IncrementalClassifier(nn.Module):
+class HeadBlocks(nn.Module):
+    """Linear head blocks over features whose outputs are concatenated into one logit vector."""
+
+    heads: nn.ModuleList
+
+    @property
+    def head_sizes(self) -> list[int]:
+        return [int(cast(nn.Linear, h).out_features) for h in self.heads]
+
+    @property
+    def num_units(self) -> int:
+        return sum(self.head_sizes)
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """(B, feature_dim) -> (B, num_units) logits of every block, concatenated in unit order."""
+        if not self.heads:
+            return features.new_zeros((features.shape[0], 0))
+        return torch.cat([head(features) for head in self.heads], dim=1)
+
+
+class IncrementalClassifier(HeadBlocks):
     """Backbone plus linear head blocks whose outputs are concatenated into one logit vector.
 
     Output unit ``u`` of ``forward`` is one class. Every expansion appends a block of units, so existing
@@ -37,14 +57,6 @@ class IncrementalClassifier(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(self.feature_dim, n) for n in head_sizes)
 
     @property
-    def head_sizes(self) -> list[int]:
-        return [int(cast(nn.Linear, h).out_features) for h in self.heads]
-
-    @property
-    def num_units(self) -> int:
-        return sum(self.head_sizes)
-
-    @property
     def frozen_backbone(self) -> bool:
         """True when no backbone parameter trains, so features can be computed once and cached.
 
@@ -56,12 +68,6 @@ class IncrementalClassifier(nn.Module):
         """(B, *input_shape) -> (B, feature_dim)."""
         out: Tensor = self.backbone(self.normalize(x))
         return out
-
-    def forward_head(self, features: Tensor) -> Tensor:
-        """(B, feature_dim) -> (B, num_units) logits of every block, concatenated in unit order."""
-        if not self.heads:
-            return features.new_zeros((features.shape[0], 0))
-        return torch.cat([head(features) for head in self.heads], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
