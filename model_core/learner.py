@@ -106,7 +106,7 @@ class Learner:
         self._check_input(x)
         x = x.float().contiguous()
         keys = [hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest() for row in x]
-        missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in self._features))
+        missing = [i for i, k in enumerate(keys) if k not in self._features]
         if missing and self.feature_fn is not None:
             out = self.feature_fn(x[missing])
             for i, f in zip(missing, out, strict=True):

@@ -8,12 +8,12 @@ file whose sha256 differs, is checked by loading it (``model_core.backbone_check
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 from model_core.config import NetworkSpec
+from model_core.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,7 @@ def record_packaged(spec: NetworkSpec) -> NetworkSpec | None:
     entry, path = PACKAGED.get(bb.name), packaged_file(bb.name)
     if bb.weights != "package" or entry is None or path is None:
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != entry.sha256:
+    if sha256_file(path) != entry.sha256:
         return None
     recorded = dataclasses.replace(
         bb, sha256=entry.sha256, mean=bb.mean or entry.mean, std=bb.std or entry.std, input_size=entry.input_size

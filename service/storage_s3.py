@@ -24,7 +24,6 @@ Credentials, region and endpoint come from boto3's usual sources (``AWS_ACCESS_K
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from urllib.parse import urlparse
 import boto3
 from botocore.exceptions import ClientError
 
+from model_core.files import sha256_file
 from service.storage import BUNDLE_PREFIX, Arrays, arrays_to_bytes, bundle_job_id, bytes_to_arrays
 
 MARKER = ".complete"
@@ -44,14 +44,6 @@ _MISSING = ("404", "NoSuchKey", "NotFound")
 
 def _missing(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in _MISSING
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class S3ArtifactStore:
@@ -104,7 +96,7 @@ class S3ArtifactStore:
                 raise ValueError(f"a bundle may not hold a file named {MARKER}")
             with open(f, "rb") as body:
                 self.s3.put_object(Bucket=self.bucket, Key=self._key(f"{relative}/{name}"), Body=body)
-            listing[name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+            listing[name] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
         marker = json.dumps({"files": listing}, sort_keys=True).encode()
         try:
             self.s3.put_object(Bucket=self.bucket, Key=self._key(f"{relative}/{MARKER}"), Body=marker, IfNoneMatch="*")
@@ -145,7 +137,7 @@ class S3ArtifactStore:
                 target = tmp / self._check(name)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self.s3.download_file(self.bucket, self._key(f"{relative}/{name}"), str(target))
-                if target.stat().st_size != want["size"] or _sha256(target) != want["sha256"]:
+                if target.stat().st_size != want["size"] or sha256_file(target) != want["sha256"]:
                     raise OSError(f"bundle {relative}: {name} does not match its .complete entry")
                 with open(target, "rb") as f:
                     os.fsync(f.fileno())

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model_core.config import BackboneSpec, NetworkSpec, WeightsAccess
+from model_core.files import sha256_file
 from model_core.networks.weights import (
     BackboneError,
     WeightsError,
@@ -28,7 +29,6 @@ from model_core.networks.weights import (
     package_weights_file,
     read_state_dict,
     server_file,
-    sha256_file,
 )
 from model_core.packaged_weights import PACKAGED
 

@@ -8,7 +8,6 @@ Docker image can bake it in). Nothing here reads environment variables.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,6 @@ class BackboneError(ValueError):
 
 class WeightsError(BackboneError):
     """Weights that cannot be obtained or do not fit: a missing file, wrong shapes, downloads off."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def package_weights_file(name: str) -> Path:
