@@ -240,8 +240,10 @@ def default_backbone(spec: InputSpec) -> str:
 class TrainConfig:
     """How one experience is trained. Defaults follow the Avalanche peer setup on Split-Digits."""
 
-    epochs: int = 25  # passes over the experience's data (ignored when ``iterations`` is set)
-    iterations: int | None = None  # fixed optimiser steps per experience (van de Ven protocol: 2000)
+    # Fixed optimiser steps per experience (van de Ven protocol: 2000). None: a budget from the data, stopped
+    # on a validation plateau (model_core.trainer.step_budget).
+    iterations: int | None = None
+    max_iterations: int = 5000  # the most steps a budget from the data may reach (a deployment's bound)
     batch_size: int = 64  # new-data samples per step; replay adds its own samples on top
     lr: float = 1e-3  # Adam learning rate
     weight_decay: float = 0.0
@@ -251,9 +253,9 @@ class TrainConfig:
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 and self.iterations is None:
-            raise ValueError("epochs must be >= 1")
         if self.iterations is not None and self.iterations < 1:
             raise ValueError("iterations must be >= 1")
+        if self.max_iterations < 1:
+            raise ValueError("max_iterations must be >= 1")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")

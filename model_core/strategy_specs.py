@@ -75,7 +75,7 @@ SPECS: dict[str, StrategySpec] = {
                 "per_class": 20,  # exemplars kept per class
                 "max_total": None,  # optional cap on the whole buffer; per-class share shrinks to fit
                 "selection": "herding",  # "herding" (iCaRL) or "random"
-                "replay_ratio": 1.0,  # replayed samples per new sample in each step
+                "replay_ratio": 1.0,  # x the class-balanced replay rows per step (TrainContext.replay_rows)
                 # Weight of distilling the previous model's old-unit outputs on every row, as iCaRL
                 # does; it keeps old classes' regions as the full-data model drew them. Split-Digits
                 # class-IL: 0.954 with it, 0.908 without (python -m benchmarks.sweeps).

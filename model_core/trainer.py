@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,9 +70,50 @@ class HeadView(HeadBlocks):
 
 @dataclass(frozen=True)
 class TrainResult:
-    steps: int
+    steps: int  # optimiser steps taken
     seconds: float
     final_loss: float
+    budget: int = 0  # the most steps this experience could take
+    # why training ended: "plateau" (validation loss stopped improving), "budget" (the step budget ran out),
+    # "requested" (a fixed number of steps was asked for), "closed-form" (no gradient steps)
+    stopped: str = "requested"
+    improving: bool = False  # the validation loss was still falling at the end: more steps would help
+    best_step: int = 0  # the step with the best validation loss (its weights are kept unless steps were requested)
+    val_loss: float | None = None  # the kept weights' validation loss
+    val_rows: int = 0  # new-data rows held out for validation (replayed rows are added to them)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able, for the job and the gate report."""
+        return {"steps": self.steps, "budget": self.budget, "stopped": self.stopped, "improving": self.improving,
+                "best_step": self.best_step, "val_loss": None if self.val_loss is None else round(self.val_loss, 5),
+                "val_rows": self.val_rows, "seconds": round(self.seconds, 3)}  # fmt: skip
+
+
+# Training length from the data. The budget is EPOCHS passes over the new data (replay rows scale with the
+# old classes, so one pass covers every class), at least STEPS_PER_CLASS per class seen and MIN_STEPS, at most
+# ``TrainConfig.max_iterations``; validation decides where in it to stop.
+EPOCHS = 100
+STEPS_PER_CLASS = 50
+MIN_STEPS = 200
+CHECKS = 40  # validation checks over a whole budget
+PATIENCE = 5  # checks without a better validation loss before stopping
+MIN_GAIN = 1e-3  # relative improvement that counts as better
+VAL_SHARE, VAL_MAX, VAL_MIN = 0.1, 512, 20  # new-data rows held out: 10%, at most 512; none under 20
+
+
+def step_budget(n: int, batch_size: int, classes: int, cap: int) -> int:
+    """Optimiser steps an experience of ``n`` training rows may take when none are requested."""
+    return max(1, min(cap, max(MIN_STEPS, EPOCHS * math.ceil(n / batch_size), STEPS_PER_CLASS * classes)))
+
+
+def split_validation(data: LabeledData, generator: torch.Generator) -> tuple[LabeledData, LabeledData | None]:
+    """(training rows, held-out validation rows or None when the data are too few to spare any)."""
+    n_val = min(VAL_MAX, int(len(data) * VAL_SHARE))
+    if n_val < VAL_MIN:
+        return data, None
+    order = torch.randperm(len(data), generator=generator)
+    keep, val = order[n_val:], order[:n_val]
+    return LabeledData(data.x[keep], data.y[keep], data.task[keep]), LabeledData(data.x[val], data.y[val], data.task[val])
 
 
 def train_experience(
@@ -86,11 +128,16 @@ def train_experience(
     progress: ProgressFn | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on one experience with ``strategy``; returns step count and timing.
+    """Train ``model`` on one experience with ``strategy``; returns steps, why it stopped and timing.
 
     When the model's backbone is frozen, ``data.x`` holds its features (computed once by the learner) and only
     the head trains, through a ``HeadView``. Seeds the global RNGs with ``config.seed`` too, for the randomness that takes no generator argument
     (a VAE's reparameterisation noise), so one experience with one seed always trains the same way.
+
+    Length: ``config.iterations`` steps when set; otherwise up to ``step_budget`` steps, stopping when the loss
+    on a validation set (a held-out slice of the new data, with the strategy's replay of the old classes added
+    by its own ``augment``) has not improved for PATIENCE checks, and keeping the weights with the best
+    validation loss. Either way the result says whether that loss was still falling at the end.
     """
     start = time.perf_counter()
     seed_everything(config.seed)
@@ -121,19 +168,25 @@ def train_experience(
     )
     train_data = strategy.training_data(ctx, data)
     strategy.before_experience(ctx)
-
+    if not strategy.gradient_steps:
+        strategy.after_experience(ctx)
+        return TrainResult(0, time.perf_counter() - start, 0.0, 0, "closed-form")
+    fixed = config.iterations is not None
+    # Requested steps train on every row (the validation loss on training rows only reports the trend)
+    val_data = None
+    if not fixed:
+        train_data, val_data = split_validation(train_data, torch.Generator().manual_seed(config.seed + 3))
     n = len(train_data)
     bs = min(config.batch_size, n)
-    per_epoch = math.ceil(n / bs)
-    total = config.iterations if config.iterations is not None else config.epochs * per_epoch
+    total = config.iterations if config.iterations is not None else step_budget(n, bs, ctx.num_units, config.max_iterations)
+    check_every = max(REPORT_EVERY, math.ceil(total / CHECKS))
+    validation = _Validation(ctx, strategy, val_data or LabeledData(*(t[:VAL_MAX] for t in (train_data.x, train_data.y, train_data.task))))
     last = float("nan")
-    if not strategy.gradient_steps:
-        total, last = 0, 0.0
     trainable = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     net.train()
     order = torch.randperm(n, generator=cpu_rng)
-    cursor = 0
+    cursor, step, stopped = 0, 0, "requested" if fixed else "budget"
     for step in range(1, total + 1):
         if cursor + bs > n:  # new epoch: reshuffle; drop the ragged tail so batches stay full
             order, cursor = torch.randperm(n, generator=cpu_rng), 0
@@ -152,11 +205,51 @@ def train_experience(
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         last = float(loss.detach())
+        checked = step % check_every == 0 or step == total
+        if checked:
+            validation.check(net, step)
         if step % REPORT_EVERY == 0 or step == total:
             ctx.report(
                 "train", step, total, loss=last, classification=float(ce.detach()), penalty=float(penalty.detach())
             )
             ctx.check_cancel()
+        if checked and not fixed and validation.stale >= PATIENCE and step >= PATIENCE * check_every:
+            stopped = "plateau"
+            break
+    if not fixed:  # a requested number of steps is honoured as asked: the last weights are kept
+        validation.restore(net)
     net.eval()
     strategy.after_experience(ctx)
-    return TrainResult(total, time.perf_counter() - start, last)
+    return TrainResult(step, time.perf_counter() - start, last, total, stopped, improving=validation.stale == 0,
+                       best_step=validation.best_step, val_loss=validation.best,
+                       val_rows=0 if val_data is None else len(val_data))  # fmt: skip
+
+
+class _Validation:
+    """The loss on a fixed validation batch (the held-out rows plus the strategy's replay, drawn once), and
+    the weights at its best."""
+
+    def __init__(self, ctx: TrainContext, strategy: Strategy, data: LabeledData) -> None:
+        self.ctx, self.strategy = ctx, strategy
+        dev = ctx.device
+        self.batch = strategy.augment(ctx, ctx.labelled_batch(data.x.to(dev), data.y.to(dev), data.task.to(dev)))
+        self.best: float | None = None
+        self.best_step, self.stale = 0, 0
+        self.state: dict[str, Tensor] | None = None
+
+    @torch.no_grad()
+    def check(self, net: IncrementalClassifier, step: int) -> None:
+        net.eval()
+        with self.ctx.autocast():
+            logits = net(self.batch.x)
+        loss = float(classification_loss(logits, self.batch) + self.strategy.penalty(self.ctx, self.batch, logits))
+        net.train()
+        if self.best is None or loss < self.best * (1 - MIN_GAIN):
+            self.best, self.best_step, self.stale = loss, step, 0
+            self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            self.stale += 1
+
+    def restore(self, net: IncrementalClassifier) -> None:
+        if self.state is not None:
+            net.load_state_dict(self.state)

@@ -25,7 +25,7 @@ class NewClassifier:
 class TrainOptions:
     """The knobs of one training job (model_core.TrainConfig's fields, by the application's names)."""
 
-    iterations: int = 300  # optimiser steps
+    iterations: int | None = None  # optimiser steps; None: a budget from the data, stopped on a validation plateau
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0  # also seeds the stratified evaluation holdout

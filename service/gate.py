@@ -2,10 +2,22 @@
 
 Pure Python over per-sample correctness, so it is tested without training anything.
 
-- An old task fails when its accuracy drops by more than its tolerance. The default tolerance is
+- An old task fails when it *regressed* by more than its tolerance. The default tolerance is
   max(0.08, the 95% half-width of the task's accuracy at its evaluation-set size): a drop smaller than
   the evaluation set can resolve is not called a regression. Each drop is reported with a paired 95%
   interval (per-sample differences between parent and candidate).
+- Forgetting is told from the cost of a larger label space (class-incremental, given the candidate's
+  predictions). An old task's drop splits exactly in two: samples the candidate now gets wrong *among the
+  parent's classes* (new classes masked out: ``forgetting``), and samples it still ranks right among those
+  but gives to a new class (``lost_to_new``). When new classes resemble old ones every model, joint training
+  included, takes some old samples for new classes; how many the data allows is read from the reverse
+  confusion, the share of the new classes' samples the same candidate takes for the task's classes
+  (``reverse``): a classifier without a bias towards the new classes confuses a pair about as often both
+  ways. The regression is ``forgetting + max(0, lost_to_new - reverse)``; the drop itself is still
+  reported, and ``cause`` says which part it was (``confusion``, ``forgetting`` or ``intrusion``, the last
+  being new classes taking old samples beyond what the reverse confusion allows). The pairs behind it are
+  listed in ``confused_pairs``. Without predictions (or in task-incremental learning, where a task's
+  samples are ranked within its own head) the regression is the drop.
 - The new task must reach ``new_task_floor``.
 - The ONNX export must load and match torch (max abs difference within 1e-4).
 
@@ -18,7 +30,7 @@ next step (``service.gate_advice``). These explain; the verdict stays per task.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,21 +79,88 @@ def replay_figures(diagnostics: Mapping[str, Any]) -> dict[str, float]:
     return {k: round(v, 4) for k, v in ok.items() if math.isfinite(v)}
 
 
+PAIR_MIN = 0.05  # an (old, new) class pair is listed when the candidate gives this share of the old class to the new
+PAIRS_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class TaskPredictions:
+    """What the candidate predicted for one task's evaluation samples (aligned with the task's correct arrays)."""
+
+    labels: np.ndarray  # (n,) str: true labels
+    after: np.ndarray  # (n,) str: the candidate's labels, over every class it knows
+    after_old: np.ndarray  # (n,) str: the candidate's labels among the parent's classes only (new ones masked)
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """How the candidate confuses the job's new classes with the old ones, from every task's predictions."""
+
+    new: frozenset[str]
+    reverse: dict[str, float]  # old class c -> sum over new classes n of P(predicted c | true n)
+    pairs: list[dict[str, Any]]  # (old, new) pairs the candidate confuses, worst first
+
+    @classmethod
+    def measure(cls, predictions: Mapping[str, TaskPredictions], new: Sequence[str]) -> Confusion:
+        labels = np.concatenate([p.labels.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
+        after = np.concatenate([p.after.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
+        news = [n for n in new if (labels == n).any()]
+        olds = sorted(set(labels.tolist()) - set(new))
+        rate = {(t, p): float(np.mean(after[labels == t] == p)) for t in (*olds, *news) for p in (*olds, *news)
+                if (t in news) != (p in news)}  # fmt: skip
+        reverse = {c: sum(rate[n, c] for n in news) for c in olds}
+        pairs = [{"old": c, "new": n, "old_as_new": round(rate[c, n], 4), "new_as_old": round(rate[n, c], 4)}
+                 for c in olds for n in news if rate[c, n] >= PAIR_MIN and (after[labels == c] == n).sum() >= 2]  # fmt: skip
+        pairs.sort(key=lambda r: -r["old_as_new"])
+        return cls(frozenset(new), reverse, pairs)
+
+    def split(self, before: float, pred: TaskPredictions, keep: np.ndarray | None = None) -> dict[str, Any]:
+        """An old task's (or class's, ``keep`` selecting its samples) drop in its parts: ``forgetting`` (wrong
+        among the parent's classes), ``lost_to_new`` (right among those, given to a new class) and ``reverse``
+        (what the reverse confusion allows); ``regression`` is what the gate judges."""
+        keep = np.ones(len(pred.labels), dtype=bool) if keep is None else keep
+        lab, after, after_old = pred.labels[keep].astype(str), pred.after[keep].astype(str), pred.after_old[keep].astype(str)
+        right_old = after_old == lab
+        forgetting = before - float(np.mean(right_old))
+        lost = float(np.mean(right_old & np.isin(after, list(self.new))))
+        reverse = float(np.mean([self.reverse.get(c, 0.0) for c in lab]))
+        regression = forgetting + max(0.0, lost - reverse)
+        return {"forgetting": round(forgetting, 4), "lost_to_new": round(lost, 4), "reverse": round(reverse, 4),
+                "regression": round(regression, 4), "pairs": [p for p in self.pairs if p["old"] in set(lab.tolist())]}  # fmt: skip
+
+
+def cause(drop: float, parts: Mapping[str, Any] | None, tol: float) -> str | None:
+    """Why an old task's accuracy fell beyond its tolerance: ``confusion`` (within what the data allows),
+    ``forgetting`` (among the parent's classes) or ``intrusion`` (new classes took more than the reverse
+    confusion allows); None when it did not fall beyond tolerance."""
+    if drop <= tol:
+        return None
+    if parts is None:
+        return "forgetting"
+    if parts["regression"] <= tol:
+        return "confusion"
+    return "forgetting" if parts["forgetting"] >= parts["lost_to_new"] - parts["reverse"] else "intrusion"
+
+
 def class_rows(
     cfg: GateConfig,
     new_task: str,
     tasks: list[tuple[str, np.ndarray | None, np.ndarray]],
     labels: Mapping[str, np.ndarray],
     replayed: Mapping[str, float],
+    predictions: Mapping[str, TaskPredictions] | None = None,
+    confusion: Confusion | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (task, class): accuracy before and after; an old class is ``forgotten`` when its drop
-    exceeds the tolerance its own sample count allows (the same rule as a task's)."""
+    """One row per (task, class): accuracy before and after; an old class is ``forgotten`` when its regression
+    (the drop, less the confusion with new classes that the data allows) exceeds the tolerance its own sample
+    count allows (the same rule as a task's)."""
     rows = []
     for name, before_c, after_c in tasks:
         lab = labels.get(name)
         if lab is None or len(lab) != len(after_c):
             continue
         lab = lab.astype(str)
+        pred = (predictions or {}).get(name)
         for c in sorted(set(lab.tolist())):
             keep = lab == c  # (n,) bool
             n, after = int(keep.sum()), float(np.mean(after_c[keep]))
@@ -90,8 +169,14 @@ def class_rows(
             if before_c is not None and name != new_task:
                 before = float(np.mean(before_c[keep]))
                 tol = task_tolerance(cfg, before, n)
+                parts = None if pred is None or confusion is None else confusion.split(before, pred, keep)
+                regression = before - after if parts is None else parts["regression"]
                 row.update(before=round(before, 4), drop=round(before - after, 4), tolerance=round(tol, 4),
-                           forgotten=before - after > tol, replay_accuracy=replayed.get(c))  # fmt: skip
+                           forgotten=regression > tol, replay_accuracy=replayed.get(c))  # fmt: skip
+                if parts is not None:
+                    row.update(forgetting=parts["forgetting"], lost_to_new=parts["lost_to_new"],
+                               reverse=parts["reverse"], regression=parts["regression"],
+                               cause=cause(before - after, parts, tol))  # fmt: skip
             rows.append(row)
     return rows
 
@@ -110,11 +195,16 @@ def evaluate(
     labels: Mapping[str, np.ndarray] | None = None,
     diagnostics: Mapping[str, Any] | None = None,
     facts: JobFacts | None = None,
+    predictions: Mapping[str, TaskPredictions] | None = None,
 ) -> dict[str, Any]:
     """``tasks``: (name, parent correct (n,) bool or None for a task the parent lacks, candidate correct).
     ``labels``: each task's (n,) labels, aligned with its correct arrays (per-class rows need them);
     ``diagnostics``: what the strategy measured while training (``LearnResult.diagnostics``);
-    ``facts``: the job's parameters and network, from which the next step is chosen."""
+    ``facts``: the job's parameters, network and training, from which the next step is chosen;
+    ``predictions``: the candidate's predicted labels per task, by which a class-incremental gate tells
+    forgetting from confusion with the new classes (see the module doc)."""
+    split_ok = scenario == "class-incremental" and predictions is not None and bool(added_classes)
+    confusion = Confusion.measure(predictions, added_classes) if split_ok and predictions is not None else None
     rows, failures = [], []
     for name, before_c, after_c in tasks:
         n = len(after_c)
@@ -126,13 +216,22 @@ def evaluate(
             drop = before - after
             hw = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else 1.0
             tol = task_tolerance(cfg, before, n)
-            ok = drop <= tol
+            pred = None if confusion is None or predictions is None else predictions.get(name)
+            parts = None if pred is None or confusion is None or n == 0 else confusion.split(before, pred)
+            regression = drop if parts is None else parts["regression"]
+            ok = regression <= tol
             lo, hi = max(-1.0, drop - hw), min(1.0, drop + hw)
             row.update(before=round(before, 4), drop=round(drop, 4), drop_ci95=[round(lo, 4), round(hi, 4)],
-                       tolerance=round(tol, 4), passed=ok)  # fmt: skip
+                       tolerance=round(tol, 4), passed=ok, cause=cause(drop, parts, tol))  # fmt: skip
+            if parts is not None:
+                row.update({k: parts[k] for k in ("forgetting", "lost_to_new", "reverse", "regression")},
+                           confused_pairs=parts["pairs"][:PAIRS_SHOWN])  # fmt: skip
             if not ok:
+                why = "" if parts is None else (
+                    f"; regression {regression:.3f}: {parts['forgetting']:.3f} lost among the old classes, "
+                    f"{parts['lost_to_new']:.3f} taken by new classes against {parts['reverse']:.3f} the other way")
                 failures.append(f"task {name!r}: accuracy fell from {before:.3f} to {after:.3f} "
-                                f"(drop {drop:.3f}, 95% CI {lo:.3f}..{hi:.3f}; tolerance {tol:.3f})")  # fmt: skip
+                                f"(drop {drop:.3f}, 95% CI {lo:.3f}..{hi:.3f}{why}; tolerance {tol:.3f})")  # fmt: skip
         else:
             ok = after >= cfg.new_task_floor
             row.update(before=None, floor=cfg.new_task_floor, passed=ok)
@@ -152,6 +251,8 @@ def evaluate(
         "onnx": {"passed": onnx_ok, "max_abs_diff": onnx_diff, "error": onnx_error},
         "failures": failures,
         "explanation": None,
+        "confused_pairs": [] if confusion is None else confusion.pairs[:PAIRS_SHOWN],
+        "confusion_note": confusion_note(old),
     }
     spec = SPECS[strategy]
     old_failed = any(not r["passed"] for r in old)
@@ -166,8 +267,26 @@ def evaluate(
         report["recommended_strategy"] = "generative_replay"
     new_failed = any(not r["passed"] for r in rows if r.get("before") is None)
     report.update(_per_class(cfg, scenario, strategy, retention, cannot_add, new_task, tasks, new_failed,
-                             labels or {}, diagnostics or {}, facts or JobFacts()))  # fmt: skip
+                             labels or {}, diagnostics or {}, facts or JobFacts(), predictions, confusion))  # fmt: skip
     return report
+
+
+def _pair_text(pairs: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{p['old']!r} taken for {p['new']!r} {p['old_as_new']:.2f} (the reverse {p['new_as_old']:.2f})"
+                     for p in pairs[:3])  # fmt: skip
+
+
+def confusion_note(old: Sequence[Mapping[str, Any]]) -> str | None:
+    """A sentence for old tasks whose drop beyond tolerance is confusion with the new classes, not forgetting."""
+    confused = [r for r in old if r.get("cause") == "confusion"]
+    if not confused:
+        return None
+    parts = [f"{r['task']!r} fell {r['drop']:.3f}, of which {r['lost_to_new']:.3f} went to new classes that take "
+             f"{r['reverse']:.3f} of their own samples the other way" for r in confused]  # fmt: skip
+    pairs = [p for r in confused for p in r.get("confused_pairs", [])]
+    named = f" ({_pair_text(pairs)})" if pairs else ""
+    return ("not forgetting: " + "; ".join(parts) + named + ". The new classes resemble old ones, and a model "
+            "trained on every sample confuses them about as much both ways; no step of training removes that.")
 
 
 def _per_class(
@@ -182,10 +301,12 @@ def _per_class(
     labels: Mapping[str, np.ndarray],
     diagnostics: Mapping[str, Any],
     facts: JobFacts,
+    predictions: Mapping[str, TaskPredictions] | None = None,
+    confusion: Confusion | None = None,
 ) -> dict[str, Any]:
     """The report's per-class part: ``classes`` rows, ``forgotten`` labels (each forgotten row says who
     ``lost_by``), and ``next_step`` (a sentence) with ``next_step_request`` (learn-request fields to change)."""
-    rows = class_rows(cfg, new_task, tasks, labels, replay_figures(diagnostics))
+    rows = class_rows(cfg, new_task, tasks, labels, replay_figures(diagnostics), predictions, confusion)
     generator = has_generator(SPECS[strategy])
     forgotten = [r for r in rows if r["forgotten"]]
     old = [r for r in rows if r["before"] is not None]

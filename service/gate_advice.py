@@ -40,6 +40,9 @@ class JobFacts:
     params: Mapping[str, Any] = field(default_factory=dict)  # the strategy's parameters as run (defaults in)
     iterations: int | None = None  # the classifier's optimiser steps in this job
     network: Mapping[str, Any] = field(default_factory=dict)  # the classifier's NetworkSpec.to_dict()
+    # How training ended (model_core TrainResult.summary(): steps, budget, stopped, improving, best_step); None
+    # when unknown. "Train longer" is advised only when the validation loss was still falling at the end.
+    training: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,15 @@ def _pretrained(network: Mapping[str, Any], who: str) -> Step | None:
                 "and learn its tasks again", {"classifier": {"backbone": PACKAGE_WEIGHTS[0]}})  # fmt: skip
 
 
-def _more_steps(who: str, iterations: int | None) -> Step:
+def _more_steps(who: str, iterations: int | None, training: Mapping[str, Any] | None = None) -> Step:
+    """More classifier steps, when they would help: the validation loss was still falling when training ended
+    (or how it ended is not known). Otherwise a sentence saying why more steps would not help, with no request."""
+    if training is not None and training.get("stopped") == "closed-form":
+        return Step(f"{who}; this strategy solves its weights in closed form, so more steps cannot change them", None)
+    if training is not None and not training.get("improving", True):
+        best, steps = training.get("best_step"), training.get("steps")
+        return Step(f"{who}; more steps would not help: its validation loss stopped improving at step {best} "
+                    f"of the {steps} it ran", None)  # fmt: skip
     if iterations is None:
         return Step(f"{who}: train the classifier longer (raise options.iterations)", None)
     return Step(f"{who}: train the classifier longer, options.iterations {2 * iterations} (this job ran {iterations})",
@@ -186,7 +197,7 @@ def next_step(
         return Step(f"'{strategy}' cannot add classes to one head and lost {_names(forgotten)}: "
                     f"learn this task with strategy {better!r}", {"strategy": better})  # fmt: skip
     if not forgotten:
-        return _more_steps("the new task missed its floor", facts.iterations) if new_task_failed else None
+        return _more_steps("the new task missed its floor", facts.iterations, facts.training) if new_task_failed else None
     by_generator = [r for r in forgotten if r.get("lost_by") == "generator"]
     unmeasured = [r for r in forgotten if r.get("lost_by") is None]
     suspect = bool(by_generator or unmeasured)
@@ -205,4 +216,5 @@ def next_step(
     if step is not None:
         return step
     who = classifier
-    return _exemplars(strategy, retention, who) or _pretrained(facts.network, who) or _more_steps(who, facts.iterations)
+    return (_exemplars(strategy, retention, who) or _pretrained(facts.network, who)
+            or _more_steps(who, facts.iterations, facts.training))  # fmt: skip

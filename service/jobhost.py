@@ -88,5 +88,5 @@ def make_runner(settings: Settings) -> tuple[Engine, sessionmaker[Session], JobR
     store = open_store(settings.artifacts_path, settings.artifacts_url)
     sweep_orphans(sessions, store)
     runner = JobRunner(sessions, store, settings.device, os.environ.get(CRASH_HOOK_ENV),
-                       cache_dir=(settings.data_dir / "cache").resolve())  # fmt: skip
+                       cache_dir=(settings.data_dir / "cache").resolve(), max_steps=settings.max_train_steps)  # fmt: skip
     return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     stale_after_seconds: float = 30.0  # a running job without heartbeat this long is failed
     serving_poll_seconds: float = 0.5  # how often replicas look for a new active version
     device: str = "auto"  # training device for workers: auto, cpu, cuda
+    # The most optimiser steps a job may take when its request leaves ``iterations`` to the data
+    max_train_steps: int = Field(default=5000, ge=1)
     queue: str = "gpu"  # procrastinate queue the training jobs go to (PostgreSQL deployments)
     # Pretrained backbone weights: where framework downloads are cached (default <data_dir>/weights; the
     # Dockerfile's BAKE_WEIGHTS build argument fills /opt/engram/weights), and whether this host may

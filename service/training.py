@@ -29,7 +29,7 @@ from model_core.trainer import resolve_device
 from service.db import Classifier, Job, Version, utcnow
 from service.domain import JobRequest
 from service.errors import PointerMoved
-from service.gate import GateConfig, evaluate
+from service.gate import GateConfig, TaskPredictions, evaluate
 from service.gate_advice import JobFacts
 from service.registry import end_job, get_version, next_version_number, set_active
 from service.storage import ArtifactStore, arrays_to_bytes, bytes_to_arrays
@@ -45,6 +45,23 @@ def experience(task: str, x: np.ndarray, labels: np.ndarray) -> Experience:
     index = {c: i for i, c in enumerate(classes)}
     y = torch.tensor([index[str(v)] for v in labels], dtype=torch.long)
     return Experience(task, torch.from_numpy(x.astype(np.float32)), y, classes)
+
+
+def predictions(learner: Learner, x: np.ndarray, labels: np.ndarray, task: str, old_units: int) -> TaskPredictions:
+    """The candidate's labels for a task's evaluation samples: over every unit (within ``task``'s head in task-IL)
+    and among the first ``old_units`` units only (the parent's classes; class-IL)."""
+    names = np.array(learner.labels, dtype=str)
+    if len(x) == 0 or (learner.scenario == "task-incremental" and task not in learner.task_names):
+        empty = np.full(len(x), "", dtype=str)
+        return TaskPredictions(labels.astype(str), empty, empty)
+    logits = learner.logits(torch.from_numpy(x), device="cpu")
+    if learner.scenario == "task-incremental":
+        units = torch.tensor(learner.task(task).units)
+        within = names[units[logits[:, units].argmax(1)].numpy()]
+        return TaskPredictions(labels.astype(str), within, within)
+    full = names[logits.argmax(1).numpy()]
+    old = names[logits[:, :old_units].argmax(1).numpy()] if 0 < old_units < len(names) else full
+    return TaskPredictions(labels.astype(str), full, old)
 
 
 def correct(learner: Learner, x: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
@@ -68,12 +85,14 @@ class JobRunner:
         device: str = "auto",
         crash_at: str | None = None,
         cache_dir: Path | None = None,
+        max_steps: int = TrainConfig.max_iterations,
     ) -> None:
         self.sessions = sessions
         self.store = store
         self.device = device
         self.cache_dir = cache_dir  # local scratch: frozen backbones' ONNX graphs, exported once
         self.crash_hook = CrashHook(crash_at)
+        self.max_steps = max_steps  # the bound on a step budget from the data
 
     def run(self, job_id: str) -> None:
         with self.sessions() as s:
@@ -188,11 +207,12 @@ class JobRunner:
         before = {
             t: correct(learner, *task_slice(suite, t), t) if t in learner.task_names else None for t in task_names
         }
+        parent_units = len(learner.labels)
 
         parent_gate = time.perf_counter() - t_parent
         t1 = time.perf_counter()
         config = TrainConfig(iterations=options.iterations, batch_size=options.batch_size, lr=options.lr,
-                             seed=options.seed, device=self.device)  # fmt: skip
+                             seed=options.seed, device=self.device, max_iterations=self.max_steps)  # fmt: skip
         stages: dict[str, float] = {}
         progress, should_cancel = self._callbacks(job_id, stages)
         exp = experience(task, train["x"], train["label"])
@@ -202,7 +222,8 @@ class JobRunner:
 
         self._set_status(job_id, "evaluating")
         t2 = time.perf_counter()
-        rows = [(t, before[t], correct(learner, *task_slice(suite, t), t)) for t in task_names]
+        predicted = {t: predictions(learner, *task_slice(suite, t), t, parent_units) for t in task_names}
+        rows = [(t, before[t], p.after == p.labels) for t, p in predicted.items()]
         times["gate"] = parent_gate + time.perf_counter() - t2
         t3 = time.perf_counter()
         onnx_bytes, diff, err = b"", None, None
@@ -215,7 +236,9 @@ class JobRunner:
         cfg = GateConfig.from_dict(gate_defaults).merged(request.gate)
         report = evaluate(cfg, learner.scenario, strategy, retention, task, result.new_labels, rows, diff, err,
                           labels={t: task_slice(suite, t)[1] for t in task_names}, diagnostics=result.diagnostics,
-                          facts=JobFacts(result.params, config.iterations, network))  # fmt: skip
+                          facts=JobFacts(result.params, result.train.steps, network, result.train.summary()),
+                          predictions=predicted)  # fmt: skip
+        report["training"] = result.train.summary()
 
         t4 = time.perf_counter()
         self.crash_hook.stage("trained")

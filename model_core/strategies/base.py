@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, cast
@@ -20,6 +21,8 @@ from model_core.networks.classifier import IncrementalClassifier
 from model_core.strategy_specs import StrategySpec
 
 ProgressFn = Callable[["Progress"], None]
+# Replayed rows per step are at most this many times the new rows (24 old classes against 2 new ask for 12).
+MAX_REPLAY_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,19 @@ class TrainContext:
         """Share of the loss for this experience's data when replay is mixed in: its classes over all
         classes seen (van de Ven et al. 2020), so every class weighs the same."""
         return len(torch.unique(self.data.y)) / max(self.num_units, 1)
+
+    @functools.cached_property
+    def new_classes(self) -> int:
+        """Classes in this experience's data."""
+        return max(1, len(torch.unique(self.data.y)))
+
+    def replay_rows(self, batch_rows: int) -> int:
+        """Replayed rows to add to a batch of ``batch_rows`` new rows: as many per old class as the batch has per
+        new class, so a batch shows every class about equally often however many old classes there are; at
+        least ``batch_rows`` and at most ``MAX_REPLAY_FACTOR`` times it."""
+        n_old = len(self.old_units)
+        wanted = math.ceil(batch_rows * n_old / self.new_classes)
+        return max(batch_rows, min(wanted, MAX_REPLAY_FACTOR * batch_rows))
 
     @property
     def old_units(self) -> list[int]:

@@ -13,8 +13,8 @@ Replay happens in the space the trainable part of the network consumes: the inpu
 end to end, the frozen backbone's features for a pretrained frozen backbone (the trainer then hands every
 strategy features instead of inputs), as brain-inspired replay does on frozen layers.
 
-While the classifier trains, every step adds a batch replayed from the generator (old classes drawn
-uniformly), labelled with the previous model's soft targets at temperature T mixed with the class the sample
+While the classifier trains, every step adds rows replayed from the generator, as many per old class as the
+step has per new class (``TrainContext.replay_rows``; the old classes in equal shares), labelled with the previous model's soft targets at temperature T mixed with the class the sample
 was drawn for (``hard_weight``), in proportion to the number of classes seen. The previous model is the
 parent version's network, the same one EWC anchors to and LwF distils from.
 """
@@ -70,8 +70,11 @@ class GenerativeReplay(Strategy):
         return self.frozen.sample(units, ctx.rng, float(self.params["sample_temperature"])).reshape(len(units), *shape)
 
     def _replay_units(self, ctx: TrainContext, n: int) -> Tensor:
+        """``n`` old units, each old class as often as the others (to within one), in random order."""
         known = torch.tensor(self.known_units, device=ctx.device)
-        return known[torch.randint(len(known), (n,), device=ctx.device, generator=ctx.rng)]
+        offset = int(torch.randint(len(known), (1,), device=ctx.device, generator=ctx.rng))
+        units = known[(torch.arange(n, device=ctx.device) + offset) % len(known)]
+        return units[torch.randperm(n, device=ctx.device, generator=ctx.rng)]
 
     @property
     def _can_replay(self) -> bool:
@@ -115,7 +118,7 @@ class GenerativeReplay(Strategy):
     def augment(self, ctx: TrainContext, batch: Batch) -> Batch:
         if not self._can_replay or ctx.previous is None:
             return batch
-        units = self._replay_units(ctx, len(batch))
+        units = self._replay_units(ctx, ctx.replay_rows(len(batch)))
         x = self._sample(ctx, units)
         task = ctx.unit_task[units]
         t = float(self.params["temperature"])

@@ -28,7 +28,7 @@ class Replay(Strategy):
     def augment(self, ctx: TrainContext, batch: Batch) -> Batch:
         if len(self.buffer) == 0:
             return batch
-        n = max(1, round(len(batch) * float(self.params["replay_ratio"])))
+        n = max(1, round(ctx.replay_rows(len(batch)) * float(self.params["replay_ratio"])))
         x, y = self.buffer.sample(n, ctx.cpu_rng)
         x, y = x.to(ctx.device), y.to(ctx.device)
         return mix(batch, ctx.labelled_batch(x, y, ctx.unit_task[y]), ctx.new_share)

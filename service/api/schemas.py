@@ -116,8 +116,9 @@ class ClassifierCreate(Strict):
 
 
 class TrainOptions(Strict):
-    iterations: Annotated[int, JsonInt] = Field(
-        default=300, ge=1, le=100_000, description="optimiser steps for this job"
+    iterations: Annotated[int, Field(ge=1, le=100_000), JsonInt] | None = Field(
+        default=None, description="optimiser steps for this job; null (the default): as many as "
+        "the data need, from the number of samples and classes, stopped when a validation loss stops improving",
     )
     batch_size: Annotated[int, JsonInt] = Field(default=64, ge=1, le=4096)
     lr: float = Field(default=1e-3, gt=0, le=1)
