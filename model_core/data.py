@@ -113,3 +113,37 @@ def split_mnist(root: str | Path, download: bool = False, n_tasks: int = 5) -> S
         x = ds.data.float().div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
         parts.append(split_by_classes(x, ds.targets.long(), groups, names))
     return SplitBenchmark("split-mnist", parts[0], parts[1])
+
+
+MNIST_5K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-5k"  # ../shared beside the project
+
+
+def mnist_5k_arrays(root: str | Path = MNIST_5K) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real 28x28 MNIST digits of ``../shared/data/mnist-5k`` (idx format, gzip): images (N, 28, 28)
+    uint8 and labels (N,). FileNotFoundError naming the folder when it is absent."""
+    import gzip
+
+    root = Path(root)
+    files = [root / "images-idx3-ubyte.gz", root / "labels-idx1-ubyte.gz"]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"mnist-5k is not at {root.resolve()} (missing {', '.join(missing)})")
+    with gzip.open(files[0]) as f:
+        raw = f.read()
+        n, rows, cols = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
+        images = np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows, cols)
+    with gzip.open(files[1]) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+    return images, labels
+
+
+def stratified_split(labels: np.ndarray, test_share: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test): a seeded ``test_share`` of each class held out."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = round(len(idx) * test_share)
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

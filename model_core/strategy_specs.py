@@ -124,7 +124,11 @@ SPECS: dict[str, StrategySpec] = {
                 # when the class has under 4 samples per principal direction for each
                 "components": 8,
                 "rank": 16,  # class_gaussians: principal directions per component
-                "noise_scale": 1.0,  # class_gaussians: scale of the isotropic noise beyond those directions
+                "noise_scale": 1.0,  # class_gaussians: scale of the noise beyond those directions
+                # class_gaussians: the noise beyond those directions: "residual" (what each dimension has left,
+                # none where the class never varies), "isotropic" (PPCA's, spread evenly over every dimension:
+                # on 784-pixel digits the classifier learnt it as "old") or "none"
+                "noise": "residual",
                 # Share of a replayed row's target that is the class it was drawn for; the rest is the
                 # previous model's soft output (distillation). The VAE draws classes too, so both use it.
                 "hard_weight": 0.5,
@@ -136,7 +140,7 @@ SPECS: dict[str, StrategySpec] = {
                 "temperature": 2.0,  # distillation temperature of the replayed soft targets
                 "sample_temperature": 1.0,  # vae: std of the latent prior when sampling
             },
-            choices={"generator": ("class_gaussians", "vae")},
+            choices={"generator": ("class_gaussians", "vae"), "noise": ("residual", "isotropic", "none")},
         ),
         StrategySpec(
             "analytic",

@@ -92,12 +92,12 @@ class TrainResult:
 # Training length from the data. The budget is EPOCHS passes over the new data (replay rows scale with the
 # old classes, so one pass covers every class), at least STEPS_PER_CLASS per class seen and MIN_STEPS, at most
 # ``TrainConfig.max_iterations``; validation decides where in it to stop.
-EPOCHS = 100
+EPOCHS = 50
 STEPS_PER_CLASS = 50
 MIN_STEPS = 200
 CHECKS = 40  # validation checks over a whole budget
-PATIENCE = 5  # checks without a better validation loss before stopping
-MIN_GAIN = 1e-3  # relative improvement that counts as better
+PATIENCE = 4  # checks without a better validation loss before stopping
+MIN_GAIN = 0.01  # relative improvement that counts as better
 VAL_SHARE, VAL_MAX, VAL_MIN = 0.1, 512, 20  # new-data rows held out: 10%, at most 512; none under 20
 
 
@@ -233,7 +233,8 @@ class _Validation:
         self.ctx, self.strategy = ctx, strategy
         dev = ctx.device
         self.batch = strategy.augment(ctx, ctx.labelled_batch(data.x.to(dev), data.y.to(dev), data.task.to(dev)))
-        self.best: float | None = None
+        self.best: float | None = None  # the loss at the best check
+        self.errors = 0  # the errors at the best check
         self.best_step, self.stale = 0, 0
         self.state: dict[str, Tensor] | None = None
 
@@ -243,9 +244,14 @@ class _Validation:
         with self.ctx.autocast():
             logits = net(self.batch.x)
         loss = float(classification_loss(logits, self.batch) + self.strategy.penalty(self.ctx, self.batch, logits))
+        # errors against each row's most likely target (its label, or the replayed row's class)
+        errors = int((logits.float().masked_fill(~self.batch.mask, float("-inf")).argmax(1)
+                      != self.batch.targets.argmax(1)).sum())  # fmt: skip
         net.train()
-        if self.best is None or loss < self.best * (1 - MIN_GAIN):
-            self.best, self.best_step, self.stale = loss, step, 0
+        # better: fewer errors, or as few with a clearly lower loss (a falling loss alone, on rows already
+        # right, is growing confidence and no reason to go on)
+        if self.best is None or errors < self.errors or (errors == self.errors and loss < self.best * (1 - MIN_GAIN)):
+            self.best, self.errors, self.best_step, self.stale = loss, errors, step, 0
             self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         else:
             self.stale += 1

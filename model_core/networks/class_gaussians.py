@@ -43,11 +43,15 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: int = 25) 
     return assign
 
 
-def fit_ppca(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Probabilistic PCA of ``x`` (n, D): mean (D,), factors (D, rank) and noise std (scalar).
+def fit_ppca(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Probabilistic PCA of ``x`` (n, D): mean (D,), factors (D, rank), noise std (scalar) and the residual
+    std of each dimension (D,).
 
-    Samples are mean + factors @ z + noise * eps with z, eps standard normal; factors are zero-padded when the
-    data have fewer than ``rank`` directions.
+    PPCA's noise is isotropic: the variance the ``rank`` directions leave is spread evenly over all D
+    dimensions. The residual std per dimension is what each dimension really has left (its variance less what
+    the factors explain): a pixel that never varies (an image's border) gets none. Samples are
+    mean + factors @ z + noise * eps with z, eps standard normal, ``noise`` being either; factors are
+    zero-padded when the data have fewer than ``rank`` directions.
     """
     n, d = x.shape
     mean = x.mean(0)
@@ -55,13 +59,15 @@ def fit_ppca(x: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:
     q = min(rank, n - 1, d)
     factors = x.new_zeros(d, rank)
     if q < 1:
-        return mean, factors, x.new_zeros(())
+        return mean, factors, x.new_zeros(()), x.new_zeros(d)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
     eig = s.square() / max(n - 1, 1)  # variance along each principal direction, descending
     rest = d - q
     noise_var = (eig[q:].sum() / rest).clamp_min(0) if rest > 0 else x.new_zeros(())
     factors[:, :q] = vh[:q].T * (eig[:q] - noise_var).clamp_min(0).sqrt()
-    return mean, factors, noise_var.sqrt()
+    explained = factors.square().sum(1)  # (D,)
+    residual = (centred.square().sum(0) / max(n - 1, 1) - explained).clamp_min(0)
+    return mean, factors, noise_var.sqrt(), residual.sqrt()
 
 
 class ClassGaussians:
@@ -98,10 +104,15 @@ class ClassGaussians:
             "means": torch.stack([p[1] for p in parts]).float(),
             "factors": torch.stack([p[2] for p in parts]).float(),
             "noise": torch.stack([p[3] for p in parts]).float(),
+            "residual": torch.stack([p[4] for p in parts]).float(),  # (K, D)
         }
 
-    def sample(self, units: Tensor, generator: torch.Generator, noise_scale: float = 1.0) -> Tensor:
-        """(B,) units -> (B, D) samples on ``units``' device. Every unit must have been fitted."""
+    def sample(
+        self, units: Tensor, generator: torch.Generator, noise_scale: float = 1.0, noise: str = "isotropic"
+    ) -> Tensor:
+        """(B,) units -> (B, D) samples on ``units``' device. Every unit must have been fitted. ``noise``:
+        "isotropic" (PPCA's), "residual" (each dimension's own residual std; a model saved before it existed
+        falls back to isotropic) or "none"."""
         device = units.device
         out = torch.empty(units.shape[0], self.dim, device=device)
         for unit in torch.unique(units).tolist():
@@ -111,7 +122,13 @@ class ClassGaussians:
             z = torch.randn(len(rows), self.rank, 1, device=device, generator=generator)
             eps = torch.randn(len(rows), self.dim, device=device, generator=generator)
             x = m["means"][comp] + (m["factors"][comp] @ z).squeeze(-1)
-            out[rows] = x + noise_scale * m["noise"][comp, None] * eps
+            if noise == "residual" and "residual" in m:
+                std = m["residual"][comp]  # (n, D)
+            elif noise == "none":
+                std = torch.zeros_like(x)
+            else:
+                std = m["noise"][comp, None].expand_as(x)
+            out[rows] = x + noise_scale * std * eps
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class GenerativeReplay(Strategy):
         shape = tuple(ctx.data.x.shape[1:])
         if self.kind == "class_gaussians":
             assert self.gaussians is not None
-            x = self.gaussians.sample(units, ctx.rng, float(self.params["noise_scale"]))
+            x = self.gaussians.sample(units, ctx.rng, float(self.params["noise_scale"]), str(self.params["noise"]))
             x = x.reshape(len(units), *shape)
             return x.clamp(0.0, 1.0) if ctx.replays_inputs and ctx.model.spec.input.kind == "image" else x
         assert self.frozen is not None

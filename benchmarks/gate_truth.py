@@ -1,0 +1,215 @@
+"""The verdict table: every stream through the real service, its defaults, its holdout and its gate.
+
+    python -m benchmarks.gate_truth [--streams digits-5x2,digits-10x1,mnist-5x2,cifar-5x2,cifar-10x1]
+        [--strategies joint,replay,generative_replay,naive,ewc,lwf] [--test-per-class N] [--json FILE]
+
+Starts ``engram serve`` (embedded SQLite, one local worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh
+data folder and, for each stream and strategy, creates a class-incremental classifier with the service's
+default backbone for the input and teaches it the stream's tasks over HTTP, one job at a time, exactly as a
+user would: default options, the gate's own 20% holdout, ``retention`` ``discard`` for strategies that keep no
+sample and ``keep`` for those that do. After each task it scores the version the service then serves (the
+promoted one, or the previous one when the gate rejected the candidate) on held-out samples of every class
+seen so far, over HTTP. Prints per stream and strategy: each task's verdict (P promoted, R rejected, F
+failed), the served accuracy after each task, and the worker's seconds per task with the gate's share.
+
+Streams (held-out samples are never sent to learn):
+- ``digits-5x2`` / ``digits-10x1``: scikit-learn's 8x8 digits as PNG, a seeded 30% of each class held out;
+- ``mnist-5x2``: ``../shared/data/mnist-5k`` (28x28), a seeded 30% of each class held out;
+- ``cifar-5x2`` / ``cifar-10x1``: ``../shared/data/cifar10-mini`` photos as JPEG, ``train/`` to learn,
+  ``test/`` to score.
+A stream whose data are absent is skipped with a line saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from benchmarks.serve_bench import ADMIN, free_port, stop, wait_ready
+from model_core.data import MNIST_5K, load_digits_arrays, mnist_5k_arrays, stratified_split
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
+STRATEGIES = ("joint", "replay", "generative_replay", "naive", "ewc", "lwf")
+STREAMS = ("digits-5x2", "digits-10x1", "mnist-5x2", "cifar-5x2", "cifar-10x1")
+KEEPS_DATA = {"joint", "replay"}
+DONE = ("promoted", "rejected", "failed", "cancelled", "passed")
+
+
+@dataclass
+class Stream:
+    name: str
+    input: dict[str, Any]
+    tasks: list[list[str]]  # class names of each task, in order
+    train: list[tuple[str, str]]  # (label, base64 image)
+    test: list[tuple[str, str]]
+
+
+def _png(pixels: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _grey(name: str, images: np.ndarray, labels: np.ndarray, per_task: int) -> Stream:
+    train, test = stratified_split(labels, 0.3, seed=0)
+    items = [(str(int(labels[i])), _png(images[i])) for i in range(len(labels))]
+    classes = [str(c) for c in range(10)]
+    side = images.shape[1]
+    return Stream(name, {"kind": "image", "channels": 1, "height": side, "width": side},
+                  [classes[i : i + per_task] for i in range(0, 10, per_task)],
+                  [items[i] for i in train], [items[i] for i in test])  # fmt: skip
+
+
+def load_stream(name: str, test_per_class: int | None) -> Stream | str:
+    """The stream, or why it cannot be run here."""
+    kind, _, shape = name.partition("-")
+    per_task = int(shape.split("x")[1]) if "x" in shape else 2
+    if kind == "digits":
+        images, labels = load_digits_arrays()
+        stream = _grey(name, np.round(images * 255).astype(np.uint8), labels, per_task)
+    elif kind == "mnist":
+        try:
+            images, labels = mnist_5k_arrays(MNIST_5K)
+        except FileNotFoundError as exc:
+            return str(exc)
+        stream = _grey(name, images, labels, per_task)
+    elif kind == "cifar":
+        if not (CIFAR / "train").is_dir():
+            return f"cifar10-mini is not at {CIFAR}"
+        from service.client import read_image_folder
+
+        def folder(part: str) -> list[tuple[str, str]]:
+            return [(label, base64.b64encode(blob).decode()) for label, blob in read_image_folder(CIFAR / part)]
+
+        train, test = folder("train"), folder("test")
+        classes = sorted({label for label, _ in train})
+        stream = Stream(name, {"kind": "image", "channels": 3, "height": 32, "width": 32},
+                        [classes[i : i + per_task] for i in range(0, len(classes), per_task)], train, test)  # fmt: skip
+    else:
+        return f"unknown stream {name!r}; known: {', '.join(STREAMS)}"
+    if test_per_class:
+        seen: dict[str, int] = {}
+        stream.test = [(lab, b) for lab, b in stream.test if seen.setdefault(lab, 0) < test_per_class
+                       and not seen.update({lab: seen[lab] + 1})]  # fmt: skip
+    return stream
+
+
+def served_accuracy(c: httpx.Client, name: str, test: list[tuple[str, str]], classes: set[str]) -> tuple[float, int]:
+    """Accuracy of the version the service serves now on held-out samples of ``classes``, and its number."""
+    rows = [(lab, b) for lab, b in test if lab in classes]
+    right, version = 0, -1
+    for i in range(0, len(rows), 256):
+        chunk = rows[i : i + 256]
+        r = c.post(f"/v1/classifiers/{name}/predict", json={"inputs": [{"image_b64": b} for _, b in chunk]})
+        r.raise_for_status()
+        body = r.json()
+        version = body["version"]
+        right += sum(p["label"] == lab for p, (lab, _) in zip(body["predictions"], chunk, strict=True))
+    return right / max(len(rows), 1), version
+
+
+def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any]) -> dict[str, Any]:
+    name = f"{stream.name}-{strategy}".replace("_", "-")
+    r = c.post("/v1/classifiers", json={"name": name, "input": stream.input})
+    r.raise_for_status()
+    retention = "keep" if strategy in KEEPS_DATA else "discard"
+    out: dict[str, Any] = {"stream": stream.name, "strategy": strategy, "backbone": r.json()["backbone"], "tasks": []}
+    seen: set[str] = set()
+    for t, classes in enumerate(stream.tasks, 1):
+        samples = [{"label": lab, "image_b64": b} for lab, b in stream.train if lab in classes]
+        body = {"task": f"t{t}", "strategy": strategy, "retention": retention, "samples": samples, **extra}
+        start = time.perf_counter()
+        r = c.post(f"/v1/classifiers/{name}/learn", json=body)
+        r.raise_for_status()
+        job = r.json()
+        while job["status"] not in DONE:
+            time.sleep(0.2)
+            job = c.get(f"/v1/jobs/{job['job_id']}").json()
+        wall = time.perf_counter() - start
+        seen |= set(classes)
+        acc, version = served_accuracy(c, name, stream.test, seen)
+        if job["status"] == "promoted" and version != job["version"]:
+            print(f"  (stale: the process that reported v{job['version']} promoted served v{version})")
+        report = job.get("report") or {}
+        seconds = job.get("seconds") or {}
+        training = report.get("training") or {}
+        row = {"task": t, "classes": classes, "status": job["status"], "served_version": version,
+               "served_accuracy": round(acc, 4), "wall_s": round(wall, 2),
+               "worker_s": round(sum(v for k, v in seconds.items() if "." not in k), 2),
+               "gate_s": seconds.get("gate"), "steps": training.get("steps"), "stopped": training.get("stopped"),
+               "failures": report.get("failures"), "causes": [x.get("cause") for x in report.get("tasks", [])
+                                                                 if x.get("before") is not None],
+               "error": job.get("error")}  # fmt: skip
+        out["tasks"].append(row)
+        mark = {"promoted": "P", "rejected": "R"}.get(job["status"], "F")
+        print(f"  {stream.name} {strategy} task {t} {classes}: {mark} served v{version} acc {acc:.3f} "
+              f"({row['worker_s']} s worker, gate {row['gate_s']} s, {row['steps']} steps, {row['stopped']})"
+              + (f" {row['failures'] or row['error']}" if mark != "P" else ""), flush=True)  # fmt: skip
+    return out
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print("\n| stream | strategy | verdicts | served accuracy after each task | final | s/task (gate) |")
+    print("|---|---|---|---|---|---|")
+    for res in results:
+        tasks = res["tasks"]
+        marks = "".join({"promoted": "P", "rejected": "R"}.get(t["status"], "F") for t in tasks)
+        accs = " ".join(f"{t['served_accuracy']:.2f}" for t in tasks)
+        sec = np.mean([t["worker_s"] for t in tasks])
+        gate = np.mean([t["gate_s"] or 0 for t in tasks])
+        print(f"| {res['stream']} | {res['strategy']} | {marks} | {accs} | {tasks[-1]['served_accuracy']:.3f} | "
+              f"{sec:.1f} ({gate:.1f}) |")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="The gate's verdicts through the real service (see module doc)")
+    parser.add_argument("--streams", default=",".join(STREAMS))
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--test-per-class", type=int, help="score on at most this many held-out samples a class")
+    parser.add_argument("--options", default="{}", help='learn-request options as JSON, e.g. {"iterations": 300}')
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    extra = {"options": json.loads(args.options)} if json.loads(args.options) else {}
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="engram-gate-truth-") as tmp:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
+        log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--data-dir", f"{tmp}/data",
+                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            wait_ready(url, proc, "/readyz")
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=600) as c:
+                for stream_name in args.streams.split(","):
+                    stream = load_stream(stream_name, args.test_per_class)
+                    if isinstance(stream, str):
+                        print(f"skipping {stream_name}: {stream}")
+                        continue
+                    for strategy in args.strategies.split(","):
+                        results.append(run_one(c, stream, strategy, extra))
+                        if args.json:
+                            args.json.write_text(json.dumps(results, indent=1))
+        finally:
+            stop(proc)
+            log.close()
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
