@@ -73,7 +73,15 @@ def print_verdict(job: Job) -> None:
     for row in report.get("tasks", []):
         before = "new" if row.get("before") is None else f"{row['before']:.3f}"
         mark = "ok" if row["passed"] else "FAIL"
-        console.print(f"  {mark:4} task {row['task']}: {before} -> {row['after']:.3f} (n={row['n']})")
+        split = ""
+        if row.get("cause"):  # fell beyond tolerance: forgetting, or new classes taking its samples
+            split = (f"; {row['cause']}: forgetting {row['forgetting']:.3f}, taken by new classes "
+                     f"{row['lost_to_new']:.3f} against {row['reverse']:.3f} the other way") if "forgetting" in row else ""
+        console.print(f"  {mark:4} task {escape(str(row['task']))}: {before} -> {row['after']:.3f} (n={row['n']}{split})")
+    training = report.get("training")
+    if training:
+        console.print(f"  training: {training['steps']} steps of a budget of {training['budget']}, "
+                      f"stopped: {training['stopped']}")  # fmt: skip
     for failure in report.get("failures", []):
         console.print(f"  [red]{failure}[/]")
     if report.get("explanation"):
@@ -96,6 +104,14 @@ def print_forgotten(report: dict[str, Any], shown: int = 10) -> None:
                       f"{r['before']:.3f} -> {r['after']:.3f} (n={r['n']}{who}{figure})")  # fmt: skip
     if len(rows) > shown:
         console.print(f"    ... and {len(rows) - shown} more")
+    pairs = report.get("confused_pairs") or []
+    if pairs:
+        console.print("  [bold]confused pairs[/] (old taken for new; the reverse):")
+    for p in pairs[:shown]:
+        console.print(f"    {escape(str(p['old']))} -> {escape(str(p['new']))}: {p['old_as_new']:.3f}; "
+                      f"{escape(str(p['new']))} -> {escape(str(p['old']))}: {p['new_as_old']:.3f}")  # fmt: skip
+    if report.get("confusion_note"):
+        console.print(f"  [bold]confusion:[/] {escape(report['confusion_note'])}")
     if report.get("next_step"):
         console.print(f"  [bold]next step:[/] {escape(report['next_step'])}")
 
