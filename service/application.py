@@ -43,8 +43,8 @@ class EngramService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.classifiers = ClassifierService(sessions, settings)
-        self.learning = LearningService(settings, sessions, store, self.metrics)
         self.serving = ServingService(settings, sessions, store, state, self.metrics)
+        self.learning = LearningService(settings, sessions, store, self.metrics, follow=self.serving.follow)
         self.versions = VersionService(sessions, store, self.serving)
 
     @staticmethod

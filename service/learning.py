@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -42,12 +43,19 @@ def stratified_holdout(labels: np.ndarray, share: float, seed: int = 0) -> np.nd
 
 class LearningService:
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], store: ArtifactStore, metrics: Metrics
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: ArtifactStore,
+        metrics: Metrics,
+        follow: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.store = store
         self.metrics = metrics
+        # Brings this process's serving up to a classifier's pointer (ServingService.follow), by its id.
+        self.follow = follow
         self._jobs_seen_until = utcnow()  # jobs finished after this are still to be counted
 
     def submit_learn(self, name: str, req: Learn) -> dict[str, Any]:
@@ -125,11 +133,16 @@ class LearningService:
         return np.array(out, dtype=str)
 
     def get_job(self, job_id: str) -> dict[str, Any]:
+        """The job. One that ended ``promoted`` is answered only once this process serves the classifier's
+        active version as of this read, so a prediction sent here after it gets the new version (or later)."""
         with self.sessions() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFound(f"no job {job_id!r}")
-            return job_view(job)
+            view = job_view(job)
+        if job.status == "promoted" and self.follow is not None:
+            self.follow(job.classifier_id)
+        return view
 
     def recent_jobs(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
         with self.sessions() as s:

@@ -46,11 +46,12 @@ def set_active(
     reason: str | None,
     forced: bool,
     expected: int | None,
-) -> None:
+) -> AuditEntry:
     """Move ``clf``'s pointer from ``expected`` to ``target`` (compare-and-set, in the caller's transaction)
     with its audit entry. Raises ``PointerMoved`` when the pointer is no longer ``expected``: two moves
     racing each other never both land, so there is never a second active version nor a wrong
-    ``from_version`` in the audit (the default rollback target is computed from it)."""
+    ``from_version`` in the audit (the default rollback target is computed from it). Returns the audit
+    entry: once flushed, its id is the pointer's generation (``service.serving``)."""
     if expected == target.number:
         raise Conflict(f"version {target.number} of {clf.name!r} is already active")
     moved = s.execute(
@@ -71,8 +72,10 @@ def set_active(
                   .values(status="retired").execution_options(synchronize_session=False))  # fmt: skip
     target.status = "active"
     clf.active_version = target.number
-    s.add(AuditEntry(classifier_id=clf.id, action=action, actor=actor, from_version=expected, to_version=target.number,
-                     reason=reason, forced=forced))  # fmt: skip
+    entry = AuditEntry(classifier_id=clf.id, action=action, actor=actor, from_version=expected,
+                       to_version=target.number, reason=reason, forced=forced)  # fmt: skip
+    s.add(entry)
+    return entry
 
 
 def previous_active(s: Session, clf: Classifier) -> int | None:

@@ -5,6 +5,13 @@
 - No database connection is held while a session is built: the version's folder and network are read in
   a short session first (``VersionRef``).
 - Once a version is served, predict never touches the database (the outage test stops it under load).
+- A promotion is served once it is reported: reading a job that ended ``promoted`` brings this replica
+  up to the classifier's pointer (``follow``) before the job is answered, and an admin move swaps before
+  it answers, so a client that saw either and then predicts here gets the new version. The background
+  sync (poll, or NOTIFY on PostgreSQL) is only how replicas follow moves nobody here has reported.
+- Swaps are ordered by the pointer's generation (the id of its latest audit entry: every move writes one,
+  and moves of one classifier commit in that order), so a slow build from an older read never replaces
+  a version swapped in from a newer one.
 - A version that fails to load is retried with backoff; until then it shows in ``/readyz`` and the
   metrics, and a request that needs it gets 503 with Retry-After rather than a fresh attempt each time.
 """
@@ -19,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import Classifier, Version
+from service.db import AuditEntry, Classifier, Version
 from service.domain import Predict
 from service.errors import Conflict, Invalid, Unavailable
 from service.inference import Served, ServingOptions, ServingState, load_served
@@ -85,7 +92,8 @@ class ServingService:
         self._lock = threading.Lock()
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._failures: dict[tuple[str, int], LoadFailure] = {}
-        self._pointers_seen: dict[str, int] = {}  # the last sync's active versions (replaced, never mutated)
+        self._pointers_seen: dict[str, int] = {}  # the last read active versions (replaced, never mutated)
+        self._generations: dict[str, int] = {}  # classifier -> generation of the pointer served (under _lock)
 
     # --- loading ----------------------------------------------------------------------------------
 
@@ -149,30 +157,62 @@ class ServingService:
             return {name: f.view(number) for (name, number), f in self._failures.items()
                     if active.get(name) == number}  # fmt: skip
 
+    # --- following the active pointers -----------------------------------------------------------
+
     def sync(self) -> None:
         """Follow active pointers moved elsewhere (the worker, another replica): build, then swap. One
         short session reads the pointers; sessions are built after it is closed."""
-        with self.sessions() as s:
-            rows = s.execute(
-                select(Classifier, Version)
-                .join(Version, (Version.classifier_id == Classifier.id) & (Version.number == Classifier.active_version))
-            ).all()  # fmt: skip
-            pointers = {clf.name: v.number for clf, v in rows}
-            moved = [version_ref(self.store, clf, v) for clf, v in rows
-                     if (cur := self.state.active(clf.name)) is None or cur.version != v.number]  # fmt: skip
-        self._pointers_seen = pointers
+        self._follow(None)
         self.metrics.unloadable_versions.set(len(self.load_failures()))
+
+    def follow(self, classifier_id: int) -> None:
+        """Bring one classifier up to its pointer now (the sync's work for it), before the caller answers:
+        called when this process reports a promotion (a job read as ``promoted``)."""
+        self._follow(classifier_id)
+
+    def adopt(self, served: Served, generation: int) -> bool:
+        """Swap ``served`` in unless a newer pointer (higher generation) is already served; True if swapped."""
+        with self._lock:
+            if generation < self._generations.get(served.classifier, -1):
+                return False
+            self._generations[served.classifier] = generation
+            self.state.swap(served)
+            return True
+
+    def _follow(self, classifier_id: int | None) -> None:
+        gen = (select(AuditEntry.classifier_id, func.max(AuditEntry.id).label("gen"))
+               .group_by(AuditEntry.classifier_id).subquery())  # fmt: skip
+        query = (
+            select(Classifier, Version, func.coalesce(gen.c.gen, 0))
+            .join(Version, (Version.classifier_id == Classifier.id) & (Version.number == Classifier.active_version))
+            .outerjoin(gen, gen.c.classifier_id == Classifier.id)
+        )  # fmt: skip
+        if classifier_id is not None:
+            query = query.where(Classifier.id == classifier_id)
+        moved: list[tuple[VersionRef, int]] = []
+        with self.sessions() as s:
+            rows = s.execute(query).all()
+            with self._lock:
+                for clf, v, generation in rows:
+                    if generation < self._generations.get(clf.name, -1):
+                        continue  # an older read than what is served: nothing to do
+                    cur = self.state.active(clf.name)
+                    if cur is not None and cur.version == v.number:
+                        self._generations[clf.name] = generation  # same version, newer move (e.g. back and forth)
+                    else:
+                        moved.append((version_ref(self.store, clf, v), generation))
+        pointers = {clf.name: v.number for clf, v, _ in rows}
+        self._pointers_seen = pointers if classifier_id is None else {**self._pointers_seen, **pointers}
         now = time.monotonic()
-        for ref in moved:  # one that fails to load does not hold up the others
+        for ref, generation in moved:  # one that fails to load does not hold up the others
             failure = self._failures.get((ref.classifier, ref.number))
             if failure is not None and now < failure.retry_at:
                 continue
             try:
                 served = self.load(ref)
             except Unavailable:
-                continue  # logged and counted by load()
-            if pointers.get(ref.classifier) == ref.number:
-                self.state.swap(served)
+                continue  # logged and counted by load(); the previous version serves meanwhile
+            self.adopt(served, generation)
 
     # --- predict ----------------------------------------------------------------------------------
 

@@ -125,8 +125,8 @@ class VersionService:
             clf = get_classifier(s, name)
             v = get_version(s, clf, number)
             forced = check(v)  # again: the status may have changed meanwhile
-            set_active(s, clf, v, action, actor, reason, forced=forced, expected=expected)
+            entry = set_active(s, clf, v, action, actor, reason, forced=forced, expected=expected)
             s.commit()
             view = version_view(v)
-        self.serving.state.swap(served)
+        self.serving.adopt(served, entry.id)  # served here before the answer says it is active
         return view

@@ -222,9 +222,13 @@ def test_64_concurrent_predicts_on_a_just_promoted_model_build_one_session(tmp_p
         rng = np.random.default_rng(0)
         samples = [{"label": lab, "image_b64": png_b64(rng.uniform(0, 16, (8, 8)) + off)}
                    for lab, off in (("dark", 0.0), ("light", 0.0)) for _ in range(6)]  # fmt: skip
-        job = wait_job(c, learn(c, "big", {"task": "t", "strategy": "naive", "samples": samples,
-                                            "options": {"iterations": 2, "batch_size": 4}}), timeout=300)  # fmt: skip
-        assert job["status"] == "promoted", job
+        job_id = learn(c, "big", {"task": "t", "strategy": "naive", "samples": samples,
+                                  "options": {"iterations": 2, "batch_size": 4}})  # fmt: skip
+        # Wait on the classifier, not the job: reading the job as promoted would build the session first.
+        deadline = time.monotonic() + 300
+        while c.get("/v1/classifiers/big", headers=auth("predict")).json()["active_version"] != 1:
+            assert time.monotonic() < deadline, "version 1 was not promoted in 300 s"
+            time.sleep(0.5)
         body = {"inputs": [{"image_b64": samples[0]["image_b64"]}]}
 
         def one(_: int) -> int:
@@ -240,6 +244,7 @@ def test_64_concurrent_predicts_on_a_just_promoted_model_build_one_session(tmp_p
               f"session builds {float(builds.group(1)):.0f}")
         assert codes == Counter({200: 64}), codes
         assert float(builds.group(1)) == 1.0
+        assert wait_job(c, job_id)["status"] == "promoted"
         assert c.post("/v1/classifiers/big/predict", json=body, headers=auth("predict")).json()["version"] == 1
     finally:
         stop_server(srv)
