@@ -113,3 +113,49 @@ def split_mnist(root: str | Path, download: bool = False, n_tasks: int = 5) -> S
         x = ds.data.float().div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
         parts.append(split_by_classes(x, ds.targets.long(), groups, names))
     return SplitBenchmark("split-mnist", parts[0], parts[1])
+
+
+MNIST_5K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist-5k"  # beside the project
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """One gzip-compressed idx file (MNIST's format): big-endian magic, dimension sizes, then uint8 data."""
+    import gzip
+
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    found, ndim = int.from_bytes(data[:4], "big"), data[3]
+    if found != magic:
+        raise ValueError(f"{path} is not an idx file with magic {magic} (found {found})")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def mnist_5k(root: str | Path | None = None, seed: int = 0, test_size: float = 0.3, n_tasks: int = 5) -> SplitBenchmark:
+    """5,000 real 28x28 MNIST digits (``../shared/data/mnist-5k`` beside the project unless ``root`` says), with
+    a seeded per-class split (``test_size`` of every class held out), 5 tasks of 2 classes.
+
+    FileNotFoundError naming the folder when the files are absent (tests skip on it).
+    """
+    folder = Path(root) if root is not None else MNIST_5K
+    images_path, labels_path = folder / "images-idx3-ubyte.gz", folder / "labels-idx1-ubyte.gz"
+    if not (images_path.is_file() and labels_path.is_file()):
+        raise FileNotFoundError(
+            f"mnist-5k not found at {folder}: it needs images-idx3-ubyte.gz and labels-idx1-ubyte.gz "
+            "(the shared data folder ../shared/data/mnist-5k beside the project)"
+        )
+    images = torch.from_numpy(_read_idx(images_path, 2051).astype(np.float32) / 255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    labels = torch.from_numpy(_read_idx(labels_path, 2049).astype(np.int64))
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        rows = np.flatnonzero(labels.numpy() == c)
+        test[rng.permutation(rows)[: round(test_size * len(rows))]] = True
+    mask = torch.from_numpy(test)
+    names = [str(c) for c in range(10)]
+    groups = _pairs(10, n_tasks)
+    return SplitBenchmark(
+        "mnist-5k",
+        split_by_classes(images[~mask], labels[~mask], groups, names),
+        split_by_classes(images[mask], labels[mask], groups, names),
+    )

@@ -147,6 +147,23 @@ SPECS: dict[str, StrategySpec] = {
                 "ridge": None,
             },
         ),
+        StrategySpec(
+            "class_models",
+            summary="classifies by per-class generative models (PPCA mixtures) fitted once and frozen; stores no samples",
+            defaults={
+                # At most this many mixture components per class (k-means clusters), fewer when the class has
+                # under 4 samples per principal direction for each.
+                "components": 8,
+                # Principal directions per component; null: chosen from the data when the first class is fitted
+                # (model_core.strategies.class_models.choose_rank).
+                "rank": None,
+                # Floor of each component's noise variance, as a share of its mean per-dimension variance; it also
+                # regularises (python -m benchmarks.continual --strategies class_models).
+                "variance_floor": 0.3,
+                "prior": "uniform",  # "uniform" or "frequency" (log of each class's sample count added)
+            },
+            choices={"prior": ("uniform", "frequency")},
+        ),
     )
 }
 
