@@ -165,3 +165,32 @@ def test_choose_rank_follows_the_data() -> None:
     assert choose_rank(1280, 500) == 32  # EfficientNet-Lite0 features
     assert choose_rank(8, 100) == 2 and choose_rank(64, 20) == 5
     assert math.isclose(choose_rank(3, 100), 1)
+
+
+def test_benchmark_skips_a_strategy_that_does_not_apply_and_runs_class_models() -> None:
+    from benchmarks import continual
+
+    continual._init("digits", None, None, False, {})
+    skipped = continual._one_run("digits", "analytic", "class-incremental", 0, "cpu", None, {})
+    assert "frozen pretrained backbone" in skipped["skipped"]
+    run = continual._one_run("digits", "class_models", "class-incremental", 0, "cpu", None, {})
+    assert run["acc"] > 0.97 and "skipped" not in run
+
+
+def test_mnist_5k_is_a_seeded_per_class_70_30_split() -> None:
+    from model_core.data import MNIST_5K, mnist_5k
+
+    if not MNIST_5K.is_dir():
+        pytest.skip(f"mnist-5k is not at {MNIST_5K} (../shared/data/mnist-5k from the project root)")
+    bench = mnist_5k()
+    assert [e.classes for e in bench.train] == [(str(2 * t), str(2 * t + 1)) for t in range(5)]
+    n_train, n_test = sum(len(e) for e in bench.train), sum(len(e) for e in bench.test)
+    assert n_train + n_test == 5000 and abs(n_test - 1500) <= 5
+    assert bench.train[0].x.shape[1:] == (1, 28, 28) and float(bench.train[0].x.max()) <= 1.0
+    for train, test in zip(bench.train, bench.test, strict=True):
+        for c in range(2):
+            share = int((test.y == c).sum()) / (int((test.y == c).sum()) + int((train.y == c).sum()))
+            assert abs(share - 0.3) < 0.01
+    assert torch.equal(mnist_5k().test[2].x, bench.test[2].x)  # seeded
+    with pytest.raises(FileNotFoundError, match="mnist-5k not found"):
+        mnist_5k("/nonexistent")
