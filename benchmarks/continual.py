@@ -4,13 +4,16 @@
     python -m benchmarks.continual --size 28                         # the 8x8 digits as 28x28 PNGs, service preprocessing
     python -m benchmarks.continual --dataset digits-long             # 64-dim vectors, 10 tasks of one class
     python -m benchmarks.continual --dataset cifar10-mini --data-root ../shared/data/cifar10-mini
+    python -m benchmarks.continual --dataset mnist-5k                 # 5,000 real 28x28 digits, 70/30 per class
+    python -m benchmarks.continual --strategies class_models --params '{"class_models": {"rank": 8}}'
     python -m benchmarks.continual --strategies generative_replay --params '{"generator": "vae"}' --scenarios class-incremental
     python -m benchmarks.continual --dataset mnist --data-root ~/data --download   # van de Ven protocol
 
 Each dataset runs on the backbone a new classifier gets by default for its input (``--backbone`` overrides).
 Image datasets reach the network the way the service's do: encoded as PNG or read as JPEG files, decoded and
 resized by ``service.preprocess`` (the cifar10-mini ImageFolder through the CLI client's own folder reader).
-Runs are spread over ``--jobs`` processes, each using one torch thread. With a frozen pretrained backbone every
+A strategy that cannot run on a stream (``analytic`` without a frozen backbone, ``class_models`` on a large
+input that trains its backbone) is skipped with a printed line saying why. Runs are spread over ``--jobs`` processes, each using one torch thread. With a frozen pretrained backbone every
 photo's features are computed once, before the runs, and shared by them (as a job computes them once); the
 table's seconds per task then exclude feature extraction, which is printed on its own.
 """
@@ -47,10 +50,11 @@ PROTOCOLS = {
     "digits": Protocol(iterations=300, batch_size=64, lr=1e-3),
     "digits-long": Protocol(iterations=300, batch_size=64, lr=1e-3),
     "cifar10-mini": Protocol(iterations=300, batch_size=64, lr=1e-3),
+    "mnist-5k": Protocol(iterations=300, batch_size=64, lr=1e-3),
     # van de Ven, Tuytelaars & Tolias (2022): MLP 2x400, Adam 1e-3, batch 128, 2000 iterations per task.
     "mnist": Protocol(iterations=2000, batch_size=128, lr=1e-3, hidden=(400, 400)),
 }
-ALL_STRATEGIES = ("naive", "joint", "replay", "ewc", "lwf", "mas", "generative_replay", "analytic")
+ALL_STRATEGIES = ("naive", "joint", "replay", "ewc", "lwf", "mas", "generative_replay", "analytic", "class_models")
 
 
 def _encode_png(image: Any) -> bytes:
@@ -80,8 +84,13 @@ def load_benchmark(dataset: str, size: int | None, data_root: str | None, downlo
     """The stream and its input spec."""
     import torch
 
-    from model_core.data import Experience, SplitBenchmark, split_by_classes, split_digits, split_mnist
+    from model_core.data import Experience, SplitBenchmark, mnist_5k, split_by_classes, split_digits, split_mnist
 
+    if dataset == "mnist-5k":
+        try:
+            return mnist_5k(data_root), InputSpec("image", 1, 28, 28)
+        except FileNotFoundError as exc:
+            raise SystemExit(str(exc)) from exc
     if dataset == "mnist":
         return split_mnist(data_root or ".", download=download), InputSpec("image", 1, 28, 28)
     if dataset == "cifar10-mini":
@@ -161,7 +170,12 @@ def _one_run(
     seconds = []
     for i, exp in enumerate(bench.train):
         start = time.perf_counter()
-        learner.learn(exp, strategy, params if strategy == "generative_replay" else None, config)
+        try:
+            learner.learn(exp, strategy, params.get(strategy), config)
+        except ValueError as exc:  # a strategy refuses a stream it cannot learn before changing anything
+            if i:
+                raise
+            return {"strategy": strategy, "scenario": scenario, "seed": seed, "skipped": str(exc)}
         seconds.append(time.perf_counter() - start)
         matrix.append([learner.accuracy(test, device) if j <= i else float("nan") for j, test in enumerate(bench.test)])
     from model_core.metrics import summarise
@@ -176,18 +190,38 @@ def _one_run(
 
 
 def precompute_features(dataset: str, size: int | None, data_root: str | None, backbone: str | None,
-                        device: str) -> tuple[dict[bytes, Any], float]:  # fmt: skip
-    """Frozen-backbone features of every train and test sample, computed once (empty when the backbone trains)."""
+                        device: str, cache: str | None = None) -> tuple[dict[bytes, Any], float]:  # fmt: skip
+    """Frozen-backbone features of every train and test sample, computed once (empty when the backbone trains).
+
+    With ``cache`` (a folder), they are kept there under a digest of the backbone and read back by later runs.
+    """
+    from pathlib import Path
+
+    import torch
+
     from model_core.learner import Learner
 
     bench, inp = load_benchmark(dataset, size, data_root, False)
     learner = Learner.create(network_spec(inp, SCENARIOS[0], backbone, PROTOCOLS[dataset]))
     if not learner.frozen_backbone:
         return {}, 0.0
+    path = None
+    if cache is not None:
+        from model_core.export_frozen import backbone_digest
+
+        path = Path(cache) / f"features-{dataset}-{size or 0}-{backbone_digest(learner)}.pt"
+        if path.exists():  # keys (N, 16) uint8 input digests, values (N, F)
+            saved = torch.load(path, weights_only=True)
+            return {bytes(k.tolist()): v for k, v in zip(saved["keys"], saved["values"], strict=True)}, 0.0
     start = time.perf_counter()
     for exp in [*bench.train, *bench.test]:
         learner.features(exp.x, device=device)
-    return dict(learner._features), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = torch.tensor([list(k) for k in learner._features], dtype=torch.uint8)
+        torch.save({"keys": keys, "values": torch.stack(list(learner._features.values()))}, path)
+    return dict(learner._features), seconds
 
 
 def summarise_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -248,11 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", help="a backbone name or a JSON backbone spec; default: the input's default")
     parser.add_argument("--strategies", default=",".join(ALL_STRATEGIES), help="joint always runs beside them")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--params", default="{}", help="JSON parameters for generative_replay")
+    parser.add_argument("--params", default="{}", help="JSON parameters for generative_replay, or JSON keyed by "
+                        "strategy name: {\"class_models\": {\"rank\": 8}}")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds: 0..N-1")
     parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8), help="parallel runs")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", dest="json_path", help="also write the rows as a JSON list")
+    parser.add_argument("--feature-cache", help="folder keeping frozen-backbone features between runs")
     args = parser.parse_args(argv)
 
     strategies = list(dict.fromkeys([*(s for s in args.strategies.split(",") if s), "joint"]))
@@ -267,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--dataset mnist needs --data-root")
 
     features, feature_seconds = precompute_features(args.dataset, args.size, args.data_root, args.backbone,
-                                                    args.device)  # fmt: skip
+                                                    args.device, args.feature_cache)  # fmt: skip
     params = json.loads(args.params)
+    if not all(k in ALL_STRATEGIES for k in params):  # the older form: generative_replay's parameters
+        params = {"generative_replay": params}
     order = sorted(strategies, key=lambda s: s != "generative_replay")  # slowest first
     tasks = [(args.dataset, st, sc, seed, args.device, args.backbone, params)
              for st in order for sc in scenarios for seed in range(args.seeds)]  # fmt: skip
@@ -281,12 +319,20 @@ def main(argv: list[str] | None = None) -> int:
         _init(*init)
         runs = [_one_run(*t) for t in tasks]
     wall = time.perf_counter() - start
+    skipped = {(r["strategy"], r["scenario"]): r["skipped"] for r in runs if "skipped" in r}
+    for (strategy, scenario), reason in sorted(skipped.items()):
+        print(f"skipped {strategy} ({scenario}) on {args.dataset}: {reason}")
+    runs = [r for r in runs if "skipped" not in r]
+    if not runs:
+        print("no strategy could run on this stream")
+        return 0
     rows = summarise_runs(runs)
     size = f" at {args.size}x{args.size}" if args.size else ""
     print_table(rows, f"{args.dataset}{size}, backbone {runs[0]['backbone']}: average accuracy after the last task, "
-                      f"{args.seeds} seed(s), generative_replay params {params or 'default'}")  # fmt: skip
+                      f"{args.seeds} seed(s), params {params or 'default'}")  # fmt: skip
     if features:
-        print(f"frozen-backbone features of {len(features)} samples computed once in {feature_seconds:.1f} s")
+        how = f"computed once in {feature_seconds:.1f} s" if feature_seconds else "read from --feature-cache"
+        print(f"frozen-backbone features of {len(features)} samples {how}")
     print(f"{len(runs)} runs in {wall:.1f} s wall time on {args.jobs} process(es), device {args.device}")
     if args.json_path:
         with open(args.json_path, "w") as f:

@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.serve_bench import ADMIN, free_port, stop, wait_ready
-from model_core.data import MNIST_5K, load_digits_arrays, mnist_5k_arrays, stratified_split
+from model_core.data import load_digits_arrays, mnist_5k_arrays, stratified_split
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 STRATEGIES = ("joint", "replay", "generative_replay", "naive", "ewc", "lwf")
@@ -83,7 +83,7 @@ def load_stream(name: str, test_per_class: int | None) -> Stream | str:
         stream = _grey(name, np.round(images * 255).astype(np.uint8), labels, per_task)
     elif kind == "mnist":
         try:
-            images, labels = mnist_5k_arrays(MNIST_5K)
+            images, labels = mnist_5k_arrays()
         except FileNotFoundError as exc:
             return str(exc)
         stream = _grey(name, images, labels, per_task)

@@ -138,10 +138,14 @@ def load_bundle(path: str | Path) -> tuple[Learner, Manifest]:
     spec = NetworkSpec.from_dict(manifest.network)
     if manifest.external_backbone is None:
         model = create_network(spec, manifest.head_sizes, load_weights=False)  # the bundle holds every weight
-        model.load_state_dict(load_file(str(path / WEIGHTS)))
+        weights = load_file(str(path / WEIGHTS))
+        model.restore_heads(weights)  # class-model head blocks where the bundle has them
+        model.load_state_dict(weights)
     else:  # the frozen backbone from its source, which must still have the recorded sha256
         model = create_network(spec, manifest.head_sizes)
-        missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
+        weights = load_file(str(path / WEIGHTS))
+        model.restore_heads(weights)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if unexpected or not all(k.startswith(EXTERNAL_PREFIX) for k in missing):
             raise ValueError(f"bundle {path}: weights do not fit the network ({(unexpected or missing)[0]!r})")
     model.eval()

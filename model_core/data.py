@@ -118,23 +118,30 @@ def split_mnist(root: str | Path, download: bool = False, n_tasks: int = 5) -> S
 MNIST_5K = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-5k"  # ../shared beside the project
 
 
-def mnist_5k_arrays(root: str | Path = MNIST_5K) -> tuple[np.ndarray, np.ndarray]:
-    """The 5,000 real 28x28 MNIST digits of ``../shared/data/mnist-5k`` (idx format, gzip): images (N, 28, 28)
-    uint8 and labels (N,). FileNotFoundError naming the folder when it is absent."""
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """One gzip-compressed idx file (MNIST's format): big-endian magic, dimension sizes, then uint8 data."""
     import gzip
 
-    root = Path(root)
-    files = [root / "images-idx3-ubyte.gz", root / "labels-idx1-ubyte.gz"]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f"mnist-5k is not at {root.resolve()} (missing {', '.join(missing)})")
-    with gzip.open(files[0]) as f:
-        raw = f.read()
-        n, rows, cols = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
-        images = np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows, cols)
-    with gzip.open(files[1]) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return images, labels
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    found, ndim = int.from_bytes(data[:4], "big"), data[3]
+    if found != magic:
+        raise ValueError(f"{path} is not an idx file with magic {magic} (found {found})")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def mnist_5k_arrays(root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real 28x28 MNIST digits (``../shared/data/mnist-5k`` beside the project unless ``root`` says):
+    images (N, 28, 28) uint8 and labels (N,). FileNotFoundError naming the folder when the files are absent."""
+    folder = Path(root) if root is not None else MNIST_5K
+    images_path, labels_path = folder / "images-idx3-ubyte.gz", folder / "labels-idx1-ubyte.gz"
+    if not (images_path.is_file() and labels_path.is_file()):
+        raise FileNotFoundError(
+            f"mnist-5k not found at {folder}: it needs images-idx3-ubyte.gz and labels-idx1-ubyte.gz "
+            "(the shared data folder ../shared/data/mnist-5k beside the project)"
+        )
+    return _read_idx(images_path, 2051), _read_idx(labels_path, 2049).astype(np.int64)
 
 
 def stratified_split(labels: np.ndarray, test_share: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -147,3 +154,19 @@ def stratified_split(labels: np.ndarray, test_share: float, seed: int = 0) -> tu
         test.append(idx[:k])
         train.append(idx[k:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def mnist_5k(root: str | Path | None = None, seed: int = 0, test_size: float = 0.3, n_tasks: int = 5) -> SplitBenchmark:
+    """mnist-5k (``mnist_5k_arrays``) with a seeded per-class split (``test_size`` of every class held out,
+    ``stratified_split``), ``n_tasks`` tasks of 10 / n_tasks classes."""
+    images, labels = mnist_5k_arrays(root)
+    train, test = stratified_split(labels, test_size, seed)
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    y = torch.from_numpy(labels)
+    names = [str(c) for c in range(10)]
+    groups = _pairs(10, n_tasks)
+    return SplitBenchmark(
+        "mnist-5k",
+        split_by_classes(x[train], y[train], groups, names),
+        split_by_classes(x[test], y[test], groups, names),
+    )

@@ -3,8 +3,9 @@
 Tracing a pretrained backbone through the exporter takes tens of seconds on a CPU, and with a frozen backbone
 every version of a classifier shares the same one. So the backbone (with the in-graph resizing and
 normalisation) is exported once and kept in a cache folder under a digest of its spec and weights; each
-version's head is written directly as ONNX (one Gemm per head block, concatenated, exactly as
-``IncrementalClassifier.forward_head`` computes it) and joined to the cached backbone into one graph.
+version's head is written directly as ONNX (one Gemm per head block, or a class-model block's quadratic forms,
+concatenated, exactly as ``IncrementalClassifier.forward_head`` computes it) and joined to the cached backbone
+into one graph.
 The result is a whole model, input (B, *shape) -> logits (B, U), parity-checked like any other export.
 """
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from model_core.learner import Learner
+from model_core.networks.gaussian_head import GaussianHead, onnx_nodes
 
 FEATURES = "features"
 
@@ -85,7 +87,14 @@ def export_frozen(learner: Learner, input_name: str, output_name: str, cache_dir
 
     backbone = onnx.load_from_string(backbone_graph(learner, input_name, cache_dir))
     nodes, inits, outs = [], [], []
+    opset = max((o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx")), default=18)
     for i, head in enumerate(learner.model.heads):
+        if isinstance(head, GaussianHead):  # per-class log-likelihoods (the class_models strategy)
+            head_nodes, head_inits = onnx_nodes(head, FEATURES, f"head{i}.out", f"head{i}", opset)
+            nodes += head_nodes
+            inits += head_inits
+            outs.append(f"head{i}.out")
+            continue
         w = head.weight.detach().cpu().float().numpy()  # type: ignore[operator]
         b = head.bias.detach().cpu().float().numpy()  # type: ignore[operator]
         inits += [numpy_helper.from_array(np.ascontiguousarray(w), f"head{i}.weight"),

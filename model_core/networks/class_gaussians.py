@@ -9,17 +9,27 @@ above the noise floor, and an isotropic noise variance for the rest. A class get
 samples support (at least 4 per principal direction each): too many components for the data overfit, and
 replay from them generalises worse (python -m benchmarks.sweeps --only gr:).
 
+The same models are a classifier by themselves (``log_likelihood``: argmax over classes of log p(x | class),
+as the ``class_models`` strategy serves it). A PPCA component has covariance C = W W^T + s^2 I; its log density
+is computed in the low-rank form (Woodbury identity for C^-1, matrix determinant lemma for log det C), never
+forming the D x D matrix. A component whose noise variance is degenerate (s = 0 when the class has fewer samples
+than ``rank`` + 1, or data of fewer dimensions than ``rank``) has no density off its subspace, so its variance
+is floored at ``variance_floor`` times its mean per-dimension variance (trace(C) / D) before it scores anything.
+
 Privacy: a component is fitted only on at least ``min_samples`` samples, so its mean is an average, never a
 sample; the principal directions are eigenvectors of a covariance. The state is plain tensors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
+
+VARIANCE_FLOOR = 0.01  # default floor of a component's noise variance, as a share of its mean per-dim variance
 
 
 def kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: int = 25) -> Tensor:
@@ -130,6 +140,44 @@ class ClassGaussians:
                 std = m["noise"][comp, None].expand_as(x)
             out[rows] = x + noise_scale * std * eps
         return out
+
+    def component_terms(self, unit: int, variance_floor: float = VARIANCE_FLOOR) -> dict[str, Tensor]:
+        """Float64 terms of the log density of each of class ``unit``'s K components, for x of size D:
+
+        log N(x; mu, W W^T + v I) = -0.5 * (|x - mu|^2 / v - |G (x - mu)|^2) + const
+
+        with v the floored noise variance, G = L^-1 W^T / sqrt(v) (rank, D) where L L^T = M = v I + W^T W (so
+        |G d|^2 = d^T W M^-1 W^T d / v, the Woodbury correction) and const = log weight - 0.5 * (log det C +
+        D log 2 pi), log det C = (D - rank) log v + log det M. Returns means (K, D), proj G (K, rank, D),
+        inv_var 1/v (K,) and const (K,).
+        """
+        m = self.classes[unit]
+        means, w = m["means"].double(), m["factors"].double()  # (K, D), (K, D, r)
+        d, r = w.shape[1], w.shape[2]
+        s2 = m["noise"].double().square()
+        floor = variance_floor * (w.square().sum((1, 2)) + d * s2) / d  # a share of trace(C) / D
+        v = torch.maximum(s2, floor)
+        if bool((v <= 0).any()):  # every sample of a component identical: no spread at all
+            v = torch.where(v > 0, v, torch.full_like(v, 1e-12))
+        eye = torch.eye(r, dtype=torch.float64)
+        chol = torch.linalg.cholesky(v[:, None, None] * eye + w.transpose(1, 2) @ w)  # (K, r, r)
+        proj = torch.linalg.solve_triangular(chol, w.transpose(1, 2), upper=False) / v.sqrt()[:, None, None]
+        logdet = (d - r) * v.log() + 2 * chol.diagonal(dim1=1, dim2=2).log().sum(1)
+        const = m["weights"].double().log() - 0.5 * (logdet + d * math.log(2 * math.pi))
+        return {"means": means, "proj": proj, "inv_var": 1.0 / v, "const": const}
+
+    def log_likelihood(self, x: Tensor, variance_floor: float = VARIANCE_FLOOR) -> Tensor:
+        """(N, D) -> (N, units) float64 log p(x | class) of every fitted class, in ``units`` order: the log
+        of the mixture density (logsumexp over components of log weight + log Gaussian)."""
+        x = x.reshape(x.shape[0], -1).double().cpu()
+        out = []
+        for unit in self.units:
+            t = self.component_terms(unit, variance_floor)
+            delta = x[:, None, :] - t["means"][None]  # (N, K, D)
+            sq = delta.square().sum(-1)  # (N, K)
+            low = torch.einsum("krd,nkd->nkr", t["proj"], delta).square().sum(-1)  # (N, K)
+            out.append(torch.logsumexp(t["const"] - 0.5 * (sq * t["inv_var"] - low), dim=1))
+        return torch.stack(out, 1) if out else x.new_zeros(x.shape[0], 0)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import cast
 
 import torch
@@ -10,10 +10,15 @@ from torch import Tensor, nn
 
 from model_core.config import NetworkSpec, WeightsAccess
 from model_core.networks.backbones import Normalize, create_backbone
+from model_core.networks.gaussian_head import GaussianHead
 
 
 class HeadBlocks(nn.Module):
-    """Linear head blocks over features whose outputs are concatenated into one logit vector."""
+    """Head blocks over features whose outputs are concatenated into one logit vector.
+
+    A block is a Linear layer, or a ``GaussianHead`` (per-class log-likelihoods, the ``class_models``
+    strategy), which reads the flattened raw input instead of the features when its class models live there.
+    """
 
     heads: nn.ModuleList
 
@@ -25,11 +30,29 @@ class HeadBlocks(nn.Module):
     def num_units(self) -> int:
         return sum(self.head_sizes)
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        """(B, feature_dim) -> (B, num_units) logits of every block, concatenated in unit order."""
+    def forward_head(self, features: Tensor, inputs: Tensor | None = None) -> Tensor:
+        """(B, feature_dim) -> (B, num_units) logits of every block, concatenated in unit order; ``inputs``
+        (B, *input_shape) feeds the blocks that read the raw input."""
         if not self.heads:
             return features.new_zeros((features.shape[0], 0))
-        return torch.cat([head(features) for head in self.heads], dim=1)
+        outs = []
+        for head in self.heads:
+            if isinstance(head, GaussianHead) and head.reads_input:
+                if inputs is None:
+                    raise ValueError("this head block reads the raw input; call the classifier on inputs")
+                outs.append(head(inputs))
+            else:
+                outs.append(head(features))
+        return torch.cat(outs, dim=1)
+
+    def restore_heads(self, state: Mapping[str, Tensor]) -> None:
+        """Make every head block the kind a saved state dict holds (a ``GaussianHead`` where its buffers are
+        there; the network is rebuilt with Linear blocks), shaped to load that state."""
+        for i in range(len(self.heads)):
+            prefix = f"heads.{i}."
+            if f"{prefix}const" in state:
+                self.heads[i] = GaussianHead.from_state({k[len(prefix) :]: v for k, v in state.items()
+                                                         if k.startswith(prefix)})  # fmt: skip
 
 
 class IncrementalClassifier(HeadBlocks):
@@ -70,7 +93,7 @@ class IncrementalClassifier(HeadBlocks):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x), x)
 
     def expand_head(self, n_new: int, generator: torch.Generator | None = None) -> None:
         """Add ``n_new`` output units as a new block; existing units are untouched."""

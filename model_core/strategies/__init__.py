@@ -1,6 +1,16 @@
 """Continual-learning strategies, one per module, available by name through the registry."""
 
-from model_core.strategies import analytic, ewc, generative_replay, joint, lwf, mas, naive, replay  # noqa: F401  (registers)
+from model_core.strategies import (  # noqa: F401  (registers)
+    analytic,
+    class_models,
+    ewc,
+    generative_replay,
+    joint,
+    lwf,
+    mas,
+    naive,
+    replay,
+)
 from model_core.strategies.base import STRATEGIES, Strategy, create_strategy, register_strategy
 
 __all__ = ["STRATEGIES", "Strategy", "create_strategy", "register_strategy"]

@@ -7,7 +7,7 @@ import pytest
 
 from model_core.config import PACKAGE_WEIGHTS
 from model_core.strategy_specs import SPECS
-from service.gate import GateConfig, evaluate
+from service.gate import GateConfig, TaskPredictions, evaluate
 from service.gate_advice import JobFacts
 
 
@@ -336,3 +336,73 @@ def test_no_verdict_when_the_parent_knew_two_classes() -> None:
     row = next(r for r in report["classes"] if r["forgotten"])
     assert (row["class"], row["replay_accuracy"], row["lost_by"]) == ("b", 1.0, None)
     assert "by the generator or the classifier: not known" in report["next_step"]
+
+
+# --- forgetting versus confusion with new classes -------------------------------------------------------------
+# An old task of classes a and b (100 samples each) and a new task of c and d (100 each). The parent got 90 of each
+# old class right.
+
+OLD_LABELS = np.array(["a"] * 100 + ["b"] * 100)
+NEW_LABELS = np.array(["c"] * 100 + ["d"] * 100)
+
+
+def confusion_case(old_as_c: int, c_as_a: int, old_space_right: int = 90) -> dict[str, Any]:
+    """The gate over one old task whose samples the candidate ranks right among {a, b} ``old_space_right`` of 100
+    times per class, of which it gives ``old_as_c`` to the new class c; c's samples go to a ``c_as_a`` times, and as
+    many to b."""
+    before = np.concatenate([correct(90, 100)] * 2)
+    old_pred = np.array([lab if i < old_space_right else ("b" if lab == "a" else "a")
+                         for lab, i in zip(OLD_LABELS, list(range(100)) * 2, strict=True)])  # fmt: skip
+    after = old_pred.copy()
+    for start in (0, 100):  # the first ``old_as_c`` right samples of each old class go to c
+        after[start : start + old_as_c] = "c"
+    new_after = NEW_LABELS.copy()
+    new_after[:c_as_a], new_after[c_as_a : 2 * c_as_a] = "a", "b"
+    preds = {"old": TaskPredictions(OLD_LABELS, after, old_pred), "new": TaskPredictions(NEW_LABELS, new_after, new_after)}
+    tasks = [("old", before, after == OLD_LABELS), ("new", None, new_after == NEW_LABELS)]
+    return evaluate(GateConfig(), "class-incremental", "joint", "keep", "new", ["c", "d"], tasks, 0.0, None,
+                    labels={"old": OLD_LABELS, "new": NEW_LABELS}, predictions=preds,
+                    facts=JobFacts(iterations=400, training={"steps": 400, "stopped": "plateau", "improving": False,
+                                                             "best_step": 320}))  # fmt: skip
+
+
+def test_confusion_the_reverse_confusion_matches_is_not_forgetting() -> None:
+    # 0.90 -> 0.75: a drop of 0.15 > tolerance 0.08, all of it old samples taken for c, while c's samples are taken
+    # for a and for b as often (0.15 of a's to c, 0.15 of c's to a): a model trained on everything pays this too
+    report = confusion_case(old_as_c=15, c_as_a=15)
+    task = report["tasks"][0]
+    assert task["drop"] == pytest.approx(0.15) and task["forgetting"] == pytest.approx(0.0)
+    assert task["lost_to_new"] == pytest.approx(0.15) and task["reverse"] == pytest.approx(0.15)
+    assert task["passed"] is True and task["cause"] == "confusion" and report["passed"] is True
+    pairs = {(p["old"], p["new"]): p for p in report["confused_pairs"]}
+    assert pairs["a", "c"]["old_as_new"] == pytest.approx(0.15) and pairs["a", "c"]["new_as_old"] == pytest.approx(0.15)
+    assert "not forgetting" in report["confusion_note"] and "'a' taken for 'c'" in report["confusion_note"]
+    assert report["next_step"] is None and report["forgotten"] == []
+
+
+def test_new_classes_taking_old_samples_beyond_the_reverse_is_intrusion() -> None:
+    # the same drop with nothing the other way (a classifier biased towards the new classes, as fine-tuning is)
+    report = confusion_case(old_as_c=15, c_as_a=0)
+    task = report["tasks"][0]
+    assert task["passed"] is False and task["cause"] == "intrusion" and task["regression"] == pytest.approx(0.15)
+    assert "taken by new classes" in report["failures"][0]
+
+
+def test_forgetting_among_the_old_classes_fails_whatever_the_confusion() -> None:
+    report = confusion_case(old_as_c=0, c_as_a=15, old_space_right=70)
+    task = report["tasks"][0]
+    assert task["passed"] is False and task["cause"] == "forgetting" and task["forgetting"] == pytest.approx(0.2)
+
+
+def test_a_rejected_confusion_case_does_not_advise_more_steps_when_training_had_converged() -> None:
+    report = confusion_case(old_as_c=40, c_as_a=5)
+    assert report["passed"] is False and report["forgotten"]
+    assert report["next_step_request"] is None
+    assert "more steps would not help" in report["next_step"] and "step 320" in report["next_step"]
+
+
+def test_more_steps_are_advised_only_when_the_validation_loss_was_still_falling() -> None:
+    still = JobFacts(iterations=300, training={"steps": 300, "stopped": "budget", "improving": True, "best_step": 300})
+    report = evaluate(GateConfig(), "class-incremental", "replay", "keep", "new", [], [("new", None, correct(50, 100))],
+                      0.0, None, facts=still)  # fmt: skip
+    assert report["next_step_request"] == {"options": {"iterations": 600}}
