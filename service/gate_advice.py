@@ -148,7 +148,7 @@ def _exemplars(strategy: str, retention: str, who: str) -> Step | None:
     if retention != "keep" or SPECS[strategy].stores_data or replay is None:
         return None
     per_class = replay.defaults.get("per_class")
-    kept = f" ({per_class} exemplars per class)" if per_class else ""
+    kept = f" ({per_class} exemplars per class)" if per_class else " (a third of each class's samples, at least 20)"
     return Step(f"{who}: this job may keep data, so learn it with strategy 'replay'{kept}", {"strategy": "replay"})
 
 

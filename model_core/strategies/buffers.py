@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -26,16 +28,22 @@ def herding_order(features: Tensor, n: int) -> Tensor:
     return torch.tensor(chosen, dtype=torch.long)
 
 
+# per_class None: a class keeps this share of its training samples, and at least MIN_PER_CLASS (all, when fewer)
+SHARE_PER_CLASS = 1 / 3
+MIN_PER_CLASS = 20
+
+
 class ClassBalancedBuffer:
-    """Keeps at most ``per_class`` samples of every unit; with ``max_total`` the per-class share shrinks
-    as classes are added so that the buffer never holds more than ``max_total`` samples.
+    """Keeps at most ``per_class`` samples of every unit (None: a third of the class's samples when it is first
+    offered, at least 20); with ``max_total`` the per-class share shrinks as classes are added so that the
+    buffer never holds more than ``max_total`` samples.
 
     Each class's exemplars are stored in priority order (herding or random), so shrinking a class keeps
     its best exemplars.
     """
 
-    def __init__(self, per_class: int, max_total: int | None = None) -> None:
-        if per_class < 1 or (max_total is not None and max_total < 1):
+    def __init__(self, per_class: int | None, max_total: int | None = None) -> None:
+        if (per_class is not None and per_class < 1) or (max_total is not None and max_total < 1):
             raise ValueError("buffer budgets must be >= 1")
         self.per_class = per_class
         self.max_total = max_total
@@ -49,21 +57,25 @@ class ClassBalancedBuffer:
         units, counts = torch.unique(self.y, return_counts=True)
         return {int(u): int(c) for u, c in zip(units, counts, strict=True)}
 
-    def budget(self, n_classes: int) -> int:
+    def budget(self, n_classes: int, offered: int = 0, held: int = 0) -> int:
+        """Exemplars a class may keep, given how many it ``offered`` now and already ``held``."""
+        own = self.per_class
+        if own is None:  # from the data: what the class brought the first time
+            own = held or max(MIN_PER_CLASS, math.ceil(offered * SHARE_PER_CLASS))
         if self.max_total is None:
-            return self.per_class
-        return max(1, min(self.per_class, self.max_total // max(n_classes, 1)))
+            return own
+        return max(1, min(own, self.max_total // max(n_classes, 1)))
 
     def add(self, x: Tensor, y: Tensor, generator: torch.Generator, features: Tensor | None = None) -> None:
         """Offer samples. Classes new to the buffer keep their herding-ordered (with ``features``) or
         random selection; a class already present keeps its old exemplars first."""
         x, y = x.detach().cpu(), y.detach().cpu().long()
         classes = sorted(set(self.y.tolist()) | set(y.tolist()))
-        per = self.budget(len(classes))
         xs, ys = [], []
         for c in classes:
             old = self.x[self.y == c] if self.x is not None else x[:0]
             idx = torch.nonzero(y == c).flatten()
+            per = self.budget(len(classes), len(idx), len(old))
             if len(idx) and len(old) < per:
                 if features is not None:
                     order = idx[herding_order(features[idx], per - len(old))]

@@ -23,7 +23,8 @@ class Replay(Strategy):
         if self.params["selection"] not in ("herding", "random"):
             raise ValueError("replay selection must be 'herding' or 'random'")
 
-        self.buffer = ClassBalancedBuffer(int(self.params["per_class"]), self.params["max_total"])
+        per_class = self.params["per_class"]
+        self.buffer = ClassBalancedBuffer(None if per_class is None else int(per_class), self.params["max_total"])
 
     def augment(self, ctx: TrainContext, batch: Batch) -> Batch:
         if len(self.buffer) == 0:

@@ -441,3 +441,14 @@ def test_onnx_features_match_the_torch_backbone_and_feed_the_same_training(digit
     learner.feature_fn = OnnxFeatures(learner, tmp_path)  # the second build reads the cached graph
     learner.learn(digits.train[0], "generative_replay", None, FAST)
     assert learner.accuracy(digits.test[0]) > 0.9
+
+
+def test_buffer_budget_from_the_data_keeps_a_third_of_each_class_and_at_least_20() -> None:
+    buf = ClassBalancedBuffer(per_class=None)
+    g = torch.Generator().manual_seed(0)
+    sizes = {0: 300, 1: 30, 2: 10}
+    y = torch.cat([torch.full((n,), c) for c, n in sizes.items()])
+    buf.add(torch.randn(len(y), 4), y, g)
+    assert buf.counts() == {0: 100, 1: 20, 2: 10}
+    buf.add(torch.randn(600, 4), torch.full((600,), 3), g)  # a later, larger class; the old ones keep theirs
+    assert buf.counts() == {0: 100, 1: 20, 2: 10, 3: 200}
