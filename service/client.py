@@ -136,14 +136,14 @@ class EngramClient:
         return _read(Classifier, self._call("GET", f"/v1/classifiers/{name}"))
 
     # learning
-    def learn(self, name: str, task: str, strategy: str, samples: list[dict[str, Any]], retention: str = "keep",
+    def learn(self, name: str, task: str, strategy: str | None, samples: list[dict[str, Any]], retention: str = "keep",
               **extra: Any) -> Job:  # fmt: skip
         """``extra``: eval_samples, options, params, gate (see the API)."""
         body = {"task": task, "strategy": strategy, "retention": retention, "samples": samples, **extra}
         return _read(Job, self._call("POST", f"/v1/classifiers/{name}/learn", json=body))
 
     def learn_folder(
-        self, name: str, folder: str | Path, task: str, strategy: str, retention: str = "keep", **extra: Any
+        self, name: str, folder: str | Path, task: str, strategy: str | None = None, retention: str = "keep", **extra: Any
     ) -> Job:
         samples = [{"label": label, "image_b64": b64(data)} for label, data in read_image_folder(folder)]
         return self.learn(name, task, strategy, samples, retention, **extra)

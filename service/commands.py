@@ -229,7 +229,8 @@ def register(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("folder")
     p.add_argument("--task", required=True)
-    p.add_argument("--strategy", default="generative_replay")
+    p.add_argument("--strategy", help="default: the classifier's (its last strategy, else the one measured best for "
+                   "its input; see GET /v1/strategies)")
     p.add_argument("--retention", default="keep", choices=["keep", "discard"])
     p.add_argument("--iterations", type=int)
     p = add("predict", _predict, "predict image files")

@@ -34,7 +34,7 @@ class TrainOptions:
 @dataclass(frozen=True)
 class Learn:
     task: str
-    strategy: str
+    strategy: str | None  # None: the classifier's default (model_core.strategy_specs.default_strategy)
     samples: list[dict[str, Any]]
     retention: str = "keep"  # keep, or discard the staged samples when the job ends
     eval_samples: list[dict[str, Any]] | None = None

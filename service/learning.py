@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from model_core.strategy_specs import SPECS
+from model_core.strategy_specs import SPECS, default_strategy
 from service.db import Classifier, Job, utcnow
 from service.domain import JobRequest, Learn
 from service.errors import Conflict, Invalid, NotFound
@@ -59,26 +59,29 @@ class LearningService:
         self._jobs_seen_until = utcnow()  # jobs finished after this are still to be counted
 
     def submit_learn(self, name: str, req: Learn) -> dict[str, Any]:
-        spec = SPECS.get(req.strategy)
-        if spec is None:
+        if req.strategy is not None and req.strategy not in SPECS:
             raise Invalid(f"unknown strategy {req.strategy!r}; choose one of {', '.join(sorted(SPECS))}")
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            network, gate_defaults, active = clf.network, clf.gate, clf.active_version
+            active_version = get_version(s, clf, active) if active is not None else None
+            active_tasks = active_version.tasks if active_version is not None else []
+            previous = active_version.strategy if active_version is not None else None
+        strategy = req.strategy or default_strategy(network, previous)
+        spec = SPECS[strategy]
         try:
             params = spec.check_params(req.params)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
         if req.retention == "discard" and spec.stores_data:
             raise Invalid(
-                f"strategy {req.strategy!r} keeps training samples, which retention 'discard' forbids; "
+                f"strategy {strategy!r} keeps training samples, which retention 'discard' forbids; "
                 "use generative_replay (keeps no samples), or ewc/lwf/mas for task-incremental classifiers"
             )
         if not req.samples:
             raise Invalid("samples is empty: send at least one labelled sample per class")
         if len(req.samples) > self.settings.max_batch_items:
             raise Invalid(f"samples has {len(req.samples)} items; the limit is {self.settings.max_batch_items}")
-        with self.sessions() as s:
-            clf = get_classifier(s, name)
-            network, gate_defaults, active = clf.network, clf.gate, clf.active_version
-            active_tasks = get_version(s, clf, active).tasks if active is not None else []
         fmt = InputFormat.from_network(network)
         labels = self._labels(req.samples, "samples")
         x = parse_items(req.samples, fmt, "samples", self.settings.max_image_pixels)
@@ -108,7 +111,7 @@ class LearningService:
         try:
             with self.sessions() as s:
                 clf = get_classifier(s, name)
-                job = Job(id=job_id, classifier_id=clf.id, status="queued", task=req.task, strategy=req.strategy,
+                job = Job(id=job_id, classifier_id=clf.id, status="queued", task=req.task, strategy=strategy,
                           retention=req.retention, request=request, progress={}, seconds={})  # fmt: skip
                 s.add(job)
                 if uses_procrastinate(self.settings.db_url):

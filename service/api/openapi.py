@@ -178,7 +178,7 @@ def learn_request_body() -> RequestBody:
                 description="the label of each file, in the same order",
             ),
         },
-        required=["file", "label", "strategy", "task"],
+        required=["file", "label", "task"],
     )
     return RequestBody(
         required=True,

@@ -128,7 +128,12 @@ class TrainOptions(Strict):
 class LearnRequest(Strict):
     task: str = Field(pattern=NAME)
     # A plain string so that an unknown name gets the application's 422, which lists the valid ones.
-    strategy: str = Field(description="a strategy from GET /v1/strategies", json_schema_extra={"enum": STRATEGIES})
+    strategy: str | None = Field(
+        default=None, description="a strategy from GET /v1/strategies; omitted or null: the classifier's default "
+        "(its last job's strategy, else the exemplar-free strategy measured best for its input: analytic on a frozen "
+        "pretrained backbone, class_models for small grey images and vectors)",
+        json_schema_extra={"enum": [*STRATEGIES, None]},
+    )
     retention: Literal["keep", "discard"] = "keep"
     samples: list[dict[str, Any]] = Field(
         description="labelled samples; at least 2 per class unless eval_samples is given",

@@ -98,7 +98,8 @@ def test_request_schemas_state_what_the_server_enforces(doc: dict[str, Any]) -> 
     body = doc["paths"]["/v1/classifiers/{name}/learn"]["post"]["requestBody"]
     assert set(body["content"]) == {"application/json", "multipart/form-data"}
     learn = body["content"]["application/json"]["schema"]
-    assert learn["properties"]["strategy"]["enum"] == sorted(SPECS)
+    assert learn["properties"]["strategy"]["enum"] == [*sorted(SPECS), None]  # null: the classifier's default
+    assert "strategy" not in learn.get("required", [])
     assert learn["properties"]["options"]["additionalProperties"] is False
 
 

@@ -406,3 +406,17 @@ def test_more_steps_are_advised_only_when_the_validation_loss_was_still_falling(
     report = evaluate(GateConfig(), "class-incremental", "replay", "keep", "new", [], [("new", None, correct(50, 100))],
                       0.0, None, facts=still)  # fmt: skip
     assert report["next_step_request"] == {"options": {"iterations": 600}}
+
+
+def test_the_default_strategy_follows_the_classifier() -> None:
+    from model_core.strategy_specs import default_strategy
+
+    photos = {"input": {"kind": "image", "channels": 3, "height": 32, "width": 32},
+              "backbone": {"name": PACKAGE_WEIGHTS[0], "weights": "package", "train": "frozen"}}  # fmt: skip
+    grey = {"input": {"kind": "image", "channels": 1, "height": 28, "width": 28}, "backbone": {"name": "mlp"}}
+    vectors = {"input": {"kind": "vector", "dim": 16}, "backbone": {"name": "mlp"}}
+    big = {"input": {"kind": "image", "channels": 1, "height": 96, "width": 96}, "backbone": {"name": "cnn"}}
+    assert default_strategy(photos) == "analytic"
+    assert default_strategy(grey) == default_strategy(vectors) == "class_models"
+    assert default_strategy(big) == "generative_replay"
+    assert default_strategy(grey, previous="generative_replay") == "generative_replay"  # its classes stay as they are
