@@ -31,6 +31,10 @@ REPLAY_SHARE = 0.5
 # when its first task was digits 0-1; with digits 0-2 it scores 0.0, 0.0 and 1.0 (all replay looks like a 2).
 MIN_RIVALS = 3
 NAMES_SHOWN = 6  # forgotten classes named in the text before "and N more"
+# A linear probe on the classifier's features telling real from replayed samples of the same classes (generative
+# replay's ``replay_artefact_probe``) right this often means the replay carries an artefact; 0.5 is none.
+ARTEFACT_PROBE = 0.75
+LESS_NOISE = {"isotropic": "residual", "residual": "none"}  # class_gaussians' noise kinds, each with less artefact
 
 
 @dataclass(frozen=True)
@@ -210,6 +214,14 @@ def next_step(
         who = f"lost {_names(unmeasured)} (by the generator or the classifier: not known)"
     else:
         who = classifier
+    artefact = diagnostics.get("replay_artefact_probe")
+    params = {**spec.defaults, **facts.params}
+    if has_generator(spec) and isinstance(artefact, int | float) and artefact >= ARTEFACT_PROBE and not by_generator:
+        quieter = LESS_NOISE.get(str(params.get("noise")))
+        if quieter is not None and params.get("generator") == "class_gaussians":
+            return Step(f"{classifier}, and its features tell replayed samples from real ones (a linear probe is "
+                        f"right {artefact:.2f} of the time; 0.5 would be none): {RETRY} with noise {quieter!r} "
+                        f"(this job ran {params.get('noise')!r})", {"params": {"noise": quieter}})  # fmt: skip
     # A generator run below its defaults is named whoever lost the class: it is a fact of the job, and the
     # replay figure is a weak witness.
     step = _generator_step(spec, who, facts, only_defaults=not suspect) if has_generator(spec) else None

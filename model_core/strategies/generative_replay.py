@@ -38,6 +38,7 @@ from model_core.strategy_specs import SPECS
 VAE_ARCH = ("latent_dim", "hidden")
 GAUSSIAN_ARCH = ("components", "rank")
 QUALITY_SAMPLES = 100  # replayed samples per old class behind the generator quality figure
+PROBE_ROWS = 500  # real rows (and as many replayed) behind the replay-artefact probe
 
 
 @register_strategy
@@ -51,6 +52,7 @@ class GenerativeReplay(Strategy):
         self.known_units: list[int] = []  # classes (output units) the generator can produce
         self.frozen: ConditionalVAE | None = None  # the VAE as it was before this experience
         self.quality: dict[int, float] = {}
+        self.artefact: float | None = None  # the replay-artefact probe's held-out accuracy
 
     @property
     def kind(self) -> str:
@@ -146,10 +148,39 @@ class GenerativeReplay(Strategy):
         else:
             self._train_vae(ctx)
         self.known_units = sorted(set(self.known_units) | set(ctx.data.y.tolist()))
+        self.artefact = self._probe_artefact(ctx)
         self.frozen = None
 
+    @torch.no_grad()
+    def _probe_artefact(self, ctx: TrainContext) -> float | None:
+        """How well a linear probe on the classifier's features tells this experience's real samples from the
+        generator's replay of the same classes, on rows it was not fitted on: about 0.5 when replay looks real
+        to the classifier; near 1 when the replay carries an artefact the classifier can learn as "old"
+        (isotropic pixel noise on 784-pixel digits scored 1.0; python -m benchmarks.gate_truth)."""
+        if not self._can_replay:
+            return None
+        g = torch.Generator().manual_seed(ctx.config.seed + 5)
+        n = min(len(ctx.data), PROBE_ROWS)
+        real = ctx.data.x[torch.randperm(len(ctx.data), generator=g)[:n]].to(ctx.device)
+        units = ctx.data.y[torch.randperm(len(ctx.data), generator=g)[:n]].to(ctx.device)
+        fake = self._sample(ctx, units)
+        net = ctx.model
+        net.eval()
+        f = torch.cat([net.forward_features(real), net.forward_features(fake)]).double().cpu()
+        target = torch.cat([torch.ones(n), -torch.ones(n)]).double()
+        order = torch.randperm(2 * n, generator=g)
+        fit, held = order[: n], order[n:]
+        mean, std = f[fit].mean(0), f[fit].std(0).clamp_min(1e-6)
+        z = torch.cat([(f - mean) / std, torch.ones(2 * n, 1, dtype=torch.float64)], 1)
+        a = z[fit]
+        w = torch.linalg.solve(a.T @ a + torch.eye(z.shape[1], dtype=torch.float64) * len(fit) * 1e-2, a.T @ target[fit])
+        return round(float(((z[held] @ w).sign() == target[held]).double().mean()), 4)
+
     def diagnostics(self) -> dict[str, Any]:
-        return {"replay_accuracy": dict(self.quality)} if self.quality else {}
+        out: dict[str, Any] = {"replay_accuracy": dict(self.quality)} if self.quality else {}
+        if self.artefact is not None:
+            out["replay_artefact_probe"] = self.artefact
+        return out
 
     # --- the VAE --------------------------------------------------------------------------------
 

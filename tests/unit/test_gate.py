@@ -342,8 +342,8 @@ def test_no_verdict_when_the_parent_knew_two_classes() -> None:
 # An old task of classes a and b (100 samples each) and a new task of c and d (100 each). The parent got 90 of each
 # old class right.
 
-OLD_LABELS = np.array(["a"] * 100 + ["b"] * 100)
-NEW_LABELS = np.array(["c"] * 100 + ["d"] * 100)
+AB_LABELS = np.array(["a"] * 100 + ["b"] * 100)
+CD_LABELS = np.array(["c"] * 100 + ["d"] * 100)
 
 
 def confusion_case(old_as_c: int, c_as_a: int, old_space_right: int = 90) -> dict[str, Any]:
@@ -352,16 +352,16 @@ def confusion_case(old_as_c: int, c_as_a: int, old_space_right: int = 90) -> dic
     many to b."""
     before = np.concatenate([correct(90, 100)] * 2)
     old_pred = np.array([lab if i < old_space_right else ("b" if lab == "a" else "a")
-                         for lab, i in zip(OLD_LABELS, list(range(100)) * 2, strict=True)])  # fmt: skip
+                         for lab, i in zip(AB_LABELS, list(range(100)) * 2, strict=True)])  # fmt: skip
     after = old_pred.copy()
     for start in (0, 100):  # the first ``old_as_c`` right samples of each old class go to c
         after[start : start + old_as_c] = "c"
-    new_after = NEW_LABELS.copy()
+    new_after = CD_LABELS.copy()
     new_after[:c_as_a], new_after[c_as_a : 2 * c_as_a] = "a", "b"
-    preds = {"old": TaskPredictions(OLD_LABELS, after, old_pred), "new": TaskPredictions(NEW_LABELS, new_after, new_after)}
-    tasks = [("old", before, after == OLD_LABELS), ("new", None, new_after == NEW_LABELS)]
+    preds = {"old": TaskPredictions(AB_LABELS, after, old_pred), "new": TaskPredictions(CD_LABELS, new_after, new_after)}
+    tasks = [("old", before, after == AB_LABELS), ("new", None, new_after == CD_LABELS)]
     return evaluate(GateConfig(), "class-incremental", "joint", "keep", "new", ["c", "d"], tasks, 0.0, None,
-                    labels={"old": OLD_LABELS, "new": NEW_LABELS}, predictions=preds,
+                    labels={"old": AB_LABELS, "new": CD_LABELS}, predictions=preds,
                     facts=JobFacts(iterations=400, training={"steps": 400, "stopped": "plateau", "improving": False,
                                                              "best_step": 320}))  # fmt: skip
 
@@ -420,3 +420,15 @@ def test_the_default_strategy_follows_the_classifier() -> None:
     assert default_strategy(grey) == default_strategy(vectors) == "class_models"
     assert default_strategy(big) == "generative_replay"
     assert default_strategy(grey, previous="generative_replay") == "generative_replay"  # its classes stay as they are
+
+
+def test_a_replay_artefact_the_classifier_learnt_is_named_with_less_noise() -> None:
+    report = evaluate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], LOST_B, 0.0,
+                      None, labels=LABELS, diagnostics={"replay_accuracy": {"b": 0.9}, "replay_artefact_probe": 0.98},
+                      facts=JobFacts({**GR.defaults, "noise": "isotropic"}, 300))  # fmt: skip
+    assert report["next_step_request"] == {"params": {"noise": "residual"}}
+    assert "a linear probe is right 0.98" in report["next_step"]
+    quiet = evaluate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], LOST_B, 0.0, None,
+                     labels=LABELS, diagnostics={"replay_accuracy": {"b": 0.9}, "replay_artefact_probe": 0.55},
+                     facts=JobFacts(GR.defaults, 300))  # fmt: skip
+    assert "probe" not in (quiet["next_step"] or "")
