@@ -95,7 +95,7 @@ class TrainResult:
 EPOCHS = 50
 STEPS_PER_CLASS = 50
 MIN_STEPS = 200
-CHECKS = 40  # validation checks over a whole budget
+CHECKS = 20  # validation checks over a whole budget
 PATIENCE = 4  # checks without a better validation loss before stopping
 MIN_GAIN = 0.01  # relative improvement that counts as better
 VAL_SHARE, VAL_MAX, VAL_MIN = 0.1, 512, 20  # new-data rows held out: 10%, at most 512; none under 20
