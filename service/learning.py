@@ -69,6 +69,10 @@ class LearningService:
             previous = active_version.strategy if active_version is not None else None
         strategy = req.strategy or default_strategy(network, previous)
         spec = SPECS[strategy]
+        if previous == "class_models" and strategy != "class_models":
+            raise Invalid(f"this classifier predicts with class models (its active version was learned with "
+                          f"'class_models'); strategy {strategy!r} cannot train them. Learn with class_models (or "
+                          "name no strategy), or start a new classifier for another strategy")  # fmt: skip
         try:
             params = spec.check_params(req.params)
         except ValueError as exc:

@@ -47,7 +47,9 @@ def test_quick_start_through_the_cli(srv: Server, tmp_path: Path) -> None:
     out = engram(srv, "classifiers", "create", "digits", "--image", "1x8x8", "--backbone", "mlp")
     assert out.returncode == 0 and "created digits" in out.stdout, out.stdout + out.stderr
     for i, folder in enumerate((first, second), start=1):
-        out = engram(srv, "learn", "digits", str(folder), "--task", f"t{i}", "--retention", "discard", role="learn")
+        # generative replay named: the default (class models) takes no other strategy later, and EWC comes next
+        out = engram(srv, "learn", "digits", str(folder), "--task", f"t{i}", "--retention", "discard",
+                     "--strategy", "generative_replay", role="learn")  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
         assert f"promoted, version {i}" in out.stdout and "train" in out.stdout  # the progress bar's stage
     files = [str(first / "0" / "1.png"), str(second / "3" / "2.png")]
@@ -126,3 +128,16 @@ def test_metrics_and_request_logs(srv: Server) -> None:
     assert any('"request_id": "trace-123"' in line and '"status": 200' in line for line in lines)
     assert not any(k in log for k in KEYS.values())  # keys are never logged
     assert "image_b64" not in log  # nor sample data
+
+
+def test_the_default_strategy_and_a_refused_switch_away_from_class_models(srv: Server, tmp_path: Path) -> None:
+    out = engram(srv, "classifiers", "create", "defaults", "--image", "1x8x8")
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = engram(srv, "learn", "defaults", str(image_folder(tmp_path / "a", (0, 1))), "--task", "t1", role="learn")
+    assert out.returncode == 0 and "promoted, version 1" in out.stdout, out.stdout + out.stderr
+    assert "closed-form" in out.stdout  # how training ended, as the report says
+    with EngramClient(srv.url, KEYS["admin"]) as c:
+        assert c.versions("defaults")[0].strategy == "class_models"
+        with pytest.raises(EngramError) as err:
+            c.learn_folder("defaults", image_folder(tmp_path / "b", (2, 3)), "t2", "generative_replay")
+        assert err.value.status == 422 and "class_models" in err.value.detail
