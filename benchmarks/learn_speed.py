@@ -1,6 +1,6 @@
 """Learning speed: time from a learn request to a promoted version, per digits task, and where it goes.
 
-    python -m benchmarks.learn_speed [--tasks 3] [--strategy generative_replay] [--backbone cnn] [--size 8] [--json FILE]
+    python -m benchmarks.learn_speed [--tasks 3] [--strategy NAME] [--backbone cnn] [--size 8] [--json FILE]
     python -m benchmarks.learn_speed --photos ../shared/data/cifar10-mini   # 1,000 photos a task, pretrained default
 
 Starts ``engram serve`` (embedded worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh data folder,
@@ -58,7 +58,7 @@ def photo_tasks(root: Path) -> list[tuple[str, list[dict[str, str]]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Engram learn-to-promoted timing (see module docstring)")
     parser.add_argument("--tasks", type=int, default=3)
-    parser.add_argument("--strategy", default="generative_replay")
+    parser.add_argument("--strategy", help="default: the classifier's default (the request names none)")
     parser.add_argument("--backbone", help="default: the service's default for the input")
     parser.add_argument("--size", type=int, default=8, help="digits: the classifier's declared side in pixels")
     parser.add_argument("--photos", type=Path, help="a cifar10-mini root: learn its photo classes in pairs")
@@ -81,9 +81,9 @@ def main() -> None:
                                  **({"backbone": args.backbone} if args.backbone else {})})  # fmt: skip
                 created.raise_for_status()
                 backbone = created.json()["backbone"]
-                print(f"classifier {shape}, backbone {backbone}, strategy {args.strategy}")
+                print(f"classifier {shape}, backbone {backbone}, strategy {args.strategy or "the default"}")
                 for task, samples in tasks[: args.tasks]:
-                    body = {"task": task, "strategy": args.strategy, "samples": samples}
+                    body = {"task": task, "samples": samples, **({"strategy": args.strategy} if args.strategy else {})}
                     start = time.perf_counter()
                     r = c.post("/v1/classifiers/digits/learn", json=body)
                     r.raise_for_status()
@@ -105,9 +105,11 @@ def main() -> None:
                     row = {"task": body["task"], "status": job["status"], "samples": len(samples),
                            "request_to_promoted_s": round(promoted, 2), "request_to_served_s": round(served, 2),
                            "accepted_s": round(accepted, 2), "queued_s": round(queued, 2), "worker_s": round(ran, 2),
-                           "stages_s": job["seconds"]}  # fmt: skip
+                           "stages_s": job["seconds"], "training": (job.get("report") or {}).get("training")}  # fmt: skip
                     rows.append(row)
                     stages = ", ".join(f"{k} {v:.2f}" for k, v in job["seconds"].items())
+                    training = row["training"] or {}
+                    stages += f"; {training.get('steps')} steps of {training.get('budget')}, {training.get('stopped')}"
                     print(f"{row['task']}: {job['status']} in {promoted:.2f} s (served at {served:.2f} s): "
                           f"API accepted {accepted:.2f}, queued {queued:.2f}, worker {ran:.2f} ({stages})")  # fmt: skip
                     if job["status"] != "promoted":
