@@ -81,7 +81,7 @@ def main() -> None:
                                  **({"backbone": args.backbone} if args.backbone else {})})  # fmt: skip
                 created.raise_for_status()
                 backbone = created.json()["backbone"]
-                print(f"classifier {shape}, backbone {backbone}, strategy {args.strategy or "the default"}")
+                print(f"classifier {shape}, backbone {backbone}, strategy {args.strategy or 'the default'}")
                 for task, samples in tasks[: args.tasks]:
                     body = {"task": task, "samples": samples, **({"strategy": args.strategy} if args.strategy else {})}
                     start = time.perf_counter()
