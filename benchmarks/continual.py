@@ -165,7 +165,7 @@ def _one_run(
     config = TrainConfig(iterations=proto.iterations, batch_size=proto.batch_size, lr=proto.lr, seed=seed,
                          device=device)  # fmt: skip
     learner = Learner.create(spec, seed=seed)
-    learner._features.update(_SHARED["features"])  # computed once for every run (empty unless frozen)
+    learner.feature_cache.update(_SHARED["features"])  # computed once for every run (empty unless frozen)
     matrix: list[list[float]] = []
     seconds = []
     for i, exp in enumerate(bench.train):
@@ -219,9 +219,9 @@ def precompute_features(dataset: str, size: int | None, data_root: str | None, b
     seconds = time.perf_counter() - start
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        keys = torch.tensor([list(k) for k in learner._features], dtype=torch.uint8)
-        torch.save({"keys": keys, "values": torch.stack(list(learner._features.values()))}, path)
-    return dict(learner._features), seconds
+        keys = torch.tensor([list(k) for k in learner.feature_cache], dtype=torch.uint8)
+        torch.save({"keys": keys, "values": torch.stack(list(learner.feature_cache.values()))}, path)
+    return dict(learner.feature_cache), seconds
 
 
 def summarise_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

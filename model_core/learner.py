@@ -62,7 +62,8 @@ class Learner:
     strategy_states: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Frozen-backbone features of every input seen by this object, keyed by a digest of the input row: a job
     # computes each sample's features once for training, the gate's before/after checks and the export check.
-    _features: dict[bytes, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    # A caller may hand in a cache shared with earlier learners of the same frozen backbone (``share_features``).
+    feature_cache: dict[bytes, Tensor] = field(default_factory=dict, repr=False, compare=False)
     # Optional faster way to compute frozen-backbone features, e.g. ONNX Runtime on the cached backbone graph
     # (model_core.export_frozen.OnnxFeatures); None: the torch model. Never saved.
     feature_fn: Callable[[Tensor], Tensor] | None = field(default=None, repr=False, compare=False)
@@ -107,11 +108,11 @@ class Learner:
         self._check_input(x)
         x = x.float().contiguous()
         keys = [hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest() for row in x]
-        missing = [i for i, k in enumerate(keys) if k not in self._features]
+        missing = [i for i, k in enumerate(keys) if k not in self.feature_cache]
         if missing and self.feature_fn is not None:
             out = self.feature_fn(x[missing])
             for i, f in zip(missing, out, strict=True):
-                self._features[keys[i]] = f
+                self.feature_cache[keys[i]] = f
         elif missing:
             dev = resolve_device(device)
             self.model.to(dev).eval()
@@ -119,9 +120,9 @@ class Learner:
                 rows = missing[start : start + batch_size]
                 out = self.model.forward_features(x[rows].to(dev)).float().cpu()
                 for i, f in zip(rows, out, strict=True):
-                    self._features[keys[i]] = f
+                    self.feature_cache[keys[i]] = f
             self.model.to("cpu")
-        return torch.stack([self._features[k] for k in keys]) if keys else torch.zeros(0, self.model.feature_dim)
+        return torch.stack([self.feature_cache[k] for k in keys]) if keys else torch.zeros(0, self.model.feature_dim)
 
     def _check_input(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.spec.input.shape:

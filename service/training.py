@@ -5,11 +5,13 @@ This module imports torch (through model_core); the API process never imports it
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +40,7 @@ log = logging.getLogger("engram.worker")
 EVAL_FILE = "eval.npz"  # the version's regression suite: x, label, task for every task so far
 THROTTLE = 0.5  # seconds between progress writes and cancel checks
 FINISH_PATIENCE = 120.0  # seconds a failed job waits for the database to record why it failed
+FEATURE_CACHES = 4  # classifiers whose frozen-backbone features a worker keeps between jobs
 
 
 def experience(task: str, x: np.ndarray, labels: np.ndarray) -> Experience:
@@ -93,6 +96,10 @@ class JobRunner:
         self.cache_dir = cache_dir  # local scratch: frozen backbones' ONNX graphs, exported once
         self.crash_hook = CrashHook(crash_at)
         self.max_steps = max_steps  # the bound on a step budget from the data
+        # Frozen-backbone features this worker computed, by classifier and backbone: every version of a classifier
+        # shares its frozen backbone, so a job reuses the features of the regression suite (and of kept training
+        # samples) that earlier jobs computed. The least recently used classifiers' features go first.
+        self.features: OrderedDict[str, dict[bytes, torch.Tensor]] = OrderedDict()
 
     def run(self, job_id: str) -> None:
         with self.sessions() as s:
@@ -110,6 +117,13 @@ class JobRunner:
         finally:
             if retention == "discard":
                 self.store.delete_job(job_id)
+
+    def _features_of(self, key: str) -> dict[bytes, torch.Tensor]:
+        cache = self.features.pop(key, {})
+        self.features[key] = cache
+        while len(self.features) > FEATURE_CACHES:
+            self.features.popitem(last=False)
+        return cache
 
     def _finish(self, job_id: str, status: str, error: str) -> None:
         """End the job with its reason. A job that failed because the database went away cannot say so
@@ -196,6 +210,8 @@ class JobRunner:
             raise RuntimeError("the job's samples are gone from the artifact store")
         suite = merge_suite(suite, new_eval, task)
         task_names = list(dict.fromkeys([*(str(t) for t in suite["task"])]))
+        if learner.frozen_backbone:
+            learner.feature_cache = self._features_of(f"{clf_id}:{json.dumps(network.get('backbone'), sort_keys=True)}")
         if learner.frozen_backbone and resolve_device(self.device).type == "cpu":
             # Features through ONNX Runtime on the backbone graph the versions serve (exported once, cached):
             # several times faster than eager torch on a CPU, and the head trains on what serving computes.
