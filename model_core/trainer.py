@@ -91,7 +91,7 @@ class TrainResult:
 
 # Training length from the data. The budget is EPOCHS passes over the new data (replay rows scale with the
 # old classes, so one pass covers every class), at least STEPS_PER_CLASS per class seen and MIN_STEPS, at most
-# ``TrainConfig.max_iterations``; validation decides where in it to stop.
+# ``TrainConfig.max_iterations``; validation decides where in it to stop, after MIN_STEPS at the least.
 EPOCHS = 50
 STEPS_PER_CLASS = 50
 MIN_STEPS = 200
@@ -213,7 +213,8 @@ def train_experience(
                 "train", step, total, loss=last, classification=float(ce.detach()), penalty=float(penalty.detach())
             )
             ctx.check_cancel()
-        if checked and not fixed and validation.stale >= PATIENCE and step >= PATIENCE * check_every:
+        # never before MIN_STEPS: a new class far from the old ones first raises the loss on the replayed rows
+        if checked and not fixed and validation.stale >= PATIENCE and step >= max(PATIENCE * check_every, MIN_STEPS):
             stopped = "plateau"
             break
     if not fixed:  # a requested number of steps is honoured as asked: the last weights are kept
