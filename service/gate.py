@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,7 @@ class TaskPredictions:
     labels: np.ndarray  # (n,) str: true labels
     after: np.ndarray  # (n,) str: the candidate's labels, over every class it knows
     after_old: np.ndarray  # (n,) str: the candidate's labels among the parent's classes only (new ones masked)
+    before: np.ndarray | None = None  # (n,) str: the parent's labels (None: the parent lacks the task)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ class Confusion:
     new: frozenset[str]
     reverse: dict[str, float]  # old class c -> sum over new classes n of P(predicted c | true n)
     pairs: list[dict[str, Any]]  # (old, new) pairs the candidate confuses, worst first
+    # (c, d) old classes -> the share of d's samples the parent gave to c that the candidate (among the old classes)
+    # now gets right: what d gained from c's side of their boundary
+    gained: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
     def measure(cls, predictions: Mapping[str, TaskPredictions], new: Sequence[str]) -> Confusion:
@@ -112,7 +116,17 @@ class Confusion:
         pairs = [{"old": c, "new": n, "old_as_new": round(rate[c, n], 4), "new_as_old": round(rate[n, c], 4)}
                  for c in olds for n in news if rate[c, n] >= PAIR_MIN and (after[labels == c] == n).sum() >= 2]  # fmt: skip
         pairs.sort(key=lambda r: -r["old_as_new"])
-        return cls(frozenset(new), reverse, pairs)
+        gained: dict[tuple[str, str], float] = {}
+        for p in predictions.values():
+            if p.before is None:
+                continue
+            lab, before, after_old = p.labels.astype(str), p.before.astype(str), p.after_old.astype(str)
+            for d in set(lab.tolist()) - set(new):
+                mine = lab == d
+                for c in set(before[mine & (before != d)].tolist()):
+                    gain = float(np.mean((before == c) & (after_old == d) & mine) / np.mean(mine))
+                    gained[c, d] = gained.get(c, 0.0) + gain
+        return cls(frozenset(new), reverse, pairs, gained)
 
     def split(self, before: float, pred: TaskPredictions, keep: np.ndarray | None = None) -> dict[str, Any]:
         """An old task's (or class's, ``keep`` selecting its samples) drop in its parts: ``forgetting`` (wrong
@@ -122,6 +136,19 @@ class Confusion:
         lab, after, after_old = pred.labels[keep].astype(str), pred.after[keep].astype(str), pred.after_old[keep].astype(str)
         right_old = after_old == lab
         forgetting = before - float(np.mean(right_old))
+        if pred.before is not None and forgetting > 0:
+            # A boundary between two old classes that moved is a trade, not a loss: samples of this task the parent
+            # got right and the candidate now gives to old class d count as kept as far as d's own samples gained
+            # from this side of the same boundary (joint training retrained on every sample moves boundaries too).
+            was_right = pred.before[keep].astype(str) == lab
+            traded = 0.0
+            for c in set(lab.tolist()):
+                mine = lab == c
+                share = float(np.mean(mine))
+                for d in set(after_old[mine & was_right & ~right_old].tolist()):
+                    moved = float(np.mean(was_right[mine] & (after_old[mine] == d)))
+                    traded += share * min(moved, self.gained.get((c, d), 0.0))
+            forgetting -= min(traded, forgetting)
         lost = float(np.mean(right_old & np.isin(after, list(self.new))))
         reverse = float(np.mean([self.reverse.get(c, 0.0) for c in lab]))
         regression = forgetting + max(0.0, lost - reverse)

@@ -50,32 +50,31 @@ def experience(task: str, x: np.ndarray, labels: np.ndarray) -> Experience:
     return Experience(task, torch.from_numpy(x.astype(np.float32)), y, classes)
 
 
-def predictions(learner: Learner, x: np.ndarray, labels: np.ndarray, task: str, old_units: int) -> TaskPredictions:
+def predictions(
+    learner: Learner, x: np.ndarray, labels: np.ndarray, task: str, old_units: int, before: np.ndarray | None = None
+) -> TaskPredictions:
     """The candidate's labels for a task's evaluation samples: over every unit (within ``task``'s head in task-IL)
     and among the first ``old_units`` units only (the parent's classes; class-IL)."""
     names = np.array(learner.labels, dtype=str)
     if len(x) == 0 or (learner.scenario == "task-incremental" and task not in learner.task_names):
         empty = np.full(len(x), "", dtype=str)
-        return TaskPredictions(labels.astype(str), empty, empty)
+        return TaskPredictions(labels.astype(str), empty, empty, before)
     logits = learner.logits(torch.from_numpy(x), device="cpu")
     if learner.scenario == "task-incremental":
         units = torch.tensor(learner.task(task).units)
         within = names[units[logits[:, units].argmax(1)].numpy()]
-        return TaskPredictions(labels.astype(str), within, within)
+        return TaskPredictions(labels.astype(str), within, within, before)
     full = names[logits.argmax(1).numpy()]
     old = names[logits[:, :old_units].argmax(1).numpy()] if 0 < old_units < len(names) else full
-    return TaskPredictions(labels.astype(str), full, old)
+    return TaskPredictions(labels.astype(str), full, old, before)
 
 
-def correct(learner: Learner, x: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
-    """(n,) bool: which evaluation samples ``learner`` gets right (within ``task`` in task-IL)."""
-    if len(x) == 0:
-        return np.zeros(0, dtype=bool)
+def predicted_labels(learner: Learner, x: np.ndarray, task: str) -> np.ndarray:
+    """(n,) str: the labels ``learner`` predicts for a task's evaluation samples (within ``task`` in task-IL)."""
     within = task if learner.scenario == "task-incremental" else None
-    if within is not None and within not in learner.task_names:
-        return np.zeros(len(x), dtype=bool)
-    predicted = learner.predict(torch.from_numpy(x), within, device="cpu")
-    return np.array([p == str(t) for p, t in zip(predicted, labels, strict=True)])
+    if len(x) == 0 or (within is not None and within not in learner.task_names):
+        return np.full(len(x), "", dtype=str)
+    return np.array(learner.predict(torch.from_numpy(x), within, device="cpu"), dtype=str)
 
 
 class JobRunner:
@@ -220,9 +219,11 @@ class JobRunner:
 
         # Parent accuracy per task, before the learner changes (part of the gate's time).
         t_parent = time.perf_counter()
-        before = {
-            t: correct(learner, *task_slice(suite, t), t) if t in learner.task_names else None for t in task_names
+        parent_pred = {
+            t: predicted_labels(learner, task_slice(suite, t)[0], t) if t in learner.task_names else None
+            for t in task_names
         }
+        before = {t: None if p is None else p == task_slice(suite, t)[1].astype(str) for t, p in parent_pred.items()}
         parent_units = len(learner.labels)
 
         parent_gate = time.perf_counter() - t_parent
@@ -238,7 +239,7 @@ class JobRunner:
 
         self._set_status(job_id, "evaluating")
         t2 = time.perf_counter()
-        predicted = {t: predictions(learner, *task_slice(suite, t), t, parent_units) for t in task_names}
+        predicted = {t: predictions(learner, *task_slice(suite, t), t, parent_units, parent_pred[t]) for t in task_names}
         rows = [(t, before[t], p.after == p.labels) for t, p in predicted.items()]
         times["gate"] = parent_gate + time.perf_counter() - t2
         t3 = time.perf_counter()

@@ -432,3 +432,29 @@ def test_a_replay_artefact_the_classifier_learnt_is_named_with_less_noise() -> N
                      labels=LABELS, diagnostics={"replay_accuracy": {"b": 0.9}, "replay_artefact_probe": 0.55},
                      facts=JobFacts(GR.defaults, 300))  # fmt: skip
     assert "probe" not in (quiet["next_step"] or "")
+
+
+def boundary_case(b_gains: int) -> dict[str, Any]:
+    """Old tasks "ta" (class a) and "tb" (class b), 100 samples each, and a new task of class c. The parent got 90 of
+    each right and gave the rest to the other; the candidate gives 15 more of a's to b, and gets ``b_gains`` of the
+    10 b's it used to give to a right."""
+    a, b, c = np.array(["a"] * 100), np.array(["b"] * 100), np.array(["c"] * 100)
+    a_before = np.array(["a"] * 90 + ["b"] * 10)
+    b_before = np.array(["b"] * 90 + ["a"] * 10)
+    a_after = np.array(["a"] * 75 + ["b"] * 25)
+    b_after = np.array(["b"] * (90 + b_gains) + ["a"] * (10 - b_gains))
+    preds = {"ta": TaskPredictions(a, a_after, a_after, a_before), "tb": TaskPredictions(b, b_after, b_after, b_before),
+             "new": TaskPredictions(c, c, c)}  # fmt: skip
+    tasks = [("ta", a_before == a, a_after == a), ("tb", b_before == b, b_after == b), ("new", None, c == c)]
+    return evaluate(GateConfig(), "class-incremental", "joint", "keep", "new", ["c"], tasks, 0.0, None,
+                    labels={"ta": a, "tb": b, "new": c}, predictions=preds)  # fmt: skip
+
+
+def test_a_moved_boundary_between_old_classes_is_a_trade_as_far_as_the_other_side_gained() -> None:
+    # a falls 0.90 -> 0.75 (to b); b gained all 10 of the samples the parent gave to a: 0.10 of the 0.15 is a trade
+    traded = boundary_case(b_gains=10)["tasks"][0]
+    assert traded["drop"] == pytest.approx(0.15) and traded["forgetting"] == pytest.approx(0.05)
+    assert traded["passed"] is True and traded["cause"] == "confusion"
+    # b gained nothing: the whole 0.15 is lost
+    lost = boundary_case(b_gains=0)["tasks"][0]
+    assert lost["forgetting"] == pytest.approx(0.15) and lost["passed"] is False and lost["cause"] == "forgetting"
