@@ -26,10 +26,6 @@ import argparse
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.serve_bench import ADMIN, free_port, stop, wait_ready
+from benchmarks.serve_bench import engram_server
 from model_core.data import load_digits_arrays, mnist_5k_arrays, stratified_split
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
@@ -190,28 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = {"options": json.loads(args.options)} if json.loads(args.options) else {}
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="engram-gate-truth-") as tmp:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
-        log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--data-dir", f"{tmp}/data",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            wait_ready(url, proc, "/readyz")
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=600) as c:
-                for stream_name in args.streams.split(","):
-                    stream = load_stream(stream_name, args.test_per_class)
-                    if isinstance(stream, str):
-                        print(f"skipping {stream_name}: {stream}")
-                        continue
-                    for strategy in args.strategies.split(","):
-                        results.append(run_one(c, stream, strategy, extra))
-                        if args.json:
-                            args.json.write_text(json.dumps(results, indent=1))
-        finally:
-            stop(proc)
-            log.close()
+    with engram_server("engram-gate-truth-") as c:
+        for stream_name in args.streams.split(","):
+            stream = load_stream(stream_name, args.test_per_class)
+            if isinstance(stream, str):
+                print(f"skipping {stream_name}: {stream}")
+                continue
+            for strategy in args.strategies.split(","):
+                results.append(run_one(c, stream, strategy, extra))
+                if args.json:
+                    args.json.write_text(json.dumps(results, indent=1))
     print_table(results)
     return 0
 

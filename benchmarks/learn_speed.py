@@ -19,18 +19,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sklearn.datasets import load_digits
 
-from benchmarks.serve_bench import ADMIN, digit_png, free_port, stop, wait_ready
+from benchmarks.serve_bench import digit_png, engram_server
 
 DIGITS = {"kind": "image", "channels": 1, "height": 8, "width": 8}
 PHOTOS = {"kind": "image", "channels": 3, "height": 32, "width": 32}
@@ -67,57 +62,45 @@ def main() -> None:
     tasks = photo_tasks(args.photos) if args.photos else digit_tasks(args.size)
     shape = PHOTOS if args.photos else {**DIGITS, "height": args.size, "width": args.size}
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="engram-learn-") as tmp:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
-        log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--data-dir", f"{tmp}/data",
-                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            wait_ready(url, proc, "/readyz")
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=600) as c:
-                created = c.post("/v1/classifiers", json={"name": "digits", "input": shape,
-                                 **({"backbone": args.backbone} if args.backbone else {})})  # fmt: skip
-                created.raise_for_status()
-                backbone = created.json()["backbone"]
-                print(f"classifier {shape}, backbone {backbone}, strategy {args.strategy or 'the default'}")
-                for task, samples in tasks[: args.tasks]:
-                    body = {"task": task, "samples": samples, **({"strategy": args.strategy} if args.strategy else {})}
-                    start = time.perf_counter()
-                    r = c.post("/v1/classifiers/digits/learn", json=body)
-                    r.raise_for_status()
-                    accepted = time.perf_counter() - start  # the API decoded, checked and staged every sample
-                    job = r.json()
-                    while job["status"] not in ("promoted", "rejected", "failed", "cancelled", "passed"):
-                        time.sleep(0.05)
-                        job = c.get(f"/v1/jobs/{job['job_id']}").json()
-                    promoted = time.perf_counter() - start
-                    probe = {"inputs": [{"image_b64": samples[0]["image_b64"]}]}
-                    while job["status"] == "promoted" and (
-                        c.post("/v1/classifiers/digits/predict", json=probe).json()["version"] != job["version"]
-                    ):
-                        time.sleep(0.02)
-                    served = time.perf_counter() - start
-                    stamp = {k: dt.datetime.fromisoformat(job[k]) for k in ("created_at", "started_at", "finished_at")}
-                    queued = (stamp["started_at"] - stamp["created_at"]).total_seconds()
-                    ran = (stamp["finished_at"] - stamp["started_at"]).total_seconds()
-                    row = {"task": body["task"], "status": job["status"], "samples": len(samples),
-                           "request_to_promoted_s": round(promoted, 2), "request_to_served_s": round(served, 2),
-                           "accepted_s": round(accepted, 2), "queued_s": round(queued, 2), "worker_s": round(ran, 2),
-                           "stages_s": job["seconds"], "training": (job.get("report") or {}).get("training")}  # fmt: skip
-                    rows.append(row)
-                    stages = ", ".join(f"{k} {v:.2f}" for k, v in job["seconds"].items())
-                    training = row["training"] or {}
-                    stages += f"; {training.get('steps')} steps of {training.get('budget')}, {training.get('stopped')}"
-                    print(f"{row['task']}: {job['status']} in {promoted:.2f} s (served at {served:.2f} s): "
-                          f"API accepted {accepted:.2f}, queued {queued:.2f}, worker {ran:.2f} ({stages})")  # fmt: skip
-                    if job["status"] != "promoted":
-                        report = job.get("report") or {}
-                        print(f"  {job.get('error') or report.get('explanation') or report.get('tasks')}")
-        finally:
-            stop(proc)
-            log.close()
+    with engram_server("engram-learn-") as c:
+        created = c.post("/v1/classifiers", json={"name": "digits", "input": shape,
+                         **({"backbone": args.backbone} if args.backbone else {})})  # fmt: skip
+        created.raise_for_status()
+        backbone = created.json()["backbone"]
+        print(f"classifier {shape}, backbone {backbone}, strategy {args.strategy or 'the default'}")
+        for task, samples in tasks[: args.tasks]:
+            body = {"task": task, "samples": samples, **({"strategy": args.strategy} if args.strategy else {})}
+            start = time.perf_counter()
+            r = c.post("/v1/classifiers/digits/learn", json=body)
+            r.raise_for_status()
+            accepted = time.perf_counter() - start  # the API decoded, checked and staged every sample
+            job = r.json()
+            while job["status"] not in ("promoted", "rejected", "failed", "cancelled", "passed"):
+                time.sleep(0.05)
+                job = c.get(f"/v1/jobs/{job['job_id']}").json()
+            promoted = time.perf_counter() - start
+            probe = {"inputs": [{"image_b64": samples[0]["image_b64"]}]}
+            while job["status"] == "promoted" and (
+                c.post("/v1/classifiers/digits/predict", json=probe).json()["version"] != job["version"]
+            ):
+                time.sleep(0.02)
+            served = time.perf_counter() - start
+            stamp = {k: dt.datetime.fromisoformat(job[k]) for k in ("created_at", "started_at", "finished_at")}
+            queued = (stamp["started_at"] - stamp["created_at"]).total_seconds()
+            ran = (stamp["finished_at"] - stamp["started_at"]).total_seconds()
+            row = {"task": body["task"], "status": job["status"], "samples": len(samples),
+                   "request_to_promoted_s": round(promoted, 2), "request_to_served_s": round(served, 2),
+                   "accepted_s": round(accepted, 2), "queued_s": round(queued, 2), "worker_s": round(ran, 2),
+                   "stages_s": job["seconds"], "training": (job.get("report") or {}).get("training")}  # fmt: skip
+            rows.append(row)
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in job["seconds"].items())
+            training = row["training"] or {}
+            stages += f"; {training.get('steps')} steps of {training.get('budget')}, {training.get('stopped')}"
+            print(f"{row['task']}: {job['status']} in {promoted:.2f} s (served at {served:.2f} s): "
+                  f"API accepted {accepted:.2f}, queued {queued:.2f}, worker {ran:.2f} ({stages})")  # fmt: skip
+            if job["status"] != "promoted":
+                report = job.get("report") or {}
+                print(f"  {job.get('error') or report.get('explanation') or report.get('tasks')}")
     if args.json:
         args.json.write_text(
             json.dumps({"strategy": args.strategy, "backbone": backbone, "input": shape, "tasks": rows}, indent=2)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,25 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], path: str, timeout: floa
         except httpx.HTTPError:
             time.sleep(0.2)
     raise RuntimeError(f"{url} not ready in {timeout} s")
+
+
+@contextlib.contextmanager
+def engram_server(prefix: str) -> Iterator[httpx.Client]:
+    """``engram serve`` (embedded SQLite and worker) on a fresh data folder and a free port, and an admin client
+    to it; the server stops on exit."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
+        with open(Path(tmp) / "serve.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--data-dir", f"{tmp}/data",
+                                     "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            try:
+                wait_ready(url, proc, "/readyz")
+                with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=600) as c:
+                    yield c
+            finally:
+                stop(proc)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

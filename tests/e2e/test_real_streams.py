@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,12 @@ import pytest
 from PIL import Image
 
 from model_core.data import mnist_5k_arrays, stratified_split
-from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
+from tests.e2e.conftest import Server, auth, wait_job
 
 pytestmark = pytest.mark.timeout(1200)
 CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-mini"
 PHOTOS_PER_CLASS = 200  # of cifar10-mini's 500 a class, to keep the suite's time; the gate holds out 20% of them
 TEST_PER_CLASS = 100
-
-
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = start_server(tmp_path_factory.mktemp("streams") / "data")
-    yield s
-    stop_server(s)
 
 
 def png(pixels: np.ndarray) -> str:
@@ -77,14 +69,14 @@ def served_accuracy(c: httpx.Client, name: str, test: list[tuple[str, str]]) -> 
     return right / len(test), version
 
 
-def test_mnist_5k_five_tasks_with_defaults_and_no_data_kept(srv: Server) -> None:
+def test_mnist_5k_five_tasks_with_defaults_and_no_data_kept(server: Server) -> None:
     try:
         images, labels = mnist_5k_arrays()
     except FileNotFoundError as exc:
         pytest.skip(f"{exc}; this test needs the real 28x28 digits (see shared/data/README.md)")
     train, test = stratified_split(labels, 0.3, seed=0)
     tasks = [[(str(labels[i]), png(images[i])) for i in train if labels[i] in (2 * t, 2 * t + 1)] for t in range(5)]
-    c = srv.client()
+    c = server.client()
     inp = {"kind": "image", "channels": 1, "height": 28, "width": 28}
     jobs = learn_stream(c, "mnist", inp, tasks, None, "discard")
     assert [j["status"] for j in jobs] == ["promoted"] * 5, [(j["status"], j["report"]["failures"]) for j in jobs]
@@ -110,9 +102,9 @@ PHOTOS = {"kind": "image", "channels": 3, "height": 32, "width": 32}
 
 
 @pytest.mark.parametrize(("strategy", "retention"), [("joint", "keep"), (None, "discard")])
-def test_cifar10_mini_five_tasks_every_task_promoted(srv: Server, strategy: str | None, retention: str) -> None:
+def test_cifar10_mini_five_tasks_every_task_promoted(server: Server, strategy: str | None, retention: str) -> None:
     tasks, test = photo_tasks()
-    c = srv.client()
+    c = server.client()
     name = f"photos-{strategy or 'default'}"
     jobs = learn_stream(c, name, PHOTOS, tasks, strategy, retention)
     assert [j["status"] for j in jobs] == ["promoted"] * 5, [(j["status"], j["report"]["failures"]) for j in jobs]
@@ -121,9 +113,9 @@ def test_cifar10_mini_five_tasks_every_task_promoted(srv: Server, strategy: str 
     assert version == 5 and accuracy >= 0.6, accuracy
 
 
-def test_cifar10_mini_fine_tuning_is_rejected_from_task_2(srv: Server) -> None:
+def test_cifar10_mini_fine_tuning_is_rejected_from_task_2(server: Server) -> None:
     tasks, _ = photo_tasks()
-    jobs = learn_stream(srv.client(), "photos-naive", PHOTOS, tasks, "naive", "discard", stop_after=2)
+    jobs = learn_stream(server.client(), "photos-naive", PHOTOS, tasks, "naive", "discard", stop_after=2)
     assert [j["status"] for j in jobs] == ["promoted", "rejected"], [j["status"] for j in jobs]
     old = jobs[1]["report"]["tasks"][0]
     assert old["cause"] in ("intrusion", "forgetting") and old["passed"] is False, old
