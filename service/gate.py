@@ -16,8 +16,10 @@ Pure Python over per-sample correctness, so it is tested without training anythi
   ways. The regression is ``forgetting + max(0, lost_to_new - reverse)``; the drop itself is still
   reported, and ``cause`` says which part it was (``confusion``, ``forgetting`` or ``intrusion``, the last
   being new classes taking old samples beyond what the reverse confusion allows). The pairs behind it are
-  listed in ``confused_pairs``. Without predictions (or in task-incremental learning, where a task's
-  samples are ranked within its own head) the regression is the drop.
+  listed in ``confused_pairs``. A boundary between two old classes that moved is a trade, not forgetting, as
+  far as the other side gained from it (given the parent's predictions too). Without predictions (or in
+  task-incremental learning, where a task's samples are ranked within its own head) the regression is the
+  drop.
 - The new task must reach ``new_task_floor``.
 - The ONNX export must load and match torch (max abs difference within 1e-4).
 
