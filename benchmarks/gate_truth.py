@@ -27,6 +27,7 @@ import base64
 import io
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,9 +100,13 @@ def load_stream(name: str, test_per_class: int | None) -> Stream | str:
     else:
         return f"unknown stream {name!r}; known: {', '.join(STREAMS)}"
     if test_per_class:
-        seen: dict[str, int] = {}
-        stream.test = [(lab, b) for lab, b in stream.test if seen.setdefault(lab, 0) < test_per_class
-                       and not seen.update({lab: seen[lab] + 1})]  # fmt: skip
+        taken: Counter[str] = Counter()
+        kept: list[tuple[str, str]] = []
+        for lab, blob in stream.test:  # the first ``test_per_class`` of each class
+            if taken[lab] < test_per_class:
+                taken[lab] += 1
+                kept.append((lab, blob))
+        stream.test = kept
     return stream
 
 
@@ -154,7 +159,7 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
                                                                  if x.get("before") is not None],
                "error": job.get("error")}  # fmt: skip
         out["tasks"].append(row)
-        out["resolved"] = job.get("strategy")
+        out["resolved"] = job.get("strategy")  # what "default" became
         mark = {"promoted": "P", "rejected": "R"}.get(job["status"], "F")
         print(f"  {stream.name} {strategy} task {t} {classes}: {mark} served v{version} acc {acc:.3f} "
               f"({row['worker_s']} s worker, gate {row['gate_s']} s, {row['steps']} steps, {row['stopped']})"

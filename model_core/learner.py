@@ -17,6 +17,7 @@ from model_core.networks.classifier import IncrementalClassifier, create_network
 from model_core.networks.gaussian_head import GaussianHead
 from model_core.strategies import create_strategy
 from model_core.strategies.base import LabeledData, ProgressFn, Strategy
+from model_core.strategy_specs import class_models_refusal
 from model_core.trainer import TrainResult, resolve_device, train_experience
 
 
@@ -177,10 +178,7 @@ class Learner:
         self._check_input(exp.x)
         strat = create_strategy(strategy, params)
         if strategy != "class_models" and any(isinstance(h, GaussianHead) for h in self.model.heads):
-            raise ValueError(
-                f"this classifier predicts with class models (strategy 'class_models'); strategy {strategy!r} "
-                "cannot train them. Learn with class_models, or start a new classifier for another strategy"
-            )
+            raise ValueError(class_models_refusal(strategy))
         if strategy in self.strategy_states:
             strat.load_state_dict(self.strategy_states[strategy])
         snapshot = (copy.deepcopy(self.model), list(self.labels), copy.deepcopy(self.tasks))

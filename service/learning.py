@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from model_core.strategy_specs import SPECS, default_strategy
+from model_core.strategy_specs import SPECS, class_models_refusal, default_strategy
 from service.db import Classifier, Job, utcnow
 from service.domain import JobRequest, Learn
 from service.errors import Conflict, Invalid, NotFound
@@ -70,9 +70,7 @@ class LearningService:
         strategy = req.strategy or default_strategy(network, previous)
         spec = SPECS[strategy]
         if previous == "class_models" and strategy != "class_models":
-            raise Invalid(f"this classifier predicts with class models (its active version was learned with "
-                          f"'class_models'); strategy {strategy!r} cannot train them. Learn with class_models (or "
-                          "name no strategy), or start a new classifier for another strategy")  # fmt: skip
+            raise Invalid(class_models_refusal(strategy))
         try:
             params = spec.check_params(req.params)
         except ValueError as exc:

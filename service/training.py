@@ -69,14 +69,6 @@ def predictions(
     return TaskPredictions(labels.astype(str), full, old, before)
 
 
-def predicted_labels(learner: Learner, x: np.ndarray, task: str) -> np.ndarray:
-    """(n,) str: the labels ``learner`` predicts for a task's evaluation samples (within ``task`` in task-IL)."""
-    within = task if learner.scenario == "task-incremental" else None
-    if len(x) == 0 or (within is not None and within not in learner.task_names):
-        return np.full(len(x), "", dtype=str)
-    return np.array(learner.predict(torch.from_numpy(x), within, device="cpu"), dtype=str)
-
-
 class JobRunner:
     """Executes jobs; ``progress`` writes and cancel checks go through short database sessions."""
 
@@ -219,12 +211,11 @@ class JobRunner:
 
         # Parent accuracy per task, before the learner changes (part of the gate's time).
         t_parent = time.perf_counter()
-        parent_pred = {
-            t: predicted_labels(learner, task_slice(suite, t)[0], t) if t in learner.task_names else None
-            for t in task_names
-        }
-        before = {t: None if p is None else p == task_slice(suite, t)[1].astype(str) for t, p in parent_pred.items()}
+        slices = {t: task_slice(suite, t) for t in task_names}  # (x, labels) of each task's evaluation samples
         parent_units = len(learner.labels)
+        parent_pred = {t: predictions(learner, *slices[t], t, parent_units).after if t in learner.task_names else None
+                       for t in task_names}  # fmt: skip
+        before = {t: None if p is None else p == slices[t][1].astype(str) for t, p in parent_pred.items()}
 
         parent_gate = time.perf_counter() - t_parent
         t1 = time.perf_counter()
@@ -235,11 +226,12 @@ class JobRunner:
         exp = experience(task, train["x"], train["label"])
         result = learner.learn(exp, strategy, request.params, config, progress, should_cancel)
         times["train"] = time.perf_counter() - t1
+        training = result.train.summary()  # steps, budget and why training stopped: for the advice and the report
         times.update({f"train.{stage}": sec for stage, sec in stages.items()})  # e.g. train.generator
 
         self._set_status(job_id, "evaluating")
         t2 = time.perf_counter()
-        predicted = {t: predictions(learner, *task_slice(suite, t), t, parent_units, parent_pred[t]) for t in task_names}
+        predicted = {t: predictions(learner, *slices[t], t, parent_units, parent_pred[t]) for t in task_names}
         rows = [(t, before[t], p.after == p.labels) for t, p in predicted.items()]
         times["gate"] = parent_gate + time.perf_counter() - t2
         t3 = time.perf_counter()
@@ -252,10 +244,9 @@ class JobRunner:
         times["export"] = time.perf_counter() - t3
         cfg = GateConfig.from_dict(gate_defaults).merged(request.gate)
         report = evaluate(cfg, learner.scenario, strategy, retention, task, result.new_labels, rows, diff, err,
-                          labels={t: task_slice(suite, t)[1] for t in task_names}, diagnostics=result.diagnostics,
-                          facts=JobFacts(result.params, result.train.steps, network, result.train.summary()),
-                          predictions=predicted)  # fmt: skip
-        report["training"] = result.train.summary()
+                          labels={t: slices[t][1] for t in task_names}, diagnostics=result.diagnostics,
+                          facts=JobFacts(result.params, result.train.steps, network, training), predictions=predicted)  # fmt: skip
+        report["training"] = training
 
         t4 = time.perf_counter()
         self.crash_hook.stage("trained")

@@ -162,9 +162,9 @@ class GenerativeReplay(Strategy):
             return None
         g = torch.Generator().manual_seed(ctx.config.seed + 5)
         n = min(len(ctx.data), PROBE_ROWS)
-        real = ctx.data.x[torch.randperm(len(ctx.data), generator=g)[:n]].to(ctx.device)
-        units = ctx.data.y[torch.randperm(len(ctx.data), generator=g)[:n]].to(ctx.device)
-        fake = self._sample(ctx, units)
+        rows = torch.randperm(len(ctx.data), generator=g)[:n]
+        real = ctx.data.x[rows].to(ctx.device)
+        fake = self._sample(ctx, ctx.data.y[rows].to(ctx.device))  # the same classes, as many of each
         net = ctx.model
         net.eval()
         f = torch.cat([net.forward_features(real), net.forward_features(fake)]).double().cpu()
