@@ -1,7 +1,7 @@
 """The verdict table: every stream through the real service, its defaults, its holdout and its gate.
 
     python -m benchmarks.gate_truth [--streams digits-5x2,digits-10x1,mnist-5x2,cifar-5x2,cifar-10x1]
-        [--strategies joint,replay,generative_replay,naive,ewc,lwf] [--test-per-class N] [--json FILE]
+        [--strategies joint,replay,generative_replay,naive,ewc,lwf] [--test-per-class N] [--seed N] [--json FILE]
 
 Starts ``engram serve`` (embedded SQLite, one local worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh
 data folder and, for each stream and strategy, creates a class-incremental classifier with the service's
@@ -17,7 +17,9 @@ Streams (held-out samples are never sent to learn):
 - ``mnist-5x2``: ``../shared/data/mnist-5k`` (28x28), a seeded 30% of each class held out;
 - ``cifar-5x2`` / ``cifar-10x1``: ``../shared/data/cifar10-mini`` photos as JPEG, ``train/`` to learn,
   ``test/`` to score.
-A stream whose data are absent is skipped with a line saying so.
+A stream whose data are absent is skipped with a line saying so. ``--seed N`` (default 0: the classes in their
+natural order, 0-9 and CIFAR-10's alphabetical order) shuffles the classes with seed N before they are cut into
+tasks, and seeds the held-out split of the grey streams: other tasks, other confusions between old and new.
 """
 
 from __future__ import annotations
@@ -62,29 +64,35 @@ def _png(pixels: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _grey(name: str, images: np.ndarray, labels: np.ndarray, per_task: int) -> Stream:
-    train, test = stratified_split(labels, 0.3, seed=0)
+def _tasks(classes: list[str], per_task: int, seed: int) -> list[list[str]]:
+    """The classes cut into tasks of ``per_task``, in their order (seed 0) or shuffled with ``seed``."""
+    if seed:
+        classes = [classes[i] for i in np.random.default_rng(seed).permutation(len(classes))]
+    return [classes[i : i + per_task] for i in range(0, len(classes), per_task)]
+
+
+def _grey(name: str, images: np.ndarray, labels: np.ndarray, per_task: int, seed: int) -> Stream:
+    train, test = stratified_split(labels, 0.3, seed=seed)
     items = [(str(int(labels[i])), _png(images[i])) for i in range(len(labels))]
-    classes = [str(c) for c in range(10)]
     side = images.shape[1]
     return Stream(name, {"kind": "image", "channels": 1, "height": side, "width": side},
-                  [classes[i : i + per_task] for i in range(0, 10, per_task)],
+                  _tasks([str(c) for c in range(10)], per_task, seed),
                   [items[i] for i in train], [items[i] for i in test])  # fmt: skip
 
 
-def load_stream(name: str, test_per_class: int | None) -> Stream | str:
+def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream | str:
     """The stream, or why it cannot be run here."""
     kind, _, shape = name.partition("-")
     per_task = int(shape.split("x")[1]) if "x" in shape else 2
     if kind == "digits":
         images, labels = load_digits_arrays()
-        stream = _grey(name, np.round(images * 255).astype(np.uint8), labels, per_task)
+        stream = _grey(name, np.round(images * 255).astype(np.uint8), labels, per_task, seed)
     elif kind == "mnist":
         try:
             images, labels = mnist_5k_arrays()
         except FileNotFoundError as exc:
             return str(exc)
-        stream = _grey(name, images, labels, per_task)
+        stream = _grey(name, images, labels, per_task, seed)
     elif kind == "cifar":
         if not (CIFAR / "train").is_dir():
             return f"cifar10-mini is not at {CIFAR}"
@@ -96,7 +104,7 @@ def load_stream(name: str, test_per_class: int | None) -> Stream | str:
         train, test = folder("train"), folder("test")
         classes = sorted({label for label, _ in train})
         stream = Stream(name, {"kind": "image", "channels": 3, "height": 32, "width": 32},
-                        [classes[i : i + per_task] for i in range(0, len(classes), per_task)], train, test)  # fmt: skip
+                        _tasks(classes, per_task, seed), train, test)  # fmt: skip
     else:
         return f"unknown stream {name!r}; known: {', '.join(STREAMS)}"
     if test_per_class:
@@ -129,7 +137,8 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
     r = c.post("/v1/classifiers", json={"name": name, "input": stream.input})
     r.raise_for_status()
     retention = "keep" if strategy in KEEPS_DATA else "discard"
-    out: dict[str, Any] = {"stream": stream.name, "strategy": strategy, "backbone": r.json()["backbone"], "tasks": []}
+    out: dict[str, Any] = {"stream": stream.name, "strategy": strategy, "backbone": r.json()["backbone"],
+                           "order": stream.tasks, "tasks": []}  # fmt: skip
     seen: set[str] = set()
     for t, classes in enumerate(stream.tasks, 1):
         samples = [{"label": lab, "image_b64": b} for lab, b in stream.train if lab in classes]
@@ -157,7 +166,8 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
                "gate_s": seconds.get("gate"), "steps": training.get("steps"), "stopped": training.get("stopped"),
                "failures": report.get("failures"), "causes": [x.get("cause") for x in report.get("tasks", [])
                                                                  if x.get("before") is not None],
-               "error": job.get("error")}  # fmt: skip
+               "error": job.get("error"),
+               "gate": {k: report.get(k) for k in ("tasks", "classes", "confused_pairs", "confusion_note")}}  # fmt: skip
         out["tasks"].append(row)
         out["resolved"] = job.get("strategy")  # what "default" became
         mark = {"promoted": "P", "rejected": "R"}.get(job["status"], "F")
@@ -187,16 +197,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--test-per-class", type=int, help="score on at most this many held-out samples a class")
     parser.add_argument("--options", default="{}", help='learn-request options as JSON, e.g. {"iterations": 300}')
+    parser.add_argument("--seed", type=int, default=0, help="0: classes in order; N: shuffled (and split) with seed N")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     extra = {"options": json.loads(args.options)} if json.loads(args.options) else {}
     results: list[dict[str, Any]] = []
     with engram_server("engram-gate-truth-") as c:
         for stream_name in args.streams.split(","):
-            stream = load_stream(stream_name, args.test_per_class)
+            stream = load_stream(stream_name, args.test_per_class, args.seed)
             if isinstance(stream, str):
                 print(f"skipping {stream_name}: {stream}")
                 continue
+            print(f"{stream_name}: tasks {stream.tasks}", flush=True)
             for strategy in args.strategies.split(","):
                 results.append(run_one(c, stream, strategy, extra))
                 if args.json:

@@ -76,7 +76,8 @@ def print_verdict(job: Job) -> None:
         split = ""
         if row.get("cause"):  # fell beyond tolerance: forgetting, or new classes taking its samples
             split = (f"; {row['cause']}: forgetting {row['forgetting']:.3f}, taken by new classes "
-                     f"{row['lost_to_new']:.3f} against {row['reverse']:.3f} the other way") if "forgetting" in row else ""
+                     f"{row['lost_to_new']:.3f}, {row.get('allowed', row['reverse']):.3f} of it allowed by the reverse "
+                     "confusion") if "forgetting" in row else ""
         console.print(f"  {mark:4} task {escape(str(row['task']))}: {before} -> {row['after']:.3f} (n={row['n']}{split})")
     training = report.get("training")
     if training:

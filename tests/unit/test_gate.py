@@ -388,6 +388,42 @@ def test_new_classes_taking_old_samples_beyond_the_reverse_is_intrusion() -> Non
     assert "taken by new classes" in report["failures"][0]
 
 
+def lopsided_case(d_as_new: int, new_as_others: int) -> dict[str, Any]:
+    """Old one-class tasks "td" (class d, as deer) and "to" (classes o1..o4), a new class h (as horse), 100 samples
+    each. The candidate gives ``d_as_new`` of d's samples to h and takes 4 of h's for d; h's samples go to each of
+    o1..o4 ``new_as_others`` times, while none of theirs go to h. The parent got every old sample right."""
+    d, o, h = np.array(["d"] * 100), np.array([f"o{i}" for i in range(1, 5) for _ in range(100)]), np.array(["h"] * 100)
+    d_after = np.array(["h"] * d_as_new + ["d"] * (100 - d_as_new))
+    h_after = np.array(["d"] * 4 + [f"o{i}" for i in range(1, 5) for _ in range(new_as_others)])
+    h_after = np.concatenate([h_after, ["h"] * (100 - len(h_after))])
+    preds = {"td": TaskPredictions(d, d_after, d, d), "to": TaskPredictions(o, o, o, o), "new": TaskPredictions(h, h_after, h_after)}
+    tasks = [("td", d == d, d_after == d), ("to", o == o, o == o), ("new", None, h_after == h)]
+    return evaluate(GateConfig(), "class-incremental", "joint", "keep", "new", ["h"], tasks, 0.0, None,
+                    labels={"td": d, "to": o, "new": h}, predictions=preds)  # fmt: skip
+
+
+def test_one_lopsided_pair_is_judged_against_the_reverse_confusion_of_every_old_class() -> None:
+    # d loses 0.12 to h against 0.04 of h's taken for d: lopsided alone, yet h's samples go to the other old classes
+    # as often as their samples would go to h in a balanced model: over all old classes the flows match, no bias
+    report = lopsided_case(d_as_new=12, new_as_others=2)
+    td = report["tasks"][0]
+    assert td["lost_to_new"] == pytest.approx(0.12) and td["reverse"] == pytest.approx(0.04)
+    assert td["allowed"] == pytest.approx(0.12) and td["regression"] == pytest.approx(0.0) and td["passed"] is True
+    assert report["new_class_bias"] == pytest.approx(12 / 12)
+    # the same d loss with nothing of h's taken for the others: the pooled flows say the candidate leans to h
+    biased = lopsided_case(d_as_new=12, new_as_others=0)
+    td = biased["tasks"][0]
+    assert biased["new_class_bias"] == pytest.approx(12 / 4)
+    assert td["allowed"] == pytest.approx(0.04) and td["regression"] == pytest.approx(0.08, abs=1e-4)
+
+
+def test_new_task_within_its_interval_of_the_floor_passes() -> None:
+    # 67 of 100 is within the 95% interval of 0.70; 67 of 1000 samples' worth (670/1000) is not
+    assert run([("new", None, correct(67, 100))], GateConfig(new_task_floor=0.7))["passed"] is True
+    report = run([("new", None, correct(670, 1000))], GateConfig(new_task_floor=0.7))
+    assert report["passed"] is False and "on 1000 samples" in report["failures"][0]
+
+
 def test_forgetting_among_the_old_classes_fails_whatever_the_confusion() -> None:
     report = confusion_case(old_as_c=0, c_as_a=15, old_space_right=70)
     task = report["tasks"][0]
