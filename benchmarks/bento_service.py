@@ -4,7 +4,7 @@ version's own ONNX file with ONNX Runtime's default session options (what a Bent
     ENGRAM_BENCH_BUNDLE=BUNDLE_DIR bentoml serve benchmarks.bento_service:OnnxClassifier --port 8200
 
 It takes serve_bench's request body, ``{"inputs": [{"image_b64": ...}]}``, and decodes it with Engram's
-own code (``service.preprocess``), so the comparison is of the serving machinery, not the decoder.
+own code (``service.inference.inputs``), so the comparison is of the serving machinery, not the decoder.
 BentoML concatenates concurrent requests' ``inputs`` into one batch (up to 64 rows, as Engram).
 """
 
@@ -30,7 +30,7 @@ class OnnxClassifier:
     def __init__(self) -> None:
         import onnxruntime as ort
 
-        from service.preprocess import InputFormat
+        from service.inference.inputs import InputFormat
 
         network = json.loads((BUNDLE / "manifest.json").read_text())["network"]
         self.fmt = InputFormat.from_network(network)
@@ -41,7 +41,7 @@ class OnnxClassifier:
     # dispatcher chooses the actual wait from the observed run times.
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
     def predict(self, inputs: list[Item]) -> list[dict[str, Any]]:
-        from service.preprocess import parse_items, softmax
+        from service.inference.inputs import parse_items, softmax
 
         x = parse_items([{"image_b64": i.image_b64} for i in inputs], self.fmt, "inputs", 10**8)
         probs = softmax(self.session.run(["logits"], {"input": x})[0])

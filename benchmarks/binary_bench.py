@@ -77,9 +77,9 @@ def server_cpu_ms(body: bytes, content_type: str, fmt: Any, reps: int) -> float:
     import msgspec
     from litestar._multipart import parse_multipart_form
 
-    from service.api.schemas import PredictRequest
-    from service.binary import ImageFiles, NpyBatch
-    from service.preprocess import parse_items
+    from service.inference.binary import ImageFiles, NpyBatch
+    from service.inference.inputs import parse_items
+    from service.schemas import PredictRequest
 
     async def form_files() -> list[bytes]:
         async def stream() -> Any:
@@ -131,7 +131,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     if args.cpu or args.cpu_only:
         from model_core.config import InputSpec
-        from service.preprocess import InputFormat
+        from service.inference.inputs import InputFormat
 
         i = case.input
         fmt = InputFormat(InputSpec("image", i["channels"], i["height"], i["width"]))
@@ -153,7 +153,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         log = open(Path(tmp) / "engram.log", "wb")  # noqa: SIM115
         env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--data-dir", f"{tmp}/data",
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--data-dir", f"{tmp}/data",
                                  "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             wait_ready(url, proc, "/readyz")

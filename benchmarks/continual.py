@@ -11,7 +11,7 @@
 
 Each dataset runs on the backbone a new classifier gets by default for its input (``--backbone`` overrides).
 Image datasets reach the network the way the service's do: encoded as PNG or read as JPEG files, decoded and
-resized by ``service.preprocess`` (the cifar10-mini ImageFolder through the CLI client's own folder reader).
+resized by ``service.inference.inputs`` (the cifar10-mini ImageFolder through the CLI client's own folder reader).
 A strategy that cannot run on a stream (``analytic`` without a frozen backbone, ``class_models`` on a large
 input that trains its backbone) is skipped with a printed line saying why. Runs are spread over ``--jobs`` processes, each using one torch thread. With a frozen pretrained backbone every
 photo's features are computed once, before the runs, and shared by them (as a job computes them once); the
@@ -72,7 +72,7 @@ def _decode(blobs: list[bytes], shape: tuple[int, int, int]) -> Any:
     import numpy as np
     import torch
 
-    from service.preprocess import InputFormat, decode_image
+    from service.inference.inputs import InputFormat, decode_image
 
     c, h, w = shape
     network = NetworkSpec(InputSpec("image", c, h, w)).to_dict()

@@ -116,7 +116,7 @@ def engram_server(prefix: str) -> Iterator[httpx.Client]:
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
         with open(Path(tmp) / "serve.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--data-dir", f"{tmp}/data",
+            proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--data-dir", f"{tmp}/data",
                                      "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
             try:
                 wait_ready(url, proc, "/readyz")
@@ -207,7 +207,7 @@ def limit_level(
 
 def limit_sessions(folder: Path, network: dict[str, Any]) -> dict[str, ort.InferenceSession]:
     """The session Engram builds (same options), and one with ONNX Runtime's default options."""
-    from service.inference import ServingOptions, load_served
+    from service.inference.sessions import ServingOptions, load_served
     from service.settings import Settings
 
     onnx_file = str(folder / "model.onnx")  # ENGRAM_ORT_THREADS applies here as in the server
@@ -241,7 +241,7 @@ def bench_model(
     env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
     log = open(workdir / f"engram-{case.name}.log", "wb")  # noqa: SIM115
     engram = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
+        [sys.executable, "-m", "service.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port),
          "--workers", str(engram_workers)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -266,7 +266,7 @@ def bench_model(
             peers[peer] = start_peer(peer, folder, workdir / case.name, log)
         pngs = [digit_png(img, case.input) for img in x[-256:]]
         bodies = [json.dumps({"inputs": [{"image_b64": p}]}).encode() for p in pngs]
-        from service.preprocess import InputFormat, parse_items
+        from service.inference.inputs import InputFormat, parse_items
 
         decoded = parse_items([{"image_b64": p} for p in pngs], InputFormat.from_network(network), "inputs", 10**8)
         sessions = limit_sessions(folder, network) if "limit" in systems else {}

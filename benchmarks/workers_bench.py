@@ -29,7 +29,7 @@ from benchmarks.serve_bench import ADMIN, MODELS, digit_png, free_port, stop, tr
 def start(data_dir: Path, workers: int, log: Any, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--data-dir", str(data_dir), "--port",
                              str(port), "--workers", str(workers), *extra], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, "/readyz")

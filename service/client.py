@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from service.api.schemas import (
+from service.schemas import (
     TERMINAL,
     AuditView,
     ClassifierView,
@@ -33,7 +33,7 @@ from service.api.schemas import (
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
-# The server's own response models (``service.api.schemas``: pydantic only, no Litestar). They are closed
+# The server's own response models (``service.schemas``: pydantic only, no Litestar). They are closed
 # (extra="forbid") to pin what the server sends; ``_read`` validates with extra="ignore" so that a client
 # keeps working against a newer server that adds fields.
 Classifier = ClassifierView

@@ -51,7 +51,7 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, *args:
     port = free_port()
     log = data_dir.parent / f"serve-{port}.log"
     env = {**os.environ, "ENGRAM_API_KEYS": ",".join(f"{r}:{k}" for r, k in KEYS.items()), **(extra_env or {})}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir), "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "service.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port), *args]
     log_file = open(log, "wb")  # noqa: SIM115  (closed in stop_server)
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -38,7 +38,7 @@ def image_folder(root: Path, classes: tuple[int, ...], n: int = 60) -> Path:
 def engram(srv: Server, *args: str, role: str = "admin") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "ENGRAM_URL": srv.url, "ENGRAM_KEY": KEYS[role], "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], env=env, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-m", "service.cli.main", *args], env=env, capture_output=True, text=True, timeout=300, check=False
     )
 
 

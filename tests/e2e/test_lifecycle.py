@@ -104,11 +104,11 @@ def storm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Se
     with throwaway_pg("engram_storm") as url:
         env = {"ENGRAM_DATABASE_URL": url, "ENGRAM_ARTIFACTS_DIR": str(root / "artifacts"),
                "ENGRAM_DATA_DIR": str(root / "w"), **ONE_THREAD}  # fmt: skip
-        subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env={**dict(os.environ), **env}, check=True)
+        subprocess.run([sys.executable, "-m", "service.cli.main", "migrate"], env={**dict(os.environ), **env}, check=True)
         a = start_server(root / "a", env, "--no-worker")
         b = start_server(root / "b", env, "--no-worker")
         with open(root / "worker.log", "wb") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env={**dict(os.environ), **env},
+            worker = subprocess.Popen([sys.executable, "-m", "service.cli.main", "worker"], env={**dict(os.environ), **env},
                                       stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             yield a, b, url

@@ -39,11 +39,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     with throwaway_pg("engram_notify") as url:
         env = {"ENGRAM_DATABASE_URL": url, "ENGRAM_ARTIFACTS_DIR": str(root / "artifacts"),
                "ENGRAM_SERVING_POLL_SECONDS": str(POLL), "ENGRAM_DATA_DIR": str(root / "w")}  # fmt: skip
-        subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env={**os.environ, **env}, check=True)
+        subprocess.run([sys.executable, "-m", "service.cli.main", "migrate"], env={**os.environ, **env}, check=True)
         a = start_server(root / "a", env, "--no-worker")
         b = start_server(root / "b", env, "--no-worker")
         with open(root / "worker.log", "wb") as log:
-            worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env={**os.environ, **env},
+            worker = subprocess.Popen([sys.executable, "-m", "service.cli.main", "worker"], env={**os.environ, **env},
                                       stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             yield Pair(a, b)
@@ -66,7 +66,7 @@ def lag_until_served(srv: Server, name: str, version: int, since: float, timeout
 
 
 def build_seconds(srv: Server, name: str, version: int) -> float:
-    """The session build time of ``version`` in ``srv``'s log (service.serving logs each build)."""
+    """The session build time of ``version`` in ``srv``'s log (service.application.serving logs each build)."""
     text = srv.log.read_text()
     found = re.findall(rf"built the session of {name} version {version} in ([0-9.]+) s", text)
     return float(found[-1]) if found else 0.0  # 0: it came from the replica's session cache
@@ -105,7 +105,7 @@ def test_replicas_follow_moves_made_elsewhere_at_once(pair: Pair) -> None:
 
 
 def test_without_postgresql_nothing_listens(tmp_path: Path) -> None:
-    from service.notify import listen_url
+    from service.persistence.notify import listen_url
 
     assert listen_url(f"sqlite:///{tmp_path / 'x.db'}") is None
     assert listen_url("postgresql+psycopg://u:secret@h:5/db") == "postgresql://u:secret@h:5/db"

@@ -2,7 +2,7 @@
 classifier's next job always succeeds, and in the end the database and the artifact store agree.
 
 The server runs without a worker; the test starts worker processes with the test-only hook
-``ENGRAM_TEST_CRASH_AT=<stage>@2`` (service.training.CrashHook): each runs one job, which must be
+``ENGRAM_TEST_CRASH_AT=<stage>@2`` (service.jobs.training.CrashHook): each runs one job, which must be
 promoted (whatever the previous worker left behind), then SIGKILLs itself when its second job reaches the
 stage. Cost: a worker start and two small jobs per kill; 4 stages x 2 = 8 kills. Measured 342 s on a
 2-core machine shared with other test runs and PYTHONDONTWRITEBYTECODE=1, where each worker's first job
@@ -26,7 +26,7 @@ from tests.e2e.conftest import start_server, stop_server, wait_job
 from tests.e2e.test_durability import blobs, create, learn
 
 pytestmark = pytest.mark.timeout(900)
-STAGES = ("trained", "bundle-written", "row-committed", "promoted")  # service.training.CrashHook.STAGES
+STAGES = ("trained", "bundle-written", "row-committed", "promoted")  # service.jobs.training.CrashHook.STAGES
 REPEATS = 1
 ENV = {"ENGRAM_STALE_AFTER_SECONDS": "3", "ENGRAM_HEARTBEAT_SECONDS": "0.5", "ENGRAM_WORKER_POLL_SECONDS": "0.2",
        "OMP_NUM_THREADS": "1"}  # fmt: skip
@@ -38,7 +38,7 @@ def start_worker(data_dir: Path, log: Path, crash_at: str | None) -> subprocess.
     if crash_at:
         env["ENGRAM_TEST_CRASH_AT"] = crash_at
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "service.worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "service.jobs.worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def store_and_rows(data_dir: Path) -> tuple[set[str], dict[int, tuple[str, str]], int | None]:

@@ -44,7 +44,7 @@ class Cluster:
         log = open(self.root / f"worker-{n}.log", "wb")  # noqa: SIM115
         own = {"ENGRAM_DATA_DIR": str(self.root / f"w{n}")}  # its own cache when the store is S3
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"],
+            [sys.executable, "-m", "service.cli.main", "worker"],
             env={**os.environ, **self.env, **(own if "ENGRAM_ARTIFACTS_URL" in self.env else {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -69,7 +69,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def _cluster(root: Path, env: dict[str, str]) -> Iterator[Cluster]:
-    subprocess.run([sys.executable, "-m", "service.cli", "migrate"], env={**os.environ, **env}, check=True)
+    subprocess.run([sys.executable, "-m", "service.cli.main", "migrate"], env={**os.environ, **env}, check=True)
     a = start_server(root / "a", env, "--no-worker")
     b = start_server(root / "b", env, "--no-worker")
     c = Cluster(a, b, [], env, root)

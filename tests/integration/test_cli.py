@@ -39,7 +39,7 @@ def test_benchmark_refuses_unknown_names() -> None:
 
 
 def test_engram_lists_strategies_and_exports_a_bundle(tmp_path: Path) -> None:
-    proc = run("-m", "service.cli", "strategies")
+    proc = run("-m", "service.cli.main", "strategies")
     assert proc.returncode == 0
     assert "generative_replay" in proc.stdout and "cannot add classes" in proc.stdout
     script = (
@@ -50,6 +50,6 @@ def test_engram_lists_strategies_and_exports_a_bundle(tmp_path: Path) -> None:
         f"save_bundle({str(tmp_path / 'v1')!r}, L)"
     )
     assert run("-c", script).returncode == 0
-    proc = run("-m", "service.cli", "export", str(tmp_path / "v1"), str(tmp_path / "m.onnx"))
+    proc = run("-m", "service.cli.main", "export", str(tmp_path / "v1"), str(tmp_path / "m.onnx"))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m.onnx").stat().st_size > 1000 and "max |onnx - torch|" in proc.stdout

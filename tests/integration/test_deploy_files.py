@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from service.cli import build_parser
+from service.cli.main import build_parser
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

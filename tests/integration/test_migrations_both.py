@@ -11,8 +11,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from service.db import Base, make_engine
-from service.migrations import alembic_config, upgrade
+from service.persistence.migrations import alembic_config, upgrade
+from service.persistence.models import Base, make_engine
 from tests.conftest import throwaway_pg
 
 

@@ -13,7 +13,9 @@ from litestar.testing import TestClient
 from pydantic import BaseModel, TypeAdapter
 
 from model_core.strategy_specs import SPECS
-from service.api.schemas import (
+from service.http.app import create_app
+from service.persistence.migrations import upgrade
+from service.schemas import (
     NAME,
     AuditView,
     ClassifierView,
@@ -24,8 +26,6 @@ from service.api.schemas import (
     StrategyView,
     VersionView,
 )
-from service.app import create_app
-from service.migrations import upgrade
 from service.settings import Settings
 
 # Litestar 2.25 warns about parameter styles its 3.0 drops (inferred path parameters, ``data`` without a

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from service.auth import AuthError, KeyRing
+from service.http.auth import AuthError, KeyRing
 from service.settings import Settings, parse_api_keys
 
 KEYS = {"p-secret": "predict", "l-secret": "learn", "a-secret": "admin"}

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher
+from service.inference.batching import MicroBatcher
 
 
 class Recorder:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from service.api.body import BodyNotJSON, check_utf8, describe_syntax_error
+from service.http.body import BodyNotJSON, check_utf8, describe_syntax_error
 
 
 def msgspec_message(body: bytes) -> str:

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from service import serving as serving_module
-from service.domain import JOB_REQUEST_SCHEMA, JobRequest, TrainOptions
-from service.errors import Unavailable
-from service.inference import ServingState
-from service.observability import Metrics
-from service.serving import ServingService, VersionRef
+import service.application.serving as serving_module
+from service.application.metrics import Metrics
+from service.application.serving import ServingService, VersionRef
+from service.domain.commands import JOB_REQUEST_SCHEMA, JobRequest, TrainOptions
+from service.domain.errors import Unavailable
+from service.inference.sessions import ServingState
 from service.settings import Settings
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from model_core.config import PACKAGE_WEIGHTS
 from model_core.strategy_specs import SPECS
-from service.gate import GateConfig, TaskPredictions, evaluate
-from service.gate_advice import JobFacts
+from service.domain.gate import GateConfig, TaskPredictions, evaluate
+from service.domain.gate_advice import JobFacts
 
 
 def correct(n_right: int, n: int) -> np.ndarray:

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from service.application import Invalid, stratified_holdout
-from service.db import Base, Classifier, make_engine, make_sessionmaker
-from service.migrations import upgrade
+from service.application.services import Invalid, stratified_holdout
+from service.persistence.migrations import upgrade
+from service.persistence.models import Base, Classifier, make_engine, make_sessionmaker
 
 TABLES = {"classifiers", "versions", "jobs", "audit"}
 

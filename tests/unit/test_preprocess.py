@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from model_core.config import InputSpec
-from service.preprocess import InputError, InputFormat, decode_image, parse_item, parse_items
+from service.inference.inputs import InputError, InputFormat, decode_image, parse_item, parse_items
 
 GREY_8 = InputFormat(InputSpec("image", channels=1, height=8, width=8))
 RGB_6x4 = InputFormat(InputSpec("image", channels=3, height=6, width=4))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.inference import Served, ServingState
-from service.observability import Metrics
-from service.serving import ServingService
+from service.application.metrics import Metrics
+from service.application.serving import ServingService
+from service.inference.sessions import Served, ServingState
 from service.settings import Settings
 
 

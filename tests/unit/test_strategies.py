@@ -89,7 +89,7 @@ def test_strategy_specs_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, model_core.strategy_specs, service.preprocess; assert 'torch' not in sys.modules"
+    code = "import sys, model_core.strategy_specs, service.inference.inputs; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -372,7 +372,7 @@ def test_the_api_process_does_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys; from service.app import create_app; from service.settings import Settings;"
+        "import sys; from service.http.app import create_app; from service.settings import Settings;"
         "import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp());"
         "create_app(Settings(data_dir=d, insecure=True)); assert 'torch' not in sys.modules, 'torch imported'"
     )

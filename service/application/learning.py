@@ -1,0 +1,194 @@
+"""The learning service: validate and stage a learn request, queue its job; read, cancel and reap jobs.
+
+No torch here: a worker trains the job (``service.jobs.training``). What is stored for it is a
+``service.domain.commands.JobRequest`` with a schema version, never the HTTP body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from model_core.strategy_specs import SPECS, class_models_refusal, default_strategy
+from service.application.metrics import Metrics
+from service.domain.commands import JobRequest, Learn
+from service.domain.errors import Conflict, Invalid, NotFound
+from service.domain.gate import GateConfig
+from service.inference.inputs import InputError, InputFormat, parse_items
+from service.jobs.queue import enqueue, uses_procrastinate
+from service.persistence.models import Classifier, Job, utcnow
+from service.persistence.registry import end_job, get_classifier, get_version, job_view, reap_stale_jobs
+from service.settings import Settings
+from service.storage.files import ArtifactStore
+
+
+def stratified_holdout(labels: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
+    """Boolean mask of evaluation rows: ``share`` of every class (at least one), never a whole class."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for label, count in Counter(labels.tolist()).items():
+        if count < 2:
+            raise Invalid(f"class {label!r} has {count} sample; send at least 2 per class, or give eval_samples")
+        idx = np.flatnonzero(labels == label)
+        n_eval = min(count - 1, max(1, round(count * share)))
+        mask[rng.choice(idx, n_eval, replace=False)] = True
+    return mask
+
+
+class LearningService:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: ArtifactStore,
+        metrics: Metrics,
+        follow: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.metrics = metrics
+        # Brings this process's serving up to a classifier's pointer (ServingService.follow), by its id.
+        self.follow = follow
+        self._jobs_seen_until = utcnow()  # jobs finished after this are still to be counted
+
+    def submit_learn(self, name: str, req: Learn) -> dict[str, Any]:
+        if req.strategy is not None and req.strategy not in SPECS:
+            raise Invalid(f"unknown strategy {req.strategy!r}; choose one of {', '.join(sorted(SPECS))}")
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            network, gate_defaults, active = clf.network, clf.gate, clf.active_version
+            active_version = get_version(s, clf, active) if active is not None else None
+            active_tasks = active_version.tasks if active_version is not None else []
+            previous = active_version.strategy if active_version is not None else None
+        strategy = req.strategy or default_strategy(network, previous)
+        spec = SPECS[strategy]
+        if previous == "class_models" and strategy != "class_models":
+            raise Invalid(class_models_refusal(strategy))
+        try:
+            params = spec.check_params(req.params)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        if req.retention == "discard" and spec.stores_data:
+            raise Invalid(
+                f"strategy {strategy!r} keeps training samples, which retention 'discard' forbids; "
+                "use generative_replay (keeps no samples), or ewc/lwf/mas for task-incremental classifiers"
+            )
+        if not req.samples:
+            raise Invalid("samples is empty: send at least one labelled sample per class")
+        if len(req.samples) > self.settings.max_batch_items:
+            raise Invalid(f"samples has {len(req.samples)} items; the limit is {self.settings.max_batch_items}")
+        fmt = InputFormat.from_network(network)
+        labels = self._labels(req.samples, "samples")
+        x = parse_items(req.samples, fmt, "samples", self.settings.max_image_pixels)
+        if network["scenario"] == "task-incremental":
+            known = {t["name"]: set(t["labels"]) for t in active_tasks}
+            if req.task in known and not set(labels.tolist()) <= known[req.task]:
+                extra = sorted(set(labels.tolist()) - known[req.task])
+                raise Invalid(f"task {req.task!r} already exists with classes {sorted(known[req.task])}; "
+                              f"its classes cannot grow (new: {extra}); learn them under a new task name")  # fmt: skip
+        gate = GateConfig.from_dict(gate_defaults).merged(req.gate)
+        if req.eval_samples:
+            ev_labels = self._labels(req.eval_samples, "eval_samples")
+            unknown = sorted(set(ev_labels.tolist()) - set(labels.tolist()))
+            if unknown:
+                raise Invalid(f"eval_samples has labels {unknown} that the samples do not teach")
+            ev_x = parse_items(req.eval_samples, fmt, "eval_samples", self.settings.max_image_pixels)
+            train_x, train_y = x, labels
+        else:
+            mask = stratified_holdout(labels, gate.holdout, req.options.seed)
+            ev_x, ev_labels, train_x, train_y = x[mask], labels[mask], x[~mask], labels[~mask]
+        job_id = str(uuid.uuid4())
+        # Stage the arrays first: a job row never exists without its data.
+        self.store.write_arrays(job_id, "train", {"x": train_x, "label": train_y})
+        self.store.write_arrays(job_id, "eval", {"x": ev_x, "label": ev_labels})
+        request = JobRequest(req.options, params, dict(req.gate or {}), {"train": len(train_x), "eval": len(ev_x)},
+                             sorted(set(labels.tolist()))).to_stored()  # fmt: skip
+        try:
+            with self.sessions() as s:
+                clf = get_classifier(s, name)
+                job = Job(id=job_id, classifier_id=clf.id, status="queued", task=req.task, strategy=strategy,
+                          retention=req.retention, request=request, progress={}, seconds={})  # fmt: skip
+                s.add(job)
+                if uses_procrastinate(self.settings.db_url):
+                    s.flush()
+                    enqueue(s, self.settings, job_id, clf.name)  # same transaction as the job row
+                s.commit()
+                return job_view(job)
+        except BaseException:
+            self.store.delete_job(job_id)
+            raise
+
+    @staticmethod
+    def _labels(items: list[dict[str, Any]], field: str) -> np.ndarray:
+        out = []
+        for i, item in enumerate(items):
+            label = item.get("label") if isinstance(item, dict) else None
+            if not isinstance(label, str) or not label.strip() or len(label) > 128:
+                raise InputError(field, i, "'label' must be a non-empty string of at most 128 characters")
+            if not label.isprintable():  # control characters; numpy would also drop a trailing NUL silently
+                raise InputError(field, i, "'label' must not contain control characters")
+            out.append(label)
+        return np.array(out, dtype=str)
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """The job. One that ended ``promoted`` is answered only once this process serves the classifier's
+        active version as of this read, so a prediction sent here after it gets the new version (or later)."""
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            view = job_view(job)
+        if job.status == "promoted" and self.follow is not None:
+            self.follow(job.classifier_id)
+        return view
+
+    def recent_jobs(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            rows = s.scalars(
+                select(Job).where(Job.classifier_id == clf.id).order_by(Job.created_at.desc()).limit(limit)
+            )
+            return [job_view(j) for j in rows]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}")
+            if job.status == "queued":
+                end_job(job, "cancelled", "cancelled before it started")
+            elif job.status in ("running", "evaluating"):
+                job.cancel_requested = True
+            else:
+                raise Conflict(f"job {job_id} already ended as {job.status!r}")
+            s.commit()
+            if job.status == "cancelled" and job.retention == "discard":
+                self.store.delete_job(job_id)  # after the commit: a failed commit keeps a queued job's data
+            return job_view(job)
+
+    def observe_finished_jobs(self) -> None:
+        """Feed jobs that ended since the last call into the job metrics (outcome, time per stage)."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Job, Classifier.name)
+                .join(Classifier, Classifier.id == Job.classifier_id)
+                .where(Job.finished_at.is_not(None), Job.finished_at > self._jobs_seen_until)
+                .order_by(Job.finished_at)
+            ).all()
+            for job, name in rows:
+                self.metrics.observe_job(name, job.status, job.seconds or {})
+                if job.finished_at is not None:
+                    self._jobs_seen_until = max(self._jobs_seen_until, job.finished_at)
+
+    def reap(self) -> None:
+        with self.sessions() as s:
+            for job in reap_stale_jobs(s, self.settings.stale_after_seconds):
+                if job.retention == "discard":
+                    self.store.delete_job(job.id)

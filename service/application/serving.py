@@ -1,0 +1,249 @@
+"""The serving service: which version each classifier serves on this replica, and loading them.
+
+- One build per version (single flight): however many requests and the background sync want a version at
+  once, one thread builds its ONNX Runtime session and the others wait for that one.
+- No database connection is held while a session is built: the version's folder and network are read in
+  a short session first (``VersionRef``).
+- Once a version is served, predict never touches the database (the outage test stops it under load).
+- A promotion is served once it is reported: reading a job that ended ``promoted`` brings this replica
+  up to the classifier's pointer (``follow``) before the job is answered, and an admin move swaps before
+  it answers, so a client that saw either and then predicts here gets the new version. The background
+  sync (poll, or NOTIFY on PostgreSQL) is only how replicas follow moves nobody here has reported.
+- Swaps are ordered by the pointer's generation (the id of its latest audit entry: every move writes one,
+  and moves of one classifier commit in that order), so a slow build from an older read never replaces
+  a version swapped in from a newer one.
+- A version that fails to load is retried with backoff; until then it shows in ``/readyz`` and the
+  metrics, and a request that needs it gets 503 with Retry-After rather than a fresh attempt each time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.application.metrics import Metrics
+from service.domain.commands import Predict
+from service.domain.errors import Conflict, Invalid, Unavailable
+from service.inference.sessions import Served, ServingOptions, ServingState, load_served
+from service.persistence.models import AuditEntry, Classifier, Version
+from service.persistence.registry import get_classifier, get_version
+from service.settings import Settings
+from service.storage.files import ArtifactStore
+
+log = logging.getLogger("engram.serving")
+RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds before retrying a failed load; doubles per failure up to the max
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """What building a version's session needs, read from the database beforehand."""
+
+    classifier: str
+    number: int
+    folder: Path
+    network: dict[str, Any]
+
+
+def version_ref(store: ArtifactStore, clf: Classifier, v: Version) -> VersionRef:
+    return VersionRef(clf.name, v.number, store.path(v.artifact), dict(clf.network))
+
+
+@dataclass
+class _Flight:
+    done: threading.Event = field(default_factory=threading.Event)
+    served: Served | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class LoadFailure:
+    error: str
+    attempts: int
+    retry_at: float  # time.monotonic() of the next attempt
+
+    def view(self, number: int) -> dict[str, Any]:
+        return {"version": number, "error": self.error, "attempts": self.attempts,
+                "retry_in_seconds": round(max(0.0, self.retry_at - time.monotonic()), 1)}  # fmt: skip
+
+
+class ServingService:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        store: ArtifactStore,
+        state: ServingState,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store
+        self.state = state
+        self.metrics = metrics
+        self.options = ServingOptions.from_settings(settings)
+        self._lock = threading.Lock()
+        self._flights: dict[tuple[str, int], _Flight] = {}
+        self._failures: dict[tuple[str, int], LoadFailure] = {}
+        self._pointers_seen: dict[str, int] = {}  # the last read active versions (replaced, never mutated)
+        self._generations: dict[str, int] = {}  # classifier -> generation of the pointer served (under _lock)
+
+    # --- loading ----------------------------------------------------------------------------------
+
+    def load(self, ref: VersionRef) -> Served:
+        """The version's session: cached, or built once however many threads ask at the same time."""
+        key = (ref.classifier, ref.number)
+        with self._lock:
+            cached = self.state.cached(*key)
+            if cached is not None:
+                return cached
+            failure = self._failures.get(key)
+            if failure is not None and time.monotonic() < failure.retry_at:
+                raise self._unavailable(ref, failure)
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            flight.done.wait()
+            if flight.served is None:
+                failure = self._failures.get(key)
+                raise self._unavailable(ref, failure) if failure else Unavailable(f"loading {key} failed")
+            return flight.served
+        try:
+            t0 = time.perf_counter()
+            served = load_served(ref.classifier, ref.number, ref.folder, ref.network, self.options)
+            self.metrics.session_builds.labels(ref.classifier).inc()
+            log.info("built the session of %s version %d in %.2f s", ref.classifier, ref.number,
+                     time.perf_counter() - t0)  # fmt: skip
+            self.state.remember(served)
+            flight.served = served
+            with self._lock:
+                self._failures.pop(key, None)
+            return served
+        except Exception as exc:
+            flight.error = exc
+            with self._lock:
+                attempts = self._failures[key].attempts + 1 if key in self._failures else 1
+                delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempts - 1))
+                failure = self._failures[key] = LoadFailure(f"{type(exc).__name__}: {exc}", attempts,
+                                                            time.monotonic() + delay)  # fmt: skip
+            self.metrics.session_load_failures.labels(ref.classifier).inc()
+            log.exception("cannot load %s version %d (attempt %d); retrying in %.0f s", ref.classifier, ref.number,
+                          attempts, delay)  # fmt: skip
+            raise self._unavailable(ref, failure) from exc
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)
+            flight.done.set()
+
+    @staticmethod
+    def _unavailable(ref: VersionRef, failure: LoadFailure) -> Unavailable:
+        wait = max(1, round(failure.retry_at - time.monotonic()))
+        return Unavailable(f"version {ref.number} of {ref.classifier!r} cannot be loaded ({failure.error}); "
+                           f"retried in {wait} s", retry_after=wait)  # fmt: skip
+
+    def load_failures(self) -> dict[str, dict[str, Any]]:
+        """Classifier -> its active version that failed to load, for /readyz (only the active ones)."""
+        active = self._pointers_seen
+        with self._lock:
+            return {name: f.view(number) for (name, number), f in self._failures.items()
+                    if active.get(name) == number}  # fmt: skip
+
+    # --- following the active pointers -----------------------------------------------------------
+
+    def sync(self) -> None:
+        """Follow active pointers moved elsewhere (the worker, another replica): build, then swap. One
+        short session reads the pointers; sessions are built after it is closed."""
+        self._follow(None)
+        self.metrics.unloadable_versions.set(len(self.load_failures()))
+
+    def follow(self, classifier_id: int) -> None:
+        """Bring one classifier up to its pointer now (the sync's work for it), before the caller answers:
+        called when this process reports a promotion (a job read as ``promoted``)."""
+        self._follow(classifier_id)
+
+    def adopt(self, served: Served, generation: int) -> bool:
+        """Swap ``served`` in unless a newer pointer (higher generation) is already served; True if swapped."""
+        with self._lock:
+            if generation < self._generations.get(served.classifier, -1):
+                return False
+            self._generations[served.classifier] = generation
+            self.state.swap(served)
+            return True
+
+    def _follow(self, classifier_id: int | None) -> None:
+        gen = (select(AuditEntry.classifier_id, func.max(AuditEntry.id).label("gen"))
+               .group_by(AuditEntry.classifier_id).subquery())  # fmt: skip
+        query = (
+            select(Classifier, Version, func.coalesce(gen.c.gen, 0))
+            .join(Version, (Version.classifier_id == Classifier.id) & (Version.number == Classifier.active_version))
+            .outerjoin(gen, gen.c.classifier_id == Classifier.id)
+        )  # fmt: skip
+        if classifier_id is not None:
+            query = query.where(Classifier.id == classifier_id)
+        moved: list[tuple[VersionRef, int]] = []
+        with self.sessions() as s:
+            rows = s.execute(query).all()
+            with self._lock:
+                for clf, v, generation in rows:
+                    if generation < self._generations.get(clf.name, -1):
+                        continue  # an older read than what is served: nothing to do
+                    cur = self.state.active(clf.name)
+                    if cur is not None and cur.version == v.number:
+                        self._generations[clf.name] = generation  # same version, newer move (e.g. back and forth)
+                    else:
+                        moved.append((version_ref(self.store, clf, v), generation))
+        pointers = {clf.name: v.number for clf, v, _ in rows}
+        self._pointers_seen = pointers if classifier_id is None else {**self._pointers_seen, **pointers}
+        now = time.monotonic()
+        for ref, generation in moved:  # one that fails to load does not hold up the others
+            failure = self._failures.get((ref.classifier, ref.number))
+            if failure is not None and now < failure.retry_at:
+                continue
+            try:
+                served = self.load(ref)
+            except Unavailable:
+                continue  # logged and counted by load(); the previous version serves meanwhile
+            self.adopt(served, generation)
+
+    # --- predict ----------------------------------------------------------------------------------
+
+    async def predict(self, name: str, cmd: Predict) -> dict[str, Any]:
+        """Decode and run as part of a micro-batch with concurrent requests (see service.inference.batching)."""
+        if not len(cmd.inputs):
+            raise Invalid("inputs is empty")
+        if len(cmd.inputs) > self.settings.max_predict_items:
+            raise Invalid(f"inputs has {len(cmd.inputs)} items; the limit is {self.settings.max_predict_items}")
+        start = time.perf_counter()
+        served = self.state.active(name) if cmd.version is None else self.state.cached(name, cmd.version)
+        if served is None:  # not served yet on this replica: read where it is, then build it (single flight)
+            ref = await anyio.to_thread.run_sync(self._ref, name, cmd.version)
+            served = await anyio.to_thread.run_sync(self.load, ref)
+        if served.scenario == "task-incremental":
+            if cmd.task is None:
+                raise Invalid(f"classifier {name!r} is task-incremental: give 'task', one of {sorted(served.tasks)}")
+            if cmd.task not in served.tasks:
+                raise Invalid(f"unknown task {cmd.task!r} for version {served.version}; known: {sorted(served.tasks)}")
+        logits, run_rows = await served.batcher.submit(cmd.inputs)  # decoded in the batch's worker thread
+        predictions = served.postprocess(logits, cmd.top_k, cmd.task)
+        self.metrics.predict_seconds.labels(name, str(served.version)).observe(time.perf_counter() - start)
+        self.metrics.batch_size.labels(name).observe(len(cmd.inputs))
+        self.metrics.model_batch_rows.labels(name).observe(run_rows)
+        return {"classifier": name, "version": served.version, "predictions": predictions}
+
+    def _ref(self, name: str, version: int | None) -> VersionRef:
+        """Where a pinned version, or the active one, is (a short session, closed before any build)."""
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            number = version if version is not None else clf.active_version
+            if number is None:
+                raise Conflict(f"classifier {name!r} has no active version yet; learn something first")
+            return version_ref(self.store, clf, get_version(s, clf, number))

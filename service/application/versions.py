@@ -1,0 +1,132 @@
+"""The versions service: listing versions and their audit, promotion and rollback.
+
+A pointer move reads the pointer (``expected``) and the target's folder in one short session, builds and
+warms the target's session with no database connection held (single flight, ``service.application.serving``), then
+moves the pointer by compare-and-set in a second short transaction with its audit row. A move that lost a
+race answers 409 naming the version active now, never a second active version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.application.serving import ServingService, version_ref
+from service.domain.errors import Conflict, NotFound
+from service.persistence.models import AuditEntry, Classifier, Version
+from service.persistence.registry import get_classifier, get_version, previous_active, set_active
+from service.storage.files import ArtifactStore
+
+
+def version_view(v: Version) -> dict[str, Any]:
+    return {"version": v.number, "status": v.status, "parent": v.parent, "strategy": v.strategy,
+            "params": v.params, "classes": v.labels, "tasks": v.tasks, "report": v.report,
+            "job_id": v.job_id, "created_at": v.created_at}  # fmt: skip
+
+
+class VersionService:
+    def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore, serving: ServingService) -> None:
+        self.sessions = sessions
+        self.store = store
+        self.serving = serving
+
+    def list_versions(self, name: str) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            rows = s.scalars(select(Version).where(Version.classifier_id == clf.id).order_by(Version.number))
+            return [version_view(v) for v in rows]
+
+    def get_version(self, name: str, number: int) -> dict[str, Any]:
+        with self.sessions() as s:
+            return version_view(get_version(s, get_classifier(s, name), number))
+
+    def onnx_path(self, name: str, number: int) -> Path:
+        with self.sessions() as s:
+            v = get_version(s, get_classifier(s, name), number)
+            return self.store.path(v.artifact) / "model.onnx"
+
+    def audit(self, name: str) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            rows = s.scalars(select(AuditEntry).where(AuditEntry.classifier_id == clf.id).order_by(AuditEntry.id))
+            return [{"action": a.action, "actor": a.actor, "from_version": a.from_version, "to_version": a.to_version,
+                     "reason": a.reason, "forced": a.forced, "at": a.at} for a in rows]  # fmt: skip
+
+    def lineage_matrix(self, name: str, number: int) -> dict[str, Any]:
+        """Accuracy matrix along a version's lineage: rows are the versions from the first to ``number``
+        (following parents), columns the tasks of ``number``; a cell is that version's gate accuracy."""
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            versions = {v.number: v for v in s.scalars(select(Version).where(Version.classifier_id == clf.id))}
+        if number not in versions:
+            raise NotFound(f"classifier {name!r} has no version {number}")
+        chain: list[Version] = []
+        current: int | None = number
+        while current is not None:
+            chain.append(versions[current])
+            current = versions[current].parent
+        chain.reverse()
+        tasks = [row["task"] for row in chain[-1].report.get("tasks", [])]
+        rows = []
+        for v in chain:
+            acc = {row["task"]: row["after"] for row in v.report.get("tasks", [])}
+            rows.append({"version": v.number, "cells": [acc.get(t) for t in tasks]})
+        return {"tasks": tasks, "rows": rows}
+
+    # --- pointer moves ----------------------------------------------------------------------------
+
+    def promote(self, name: str, number: int, actor: str, force: bool, reason: str | None) -> dict[str, Any]:
+        def check(v: Version) -> bool:
+            if v.status == "rejected" and not (force and reason):
+                raise Conflict(f"version {number} was rejected by the gate; promoting it needs force=true and a reason")
+            return v.status == "rejected"  # forced
+
+        return self._move(name, lambda s, clf: number, check, "promote", actor, reason)
+
+    def rollback(self, name: str, to_version: int | None, actor: str, reason: str | None) -> dict[str, Any]:
+        def target(s: Session, clf: Classifier) -> int:
+            number = to_version if to_version is not None else previous_active(s, clf)
+            if number is None:
+                raise Conflict(f"classifier {name!r} has no earlier active version to roll back to")
+            return number
+
+        def check(v: Version) -> bool:
+            if v.status in ("rejected", "candidate"):
+                raise Conflict(f"version {v.number} was never promoted ({v.status}); promote it instead")
+            return False
+
+        return self._move(name, target, check, "rollback", actor, reason)
+
+    def _move(
+        self,
+        name: str,
+        target: Callable[[Session, Classifier], int],
+        check: Callable[[Version], bool],
+        action: str,
+        actor: str,
+        reason: str | None,
+    ) -> dict[str, Any]:
+        """Read, build outside any session, then compare-and-set the pointer from what was read."""
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            expected = clf.active_version
+            number = target(s, clf)
+            v = get_version(s, clf, number)
+            check(v)
+            if v.number == expected:
+                raise Conflict(f"version {number} of {name!r} is already active")
+            ref = version_ref(self.store, clf, v)
+        served = self.serving.load(ref)  # no connection held while the session is built
+        with self.sessions() as s:
+            clf = get_classifier(s, name)
+            v = get_version(s, clf, number)
+            forced = check(v)  # again: the status may have changed meanwhile
+            entry = set_active(s, clf, v, action, actor, reason, forced=forced, expected=expected)
+            s.commit()
+            view = version_view(v)
+        self.serving.adopt(served, entry.id)  # served here before the answer says it is active
+        return view

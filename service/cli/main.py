@@ -1,0 +1,210 @@
+"""The ``engram`` command. Until the HTTP service lands it offers the engine's own tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from service.settings import Settings
+
+log = logging.getLogger("engram")
+
+
+def _strategies(_: argparse.Namespace) -> int:
+    from model_core.strategy_specs import SPECS
+
+    for name, spec in sorted(SPECS.items()):
+        notes = []
+        if spec.stores_data:
+            notes.append("keeps training samples")
+        if not spec.adds_classes:
+            notes.append("cannot add classes to one head (class-incremental)")
+        print(
+            f"{name}: {spec.summary}; parameters {json.dumps(spec.defaults)}"
+            + (f"  [{'; '.join(notes)}]" if notes else "")
+        )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from model_core.checkpoint import load_bundle
+    from model_core.export import export_onnx
+
+    learner, _ = load_bundle(args.bundle)
+    result = export_onnx(learner)
+    Path(args.output).write_bytes(result.onnx)
+    print(f"wrote {args.output} ({len(result.onnx)} bytes); max |onnx - torch| = {result.max_abs_diff:.2e}")
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    try:
+        from benchmarks.continual import main as bench_main
+    except ImportError:
+        print("the benchmarks live in the source tree: run this from a checkout of engram", file=sys.stderr)
+        return 2
+    return bench_main(args.rest)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = Path(args.data_dir)
+    if getattr(args, "insecure", False):
+        overrides["insecure"] = True
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The worker process reads the same settings from its environment."""
+    env = dict(os.environ)
+    env["ENGRAM_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["ENGRAM_DATABASE_URL"] = settings.db_url
+    env["ENGRAM_ARTIFACTS_DIR"] = str(settings.artifacts_path)
+    env["ENGRAM_DEVICE"] = settings.device
+    env["ENGRAM_PARENT_PID"] = str(os.getpid())  # the worker exits when this process dies
+    return env
+
+
+class WorkerSupervisor:
+    """Runs ``engram worker`` as a child process (a fresh interpreter: never forked from a process that
+    touched CUDA) and starts it again if it dies, until stopped."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self.thread.start()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "service.jobs.worker"], env=self.env)
+        log.info("started worker process %d", self.proc.pid)
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(1.0):
+            if self.proc is not None and self.proc.poll() is not None:
+                log.warning("worker process %d exited with %s; starting a new one", self.proc.pid, self.proc.returncode)
+                self._spawn()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.http.app import create_app
+    from service.persistence.migrations import upgrade
+
+    settings = _settings(args)
+    if not settings.keys() and not settings.insecure:
+        print("engram: no API keys configured. Set ENGRAM_API_KEYS='admin:KEY,learn:KEY,predict:KEY' "
+              "or pass --insecure to run without authentication.", file=sys.stderr)  # fmt: skip
+        return 2
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    supervisor = WorkerSupervisor(_child_env(settings)) if settings.embedded_worker and not args.no_worker else None
+
+    def on_term(signum: int, _: object) -> None:
+        # uvicorn shuts down gracefully, restores this handler and re-raises the signal into it, so the
+        # worker is stopped here rather than in a `finally` that the re-raised signal would skip.
+        if supervisor is not None:
+            supervisor.stop()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    if supervisor is not None:
+        supervisor.start()
+    try:
+        # access_log off: RequestLogMiddleware writes one JSON line per request (with its id) instead
+        if args.workers > 1:
+            from service.http.processes import serve_processes
+
+            serve_processes(settings, args.host, args.port, args.workers)
+        else:
+            uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service.jobs.worker import serve_jobs
+    from service.persistence.migrations import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.db_url)
+    serve_jobs(settings)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from service.persistence.migrations import upgrade
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    print(f"database at {settings.db_url.split('@')[-1]} is at the newest schema")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="engram", description="Engram: an incremental-classifier service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the API with a local worker (SQLite and artifacts in --data-dir)")
+    serve.add_argument("--data-dir", help="where the database and artifacts live (default ./engram-data)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--insecure", action="store_true", help="allow running with no API keys")
+    serve.add_argument("--no-worker", action="store_true", help="do not start a local worker process")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="serving processes, each with its own ONNX Runtime sessions (default 1)")  # fmt: skip
+    serve.set_defaults(func=_serve)
+    worker = sub.add_parser("worker", help="run a training worker in the foreground")
+    worker.add_argument("--data-dir")
+    worker.set_defaults(func=_worker)
+    migrate = sub.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument("--data-dir")
+    migrate.set_defaults(func=_migrate)
+    sub.add_parser("strategies", help="list the learning strategies and their parameters").set_defaults(
+        func=_strategies
+    )
+    exp = sub.add_parser("export", help="export a checkpoint bundle to ONNX (with a parity check)")
+    exp.add_argument("bundle")
+    exp.add_argument("output")
+    exp.set_defaults(func=_export)
+    bench = sub.add_parser("benchmark", help="run the continual-learning benchmark (python -m benchmarks.continual)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_benchmark)
+    from service.cli.commands import register
+
+    register(sub)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

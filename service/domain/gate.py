@@ -1,0 +1,376 @@
+"""The promotion gate: compare a candidate with its parent on every task's evaluation set.
+
+Pure Python over per-sample correctness, so it is tested without training anything.
+
+- An old task fails when it *regressed* by more than its tolerance. The default tolerance is
+  max(0.08, the 95% half-width of the task's accuracy at its evaluation-set size): a drop smaller than
+  the evaluation set can resolve is not called a regression. Each drop is reported with a paired 95%
+  interval (per-sample differences between parent and candidate).
+- Forgetting is told from the cost of a larger label space (class-incremental, given the candidate's
+  predictions). An old task's drop splits exactly in two: samples the candidate now gets wrong *among the
+  parent's classes* (new classes masked out: ``forgetting``), and samples it still ranks right among those
+  but gives to a new class (``lost_to_new``). When new classes resemble old ones every model, joint training
+  included, takes some old samples for new classes; how many the data allows is read from the reverse
+  confusion, the new classes' samples the same candidate takes for old classes. One pair may be lopsided in
+  any model (joint training on photos takes deer for horses three times as often as horses for deer), so
+  the comparison is pooled over every old class: a classifier without a bias towards the new classes takes
+  about as many old samples for new classes, over all old classes together, as new samples for old ones.
+  ``bias`` is that pooled ratio (old samples lost to new classes over new samples taken for old ones, both
+  per old sample); each old task may lose ``lost_to_new / max(bias, 1)`` (``allowed``) and the rest is
+  intrusion. With one old class this is its own ``reverse`` (the share of the new classes' samples taken
+  for the task's classes, reported per task). The regression is ``forgetting + lost_to_new - allowed``;
+  the drop itself is still reported, and ``cause`` says which part it was (``confusion``, ``forgetting`` or
+  ``intrusion``, the last being new classes taking old samples beyond what the pooled reverse allows). The
+  pairs behind it are listed in ``confused_pairs``. A boundary between two old classes that moved is a
+  trade, not forgetting, as far as the other side gained from it (given the parent's predictions too).
+  Without predictions (or in task-incremental learning, where a task's samples are ranked within its own
+  head) the regression is the drop.
+- The new task must reach ``new_task_floor``, judged as the old tasks' tolerance is: an accuracy the evaluation
+  set cannot tell from the floor (the floor within its 95% interval) is not called below it.
+- The ONNX export must load and match torch (max abs difference within 1e-4).
+
+Given each task's labels, the report also has a row per class (before, after, the same size-aware
+tolerance) and names the forgotten classes: an old class whose accuracy fell beyond its tolerance. It
+says who lost each one (generator or classifier, from the strategy's train-time replay figures) and one
+next step (``service.domain.gate_advice``). These explain; the verdict stays per task.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from model_core.strategy_specs import SPECS, suggestion_for_new_classes
+from service.domain.gate_advice import JobFacts, has_generator, lost_by, next_step
+
+DEFAULT_MIN_TOLERANCE = 0.08
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    tolerance: float | None = None  # None: size-aware default per task (see module doc)
+    new_task_floor: float = 0.7
+    manual_approval: bool = False
+    holdout: float = 0.2  # share of each class carved out as evaluation set when none is given
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> GateConfig:
+        return cls(**{k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__})
+
+    def merged(self, overrides: dict[str, Any] | None) -> GateConfig:
+        return GateConfig.from_dict({**self.__dict__, **{k: v for k, v in (overrides or {}).items() if v is not None}})
+
+
+def halfwidth(p: float, n: int) -> float:
+    """95% half-width of an accuracy measured on n samples (Agresti-Coull: never 0, even at p = 1)."""
+    n_adj = max(n, 0) + 4
+    p_adj = (p * n + 2) / n_adj
+    return 1.96 * math.sqrt(p_adj * (1 - p_adj) / n_adj)
+
+
+def task_tolerance(cfg: GateConfig, before: float, n: int) -> float:
+    if cfg.tolerance is not None:
+        return cfg.tolerance
+    return max(DEFAULT_MIN_TOLERANCE, halfwidth(before, n))
+
+
+def replay_figures(diagnostics: Mapping[str, Any]) -> dict[str, float]:
+    """{class: accuracy of the parent on the generator's replay of it}; absent or malformed -> {}."""
+    raw = diagnostics.get("replay_accuracy")
+    if not isinstance(raw, Mapping):
+        return {}
+    ok = {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return {k: round(v, 4) for k, v in ok.items() if math.isfinite(v)}
+
+
+PAIR_MIN = 0.05  # an (old, new) class pair is listed when the candidate gives this share of the old class to the new
+PAIRS_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class TaskPredictions:
+    """What the candidate predicted for one task's evaluation samples (aligned with the task's correct arrays)."""
+
+    labels: np.ndarray  # (n,) str: true labels
+    after: np.ndarray  # (n,) str: the candidate's labels, over every class it knows
+    after_old: np.ndarray  # (n,) str: the candidate's labels among the parent's classes only (new ones masked)
+    before: np.ndarray | None = None  # (n,) str: the parent's labels (None: the parent lacks the task)
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """How the candidate confuses the job's new classes with the old ones, from every task's predictions."""
+
+    new: frozenset[str]
+    reverse: dict[str, float]  # old class c -> sum over new classes n of P(predicted c | true n)
+    pairs: list[dict[str, Any]]  # (old, new) pairs the candidate confuses, worst first
+    # pooled over every old sample: (share lost to new classes) / (mean reverse of its class); inf when nothing
+    # of the new classes' went the other way; 1.0 when nothing was lost
+    bias: float = 1.0
+    # (c, d) old classes -> the share of d's samples the parent gave to c that the candidate (among the old classes)
+    # now gets right: what d gained from c's side of their boundary
+    gained: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    @classmethod
+    def measure(cls, predictions: Mapping[str, TaskPredictions], new: Sequence[str]) -> Confusion:
+        labels = np.concatenate([p.labels.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
+        after = np.concatenate([p.after.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
+        news = [n for n in new if (labels == n).any()]
+        olds = sorted(set(labels.tolist()) - set(new))
+        rate = {(t, p): float(np.mean(after[labels == t] == p)) for t in (*olds, *news) for p in (*olds, *news)
+                if (t in news) != (p in news)}  # fmt: skip
+        reverse = {c: sum(rate[n, c] for n in news) for c in olds}
+        pairs = [{"old": c, "new": n, "old_as_new": round(rate[c, n], 4), "new_as_old": round(rate[n, c], 4)}
+                 for c in olds for n in news if rate[c, n] >= PAIR_MIN and (after[labels == c] == n).sum() >= 2]  # fmt: skip
+        pairs.sort(key=lambda r: -r["old_as_new"])
+        lost, owed = 0.0, 0.0  # over every old sample: given to a new class while right among the old; its reverse
+        for p in predictions.values():
+            lab, after_old = p.labels.astype(str), p.after_old.astype(str)
+            old = ~np.isin(lab, list(new))
+            lost += float(np.sum(old & (after_old == lab) & np.isin(p.after.astype(str), list(new))))
+            owed += float(sum(reverse.get(c, 0.0) for c in lab[old].tolist()))
+        bias = 1.0 if lost == 0 else (math.inf if owed == 0 else lost / owed)
+        gained: dict[tuple[str, str], float] = {}
+        for p in predictions.values():
+            if p.before is None:
+                continue
+            lab, before, after_old = p.labels.astype(str), p.before.astype(str), p.after_old.astype(str)
+            for d in set(lab.tolist()) - set(new):
+                mine = lab == d
+                for c in set(before[mine & (before != d)].tolist()):
+                    gain = float(np.mean((before == c) & (after_old == d) & mine) / np.mean(mine))
+                    gained[c, d] = gained.get(c, 0.0) + gain
+        return cls(frozenset(new), reverse, pairs, bias, gained)
+
+    def split(self, before: float, pred: TaskPredictions, keep: np.ndarray | None = None) -> dict[str, Any]:
+        """An old task's (or class's, ``keep`` selecting its samples) drop in its parts: ``forgetting`` (wrong
+        among the parent's classes), ``lost_to_new`` (right among those, given to a new class) and ``reverse``
+        (its classes' reverse confusion) and ``allowed`` (the share of ``lost_to_new`` the pooled reverse confusion
+        allows); ``regression`` is what the gate judges."""
+        keep = np.ones(len(pred.labels), dtype=bool) if keep is None else keep
+        lab, after, after_old = pred.labels[keep].astype(str), pred.after[keep].astype(str), pred.after_old[keep].astype(str)
+        right_old = after_old == lab
+        forgetting = before - float(np.mean(right_old))
+        if pred.before is not None and forgetting > 0:
+            # A boundary between two old classes that moved is a trade, not a loss: samples of this task the parent
+            # got right and the candidate now gives to old class d count as kept as far as d's own samples gained
+            # from this side of the same boundary (joint training retrained on every sample moves boundaries too).
+            was_right = pred.before[keep].astype(str) == lab
+            traded = 0.0
+            for c in set(lab.tolist()):
+                mine = lab == c
+                share = float(np.mean(mine))
+                for d in set(after_old[mine & was_right & ~right_old].tolist()):
+                    moved = float(np.mean(was_right[mine] & (after_old[mine] == d)))
+                    traded += share * min(moved, self.gained.get((c, d), 0.0))
+            forgetting -= min(traded, forgetting)
+        lost = float(np.mean(right_old & np.isin(after, list(self.new))))
+        reverse = float(np.mean([self.reverse.get(c, 0.0) for c in lab]))
+        allowed = lost / max(self.bias, 1.0)
+        regression = forgetting + lost - allowed
+        return {"forgetting": round(forgetting, 4), "lost_to_new": round(lost, 4), "reverse": round(reverse, 4),
+                "allowed": round(allowed, 4), "regression": round(regression, 4),
+                "pairs": [p for p in self.pairs if p["old"] in set(lab.tolist())]}  # fmt: skip
+
+
+def cause(drop: float, parts: Mapping[str, Any] | None, tol: float) -> str | None:
+    """Why an old task's accuracy fell beyond its tolerance: ``confusion`` (within what the data allows),
+    ``forgetting`` (among the parent's classes) or ``intrusion`` (new classes took more than the pooled reverse
+    confusion allows); None when it did not fall beyond tolerance."""
+    if drop <= tol:
+        return None
+    if parts is None:
+        return "forgetting"
+    if parts["regression"] <= tol:
+        return "confusion"
+    return "forgetting" if parts["forgetting"] >= parts["lost_to_new"] - parts["allowed"] else "intrusion"
+
+
+def class_rows(
+    cfg: GateConfig,
+    new_task: str,
+    tasks: list[tuple[str, np.ndarray | None, np.ndarray]],
+    labels: Mapping[str, np.ndarray],
+    replayed: Mapping[str, float],
+    predictions: Mapping[str, TaskPredictions] | None = None,
+    confusion: Confusion | None = None,
+) -> list[dict[str, Any]]:
+    """One row per (task, class): accuracy before and after; an old class is ``forgotten`` when its regression
+    (the drop, less the confusion with new classes that the data allows) exceeds the tolerance its own sample
+    count allows (the same rule as a task's)."""
+    rows = []
+    for name, before_c, after_c in tasks:
+        lab = labels.get(name)
+        if lab is None or len(lab) != len(after_c):
+            continue
+        lab = lab.astype(str)
+        pred = (predictions or {}).get(name)
+        for c in sorted(set(lab.tolist())):
+            keep = lab == c  # (n,) bool
+            n, after = int(keep.sum()), float(np.mean(after_c[keep]))
+            row: dict[str, Any] = {"class": c, "task": name, "n": n, "after": round(after, 4), "before": None,
+                                   "forgotten": False}  # fmt: skip
+            if before_c is not None and name != new_task:
+                before = float(np.mean(before_c[keep]))
+                tol = task_tolerance(cfg, before, n)
+                parts = None if pred is None or confusion is None else confusion.split(before, pred, keep)
+                regression = before - after if parts is None else parts["regression"]
+                row.update(before=round(before, 4), drop=round(before - after, 4), tolerance=round(tol, 4),
+                           forgotten=regression > tol, replay_accuracy=replayed.get(c))  # fmt: skip
+                if parts is not None:
+                    row.update(forgetting=parts["forgetting"], lost_to_new=parts["lost_to_new"],
+                               reverse=parts["reverse"], allowed=parts["allowed"], regression=parts["regression"],
+                               cause=cause(before - after, parts, tol))  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def evaluate(
+    cfg: GateConfig,
+    scenario: str,
+    strategy: str,
+    retention: str,
+    new_task: str,
+    added_classes: list[str],
+    tasks: list[tuple[str, np.ndarray | None, np.ndarray]],
+    onnx_diff: float | None,
+    onnx_error: str | None,
+    *,
+    labels: Mapping[str, np.ndarray] | None = None,
+    diagnostics: Mapping[str, Any] | None = None,
+    facts: JobFacts | None = None,
+    predictions: Mapping[str, TaskPredictions] | None = None,
+) -> dict[str, Any]:
+    """``tasks``: (name, parent correct (n,) bool or None for a task the parent lacks, candidate correct).
+    ``labels``: each task's (n,) labels, aligned with its correct arrays (per-class rows need them);
+    ``diagnostics``: what the strategy measured while training (``LearnResult.diagnostics``);
+    ``facts``: the job's parameters, network and training, from which the next step is chosen;
+    ``predictions``: the candidate's predicted labels per task, by which a class-incremental gate tells
+    forgetting from confusion with the new classes (see the module doc)."""
+    split_ok = scenario == "class-incremental" and predictions is not None and bool(added_classes)
+    confusion = Confusion.measure(predictions, added_classes) if split_ok and predictions is not None else None
+    rows, failures = [], []
+    for name, before_c, after_c in tasks:
+        n = len(after_c)
+        after = float(np.mean(after_c)) if n else 0.0
+        row: dict[str, Any] = {"task": name, "n": n, "after": round(after, 4), "new": name == new_task}
+        if before_c is not None and name != new_task:
+            before = float(np.mean(before_c))
+            diff = before_c.astype(float) - after_c.astype(float)  # paired, per sample
+            drop = before - after
+            hw = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else 1.0
+            tol = task_tolerance(cfg, before, n)
+            pred = None if confusion is None or predictions is None else predictions.get(name)
+            parts = None if pred is None or confusion is None or n == 0 else confusion.split(before, pred)
+            regression = drop if parts is None else parts["regression"]
+            ok = regression <= tol
+            lo, hi = max(-1.0, drop - hw), min(1.0, drop + hw)
+            row.update(before=round(before, 4), drop=round(drop, 4), drop_ci95=[round(lo, 4), round(hi, 4)],
+                       tolerance=round(tol, 4), passed=ok, cause=cause(drop, parts, tol))  # fmt: skip
+            if parts is not None:
+                row.update({k: parts[k] for k in ("forgetting", "lost_to_new", "reverse", "allowed", "regression")},
+                           confused_pairs=parts["pairs"][:PAIRS_SHOWN])  # fmt: skip
+            if not ok:
+                why = "" if parts is None else (
+                    f"; regression {regression:.3f}: {parts['forgetting']:.3f} lost among the old classes, "
+                    f"{parts['lost_to_new']:.3f} taken by new classes, of which the reverse confusion allows "
+                    f"{parts['allowed']:.3f}")
+                failures.append(f"task {name!r}: accuracy fell from {before:.3f} to {after:.3f} "
+                                f"(drop {drop:.3f}, 95% CI {lo:.3f}..{hi:.3f}{why}; tolerance {tol:.3f})")  # fmt: skip
+        else:
+            upper = min(1.0, after + halfwidth(after, n))
+            ok = upper >= cfg.new_task_floor
+            row.update(before=None, floor=cfg.new_task_floor, upper95=round(upper, 4), passed=ok)
+            if not ok:
+                failures.append(f"new task {name!r}: accuracy {after:.3f} (95% up to {upper:.3f} on {n} samples) is "
+                                f"below the floor {cfg.new_task_floor:.3f}")
+        rows.append(row)
+    onnx_ok = onnx_error is None
+    if not onnx_ok:
+        failures.append(f"ONNX export: {onnx_error}")
+    old = [r for r in rows if r.get("before") is not None]
+    report: dict[str, Any] = {
+        "passed": not failures,
+        "tasks": rows,
+        "accuracy_row": [r["after"] for r in rows],
+        "average_accuracy": round(float(np.mean([r["after"] for r in rows])), 4) if rows else None,
+        "bwt": round(float(np.mean([r["after"] - r["before"] for r in old])), 4) if old else None,
+        "onnx": {"passed": onnx_ok, "max_abs_diff": onnx_diff, "error": onnx_error},
+        "failures": failures,
+        "explanation": None,
+        "confused_pairs": [] if confusion is None else confusion.pairs[:PAIRS_SHOWN],
+        "new_class_bias": None if confusion is None or math.isinf(confusion.bias) else round(confusion.bias, 3),
+        "confusion_note": confusion_note(old),
+    }
+    spec = SPECS[strategy]
+    old_failed = any(not r["passed"] for r in old)
+    cannot_add = scenario == "class-incremental" and bool(added_classes) and not spec.adds_classes
+    if old_failed and cannot_add:
+        report["explanation"] = (
+            f"'{strategy}' cannot add classes to a class-incremental classifier: it protects the old weights, "
+            "but nothing in its training teaches the network to tell the old classes from the new ones, so "
+            "predictions collapse onto the newest classes. Use "
+            f"{suggestion_for_new_classes(retention)} to add classes."
+        )
+        report["recommended_strategy"] = "generative_replay"
+    new_failed = any(not r["passed"] for r in rows if r.get("before") is None)
+    report.update(_per_class(cfg, scenario, strategy, retention, cannot_add, new_task, tasks, new_failed,
+                             labels or {}, diagnostics or {}, facts or JobFacts(), predictions, confusion))  # fmt: skip
+    return report
+
+
+def _pair_text(pairs: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{p['old']!r} taken for {p['new']!r} {p['old_as_new']:.2f} (the reverse {p['new_as_old']:.2f})"
+                     for p in pairs[:3])  # fmt: skip
+
+
+def confusion_note(old: Sequence[Mapping[str, Any]]) -> str | None:
+    """A sentence for old tasks whose drop beyond tolerance is confusion with the new classes, not forgetting."""
+    confused = [r for r in old if r.get("cause") == "confusion"]
+    if not confused:
+        return None
+    parts = [f"{r['task']!r} fell {r['drop']:.3f}, of which {r['lost_to_new']:.3f} went to new classes that take "
+             f"{r['reverse']:.3f} of their own samples the other way ({r['allowed']:.3f} allowed by the reverse "
+             "confusion over all old classes)" for r in confused]  # fmt: skip
+    pairs = [p for r in confused for p in r.get("confused_pairs", [])]
+    named = f" ({_pair_text(pairs)})" if pairs else ""
+    return ("not forgetting: " + "; ".join(parts) + named + ". The new classes resemble old ones, and a model "
+            "trained on every sample confuses them about as much both ways; no step of training removes that.")
+
+
+def _per_class(
+    cfg: GateConfig,
+    scenario: str,
+    strategy: str,
+    retention: str,
+    cannot_add: bool,
+    new_task: str,
+    tasks: list[tuple[str, np.ndarray | None, np.ndarray]],
+    new_failed: bool,
+    labels: Mapping[str, np.ndarray],
+    diagnostics: Mapping[str, Any],
+    facts: JobFacts,
+    predictions: Mapping[str, TaskPredictions] | None = None,
+    confusion: Confusion | None = None,
+) -> dict[str, Any]:
+    """The report's per-class part: ``classes`` rows, ``forgotten`` labels (each forgotten row says who
+    ``lost_by``), and ``next_step`` (a sentence) with ``next_step_request`` (learn-request fields to change)."""
+    rows = class_rows(cfg, new_task, tasks, labels, replay_figures(diagnostics), predictions, confusion)
+    generator = has_generator(SPECS[strategy])
+    forgotten = [r for r in rows if r["forgotten"]]
+    old = [r for r in rows if r["before"] is not None]
+    for r in forgotten:
+        # the classes the parent chose among when it judged the replay: every old class, or the task's own
+        rivals = [o for o in old if scenario == "class-incremental" or o["task"] == r["task"]]
+        r["lost_by"] = lost_by(r, generator, chance=1 / len(rivals))
+    step = next_step(strategy, retention, cannot_add, forgotten, new_failed, facts, diagnostics)
+    return {
+        "classes": rows,
+        "forgotten": list(dict.fromkeys(r["class"] for r in forgotten)),
+        "next_step": None if step is None else step.text,
+        "next_step_request": None if step is None else step.request,
+    }

@@ -1,0 +1,96 @@
+"""The dashboard at /ui: server-rendered pages over the same application service as the API.
+
+Pages are read-only and open, like /docs; promote and rollback ask for an admin key and a reason in the
+form, checked exactly as the API checks a bearer key, and are audited the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from litestar import Request, Router, get, post
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+
+from service.http.auth import AuthError, KeyRing
+from service.http.routes import VersionNumber, svc
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+
+
+def _back(name: str, **params: str | int | None) -> Redirect:
+    query = "&".join(f"{k}={quote(str(v))}" for k, v in params.items() if v is not None)
+    return Redirect(f"/ui/classifiers/{quote(name)}" + (f"?{query}" if query else ""), status_code=303)
+
+
+@get("/", sync_to_thread=True)
+def index(request: Request[Any, Any, Any]) -> Template:
+    return Template("index.html", context={"classifiers": svc(request).classifiers.list_classifiers()})
+
+
+@get("/classifiers/{name:str}", sync_to_thread=True)
+def classifier_page(
+    request: Request[Any, Any, Any],
+    name: str,
+    version: int | None = None,
+    message: str | None = None,
+    error: str | None = None,
+) -> Template:
+    service = svc(request)
+    clf = service.classifiers.get_classifier(name)
+    versions = service.versions.list_versions(name)
+    wanted = (
+        version if version is not None else clf["active_version"] or (versions[-1]["version"] if versions else None)
+    )
+    selected = next((v for v in versions if v["version"] == wanted), None)
+    context = {
+        "clf": clf, "versions": versions, "selected": selected, "jobs": service.learning.recent_jobs(name),
+        "matrix": service.versions.lineage_matrix(name, selected["version"]) if selected else None,
+        "message": message, "error": error,
+    }  # fmt: skip
+    return Template("classifier.html", context=context)
+
+
+@get("/classifiers/{name:str}/jobs", sync_to_thread=True)
+def jobs_fragment(request: Request[Any, Any, Any], name: str) -> Template:
+    return Template("jobs.html", context={"jobs": svc(request).learning.recent_jobs(name)})
+
+
+def _actor(request: Request[Any, Any, Any], key: str) -> str:
+    keys: KeyRing = request.app.state.keyring
+    return keys.authorise(f"Bearer {key}", "admin")
+
+
+@post("/classifiers/{name:str}/rollback", sync_to_thread=True)
+def rollback_form(request: Request[Any, Any, Any], name: str, data: Form) -> Redirect:
+    try:
+        actor = _actor(request, data.get("key", ""))
+        to = int(data["to_version"]) if data.get("to_version") else None
+        v = svc(request).versions.rollback(name, to, actor, data.get("reason") or None)
+    except (AuthError, LookupError, RuntimeError, ValueError) as exc:
+        return _back(name, error=f"rollback refused: {getattr(exc, 'detail', exc)}")
+    return _back(name, message=f"rolled back: v{v['version']} is active")
+
+
+@post("/classifiers/{name:str}/versions/{number:int}/promote", sync_to_thread=True)
+def promote_form(request: Request[Any, Any, Any], name: str, number: VersionNumber, data: Form) -> Redirect:
+    try:
+        actor = _actor(request, data.get("key", ""))
+        v = svc(request).versions.promote(name, number, actor, data.get("force") == "true", data.get("reason") or None)
+    except (AuthError, LookupError, RuntimeError, ValueError) as exc:
+        return _back(name, version=number, error=f"promotion refused: {getattr(exc, 'detail', exc)}")
+    return _back(name, message=f"v{v['version']} is active")
+
+
+UI = Router(
+    path="/ui",
+    route_handlers=[index, classifier_page, jobs_fragment, rollback_form, promote_form],
+    include_in_schema=False,
+)
+STATIC = create_static_files_router(path="/ui/static", directories=[HERE / "static"], include_in_schema=False)
