@@ -10,7 +10,7 @@ COPY pyproject.toml README.md ./
 COPY model_core ./model_core
 COPY service ./service
 COPY benchmarks ./benchmarks
-RUN pip install --no-cache-dir uv==0.13.8 && uv pip install --system --no-cache -e .
+RUN pip install --no-cache-dir uv==0.13.8 && uv pip install --system --no-cache -e '.[server]'
 # Pretrained backbone weights baked into the image, e.g. --build-arg BAKE_WEIGHTS="timm/resnet50 torchvision/resnet18":
 # downloaded now into the weights cache, so hosts that may not download (the default) still use them.
 # timm/efficientnet_lite0 needs nothing here: its weights come with a Python package.

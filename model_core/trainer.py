@@ -141,6 +141,45 @@ def train_experience(
     """
     start = time.perf_counter()
     seed_everything(config.seed)
+    ctx = _context(model, previous, data, unit_task, new_units, scenario, config, progress, should_cancel)
+    net = ctx.model
+    train_data = strategy.training_data(ctx, data)
+    strategy.before_experience(ctx)
+    if not strategy.gradient_steps:
+        strategy.after_experience(ctx)
+        return TrainResult(0, time.perf_counter() - start, 0.0, 0, "closed-form")
+    fixed = config.iterations is not None
+    # Requested steps train on every row (the validation loss on training rows only reports the trend)
+    val_data = None
+    if not fixed:
+        train_data, val_data = split_validation(train_data, torch.Generator().manual_seed(config.seed + 3))
+    n = len(train_data)
+    bs = min(config.batch_size, n)
+    total = config.iterations if config.iterations is not None else step_budget(n, bs, ctx.num_units, config.max_iterations)
+    validation = _Validation(ctx, strategy, val_data or LabeledData(*(t[:VAL_MAX] for t in (train_data.x, train_data.y, train_data.task))))
+    step, last, stopped = _optimise(ctx, net, strategy, train_data, bs, total, validation, fixed)
+    if not fixed:  # a requested number of steps is honoured as asked: the last weights are kept
+        validation.restore(net)
+    net.eval()
+    strategy.after_experience(ctx)
+    return TrainResult(step, time.perf_counter() - start, last, total, stopped, improving=validation.stale == 0,
+                       best_step=validation.best_step, val_loss=validation.best,
+                       val_rows=0 if val_data is None else len(val_data))  # fmt: skip
+
+
+def _context(
+    model: IncrementalClassifier,
+    previous: IncrementalClassifier | None,
+    data: LabeledData,
+    unit_task: Tensor,
+    new_units: list[int],
+    scenario: Scenario,
+    config: TrainConfig,
+    progress: ProgressFn | None,
+    should_cancel: Callable[[], bool] | None,
+) -> TrainContext:
+    """The experience's context: the model on its device (through a ``HeadView`` when its backbone is frozen),
+    a frozen copy of the previous model, and the seeded generators."""
     device = resolve_device(config.device)
     model.to(device)
     if previous is not None:
@@ -151,7 +190,7 @@ def train_experience(
         previous = HeadView(previous)  # type: ignore[assignment]
     cpu_rng = torch.Generator().manual_seed(config.seed)
     rng = torch.Generator(device=device).manual_seed(config.seed + 1)
-    ctx = TrainContext(
+    return TrainContext(
         model=net,
         previous=previous,
         scenario=scenario,
@@ -166,44 +205,34 @@ def train_experience(
         should_cancel=should_cancel,
         replays_inputs=not features,
     )
-    train_data = strategy.training_data(ctx, data)
-    strategy.before_experience(ctx)
-    if not strategy.gradient_steps:
-        strategy.after_experience(ctx)
-        return TrainResult(0, time.perf_counter() - start, 0.0, 0, "closed-form")
-    fixed = config.iterations is not None
-    # Requested steps train on every row (the validation loss on training rows only reports the trend)
-    val_data = None
-    if not fixed:
-        train_data, val_data = split_validation(train_data, torch.Generator().manual_seed(config.seed + 3))
-    n = len(train_data)
-    bs = min(config.batch_size, n)
-    total = config.iterations if config.iterations is not None else step_budget(n, bs, ctx.num_units, config.max_iterations)
+
+
+def _optimise(
+    ctx: TrainContext,
+    net: IncrementalClassifier,
+    strategy: Strategy,
+    train_data: LabeledData,
+    bs: int,
+    total: int,
+    validation: _Validation,
+    fixed: bool,
+) -> tuple[int, float, str]:
+    """Up to ``total`` optimiser steps on shuffled batches of ``bs`` rows, checking the validation loss and
+    reporting as it goes; stops early on a plateau unless ``fixed``. Returns (steps, last loss, why it stopped)."""
     check_every = max(REPORT_EVERY, math.ceil(total / CHECKS))
-    validation = _Validation(ctx, strategy, val_data or LabeledData(*(t[:VAL_MAX] for t in (train_data.x, train_data.y, train_data.task))))
     last = float("nan")
     trainable = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    optimizer = torch.optim.Adam(trainable, lr=ctx.config.lr, weight_decay=ctx.config.weight_decay, foreach=True)
     net.train()
-    order = torch.randperm(n, generator=cpu_rng)
+    n = len(train_data)
+    order = torch.randperm(n, generator=ctx.cpu_rng)
     cursor, step, stopped = 0, 0, "requested" if fixed else "budget"
     for step in range(1, total + 1):
         if cursor + bs > n:  # new epoch: reshuffle; drop the ragged tail so batches stay full
-            order, cursor = torch.randperm(n, generator=cpu_rng), 0
+            order, cursor = torch.randperm(n, generator=ctx.cpu_rng), 0
         idx = order[cursor : cursor + bs]
         cursor += bs
-        batch = ctx.labelled_batch(
-            train_data.x[idx].to(device), train_data.y[idx].to(device), train_data.task[idx].to(device)
-        )
-        batch = strategy.augment(ctx, batch)
-        with ctx.autocast():
-            logits = net(batch.x)  # (B, U)
-        ce = classification_loss(logits, batch)
-        penalty = strategy.penalty(ctx, batch, logits)
-        loss = ce + penalty
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+        loss, ce, penalty = _step(ctx, net, strategy, optimizer, train_data, idx)
         last = float(loss.detach())
         checked = step % check_every == 0 or step == total
         if checked:
@@ -217,13 +246,33 @@ def train_experience(
         if checked and not fixed and validation.stale >= PATIENCE and step >= max(PATIENCE * check_every, MIN_STEPS):
             stopped = "plateau"
             break
-    if not fixed:  # a requested number of steps is honoured as asked: the last weights are kept
-        validation.restore(net)
-    net.eval()
-    strategy.after_experience(ctx)
-    return TrainResult(step, time.perf_counter() - start, last, total, stopped, improving=validation.stale == 0,
-                       best_step=validation.best_step, val_loss=validation.best,
-                       val_rows=0 if val_data is None else len(val_data))  # fmt: skip
+    return step, last, stopped
+
+
+def _step(
+    ctx: TrainContext,
+    net: IncrementalClassifier,
+    strategy: Strategy,
+    optimizer: torch.optim.Optimizer,
+    train_data: LabeledData,
+    idx: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One optimiser step on the rows ``idx`` (with the strategy's replay and penalty): (loss, its
+    classification part, its penalty)."""
+    device = ctx.device
+    batch = ctx.labelled_batch(
+        train_data.x[idx].to(device), train_data.y[idx].to(device), train_data.task[idx].to(device)
+    )
+    batch = strategy.augment(ctx, batch)
+    with ctx.autocast():
+        logits = net(batch.x)  # (B, U)
+    ce = classification_loss(logits, batch)
+    penalty = strategy.penalty(ctx, batch, logits)
+    loss = ce + penalty
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # type: ignore[no-untyped-call]
+    optimizer.step()
+    return loss, ce, penalty
 
 
 class _Validation:

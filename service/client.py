@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import numpy as np
@@ -111,13 +112,17 @@ class EngramClient:
         except httpx.HTTPError as exc:
             raise EngramError(0, f"cannot reach {self._http.base_url}: {exc}") from None
         if r.status_code >= 400:
-            try:
-                body = r.json()
-                detail = str(body.get("detail") or body.get("title"))
-            except ValueError:
-                detail = r.text[:500]
-            raise EngramError(r.status_code, detail)
+            self._raise(r)
         return r.json()
+
+    @staticmethod
+    def _raise(r: httpx.Response) -> NoReturn:
+        try:
+            body = r.json()
+            detail = str(body.get("detail") or body.get("title"))
+        except ValueError:
+            detail = r.text[:500]
+        raise EngramError(r.status_code, detail)
 
     # classifiers
     def create_classifier(self, name: str, input: dict[str, Any], scenario: str = "class-incremental",
@@ -157,17 +162,38 @@ class EngramClient:
     def wait(
         self, job_id: str, on_progress: Callable[[Job], None] | None = None, poll: float = 0.5, timeout: float = 3600
     ) -> Job:
-        """Poll until the job ends; ``on_progress`` sees every state."""
+        """Follow the job's server-sent events until it ends; ``on_progress`` sees every state the server sends.
+        A stream that breaks (a restarted server, a proxy's idle timeout) is read again after ``poll`` seconds,
+        from the job's state then."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.job(job_id)
-            if on_progress is not None:
-                on_progress(job)
-            if job.done:
-                return job
+            try:
+                for job in self._events(job_id, deadline):
+                    if on_progress is not None:
+                        on_progress(job)
+                    if job.done:
+                        return job
+            except httpx.TransportError:
+                pass  # the stream broke; read it again below
             if time.monotonic() > deadline:
+                job = self.job(job_id)
                 raise EngramError(0, f"job {job_id} still {job.status} after {timeout:.0f} s")
             time.sleep(poll)
+
+    def _events(self, job_id: str, deadline: float) -> Iterator[Job]:
+        """The jobs the events stream of ``job_id`` carries, until it ends or ``deadline`` passes."""
+        read = httpx.Timeout(self._http.timeout.connect, read=max(1.0, deadline - time.monotonic()))
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=read) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._raise(r)
+            data: list[str] = []
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:  # a blank line ends an event
+                    yield _read(Job, json.loads("\n".join(data)))
+                    data = []
 
     # serving
     def predict(self, name: str, inputs: list[dict[str, Any]], top_k: int = 1, task: str | None = None,

@@ -9,12 +9,16 @@ sample and input lists, and the shape of each item (``service.inference.inputs``
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Json, JsonValue
 from pydantic_core import PydanticCustomError
 
+from model_core.config import BUILTIN_BACKBONES
 from model_core.strategy_specs import SPECS
+from service.domain import commands
+from service.domain.job_status import TERMINAL as TERMINAL  # re-exported: the client and routes import it here
+from service.domain.job_status import JobStatus
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 STRATEGIES: list[JsonValue] = [*sorted(SPECS)]
@@ -72,7 +76,9 @@ class GateSettings(Strict):
     manual_approval: bool | None = Field(default=None, description="wait for an admin instead of promoting")
 
 
-BACKBONE_NAME = r"^(mlp|cnn|resnet18|(timm|torchvision)/[A-Za-z0-9][A-Za-z0-9_.-]{0,127})$"
+_BUILTIN = "|".join(BUILTIN_BACKBONES)
+_BUILTIN_TEXT = ", ".join(BUILTIN_BACKBONES)
+BACKBONE_NAME = rf"^({_BUILTIN}|(timm|torchvision)/[A-Za-z0-9][A-Za-z0-9_.-]{{0,127}})$"
 
 
 class BackboneChoice(Strict):
@@ -85,11 +91,11 @@ class BackboneChoice(Strict):
 
     name: str = Field(
         pattern=BACKBONE_NAME,
-        description="mlp, cnn, resnet18, 'timm/<timm model name>' or 'torchvision/<torchvision model name>'",
+        description=f"{_BUILTIN_TEXT}, 'timm/<timm model name>' or 'torchvision/<torchvision model name>'",
     )
     weights: Literal["none", "package", "file", "download"] | None = Field(
         default=None, description="default: package if one ships them, else download (refused when the host "
-        "may not download and they are not cached); none for mlp, cnn, resnet18",
+        f"may not download and they are not cached); none for {_BUILTIN_TEXT}",
     )  # fmt: skip
     file: str | None = Field(default=None, min_length=1, max_length=4096,
                              description="weights 'file': a safetensors or torch state-dict file on the server")  # fmt: skip
@@ -109,10 +115,13 @@ class ClassifierCreate(Strict):
     input: Annotated[ImageInput | VectorInput, Field(discriminator="kind")]
     scenario: Literal["class-incremental", "task-incremental"] = "class-incremental"
     backbone: Annotated[str, Field(pattern=BACKBONE_NAME)] | BackboneChoice | None = Field(
-        default=None, description="a name (mlp, cnn, resnet18, timm/<model>, torchvision/<model>; default by input "
+        default=None, description=f"a name ({_BUILTIN_TEXT}, timm/<model>, torchvision/<model>; default by input "
         "size), or an object saying where the weights come from and what trains",
     )  # fmt: skip
     gate: GateSettings | None = None
+
+
+_OPTIONS = commands.TrainOptions()  # the defaults, stated once (the domain's, which are model_core's TrainConfig's)
 
 
 class TrainOptions(Strict):
@@ -120,9 +129,9 @@ class TrainOptions(Strict):
         default=None, description="optimiser steps for this job; null (the default): as many as "
         "the data need, from the number of samples and classes, stopped when a validation loss stops improving",
     )
-    batch_size: Annotated[int, JsonInt] = Field(default=64, ge=1, le=4096)
-    lr: float = Field(default=1e-3, gt=0, le=1)
-    seed: Annotated[int, JsonInt] = Field(default=0, ge=0, le=2**31 - 1)
+    batch_size: Annotated[int, JsonInt] = Field(default=_OPTIONS.batch_size, ge=1, le=4096)
+    lr: float = Field(default=_OPTIONS.lr, gt=0, le=1)
+    seed: Annotated[int, JsonInt] = Field(default=_OPTIONS.seed, ge=0, le=2**31 - 1)
 
 
 class LearnRequest(Strict):
@@ -181,9 +190,6 @@ class RollbackRequest(Strict):
 # (tests/e2e/test_fuzz.py) then fails on a field the document does not list or a listed one that is
 # missing. The application builds plain dicts; these models only describe them.
 
-JobEnd = Literal["promoted", "passed", "rejected", "failed", "cancelled"]
-JobStatus = Literal["queued", "running", "evaluating", JobEnd]
-TERMINAL: tuple[JobEnd, ...] = get_args(JobEnd)  # the statuses a job never leaves (server, worker and client)
 VersionStatus = Literal["candidate", "active", "rejected", "retired"]
 
 

@@ -130,6 +130,7 @@ class GaussianHead(nn.Module):
 def onnx_nodes(head: GaussianHead, x: str, out: str, prefix: str, opset: int) -> tuple[list[Any], list[Any]]:
     """ONNX nodes and initializers computing ``head`` from input ``x`` (B, D) float32 into ``out`` (B, units)
     float32, operation for operation as ``GaussianHead.forward`` does (float64 inside)."""
+    # Long but one thing: the graph listed node by node, read against ``forward`` line by line; split, it hides that.
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 

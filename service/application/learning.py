@@ -12,20 +12,20 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_core.strategy_specs import SPECS, class_models_refusal, default_strategy
 from service.application.metrics import Metrics
+from service.application.views import job_view
 from service.domain.commands import JobRequest, Learn
-from service.domain.errors import Conflict, Invalid, NotFound
+from service.domain.errors import Invalid
 from service.domain.gate import GateConfig
 from service.inference.inputs import InputError, InputFormat, parse_items
 from service.jobs.queue import enqueue, uses_procrastinate
-from service.persistence.models import Classifier, Job, utcnow
-from service.persistence.registry import end_job, get_classifier, get_version, job_view, reap_stale_jobs
+from service.persistence import registry
+from service.persistence.models import utcnow
 from service.settings import Settings
-from service.storage.files import ArtifactStore
+from service.storage.base import ArtifactStore
 
 
 def stratified_holdout(labels: np.ndarray, share: float, seed: int = 0) -> np.ndarray:
@@ -62,9 +62,9 @@ class LearningService:
         if req.strategy is not None and req.strategy not in SPECS:
             raise Invalid(f"unknown strategy {req.strategy!r}; choose one of {', '.join(sorted(SPECS))}")
         with self.sessions() as s:
-            clf = get_classifier(s, name)
+            clf = registry.get_classifier(s, name)
             network, gate_defaults, active = clf.network, clf.gate, clf.active_version
-            active_version = get_version(s, clf, active) if active is not None else None
+            active_version = registry.get_version(s, clf, active) if active is not None else None
             active_tasks = active_version.tasks if active_version is not None else []
             previous = active_version.strategy if active_version is not None else None
         strategy = req.strategy or default_strategy(network, previous)
@@ -112,10 +112,8 @@ class LearningService:
                              sorted(set(labels.tolist()))).to_stored()  # fmt: skip
         try:
             with self.sessions() as s:
-                clf = get_classifier(s, name)
-                job = Job(id=job_id, classifier_id=clf.id, status="queued", task=req.task, strategy=strategy,
-                          retention=req.retention, request=request, progress={}, seconds={})  # fmt: skip
-                s.add(job)
+                clf = registry.get_classifier(s, name)
+                job = registry.add_job(s, job_id, clf, req.task, strategy, req.retention, request)
                 if uses_procrastinate(self.settings.db_url):
                     s.flush()
                     enqueue(s, self.settings, job_id, clf.name)  # same transaction as the job row
@@ -141,9 +139,7 @@ class LearningService:
         """The job. One that ended ``promoted`` is answered only once this process serves the classifier's
         active version as of this read, so a prediction sent here after it gets the new version (or later)."""
         with self.sessions() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFound(f"no job {job_id!r}")
+            job = registry.get_job(s, job_id)
             view = job_view(job)
         if job.status == "promoted" and self.follow is not None:
             self.follow(job.classifier_id)
@@ -151,23 +147,13 @@ class LearningService:
 
     def recent_jobs(self, name: str, limit: int = 10) -> list[dict[str, Any]]:
         with self.sessions() as s:
-            clf = get_classifier(s, name)
-            rows = s.scalars(
-                select(Job).where(Job.classifier_id == clf.id).order_by(Job.created_at.desc()).limit(limit)
-            )
-            return [job_view(j) for j in rows]
+            clf = registry.get_classifier(s, name)
+            return [job_view(j) for j in registry.recent_jobs(s, clf, limit)]
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         with self.sessions() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFound(f"no job {job_id!r}")
-            if job.status == "queued":
-                end_job(job, "cancelled", "cancelled before it started")
-            elif job.status in ("running", "evaluating"):
-                job.cancel_requested = True
-            else:
-                raise Conflict(f"job {job_id} already ended as {job.status!r}")
+            job = registry.get_job(s, job_id)
+            registry.cancel_job(job)  # Conflict once it ended
             s.commit()
             if job.status == "cancelled" and job.retention == "discard":
                 self.store.delete_job(job_id)  # after the commit: a failed commit keeps a queued job's data
@@ -176,19 +162,13 @@ class LearningService:
     def observe_finished_jobs(self) -> None:
         """Feed jobs that ended since the last call into the job metrics (outcome, time per stage)."""
         with self.sessions() as s:
-            rows = s.execute(
-                select(Job, Classifier.name)
-                .join(Classifier, Classifier.id == Job.classifier_id)
-                .where(Job.finished_at.is_not(None), Job.finished_at > self._jobs_seen_until)
-                .order_by(Job.finished_at)
-            ).all()
-            for job, name in rows:
+            for job, name in registry.jobs_finished_since(s, self._jobs_seen_until):
                 self.metrics.observe_job(name, job.status, job.seconds or {})
                 if job.finished_at is not None:
                     self._jobs_seen_until = max(self._jobs_seen_until, job.finished_at)
 
     def reap(self) -> None:
         with self.sessions() as s:
-            for job in reap_stale_jobs(s, self.settings.stale_after_seconds):
+            for job in registry.reap_stale_jobs(s, self.settings.stale_after_seconds):
                 if job.retention == "discard":
                     self.store.delete_job(job.id)

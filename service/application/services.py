@@ -16,15 +16,16 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_core.strategy_specs import SPECS
-from service.application.classifiers import ClassifierService, classifier_view
+from service.application.classifiers import ClassifierService
 from service.application.learning import LearningService, stratified_holdout
 from service.application.metrics import Metrics
 from service.application.serving import ServingService
-from service.application.versions import VersionService, version_view
+from service.application.versions import VersionService
+from service.application.views import classifier_view, version_view
 from service.domain.errors import Invalid
 from service.inference.sessions import ServingState
 from service.settings import Settings
-from service.storage.files import ArtifactStore
+from service.storage.base import ArtifactStore
 
 __all__ = ["EngramService", "Invalid", "classifier_view", "stratified_holdout", "version_view"]
 

@@ -26,17 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.application.metrics import Metrics
 from service.domain.commands import Predict
 from service.domain.errors import Conflict, Invalid, Unavailable
 from service.inference.sessions import Served, ServingOptions, ServingState, load_served
-from service.persistence.models import AuditEntry, Classifier, Version
-from service.persistence.registry import get_classifier, get_version
+from service.persistence import registry
+from service.persistence.models import Classifier, Version
 from service.settings import Settings
-from service.storage.files import ArtifactStore
+from service.storage.base import ArtifactStore
 
 log = logging.getLogger("engram.serving")
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds before retrying a failed load; doubles per failure up to the max
@@ -180,18 +179,9 @@ class ServingService:
             return True
 
     def _follow(self, classifier_id: int | None) -> None:
-        gen = (select(AuditEntry.classifier_id, func.max(AuditEntry.id).label("gen"))
-               .group_by(AuditEntry.classifier_id).subquery())  # fmt: skip
-        query = (
-            select(Classifier, Version, func.coalesce(gen.c.gen, 0))
-            .join(Version, (Version.classifier_id == Classifier.id) & (Version.number == Classifier.active_version))
-            .outerjoin(gen, gen.c.classifier_id == Classifier.id)
-        )  # fmt: skip
-        if classifier_id is not None:
-            query = query.where(Classifier.id == classifier_id)
         moved: list[tuple[VersionRef, int]] = []
         with self.sessions() as s:
-            rows = s.execute(query).all()
+            rows = registry.active_pointers(s, classifier_id)
             with self._lock:
                 for clf, v, generation in rows:
                     if generation < self._generations.get(clf.name, -1):
@@ -242,8 +232,8 @@ class ServingService:
     def _ref(self, name: str, version: int | None) -> VersionRef:
         """Where a pinned version, or the active one, is (a short session, closed before any build)."""
         with self.sessions() as s:
-            clf = get_classifier(s, name)
+            clf = registry.get_classifier(s, name)
             number = version if version is not None else clf.active_version
             if number is None:
                 raise Conflict(f"classifier {name!r} has no active version yet; learn something first")
-            return version_ref(self.store, clf, get_version(s, clf, number))
+            return version_ref(self.store, clf, registry.get_version(s, clf, number))

@@ -12,20 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.application.serving import ServingService, version_ref
+from service.application.views import audit_view, version_view
 from service.domain.errors import Conflict, NotFound
-from service.persistence.models import AuditEntry, Classifier, Version
-from service.persistence.registry import get_classifier, get_version, previous_active, set_active
-from service.storage.files import ArtifactStore
-
-
-def version_view(v: Version) -> dict[str, Any]:
-    return {"version": v.number, "status": v.status, "parent": v.parent, "strategy": v.strategy,
-            "params": v.params, "classes": v.labels, "tasks": v.tasks, "report": v.report,
-            "job_id": v.job_id, "created_at": v.created_at}  # fmt: skip
+from service.persistence import registry
+from service.persistence.models import Classifier, Version
+from service.storage.base import ArtifactStore
 
 
 class VersionService:
@@ -36,32 +30,29 @@ class VersionService:
 
     def list_versions(self, name: str) -> list[dict[str, Any]]:
         with self.sessions() as s:
-            clf = get_classifier(s, name)
-            rows = s.scalars(select(Version).where(Version.classifier_id == clf.id).order_by(Version.number))
-            return [version_view(v) for v in rows]
+            clf = registry.get_classifier(s, name)
+            return [version_view(v) for v in registry.list_versions(s, clf)]
 
     def get_version(self, name: str, number: int) -> dict[str, Any]:
         with self.sessions() as s:
-            return version_view(get_version(s, get_classifier(s, name), number))
+            return version_view(registry.get_version(s, registry.get_classifier(s, name), number))
 
     def onnx_path(self, name: str, number: int) -> Path:
         with self.sessions() as s:
-            v = get_version(s, get_classifier(s, name), number)
+            v = registry.get_version(s, registry.get_classifier(s, name), number)
             return self.store.path(v.artifact) / "model.onnx"
 
     def audit(self, name: str) -> list[dict[str, Any]]:
         with self.sessions() as s:
-            clf = get_classifier(s, name)
-            rows = s.scalars(select(AuditEntry).where(AuditEntry.classifier_id == clf.id).order_by(AuditEntry.id))
-            return [{"action": a.action, "actor": a.actor, "from_version": a.from_version, "to_version": a.to_version,
-                     "reason": a.reason, "forced": a.forced, "at": a.at} for a in rows]  # fmt: skip
+            clf = registry.get_classifier(s, name)
+            return [audit_view(a) for a in registry.list_audit(s, clf)]
 
     def lineage_matrix(self, name: str, number: int) -> dict[str, Any]:
         """Accuracy matrix along a version's lineage: rows are the versions from the first to ``number``
         (following parents), columns the tasks of ``number``; a cell is that version's gate accuracy."""
         with self.sessions() as s:
-            clf = get_classifier(s, name)
-            versions = {v.number: v for v in s.scalars(select(Version).where(Version.classifier_id == clf.id))}
+            clf = registry.get_classifier(s, name)
+            versions = {v.number: v for v in registry.list_versions(s, clf)}
         if number not in versions:
             raise NotFound(f"classifier {name!r} has no version {number}")
         chain: list[Version] = []
@@ -89,7 +80,7 @@ class VersionService:
 
     def rollback(self, name: str, to_version: int | None, actor: str, reason: str | None) -> dict[str, Any]:
         def target(s: Session, clf: Classifier) -> int:
-            number = to_version if to_version is not None else previous_active(s, clf)
+            number = to_version if to_version is not None else registry.previous_active(s, clf)
             if number is None:
                 raise Conflict(f"classifier {name!r} has no earlier active version to roll back to")
             return number
@@ -112,20 +103,20 @@ class VersionService:
     ) -> dict[str, Any]:
         """Read, build outside any session, then compare-and-set the pointer from what was read."""
         with self.sessions() as s:
-            clf = get_classifier(s, name)
+            clf = registry.get_classifier(s, name)
             expected = clf.active_version
             number = target(s, clf)
-            v = get_version(s, clf, number)
+            v = registry.get_version(s, clf, number)
             check(v)
             if v.number == expected:
                 raise Conflict(f"version {number} of {name!r} is already active")
             ref = version_ref(self.store, clf, v)
         served = self.serving.load(ref)  # no connection held while the session is built
         with self.sessions() as s:
-            clf = get_classifier(s, name)
-            v = get_version(s, clf, number)
+            clf = registry.get_classifier(s, name)
+            v = registry.get_version(s, clf, number)
             forced = check(v)  # again: the status may have changed meanwhile
-            entry = set_active(s, clf, v, action, actor, reason, forced=forced, expected=expected)
+            entry = registry.set_active(s, clf, v, action, actor, reason, forced=forced, expected=expected)
             s.commit()
             view = version_view(v)
         self.serving.adopt(served, entry.id)  # served here before the answer says it is active

@@ -1,4 +1,6 @@
-"""The ``engram`` command. Until the HTTP service lands it offers the engine's own tools."""
+"""The ``engram`` command: the server's commands (serve, worker, migrate, export, benchmark; the ``server``
+extra) and, from ``service.cli.commands``, the client's (learn, predict, jobs, versions...; the base install).
+"""
 
 from __future__ import annotations
 
@@ -45,11 +47,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    try:
-        from benchmarks.continual import main as bench_main
-    except ImportError:
-        print("the benchmarks live in the source tree: run this from a checkout of engram", file=sys.stderr)
-        return 2
+    from service.cli.benchmark import main as bench_main
+
     return bench_main(args.rest)
 
 
@@ -166,10 +165,29 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVER_COMMANDS = ("serve", "worker", "migrate", "export", "benchmark")
+SERVER_MODULES = ("torch", "litestar", "sqlalchemy", "onnxruntime")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command in SERVER_COMMANDS:
+        missing = [m for m in SERVER_MODULES if not _installed(m)]
+        if missing:
+            print(f"engram {args.command} runs the server, which this install lacks ({', '.join(missing)}): "
+                  "pip install 'engram[server]'", file=sys.stderr)  # fmt: skip
+            return 2
     return int(args.func(args))
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:

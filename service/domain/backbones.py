@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model_core.config import NetworkSpec
+from model_core.config import BUILTIN_BACKBONES, NetworkSpec
 from model_core.packaged_weights import record_packaged
 from service.domain.errors import Invalid
 
 CHECK_TIMEOUT_S = 300.0  # importing torch and timm on a busy host, building, hashing, one forward pass
 IDLE_EXIT_S = 300.0  # the child's memory (torch, timm) is given back after this long without a check
 ANSWER = "engram-backbone-check: "  # model_core.backbone_check.ANSWER (not imported: it would be the only link)
-BUILTIN = ("mlp", "cnn", "resnet18")
 
 
 class BackboneCheckFailed(RuntimeError):
@@ -89,7 +88,7 @@ class BackboneChecker:
         cannot be built or whose weights are missing or do not fit raises ``Invalid`` naming the problem.
         """
         backbone = network.get("backbone")
-        if not isinstance(backbone, dict) or backbone.get("name") in BUILTIN:
+        if not isinstance(backbone, dict) or backbone.get("name") in BUILTIN_BACKBONES:
             return network
         packaged = record_packaged(NetworkSpec.from_dict(network))  # installed and as published: no child
         if packaged is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from model_core.config import TrainConfig
+
 
 @dataclass(frozen=True)
 class NewClassifier:
@@ -26,9 +28,9 @@ class TrainOptions:
     """The knobs of one training job (model_core.TrainConfig's fields, by the application's names)."""
 
     iterations: int | None = None  # optimiser steps; None: a budget from the data, stopped on a validation plateau
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0  # also seeds the stratified evaluation holdout
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    seed: int = TrainConfig.seed  # also seeds the stratified evaluation holdout
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ def cause(drop: float, parts: Mapping[str, Any] | None, tol: float) -> str | Non
 def class_rows(
     cfg: GateConfig,
     new_task: str,
-    tasks: list[tuple[str, np.ndarray | None, np.ndarray]],
+    tasks: Sequence[tuple[str, np.ndarray | None, np.ndarray]],
     labels: Mapping[str, np.ndarray],
     replayed: Mapping[str, float],
     predictions: Mapping[str, TaskPredictions] | None = None,
@@ -229,69 +229,45 @@ def class_rows(
     return rows
 
 
-def evaluate(
-    cfg: GateConfig,
-    scenario: str,
-    strategy: str,
-    retention: str,
-    new_task: str,
-    added_classes: list[str],
-    tasks: list[tuple[str, np.ndarray | None, np.ndarray]],
-    onnx_diff: float | None,
-    onnx_error: str | None,
-    *,
-    labels: Mapping[str, np.ndarray] | None = None,
-    diagnostics: Mapping[str, Any] | None = None,
-    facts: JobFacts | None = None,
-    predictions: Mapping[str, TaskPredictions] | None = None,
-) -> dict[str, Any]:
-    """``tasks``: (name, parent correct (n,) bool or None for a task the parent lacks, candidate correct).
+@dataclass(frozen=True)
+class GateInputs:
+    """What the gate judges: one job's candidate against its parent.
+
+    ``tasks``: (name, parent correct (n,) bool or None for a task the parent lacks, candidate correct);
+    ``onnx_diff``/``onnx_error``: the export's max abs difference from torch, or why it failed;
     ``labels``: each task's (n,) labels, aligned with its correct arrays (per-class rows need them);
     ``diagnostics``: what the strategy measured while training (``LearnResult.diagnostics``);
     ``facts``: the job's parameters, network and training, from which the next step is chosen;
     ``predictions``: the candidate's predicted labels per task, by which a class-incremental gate tells
     forgetting from confusion with the new classes (see the module doc)."""
-    split_ok = scenario == "class-incremental" and predictions is not None and bool(added_classes)
-    confusion = Confusion.measure(predictions, added_classes) if split_ok and predictions is not None else None
+
+    scenario: str
+    strategy: str
+    retention: str
+    new_task: str
+    added_classes: Sequence[str]
+    tasks: Sequence[tuple[str, np.ndarray | None, np.ndarray]]
+    onnx_diff: float | None = None
+    onnx_error: str | None = None
+    labels: Mapping[str, np.ndarray] = field(default_factory=dict)
+    diagnostics: Mapping[str, Any] = field(default_factory=dict)
+    facts: JobFacts = field(default_factory=JobFacts)
+    predictions: Mapping[str, TaskPredictions] | None = None
+
+
+def evaluate(cfg: GateConfig, inputs: GateInputs) -> dict[str, Any]:
+    """The gate's report on ``inputs``: a row per task (each passed or not), the verdict and its failures, and
+    the per-class part (see the module doc)."""
+    confusion = _confusion(inputs)
     rows, failures = [], []
-    for name, before_c, after_c in tasks:
-        n = len(after_c)
-        after = float(np.mean(after_c)) if n else 0.0
-        row: dict[str, Any] = {"task": name, "n": n, "after": round(after, 4), "new": name == new_task}
-        if before_c is not None and name != new_task:
-            before = float(np.mean(before_c))
-            diff = before_c.astype(float) - after_c.astype(float)  # paired, per sample
-            drop = before - after
-            hw = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else 1.0
-            tol = task_tolerance(cfg, before, n)
-            pred = None if confusion is None or predictions is None else predictions.get(name)
-            parts = None if pred is None or confusion is None or n == 0 else confusion.split(before, pred)
-            regression = drop if parts is None else parts["regression"]
-            ok = regression <= tol
-            lo, hi = max(-1.0, drop - hw), min(1.0, drop + hw)
-            row.update(before=round(before, 4), drop=round(drop, 4), drop_ci95=[round(lo, 4), round(hi, 4)],
-                       tolerance=round(tol, 4), passed=ok, cause=cause(drop, parts, tol))  # fmt: skip
-            if parts is not None:
-                row.update({k: parts[k] for k in ("forgetting", "lost_to_new", "reverse", "allowed", "regression")},
-                           confused_pairs=parts["pairs"][:PAIRS_SHOWN])  # fmt: skip
-            if not ok:
-                why = "" if parts is None else (
-                    f"; regression {regression:.3f}: {parts['forgetting']:.3f} lost among the old classes, "
-                    f"{parts['lost_to_new']:.3f} taken by new classes, of which the reverse confusion allows "
-                    f"{parts['allowed']:.3f}")
-                failures.append(f"task {name!r}: accuracy fell from {before:.3f} to {after:.3f} "
-                                f"(drop {drop:.3f}, 95% CI {lo:.3f}..{hi:.3f}{why}; tolerance {tol:.3f})")  # fmt: skip
-        else:
-            upper = min(1.0, after + halfwidth(after, n))
-            ok = upper >= cfg.new_task_floor
-            row.update(before=None, floor=cfg.new_task_floor, upper95=round(upper, 4), passed=ok)
-            if not ok:
-                failures.append(f"new task {name!r}: accuracy {after:.3f} (95% up to {upper:.3f} on {n} samples) is "
-                                f"below the floor {cfg.new_task_floor:.3f}")
+    for name, before_c, after_c in inputs.tasks:
+        row, failure = _task_row(cfg, inputs, confusion, name, before_c, after_c)
         rows.append(row)
-    onnx_ok = onnx_error is None
+        if failure is not None:
+            failures.append(failure)
+    onnx_ok = inputs.onnx_error is None
     if not onnx_ok:
-        failures.append(f"ONNX export: {onnx_error}")
+        failures.append(f"ONNX export: {inputs.onnx_error}")
     old = [r for r in rows if r.get("before") is not None]
     report: dict[str, Any] = {
         "passed": not failures,
@@ -299,28 +275,90 @@ def evaluate(
         "accuracy_row": [r["after"] for r in rows],
         "average_accuracy": round(float(np.mean([r["after"] for r in rows])), 4) if rows else None,
         "bwt": round(float(np.mean([r["after"] - r["before"] for r in old])), 4) if old else None,
-        "onnx": {"passed": onnx_ok, "max_abs_diff": onnx_diff, "error": onnx_error},
+        "onnx": {"passed": onnx_ok, "max_abs_diff": inputs.onnx_diff, "error": inputs.onnx_error},
         "failures": failures,
         "explanation": None,
         "confused_pairs": [] if confusion is None else confusion.pairs[:PAIRS_SHOWN],
         "new_class_bias": None if confusion is None or math.isinf(confusion.bias) else round(confusion.bias, 3),
         "confusion_note": confusion_note(old),
     }
-    spec = SPECS[strategy]
-    old_failed = any(not r["passed"] for r in old)
-    cannot_add = scenario == "class-incremental" and bool(added_classes) and not spec.adds_classes
-    if old_failed and cannot_add:
-        report["explanation"] = (
-            f"'{strategy}' cannot add classes to a class-incremental classifier: it protects the old weights, "
-            "but nothing in its training teaches the network to tell the old classes from the new ones, so "
-            "predictions collapse onto the newest classes. Use "
-            f"{suggestion_for_new_classes(retention)} to add classes."
-        )
+    spec = SPECS[inputs.strategy]
+    cannot_add = inputs.scenario == "class-incremental" and bool(inputs.added_classes) and not spec.adds_classes
+    if cannot_add and any(not r["passed"] for r in old):
+        report["explanation"] = _cannot_add_explanation(inputs)
         report["recommended_strategy"] = "generative_replay"
     new_failed = any(not r["passed"] for r in rows if r.get("before") is None)
-    report.update(_per_class(cfg, scenario, strategy, retention, cannot_add, new_task, tasks, new_failed,
-                             labels or {}, diagnostics or {}, facts or JobFacts(), predictions, confusion))  # fmt: skip
+    report.update(_per_class(cfg, inputs, cannot_add, new_failed, confusion))
     return report
+
+
+def _confusion(inputs: GateInputs) -> Confusion | None:
+    """The candidate's confusion between new and old classes, where the gate can split a drop by it: in
+    class-incremental learning, given the predictions, when the job added classes."""
+    if inputs.scenario != "class-incremental" or inputs.predictions is None or not inputs.added_classes:
+        return None
+    return Confusion.measure(inputs.predictions, inputs.added_classes)
+
+
+def _task_row(
+    cfg: GateConfig, inputs: GateInputs, confusion: Confusion | None, name: str, before_c: np.ndarray | None,
+    after_c: np.ndarray,
+) -> tuple[dict[str, Any], str | None]:  # fmt: skip
+    """One task's row and, when it failed, why: an old task judged by its regression, the new one by its floor."""
+    n = len(after_c)
+    after = float(np.mean(after_c)) if n else 0.0
+    row: dict[str, Any] = {"task": name, "n": n, "after": round(after, 4), "new": name == inputs.new_task}
+    if before_c is not None and name != inputs.new_task:
+        return _old_task_row(cfg, inputs, confusion, row, before_c, after_c)
+    upper = min(1.0, after + halfwidth(after, n))
+    ok = upper >= cfg.new_task_floor
+    row.update(before=None, floor=cfg.new_task_floor, upper95=round(upper, 4), passed=ok)
+    if ok:
+        return row, None
+    return row, (f"new task {name!r}: accuracy {after:.3f} (95% up to {upper:.3f} on {n} samples) is "
+                 f"below the floor {cfg.new_task_floor:.3f}")  # fmt: skip
+
+
+def _old_task_row(
+    cfg: GateConfig, inputs: GateInputs, confusion: Confusion | None, row: dict[str, Any], before_c: np.ndarray,
+    after_c: np.ndarray,
+) -> tuple[dict[str, Any], str | None]:  # fmt: skip
+    """An old task's row: its drop with a paired 95% interval, the regression the gate judges (the drop, less
+    the confusion with new classes the data allows) against its tolerance, and why it failed if it did."""
+    name, n = row["task"], len(after_c)
+    after, before = float(np.mean(after_c)) if n else 0.0, float(np.mean(before_c))
+    diff = before_c.astype(float) - after_c.astype(float)  # paired, per sample
+    drop = before - after
+    hw = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else 1.0
+    tol = task_tolerance(cfg, before, n)
+    pred = None if confusion is None or inputs.predictions is None else inputs.predictions.get(name)
+    parts = None if pred is None or confusion is None or n == 0 else confusion.split(before, pred)
+    regression = drop if parts is None else parts["regression"]
+    ok = regression <= tol
+    lo, hi = max(-1.0, drop - hw), min(1.0, drop + hw)
+    row.update(before=round(before, 4), drop=round(drop, 4), drop_ci95=[round(lo, 4), round(hi, 4)],
+               tolerance=round(tol, 4), passed=ok, cause=cause(drop, parts, tol))  # fmt: skip
+    if parts is not None:
+        row.update({k: parts[k] for k in ("forgetting", "lost_to_new", "reverse", "allowed", "regression")},
+                   confused_pairs=parts["pairs"][:PAIRS_SHOWN])  # fmt: skip
+    if ok:
+        return row, None
+    why = "" if parts is None else (
+        f"; regression {regression:.3f}: {parts['forgetting']:.3f} lost among the old classes, "
+        f"{parts['lost_to_new']:.3f} taken by new classes, of which the reverse confusion allows "
+        f"{parts['allowed']:.3f}")
+    return row, (f"task {name!r}: accuracy fell from {before:.3f} to {after:.3f} "
+                 f"(drop {drop:.3f}, 95% CI {lo:.3f}..{hi:.3f}{why}; tolerance {tol:.3f})")  # fmt: skip
+
+
+def _cannot_add_explanation(inputs: GateInputs) -> str:
+    """Why old tasks failed when a strategy that cannot add classes was asked to."""
+    return (
+        f"'{inputs.strategy}' cannot add classes to a class-incremental classifier: it protects the old weights, "
+        "but nothing in its training teaches the network to tell the old classes from the new ones, so "
+        "predictions collapse onto the newest classes. Use "
+        f"{suggestion_for_new_classes(inputs.retention)} to add classes."
+    )
 
 
 def _pair_text(pairs: Sequence[Mapping[str, Any]]) -> str:
@@ -343,31 +381,21 @@ def confusion_note(old: Sequence[Mapping[str, Any]]) -> str | None:
 
 
 def _per_class(
-    cfg: GateConfig,
-    scenario: str,
-    strategy: str,
-    retention: str,
-    cannot_add: bool,
-    new_task: str,
-    tasks: list[tuple[str, np.ndarray | None, np.ndarray]],
-    new_failed: bool,
-    labels: Mapping[str, np.ndarray],
-    diagnostics: Mapping[str, Any],
-    facts: JobFacts,
-    predictions: Mapping[str, TaskPredictions] | None = None,
-    confusion: Confusion | None = None,
+    cfg: GateConfig, inputs: GateInputs, cannot_add: bool, new_failed: bool, confusion: Confusion | None = None
 ) -> dict[str, Any]:
     """The report's per-class part: ``classes`` rows, ``forgotten`` labels (each forgotten row says who
     ``lost_by``), and ``next_step`` (a sentence) with ``next_step_request`` (learn-request fields to change)."""
-    rows = class_rows(cfg, new_task, tasks, labels, replay_figures(diagnostics), predictions, confusion)
-    generator = has_generator(SPECS[strategy])
+    rows = class_rows(cfg, inputs.new_task, inputs.tasks, inputs.labels, replay_figures(inputs.diagnostics),
+                      inputs.predictions, confusion)  # fmt: skip
+    generator = has_generator(SPECS[inputs.strategy])
     forgotten = [r for r in rows if r["forgotten"]]
     old = [r for r in rows if r["before"] is not None]
     for r in forgotten:
         # the classes the parent chose among when it judged the replay: every old class, or the task's own
-        rivals = [o for o in old if scenario == "class-incremental" or o["task"] == r["task"]]
+        rivals = [o for o in old if inputs.scenario == "class-incremental" or o["task"] == r["task"]]
         r["lost_by"] = lost_by(r, generator, chance=1 / len(rivals))
-    step = next_step(strategy, retention, cannot_add, forgotten, new_failed, facts, diagnostics)
+    step = next_step(inputs.strategy, inputs.retention, cannot_add, forgotten, new_failed, inputs.facts,
+                     inputs.diagnostics)  # fmt: skip
     return {
         "classes": rows,
         "forgotten": list(dict.fromkeys(r["class"] for r in forgotten)),

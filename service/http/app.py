@@ -18,10 +18,11 @@ from litestar.plugins.pydantic import PydanticInitPlugin
 from litestar.template.config import TemplateConfig
 from prometheus_client import generate_latest
 
-from service.application.metrics import Metrics, RequestLogMiddleware
+from service.application.metrics import Metrics
 from service.application.services import EngramService
 from service.http.auth import KeyRing
 from service.http.body import BodyNotJSON, check_utf8, describe_syntax_error
+from service.http.middleware import RequestLogMiddleware
 from service.http.openapi import WireSchemaPlugin, openapi_config
 from service.http.problems import EXCEPTION_HANDLERS
 from service.http.routes import ROUTES, answer_options
@@ -30,7 +31,7 @@ from service.inference.sessions import ServingState
 from service.persistence.models import make_engine, make_sessionmaker
 from service.persistence.notify import ActiveVersionListener, Wakeup
 from service.settings import Settings
-from service.storage.files import open_store
+from service.storage import open_store
 
 log = logging.getLogger("engram.app")
 

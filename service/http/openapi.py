@@ -155,6 +155,12 @@ def problem_answers(*codes: int) -> dict[int, ResponseSpec]:
 # --- the learn request body -------------------------------------------------------------------------
 
 
+def file_parts(description: str) -> Schema:
+    """A multipart form's ``file`` field: one or more binary parts (learn uploads and binary predicts)."""
+    return Schema(type=OpenAPIType.ARRAY, min_items=1, items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
+                  description=description)  # fmt: skip
+
+
 def learn_request_body() -> RequestBody:
     """POST .../learn reads its body itself, JSON or a multipart form, so Litestar cannot describe it."""
     json_schema = inline_schema(schemas.LearnRequest)
@@ -165,12 +171,7 @@ def learn_request_body() -> RequestBody:
             "task": fields["task"],
             "strategy": fields["strategy"],
             "retention": fields["retention"],
-            "file": Schema(
-                type=OpenAPIType.ARRAY,
-                min_items=1,
-                items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
-                description="one image per sample",
-            ),
+            "file": file_parts("one image per sample"),
             "label": Schema(
                 type=OpenAPIType.ARRAY,
                 min_items=1,

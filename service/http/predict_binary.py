@@ -16,39 +16,34 @@ from litestar.datastructures import UploadFile
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import Parameter
 
-from service.application.services import EngramService
 from service.domain.commands import Predict
-from service.http.openapi import answers
-from service.inference.binary import NPY_TYPES, BodyError, ImageFiles, NpyBatch
+from service.http.deps import svc
+from service.http.openapi import answers, file_parts
+from service.inference.binary import NPY_TYPES, ImageFiles, NpyBatch, Unfit
 from service.schemas import PredictResult
 
 BINARY_TYPES = (*NPY_TYPES, "multipart/form-data")
 
 
 async def read_binary(request: Request[Any, Any, Any], max_items: int) -> NpyBatch | ImageFiles:
-    """The body as an ``.npy`` batch or a list of image files; BodyError (400/422) when it is neither."""
+    """The body as an ``.npy`` batch or a list of image files; Undecodable (400) or Unfit (422) when it is neither."""
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype == "multipart/form-data":
         form = await request.form()
         parts = form.getall("file", [])
         if not parts:
-            raise BodyError(422, "the form has no 'file' part; send one 'file' part per image")
+            raise Unfit("the form has no 'file' part; send one 'file' part per image")
         if not all(isinstance(p, UploadFile) for p in parts):
-            raise BodyError(422, "each 'file' part must be a file (with a filename), not a text field")
+            raise Unfit("each 'file' part must be a file (with a filename), not a text field")
         if len(parts) > max_items:
-            raise BodyError(422, f"the form has {len(parts)} files; the limit is {max_items}")
+            raise Unfit(f"the form has {len(parts)} files; the limit is {max_items}")
         return ImageFiles([await p.read() for p in parts])
     batch = NpyBatch(await request.body())
     if len(batch) == 0:
-        raise BodyError(422, "the array has no rows")
+        raise Unfit("the array has no rows")
     if len(batch) > max_items:
-        raise BodyError(422, f"the array has {len(batch)} rows; the limit is {max_items}")
+        raise Unfit(f"the array has {len(batch)} rows; the limit is {max_items}")
     return batch
-
-
-def _svc(request: Request[Any, Any, Any]) -> EngramService:
-    service: EngramService = request.app.state.service
-    return service
 
 
 def binary_request_body() -> RequestBody:
@@ -59,12 +54,7 @@ def binary_request_body() -> RequestBody:
     form = Schema(
         type=OpenAPIType.OBJECT,
         properties={
-            "file": Schema(
-                type=OpenAPIType.ARRAY,
-                min_items=1,
-                items=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY),
-                description="one encoded image (PNG, JPEG...) per input, in order",
-            )
+            "file": file_parts("one encoded image (PNG, JPEG...) per input, in order")
         },
         required=["file"],
     )
@@ -98,7 +88,7 @@ async def predict_binary(
     task: Annotated[str | None, Parameter(description="the task (task-incremental classifiers)")] = None,
     version: Annotated[int | None, Parameter(ge=1, le=2**31 - 1, description="pin a version")] = None,
 ) -> dict[str, Any]:
-    service = _svc(request)
+    service = svc(request)
     batch = await read_binary(request, service.settings.max_predict_items)
     # The application reads ``inputs`` only as a sequence it hands to the batcher, whose prepare step
     # (service.inference.sessions) converts an NpyBatch or ImageFiles with the classifier's input format.

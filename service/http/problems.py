@@ -14,7 +14,7 @@ from litestar.types import ExceptionHandlersMap
 
 from service.domain.errors import Conflict, Invalid, NotFound, PointerMoved, Unavailable
 from service.http.auth import AuthError
-from service.inference.binary import BodyError
+from service.inference.binary import Undecodable, Unfit
 from service.inference.inputs import InputError
 
 log = logging.getLogger("engram.api")
@@ -94,7 +94,8 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     sqlalchemy.exc.TimeoutError: _database,  # no pooled connection came free in time
     Invalid: lambda r, e: problem(r, 422, str(e)),
     InputError: _input,
-    BodyError: lambda r, e: problem(r, e.status, str(e)),  # a binary predict body (400 undecodable, 422 unfit)
+    Undecodable: lambda r, e: problem(r, 400, str(e)),  # a binary predict body that does not decode
+    Unfit: lambda r, e: problem(r, 422, str(e)),  # one that decodes but does not fit the classifier
     ValidationException: _validation,
     pydantic.ValidationError: _pydantic,
     HTTPException: _http,

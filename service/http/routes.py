@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 from litestar import Request, Response, Router, get, post
@@ -17,7 +17,6 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, SerializationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.handlers.http_handlers import HTTPRouteHandler
-from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from litestar.routes import HTTPRoute
 from litestar.serialization import encode_json
@@ -28,8 +27,9 @@ from litestar.status_codes import (
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
 )
 
-from service.application.services import EngramService, Invalid
+from service.application.services import Invalid
 from service.http.auth import KeyRing
+from service.http.deps import VersionNumber, svc
 from service.http.mapping import to_learn, to_new_classifier, to_predict
 from service.http.openapi import LearnOperation, answers, problem_answers
 from service.http.predict_binary import predict_binary
@@ -51,10 +51,6 @@ from service.schemas import (
     Unready,
     VersionView,
 )
-
-# Version numbers fit the database's integer column; larger ones are refused before any query.
-VersionNumber = Annotated[int, Parameter(ge=1, le=2**31 - 1, description="version number")]
-
 
 # Guards and hooks are async on purpose: Litestar runs a sync one in a worker thread, on every request.
 
@@ -118,11 +114,6 @@ async def answer_options(request: Request[Any, Any, Any]) -> Response[None] | No
     if route is None:
         return None
     return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": ", ".join(sorted(route.methods))})
-
-
-def svc(request: Request[Any, Any, Any]) -> EngramService:
-    service: EngramService = request.app.state.service
-    return service
 
 
 @get("/strategies", opt={"role": "predict"}, sync_to_thread=False,

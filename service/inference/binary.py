@@ -16,60 +16,61 @@ worker thread, where the classifier's input format is known:
 
 from __future__ import annotations
 
-import ast
+import io
+import warnings
 from collections.abc import Sequence
 from typing import overload
 
 import numpy as np
+import numpy.lib.format as npformat
 
 from service.inference.inputs import InputError, InputFormat, decode_image
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
-_MAGIC = b"\x93NUMPY"
 _FLOATS = ("float32", "float64")
-_MAX_HEADER = 10_000  # bytes
+_MAX_HEADER = 10_000  # bytes: numpy's own default limit; a huge header would be parsed on the event loop
 
 
 class BodyError(ValueError):
-    """A binary predict body that cannot be used as a whole: 400 when it cannot be decoded, 422 when it
-    decodes but does not fit the classifier (shape, dtype, values)."""
+    """A binary predict body that cannot be used as a whole (the HTTP edge answers 400 or 422 by its kind)."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
+
+class Undecodable(BodyError):
+    """The body is not what its content type says (not an ``.npy`` file, a malformed header, short data)."""
+
+
+class Unfit(BodyError):
+    """The body decodes but does not fit the classifier: shape, dtype, values, row count."""
 
 
 def parse_npy(body: bytes) -> np.ndarray:
-    """The array in an ``.npy`` file's bytes, as a read-only view on them (no pickles, no copy)."""
-    if len(body) < 10 or not body.startswith(_MAGIC):
-        raise BodyError(400, "the body is not an .npy file (it must start with the \\x93NUMPY magic); "
-                        "write it with numpy.save")  # fmt: skip
-    major = body[6]
-    if major == 1:
-        size, start = int.from_bytes(body[8:10], "little"), 10
-    elif major in (2, 3):
-        size, start = int.from_bytes(body[8:12], "little"), 12
-    else:
-        raise BodyError(400, f".npy format version {major} is not supported (1, 2 or 3)")
-    if size > _MAX_HEADER:  # numpy's own default limit; a huge header would be parsed on the event loop
-        raise BodyError(400, f"the .npy header is {size} bytes; at most {_MAX_HEADER} are read")
+    """The array in an ``.npy`` file's bytes, as a read-only view on them (no pickles, no copy). The header is read
+    by numpy's own ``numpy.lib.format`` (versions 1, 2 and 3, at most ``_MAX_HEADER`` bytes of it)."""
+    stream = io.BytesIO(body)
     try:
-        header = ast.literal_eval(body[start : start + size].decode("utf-8" if major == 3 else "latin1"))
-        dtype = np.dtype(header["descr"])
-        shape = tuple(int(d) for d in header["shape"])
-        fortran = bool(header["fortran_order"])
-    except Exception:
-        raise BodyError(400, "the .npy header is malformed (it needs 'descr', 'fortran_order' and 'shape')") from None
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise BodyError(422, f"the array's dtype {dtype} is not numeric; send float32, float64 or uint8")
+        major, minor = npformat.read_magic(stream)
+    except ValueError:
+        raise Undecodable("the body is not an .npy file (it must start with the \\x93NUMPY magic); write it with "
+                          "numpy.save") from None  # fmt: skip
+    read_header = {1: npformat.read_array_header_1_0, 2: npformat.read_array_header_2_0}.get(min(major, 2))
+    if read_header is None or major > 3:
+        raise Undecodable(f".npy format version {major}.{minor} is not supported (1, 2 or 3)")
+    try:
+        with warnings.catch_warnings():  # numpy warns while it retries a header with Python 2 literals
+            warnings.simplefilter("ignore")
+            shape, fortran, dtype = read_header(stream, max_header_size=_MAX_HEADER)
+    except ValueError as exc:
+        too_long = "max_header_size" in str(exc) or "header is too long" in str(exc).lower()
+        raise Undecodable(f"the .npy header is over {_MAX_HEADER} bytes" if too_long else
+                          "the .npy header is malformed (it needs 'descr', 'fortran_order' and 'shape')") from None  # fmt: skip
     if any(d < 0 for d in shape):
-        raise BodyError(400, f"the .npy header has a negative dimension: {shape}")
-    offset = start + size
+        raise Undecodable(f"the .npy header has a negative dimension: {shape}")
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise Unfit(f"the array's dtype {dtype} is not numeric; send float32, float64 or uint8")
+    offset = stream.tell()
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(body) - offset != expected:
-        raise BodyError(
-            400, f"the .npy data is {len(body) - offset} bytes; its header {shape} {dtype} needs {expected} bytes"
-        )
+        raise Undecodable(f"the .npy data is {len(body) - offset} bytes; its header {shape} {dtype} needs {expected} bytes")
     flat = np.frombuffer(body, dtype=dtype, offset=offset, count=expected // dtype.itemsize)
     return flat.reshape(shape, order="F" if fortran else "C")
 
@@ -80,7 +81,7 @@ class NpyBatch(Sequence[np.ndarray]):
     def __init__(self, body: bytes) -> None:
         self.array = parse_npy(body)
         if self.array.ndim < 2:
-            raise BodyError(422, f"the array has shape {self.array.shape}; send (N, *input shape), one row per input")
+            raise Unfit(f"the array has shape {self.array.shape}; send (N, *input shape), one row per input")
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
@@ -98,16 +99,14 @@ class NpyBatch(Sequence[np.ndarray]):
         if a.shape[1:] != want:
             kind = f"{fmt.input.channels}x{fmt.input.height}x{fmt.input.width} images" if fmt.input.kind == "image" \
                 else f"vectors of {fmt.input.dim}"  # fmt: skip
-            raise BodyError(
-                422,
-                f"the array has shape {a.shape}; this classifier takes {kind}: send (N, {', '.join(map(str, want))})",
+            raise Unfit(f"the array has shape {a.shape}; this classifier takes {kind}: send (N, {', '.join(map(str, want))})",
             )
         name = a.dtype.name
         if name == "uint8" and fmt.input.kind == "image":
             return a.astype(np.float32) / np.float32(fmt.preprocessing.pixel_scale)  # as decode_image scales pixels
         if name not in _FLOATS:
             allowed = "float32, float64 or uint8 (raw pixels)" if fmt.input.kind == "image" else "float32 or float64"
-            raise BodyError(422, f"the array's dtype is {a.dtype}; send {allowed}")
+            raise Unfit(f"the array's dtype is {a.dtype}; send {allowed}")
         bad = ~np.isfinite(a).reshape(len(a), -1).all(axis=1)
         if name == "float64" and not bad.any():
             bad = (np.abs(a) > np.finfo(np.float32).max).reshape(len(a), -1).any(axis=1)
@@ -135,7 +134,7 @@ class ImageFiles(Sequence[bytes]):
     def rows(self, fmt: InputFormat, max_pixels: int) -> np.ndarray:
         """(N, *shape) float32; InputError names the first file that does not decode."""
         if fmt.input.kind != "image":
-            raise BodyError(422, f"this classifier takes vectors of {fmt.input.dim}; send them as JSON or .npy")
+            raise Unfit(f"this classifier takes vectors of {fmt.input.dim}; send them as JSON or .npy")
         out = np.empty((len(self.files), *fmt.shape), dtype=np.float32)
         for i, data in enumerate(self.files):
             try:

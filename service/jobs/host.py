@@ -1,6 +1,6 @@
 """What every worker process needs, whichever dispatcher feeds it: the job runner, heartbeats, and the
 repair of what a killed worker left behind. Used by ``service.jobs.worker`` (SQLite polling) and
-``service.jobs.queue`` (procrastinate); it imports neither, so they do not import each other.
+the procrastinate worker beside it; it imports neither.
 
 No torch at import time: ``make_runner`` imports ``service.jobs.training`` in the worker process only.
 """
@@ -12,22 +12,23 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.domain.job_status import LIVE  # a job in these states may still write its bundle
 from service.persistence.models import Job, Version, make_engine, make_sessionmaker, utcnow
 from service.settings import Settings
-from service.storage.files import ArtifactStore, open_store
+from service.storage import open_store
+from service.storage.base import ArtifactStore
 
 if TYPE_CHECKING:
     from service.jobs.training import JobRunner
 
 log = logging.getLogger("engram.worker")
-LIVE = ("queued", "running", "evaluating")  # a job in these states may still write its bundle
-CRASH_HOOK_ENV = "ENGRAM_TEST_CRASH_AT"  # test-only fault injection, see service.jobs.training.CrashHook
 
 
 def beat(sessions: sessionmaker[Session], job_id: str) -> None:
@@ -78,15 +79,18 @@ def sweep_orphans(sessions: sessionmaker[Session], store: ArtifactStore) -> list
     return removed
 
 
-def make_runner(settings: Settings) -> tuple[Engine, sessionmaker[Session], JobRunner, str]:
+def make_runner(
+    settings: Settings, on_stage: Callable[[str], None] | None = None
+) -> tuple[Engine, sessionmaker[Session], JobRunner, str]:
     """What every worker needs: the database, a job runner on the artifact store, and its own id. Sweeps
-    orphan bundles first, so a crash never leaves the store and the database disagreeing past a restart."""
+    orphan bundles first, so a crash never leaves the store and the database disagreeing past a restart.
+    ``on_stage``: told each stage a job reaches (``service.jobs.training.STAGES``); None in production."""
     from service.jobs.training import JobRunner  # torch is imported here, in the worker process only
 
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
     store = open_store(settings.artifacts_path, settings.artifacts_url)
     sweep_orphans(sessions, store)
-    runner = JobRunner(sessions, store, settings.device, os.environ.get(CRASH_HOOK_ENV),
-                       cache_dir=(settings.data_dir / "cache").resolve(), max_steps=settings.max_train_steps)  # fmt: skip
+    runner = JobRunner(sessions, store, settings.device, cache_dir=(settings.data_dir / "cache").resolve(),
+                       max_steps=settings.max_train_steps, on_stage=on_stage)  # fmt: skip
     return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

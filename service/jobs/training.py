@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,16 +25,16 @@ from model_core.config import NetworkSpec, TrainConfig
 from model_core.data import Experience
 from model_core.export import ExportError, export_onnx
 from model_core.export_frozen import OnnxFeatures
-from model_core.learner import Learner
+from model_core.learner import Learner, LearnResult
 from model_core.strategies.base import Progress, TrainingCancelled
 from model_core.trainer import resolve_device
 from service.domain.commands import JobRequest
 from service.domain.errors import PointerMoved
-from service.domain.gate import GateConfig, TaskPredictions, evaluate
+from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluate
 from service.domain.gate_advice import JobFacts
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
-from service.storage.files import ArtifactStore, arrays_to_bytes, bytes_to_arrays
+from service.storage.base import ArtifactStore, arrays_to_bytes, bytes_to_arrays
 
 log = logging.getLogger("engram.worker")
 EVAL_FILE = "eval.npz"  # the version's regression suite: x, label, task for every task so far
@@ -69,23 +69,30 @@ def predictions(
     return TaskPredictions(labels.astype(str), full, old, before)
 
 
+STAGES = ("started", "trained", "bundle-written", "row-committed", "promoted")  # the points ``on_stage`` hears of
+
+
 class JobRunner:
-    """Executes jobs; ``progress`` writes and cancel checks go through short database sessions."""
+    """Executes jobs; ``progress`` writes and cancel checks go through short database sessions.
+
+    ``on_stage``, when given, is called with each of STAGES a job reaches: "started" as it begins, then the
+    boundaries of publishing (see ``JobRun.run``). Production passes none; the crash tests' workers pass
+    ``tests.faults.CrashHook``, which kills the process at a chosen one."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         store: ArtifactStore,
         device: str = "auto",
-        crash_at: str | None = None,
         cache_dir: Path | None = None,
         max_steps: int = TrainConfig.max_iterations,
+        on_stage: Callable[[str], None] | None = None,
     ) -> None:
         self.sessions = sessions
         self.store = store
         self.device = device
         self.cache_dir = cache_dir  # local scratch: frozen backbones' ONNX graphs, exported once
-        self.crash_hook = CrashHook(crash_at)
+        self.on_stage = on_stage
         self.max_steps = max_steps  # the bound on a step budget from the data
         # Frozen-backbone features this worker computed, by classifier and backbone: every version of a classifier
         # shares its frozen backbone, so a job reuses the features of the regression suite (and of kept training
@@ -97,9 +104,9 @@ class JobRunner:
             job = s.get(Job, job_id)
             assert job is not None
             retention = job.retention
-        self.crash_hook.job_started()
+        self.stage("started")
         try:
-            self._run(job_id)
+            JobRun(self, job_id).run()
         except TrainingCancelled:
             self._finish(job_id, "cancelled", error="cancelled on request")
         except Exception as exc:
@@ -108,6 +115,11 @@ class JobRunner:
         finally:
             if retention == "discard":
                 self.store.delete_job(job_id)
+
+    def stage(self, name: str) -> None:
+        """Tell ``on_stage`` (if any) that the running job reached ``name``, one of STAGES."""
+        if self.on_stage is not None:
+            self.on_stage(name)
 
     def _features_of(self, key: str) -> dict[bytes, torch.Tensor]:
         cache = self.features.pop(key, {})
@@ -171,148 +183,272 @@ class JobRunner:
 
         return progress, should_cancel
 
-    def _run(self, job_id: str) -> None:
-        times: dict[str, float] = {}
-        t0 = time.perf_counter()
-        with self.sessions() as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            clf = s.get(Classifier, job.classifier_id)
-            assert clf is not None
-            job.parent = clf.active_version  # lineage: the version active when the job starts
-            s.commit()
-            parent = get_version(s, clf, clf.active_version) if clf.active_version is not None else None
-            clf_id, name, network, gate_defaults = clf.id, clf.name, dict(clf.network), dict(clf.gate)
-            task, strategy, retention = job.task, job.strategy, job.retention
-            request = JobRequest.from_stored(dict(job.request))  # any schema version this worker knows
-            options = request.options
-            parent_number, parent_dir = (parent.number, self.store.path(parent.artifact)) if parent else (None, None)
-
-        # Load the parent's whole learner state (weights and every strategy's state) and its suite.
-        if parent_dir is not None:
-            learner, _ = load_bundle(parent_dir)
-            suite = bytes_to_arrays((parent_dir / EVAL_FILE).read_bytes())
-        else:
-            learner = Learner.create(NetworkSpec.from_dict(network), seed=options.seed)
-            suite = {}
-        train = self.store.read_arrays(job_id, "train")
-        new_eval = self.store.read_arrays(job_id, "eval")
-        if train is None or new_eval is None:
-            raise RuntimeError("the job's samples are gone from the artifact store")
-        suite = merge_suite(suite, new_eval, task)
-        task_names = list(dict.fromkeys([*(str(t) for t in suite["task"])]))
-        if learner.frozen_backbone:
-            learner.feature_cache = self._features_of(f"{clf_id}:{json.dumps(network.get('backbone'), sort_keys=True)}")
-        if learner.frozen_backbone and resolve_device(self.device).type == "cpu":
-            # Features through ONNX Runtime on the backbone graph the versions serve (exported once, cached):
-            # several times faster than eager torch on a CPU, and the head trains on what serving computes.
-            learner.feature_fn = OnnxFeatures(learner, self.cache_dir)
-        times["load"] = time.perf_counter() - t0
-
-        # Parent accuracy per task, before the learner changes (part of the gate's time).
-        t_parent = time.perf_counter()
-        slices = {t: task_slice(suite, t) for t in task_names}  # (x, labels) of each task's evaluation samples
-        parent_units = len(learner.labels)
-        parent_pred = {t: predictions(learner, *slices[t], t, parent_units).after if t in learner.task_names else None
-                       for t in task_names}  # fmt: skip
-        before = {t: None if p is None else p == slices[t][1].astype(str) for t, p in parent_pred.items()}
-
-        parent_gate = time.perf_counter() - t_parent
-        t1 = time.perf_counter()
-        config = TrainConfig(iterations=options.iterations, batch_size=options.batch_size, lr=options.lr,
-                             seed=options.seed, device=self.device, max_iterations=self.max_steps)  # fmt: skip
-        stages: dict[str, float] = {}
-        progress, should_cancel = self._callbacks(job_id, stages)
-        exp = experience(task, train["x"], train["label"])
-        result = learner.learn(exp, strategy, request.params, config, progress, should_cancel)
-        times["train"] = time.perf_counter() - t1
-        training = result.train.summary()  # steps, budget and why training stopped: for the advice and the report
-        times.update({f"train.{stage}": sec for stage, sec in stages.items()})  # e.g. train.generator
-
-        self._set_status(job_id, "evaluating")
-        t2 = time.perf_counter()
-        predicted = {t: predictions(learner, *slices[t], t, parent_units, parent_pred[t]) for t in task_names}
-        rows = [(t, before[t], p.after == p.labels) for t, p in predicted.items()]
-        times["gate"] = parent_gate + time.perf_counter() - t2
-        t3 = time.perf_counter()
-        onnx_bytes, diff, err = b"", None, None
-        try:
-            exported = export_onnx(learner, torch.from_numpy(suite["x"][:64]), cache_dir=self.cache_dir)
-            onnx_bytes, diff = exported.onnx, exported.max_abs_diff
-        except ExportError as exc:
-            err = str(exc)
-        times["export"] = time.perf_counter() - t3
-        cfg = GateConfig.from_dict(gate_defaults).merged(request.gate)
-        report = evaluate(cfg, learner.scenario, strategy, retention, task, result.new_labels, rows, diff, err,
-                          labels={t: slices[t][1] for t in task_names}, diagnostics=result.diagnostics,
-                          facts=JobFacts(result.params, result.train.steps, network, training), predictions=predicted)  # fmt: skip
-        report["training"] = training
-
-        t4 = time.perf_counter()
-        self.crash_hook.stage("trained")
-        # Publishing, crash-safe at every instant: (1) the bundle goes to a folder named by this job, not by a
-        # version number, so a worker that dies before (2) leaves a folder nobody collides with (the next
-        # worker start sweeps it); (2) the version row is committed, numbered then; (3) the pointer moves by
-        # compare-and-set from the parent this job trained from, or the candidate is held.
-        folder = self.store.bundle_dir(name, job_id)
-        if folder.exists():  # this job's own leftover (a retried task): never a published version's folder
-            self.store.remove(self.store.relative(folder))
-        extra = {EVAL_FILE: arrays_to_bytes(suite)}
-        if onnx_bytes:
-            extra["model.onnx"] = onnx_bytes
-        save_bundle(folder, learner, {"name": strategy, "params": result.params},
-                    parent=None if parent_number is None else f"v{parent_number}",
-                    metadata={"job_id": job_id, "report": report}, extra_files=extra)  # fmt: skip
-        self.store.publish(folder)  # an object store uploads it here, before any row names it
-        self.crash_hook.stage("bundle-written")
-        status = "candidate" if report["passed"] else "rejected"
-        with self.sessions() as s:
-            clf = s.get(Classifier, clf_id)
-            job = s.get(Job, job_id)
-            assert clf is not None and job is not None
-            number = next_version_number(s, clf)  # one job per classifier at a time: no race for the number
-            s.add(Version(
-                classifier_id=clf.id, number=number, status=status, parent=parent_number, strategy=strategy,
-                params=result.params, labels=list(learner.labels),
-                tasks=[{"name": t.name, "labels": [learner.labels[u] for u in t.units]} for t in learner.tasks],
-                report=report, artifact=self.store.relative(folder), job_id=job_id,
-            ))  # fmt: skip
-            job.version = number
-            s.commit()
-        self.crash_hook.stage("row-committed")
-        with self.sessions() as s:
-            clf = s.get(Classifier, clf_id)
-            job = s.get(Job, job_id)
-            assert clf is not None and job is not None
-            version = get_version(s, clf, number)
-            job_status = "passed" if report["passed"] else "rejected"
-            if report["passed"] and not cfg.manual_approval:
-                held = hold_reason(parent_number, clf.active_version)
-                if held is None:
-                    try:
-                        set_active(s, clf, version, "auto-promote", "worker", "gate passed", forced=False,
-                                   expected=parent_number)  # fmt: skip
-                        job_status = "promoted"
-                    except PointerMoved as exc:  # an admin moved it after the read above
-                        held = hold_reason(parent_number, exc.current)
-                if held is not None:
-                    report["held"] = held
-                    log.warning("job %s: version %d of %s not promoted: %s", job_id, number, name, held)
-            times["save"] = time.perf_counter() - t4
-            report["seconds"] = {k: round(v, 3) for k, v in times.items()}
-            version.report = dict(report)
-            job.report, job.status, job.finished_at = report, job_status, utcnow()
-            job.seconds = report["seconds"]
-            s.commit()
-        self.crash_hook.stage("promoted")
-        log.info("job %s: %s version %d of %s (%s)", job_id, job_status, number, name, report["seconds"])
-
     def _set_status(self, job_id: str, status: str) -> None:
         with self.sessions() as s:
             job = s.get(Job, job_id)
             assert job is not None
             job.status = status
             s.commit()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job reads from the database as it starts: its classifier, its request and the parent it trains from."""
+
+    job_id: str
+    classifier_id: int
+    name: str
+    network: dict[str, Any]
+    gate_defaults: dict[str, Any]
+    task: str
+    strategy: str
+    retention: str
+    request: JobRequest
+    parent_number: int | None
+    parent_dir: Path | None
+
+
+@dataclass(frozen=True)
+class ParentScores:
+    """The parent's view of every task's evaluation samples, taken before the learner changes."""
+
+    slices: dict[str, tuple[np.ndarray, np.ndarray]]  # (x, labels) of each task's evaluation samples
+    units: int  # the parent's output units: its classes
+    predicted: dict[str, np.ndarray | None]  # the parent's labels (None: a task it lacks)
+    correct: dict[str, np.ndarray | None]  # per sample, whether the parent was right
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The trained learner's result and its scores on every task: what the gate judges."""
+
+    result: LearnResult
+    predicted: dict[str, TaskPredictions]
+    rows: list[tuple[str, np.ndarray | None, np.ndarray]]  # (task, parent correct, candidate correct)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The candidate's ONNX graph (empty when the export failed), its difference from torch, or why it failed."""
+
+    onnx: bytes
+    max_abs_diff: float | None
+    error: str | None
+
+
+class JobRun:
+    """One job's life, step by step (``run``). ``times`` collects the seconds of each stage for the report."""
+
+    def __init__(self, runner: JobRunner, job_id: str) -> None:
+        self.runner, self.store, self.job_id = runner, runner.store, job_id
+        self.times: dict[str, float] = {}
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        spec = self.start()
+        learner, suite = self.load_parent(spec)
+        train, suite = self.merge_evaluation_sets(spec, suite)
+        task_names = list(dict.fromkeys([*(str(t) for t in suite["task"])]))
+        self.choose_feature_backend(spec, learner)
+        self.times["load"] = time.perf_counter() - t0
+        t_parent = time.perf_counter()
+        parent = self.score_parent(learner, suite, task_names)  # part of the gate's time
+        parent_seconds = time.perf_counter() - t_parent
+        result = self.train(spec, learner, train)
+        self.runner._set_status(self.job_id, "evaluating")
+        candidate = self.score_candidate(learner, result, parent, parent_seconds)
+        exported = self.export(learner, suite)
+        cfg, report = self.gate(spec, learner, candidate, exported, parent)
+        t_save = time.perf_counter()
+        # Publishing, crash-safe at every instant: (1) the bundle goes to a folder named by this job, not by a
+        # version number, so a worker that dies before (2) leaves a folder nobody collides with (the next
+        # worker start sweeps it); (2) the version row is committed, numbered then; (3) the pointer moves by
+        # compare-and-set from the parent this job trained from, or the candidate is held.
+        self.runner.stage("trained")
+        folder = self.write_bundle(spec, learner, result, exported, suite, report)
+        self.runner.stage("bundle-written")
+        number = self.commit_version(spec, learner, result, report, folder)
+        self.runner.stage("row-committed")
+        job_status = self.promote(spec, cfg, number, report, t_save)
+        self.runner.stage("promoted")
+        log.info("job %s: %s version %d of %s (%s)", self.job_id, job_status, number, spec.name, report["seconds"])
+
+    def start(self) -> JobSpec:
+        """Record the job's lineage (the version active as it starts) and read what it needs."""
+        with self.runner.sessions() as s:
+            job = s.get(Job, self.job_id)
+            assert job is not None
+            clf = s.get(Classifier, job.classifier_id)
+            assert clf is not None
+            job.parent = clf.active_version  # lineage: the version active when the job starts
+            s.commit()
+            parent = get_version(s, clf, clf.active_version) if clf.active_version is not None else None
+            return JobSpec(
+                job_id=self.job_id, classifier_id=clf.id, name=clf.name, network=dict(clf.network),
+                gate_defaults=dict(clf.gate), task=job.task, strategy=job.strategy, retention=job.retention,
+                request=JobRequest.from_stored(dict(job.request)),  # any schema version this worker knows
+                parent_number=parent.number if parent else None,
+                parent_dir=self.store.path(parent.artifact) if parent else None,
+            )  # fmt: skip
+
+    def load_parent(self, spec: JobSpec) -> tuple[Learner, dict[str, np.ndarray]]:
+        """The parent's whole learner state (weights and every strategy's state) and its regression suite; a
+        new learner and an empty suite for a classifier's first version."""
+        if spec.parent_dir is not None:
+            learner, _ = load_bundle(spec.parent_dir)
+            return learner, bytes_to_arrays((spec.parent_dir / EVAL_FILE).read_bytes())
+        return Learner.create(NetworkSpec.from_dict(spec.network), seed=spec.request.options.seed), {}
+
+    def merge_evaluation_sets(
+        self, spec: JobSpec, suite: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(the job's training samples, the parent's suite plus the job's evaluation samples)."""
+        train = self.store.read_arrays(self.job_id, "train")
+        new_eval = self.store.read_arrays(self.job_id, "eval")
+        if train is None or new_eval is None:
+            raise RuntimeError("the job's samples are gone from the artifact store")
+        return train, merge_suite(suite, new_eval, spec.task)
+
+    def choose_feature_backend(self, spec: JobSpec, learner: Learner) -> None:
+        """A frozen backbone's features: cached between jobs, and computed by ONNX Runtime on a CPU."""
+        if learner.frozen_backbone:
+            backbone = json.dumps(spec.network.get("backbone"), sort_keys=True)
+            learner.feature_cache = self.runner._features_of(f"{spec.classifier_id}:{backbone}")
+        if learner.frozen_backbone and resolve_device(self.runner.device).type == "cpu":
+            # Features through ONNX Runtime on the backbone graph the versions serve (exported once, cached):
+            # several times faster than eager torch on a CPU, and the head trains on what serving computes.
+            learner.feature_fn = OnnxFeatures(learner, self.runner.cache_dir)
+
+    def score_parent(self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str]) -> ParentScores:
+        """The parent's accuracy per task, before the learner changes."""
+        slices = {t: task_slice(suite, t) for t in task_names}
+        units = len(learner.labels)
+        predicted = {t: predictions(learner, *slices[t], t, units).after if t in learner.task_names else None
+                     for t in task_names}  # fmt: skip
+        correct = {t: None if p is None else p == slices[t][1].astype(str) for t, p in predicted.items()}
+        return ParentScores(slices, units, predicted, correct)
+
+    def train(self, spec: JobSpec, learner: Learner, train: dict[str, np.ndarray]) -> LearnResult:
+        """Learn the job's task with its strategy; progress and cancel checks go to the job's row."""
+        t1 = time.perf_counter()
+        options = spec.request.options
+        config = TrainConfig(iterations=options.iterations, batch_size=options.batch_size, lr=options.lr,
+                             seed=options.seed, device=self.runner.device, max_iterations=self.runner.max_steps)  # fmt: skip
+        stages: dict[str, float] = {}
+        progress, should_cancel = self.runner._callbacks(self.job_id, stages)
+        exp = experience(spec.task, train["x"], train["label"])
+        result = learner.learn(exp, spec.strategy, spec.request.params, config, progress, should_cancel)
+        self.times["train"] = time.perf_counter() - t1
+        self.times.update({f"train.{stage}": sec for stage, sec in stages.items()})  # e.g. train.generator
+        return result
+
+    def score_candidate(
+        self, learner: Learner, result: LearnResult, parent: ParentScores, parent_seconds: float
+    ) -> Candidate:
+        """Score the trained learner on every task (the gate's time, with the parent's scoring)."""
+        t2 = time.perf_counter()
+        predicted = {t: predictions(learner, *parent.slices[t], t, parent.units, parent.predicted[t])
+                     for t in parent.slices}  # fmt: skip
+        rows = [(t, parent.correct[t], p.after == p.labels) for t, p in predicted.items()]
+        self.times["gate"] = parent_seconds + time.perf_counter() - t2
+        return Candidate(result, predicted, rows)
+
+    def export(self, learner: Learner, suite: dict[str, np.ndarray]) -> Exported:
+        """The candidate as ONNX, checked against torch on the suite's first samples; a failure is the gate's."""
+        t3 = time.perf_counter()
+        onnx_bytes, diff, err = b"", None, None
+        try:
+            exported = export_onnx(learner, torch.from_numpy(suite["x"][:64]), cache_dir=self.runner.cache_dir)
+            onnx_bytes, diff = exported.onnx, exported.max_abs_diff
+        except ExportError as exc:
+            err = str(exc)
+        self.times["export"] = time.perf_counter() - t3
+        return Exported(onnx_bytes, diff, err)
+
+    def gate(
+        self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores
+    ) -> tuple[GateConfig, dict[str, Any]]:
+        """The gate's configuration (the classifier's, overridden by the request) and its report."""
+        result = candidate.result
+        training = result.train.summary()  # steps, budget and why training stopped: for the advice and the report
+        cfg = GateConfig.from_dict(spec.gate_defaults).merged(spec.request.gate)
+        inputs = GateInputs(
+            scenario=learner.scenario, strategy=spec.strategy, retention=spec.retention, new_task=spec.task,
+            added_classes=result.new_labels, tasks=candidate.rows, onnx_diff=exported.max_abs_diff,
+            onnx_error=exported.error, labels={t: parent.slices[t][1] for t in parent.slices},
+            diagnostics=result.diagnostics, facts=JobFacts(result.params, result.train.steps, spec.network, training),
+            predictions=candidate.predicted,
+        )  # fmt: skip
+        report = evaluate(cfg, inputs)
+        report["training"] = training
+        return cfg, report
+
+    def write_bundle(
+        self, spec: JobSpec, learner: Learner, result: LearnResult, exported: Exported, suite: dict[str, np.ndarray],
+        report: dict[str, Any],
+    ) -> Path:  # fmt: skip
+        """The bundle, in a folder named by this job, published to the store before any row names it."""
+        folder = self.store.bundle_dir(spec.name, self.job_id)
+        if folder.exists():  # this job's own leftover (a retried task): never a published version's folder
+            self.store.remove(self.store.relative(folder))
+        extra = {EVAL_FILE: arrays_to_bytes(suite)}
+        if exported.onnx:
+            extra["model.onnx"] = exported.onnx
+        save_bundle(folder, learner, {"name": spec.strategy, "params": result.params},
+                    parent=None if spec.parent_number is None else f"v{spec.parent_number}",
+                    metadata={"job_id": self.job_id, "report": report}, extra_files=extra)  # fmt: skip
+        self.store.publish(folder)  # an object store uploads it here, before any row names it
+        return folder
+
+    def commit_version(
+        self, spec: JobSpec, learner: Learner, result: LearnResult, report: dict[str, Any], folder: Path
+    ) -> int:
+        """The version row, numbered now (a candidate, or rejected by the gate); returns its number."""
+        status = "candidate" if report["passed"] else "rejected"
+        with self.runner.sessions() as s:
+            clf = s.get(Classifier, spec.classifier_id)
+            job = s.get(Job, self.job_id)
+            assert clf is not None and job is not None
+            number = next_version_number(s, clf)  # one job per classifier at a time: no race for the number
+            s.add(Version(
+                classifier_id=clf.id, number=number, status=status, parent=spec.parent_number, strategy=spec.strategy,
+                params=result.params, labels=list(learner.labels),
+                tasks=[{"name": t.name, "labels": [learner.labels[u] for u in t.units]} for t in learner.tasks],
+                report=report, artifact=self.store.relative(folder), job_id=self.job_id,
+            ))  # fmt: skip
+            job.version = number
+            s.commit()
+        return number
+
+    def promote(self, spec: JobSpec, cfg: GateConfig, number: int, report: dict[str, Any], t_save: float) -> str:
+        """Auto-promote a version that passed (unless approval is manual or the pointer moved while it trained)
+        and end the job with its report and seconds per stage ("save": from ``t_save`` until now). Returns the
+        job's final status."""
+        with self.runner.sessions() as s:
+            clf = s.get(Classifier, spec.classifier_id)
+            job = s.get(Job, self.job_id)
+            assert clf is not None and job is not None
+            version = get_version(s, clf, number)
+            job_status = "passed" if report["passed"] else "rejected"
+            if report["passed"] and not cfg.manual_approval:
+                held = hold_reason(spec.parent_number, clf.active_version)
+                if held is None:
+                    try:
+                        set_active(s, clf, version, "auto-promote", "worker", "gate passed", forced=False,
+                                   expected=spec.parent_number)  # fmt: skip
+                        job_status = "promoted"
+                    except PointerMoved as exc:  # an admin moved it after the read above
+                        held = hold_reason(spec.parent_number, exc.current)
+                if held is not None:
+                    report["held"] = held
+                    log.warning("job %s: version %d of %s not promoted: %s", self.job_id, number, spec.name, held)
+            self.times["save"] = time.perf_counter() - t_save
+            report["seconds"] = {k: round(v, 3) for k, v in self.times.items()}
+            version.report = dict(report)
+            job.report, job.status, job.finished_at = report, job_status, utcnow()
+            job.seconds = report["seconds"]
+            s.commit()
+        return job_status
 
 
 def hold_reason(parent: int | None, active: int | None) -> str | None:
@@ -323,33 +459,6 @@ def hold_reason(parent: int | None, active: int | None) -> str | None:
     now = "no version" if active is None else f"v{active}"
     return (f"trained from {'scratch' if parent is None else f'v{parent}'}; {now} was made active while it trained, "
             "so it was not auto-promoted over that decision; an admin may still promote it")  # fmt: skip
-
-
-class CrashHook:
-    """Test-only fault injection: ``ENGRAM_TEST_CRASH_AT=<stage>@<n>`` makes this process SIGKILL itself when
-    its n-th job (1-based) reaches ``stage`` (trained, bundle-written, row-committed, promoted). Unset, it
-    does nothing; the crash tests use it to kill the worker at each boundary of publishing."""
-
-    STAGES = ("trained", "bundle-written", "row-committed", "promoted")
-
-    def __init__(self, spec: str | None) -> None:
-        self.stage_name: str | None = None
-        self.job_number = 0  # which job of this process dies (1-based)
-        self.jobs = 0  # jobs this process has started
-        if spec:
-            stage, _, n = spec.partition("@")
-            if stage not in self.STAGES:
-                raise ValueError(f"ENGRAM_TEST_CRASH_AT: unknown stage {stage!r}; one of {', '.join(self.STAGES)}")
-            self.stage_name, self.job_number = stage, int(n or 1)
-
-    def job_started(self) -> None:
-        self.jobs += 1
-
-    def stage(self, name: str) -> None:
-        if name == self.stage_name and self.jobs == self.job_number:
-            log.warning("ENGRAM_TEST_CRASH_AT: killing this worker (pid %d) at stage %r", os.getpid(), name)
-            logging.shutdown()
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def merge_suite(suite: dict[str, np.ndarray], new_eval: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:

@@ -1,7 +1,13 @@
 """The training worker: takes queued jobs, one at a time, and runs them.
 
-On PostgreSQL the jobs come through procrastinate (``service.jobs.queue``); on SQLite, the embedded default,
-this module polls the jobs table.
+On PostgreSQL the jobs come through procrastinate (enqueued by ``service.jobs.queue``); on SQLite, the embedded
+default, this module polls the jobs table.
+
+- A task that finds its job no longer queued (cancelled, or already failed) does nothing: a job is never
+  trained twice.
+- Stalled-job recovery, which procrastinate leaves to the application: every worker looks for jobs whose
+  worker stopped sending heartbeats, marks the procrastinate job failed (releasing its lock) and the
+  Engram job failed with the reason.
 
 It knows nothing of HTTP. While a job runs, a thread refreshes the job's heartbeat; if the worker dies,
 the API's reaper marks the job failed once the heartbeat is older than ``stale_after_seconds``.
@@ -9,23 +15,36 @@ the API's reaper marks the job failed once the heartbeat is older than ``stale_a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from typing import Any
 
+from sqlalchemy import select
+
+from service.domain.job_status import LIVE
 from service.jobs.host import make_runner, run_with_heartbeat
-from service.jobs.queue import run_procrastinate_worker, uses_procrastinate
-from service.persistence.registry import claim_next_job
+from service.jobs.queue import TASK_NAME, libpq_url, uses_procrastinate
+from service.persistence.models import Job
+from service.persistence.registry import claim_job, claim_next_job, end_job
 from service.settings import Settings
 
 log = logging.getLogger("engram.worker")
 
 
-def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs: int | None = None) -> int:
-    """Work until ``stop`` is set (or ``max_jobs`` are done); returns the number of jobs run."""
+def run_worker(
+    settings: Settings,
+    stop: threading.Event | None = None,
+    max_jobs: int | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> int:
+    """Work until ``stop`` is set (or ``max_jobs`` are done); returns the number of jobs run. ``on_stage``:
+    see ``service.jobs.host.make_runner`` (None in production; the crash tests' fault injection)."""
     stop = stop or threading.Event()
-    engine, sessions, runner, worker_id = make_runner(settings)
+    engine, sessions, runner, worker_id = make_runner(settings, on_stage)
     log.info("worker %s ready (device %s)", worker_id, settings.device)
     done = 0
     while not stop.is_set() and (max_jobs is None or done < max_jobs):
@@ -39,6 +58,68 @@ def run_worker(settings: Settings, stop: threading.Event | None = None, max_jobs
         done += 1
     engine.dispose()
     return done
+
+
+def run_procrastinate_worker(settings: Settings) -> None:
+    """A procrastinate worker on ``settings.queue``: one training job at a time, with stalled recovery."""
+    import procrastinate
+    from procrastinate.jobs import Status
+
+    engine, sessions, runner, worker_id = make_runner(settings)
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=libpq_url(settings.db_url)))
+
+    @app.task(name=TASK_NAME, queue=settings.queue)
+    def train(job_id: str) -> None:
+        with sessions() as s:
+            if not claim_job(s, job_id, worker_id):
+                log.info("job %s is no longer queued; nothing to do", job_id)
+                return
+        run_with_heartbeat(runner, sessions, job_id, settings.heartbeat_seconds)
+
+    def fail_engram_job(pg_job_args: dict[str, Any]) -> None:
+        job_id = str(pg_job_args.get("job_id", ""))
+        with sessions() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id))
+            if job is not None and job.status in LIVE:
+                end_job(job, "failed",
+                        "the worker stopped responding (procrastinate found its task stalled); it died or was killed")  # fmt: skip
+                s.commit()
+                if job.retention == "discard":
+                    runner.store.delete_job(job_id)
+
+    async def recover_stalled() -> None:
+        while True:
+            try:
+                for pg_job in await app.job_manager.get_stalled_jobs(
+                    queue=settings.queue, seconds_since_heartbeat=settings.stale_after_seconds
+                ):
+                    log.warning("procrastinate job %s stalled; marking it failed", pg_job.id)
+                    assert pg_job.id is not None
+                    await app.job_manager.finish_job_by_id_async(pg_job.id, Status.FAILED, delete_job=False)
+                    await asyncio.to_thread(fail_engram_job, dict(pg_job.task_kwargs))
+                await app.job_manager.prune_stalled_workers(settings.stale_after_seconds)
+            except Exception:
+                log.exception("stalled-job recovery failed; retrying")
+            await asyncio.sleep(max(1.0, settings.stale_after_seconds / 4))
+
+    async def main() -> None:
+        async with app.open_async():
+            recovery = asyncio.create_task(recover_stalled())
+            try:
+                await app.run_worker_async(
+                    queues=[settings.queue],
+                    name=worker_id,
+                    concurrency=1,
+                    update_heartbeat_interval=settings.heartbeat_seconds,
+                    stalled_worker_timeout=settings.stale_after_seconds,
+                    shutdown_graceful_timeout=5,
+                )
+            finally:
+                recovery.cancel()
+
+    log.info("procrastinate worker %s on queue %r (device %s)", worker_id, settings.queue, settings.device)
+    asyncio.run(main())
+    engine.dispose()
 
 
 def serve_jobs(settings: Settings) -> None:

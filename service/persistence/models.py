@@ -77,7 +77,7 @@ class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     classifier_id: Mapped[int] = mapped_column(ForeignKey("classifiers.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # service.domain.job_status: JobStatus, its groups
     task: Mapped[str] = mapped_column(String(128))
     strategy: Mapped[str] = mapped_column(String(32))
     retention: Mapped[str] = mapped_column(String(8))

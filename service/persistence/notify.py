@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
+from service.retry import backoff
+
 log = logging.getLogger("engram.notify")
 CHANNEL = "engram_active"
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0  # seconds between reconnection attempts; doubles up to the max
@@ -59,26 +61,27 @@ class ActiveVersionListener:
         import psycopg  # only PostgreSQL deployments need it
 
         assert self.conninfo is not None
-        delay = RECONNECT_FIRST
+        failures = 0
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.connected.set()
                     self.on_change("")  # anything may have moved while we were not listening
-                    delay = RECONNECT_FIRST
+                    failures = 0
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):  # returns every 0.5 s to check _stop
                             self.on_change(note.payload)
             except Exception as exc:
                 if self._stop.is_set():
                     break
+                failures += 1
+                delay = backoff(failures, RECONNECT_FIRST, RECONNECT_MAX)
                 log.warning("LISTEN %s lost (%s: %s); polling until it is back, retry in %.1f s", CHANNEL,
                             type(exc).__name__, exc, delay)  # fmt: skip
             finally:
                 self.connected.clear()
-            self._stop.wait(delay)
-            delay = min(RECONNECT_MAX, delay * 2)
+            self._stop.wait(backoff(max(failures, 1), RECONNECT_FIRST, RECONNECT_MAX))
 
 
 class Wakeup:

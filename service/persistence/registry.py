@@ -1,5 +1,8 @@
 """Database operations on classifiers, versions and jobs; shared by the API and the worker (no torch).
 
+Every query and state transition of the application services lives here, as a named function over the
+caller's session: the services keep the transaction boundaries (open a session, call these, commit).
+
 Promotion and rollback only move the classifier's ``active_version`` pointer and the two versions'
 statuses, in one transaction; artifacts are never touched.
 """
@@ -9,14 +12,39 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.domain.errors import Conflict, NotFound, PointerMoved
+from service.domain.job_status import ACTIVE
 from service.persistence.models import AuditEntry, Classifier, Job, Version, utcnow
 
 __all__ = ["Conflict", "NotFound", "PointerMoved"]  # re-exported: older imports name this module
-ACTIVE_JOB = ("running", "evaluating")
+
+
+def ping(s: Session) -> None:
+    """Raise if the database does not answer."""
+    s.execute(text("SELECT 1"))
+
+
+# --- classifiers ------------------------------------------------------------------------------------
+
+
+def add_classifier(s: Session, name: str, network: dict[str, Any], gate: dict[str, Any]) -> Classifier:
+    """A new classifier (flushed, the caller commits); ``Conflict`` if the name is taken, also when two
+    requests race (the unique name)."""
+    clf = Classifier(name=name, network=network, gate=gate)
+    s.add(clf)
+    try:
+        s.flush()
+    except IntegrityError:
+        raise Conflict(f"a classifier named {name!r} already exists") from None
+    return clf
+
+
+def list_classifiers(s: Session) -> list[Classifier]:
+    return list(s.scalars(select(Classifier).order_by(Classifier.name)))
 
 
 def get_classifier(s: Session, name: str) -> Classifier:
@@ -31,6 +59,29 @@ def get_version(s: Session, clf: Classifier, number: int) -> Version:
     if v is None:
         raise NotFound(f"classifier {clf.name!r} has no version {number}")
     return v
+
+
+def list_versions(s: Session, clf: Classifier) -> list[Version]:
+    return list(s.scalars(select(Version).where(Version.classifier_id == clf.id).order_by(Version.number)))
+
+
+def list_audit(s: Session, clf: Classifier) -> list[AuditEntry]:
+    return list(s.scalars(select(AuditEntry).where(AuditEntry.classifier_id == clf.id).order_by(AuditEntry.id)))
+
+
+def active_pointers(s: Session, classifier_id: int | None = None) -> list[tuple[Classifier, Version, int]]:
+    """Each classifier with an active version (or only ``classifier_id``): the classifier, its active version
+    and the pointer's generation, the id of its latest audit entry (0 if none; ``service.application.serving``)."""
+    gen = (select(AuditEntry.classifier_id, func.max(AuditEntry.id).label("gen"))
+           .group_by(AuditEntry.classifier_id).subquery())  # fmt: skip
+    query = (
+        select(Classifier, Version, func.coalesce(gen.c.gen, 0))
+        .join(Version, (Version.classifier_id == Classifier.id) & (Version.number == Classifier.active_version))
+        .outerjoin(gen, gen.c.classifier_id == Classifier.id)
+    )  # fmt: skip
+    if classifier_id is not None:
+        query = query.where(Classifier.id == classifier_id)
+    return [(clf, v, generation) for clf, v, generation in s.execute(query).all()]
 
 
 def next_version_number(s: Session, clf: Classifier) -> int:
@@ -88,6 +139,61 @@ def previous_active(s: Session, clf: Classifier) -> int | None:
     )  # fmt: skip
 
 
+# --- jobs -------------------------------------------------------------------------------------------
+
+
+def add_job(
+    s: Session,
+    job_id: str,
+    clf: Classifier,
+    task: str,
+    strategy: str,
+    retention: str,
+    request: dict[str, Any],
+) -> Job:
+    """A new ``queued`` job of ``clf`` (added; the caller commits)."""
+    job = Job(id=job_id, classifier_id=clf.id, status="queued", task=task, strategy=strategy,
+              retention=retention, request=request, progress={}, seconds={})  # fmt: skip
+    s.add(job)
+    return job
+
+
+def get_job(s: Session, job_id: str) -> Job:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    return job
+
+
+def recent_jobs(s: Session, clf: Classifier, limit: int) -> list[Job]:
+    """``clf``'s latest ``limit`` jobs, newest first."""
+    return list(s.scalars(
+        select(Job).where(Job.classifier_id == clf.id).order_by(Job.created_at.desc()).limit(limit)
+    ))  # fmt: skip
+
+
+def jobs_finished_since(s: Session, since: dt.datetime) -> list[tuple[Job, str]]:
+    """Jobs that ended after ``since``, with their classifier's name, in the order they ended."""
+    rows = s.execute(
+        select(Job, Classifier.name)
+        .join(Classifier, Classifier.id == Job.classifier_id)
+        .where(Job.finished_at.is_not(None), Job.finished_at > since)
+        .order_by(Job.finished_at)
+    ).all()
+    return [(job, name) for job, name in rows]
+
+
+def cancel_job(job: Job) -> None:
+    """Cancel a queued job now, or ask a running one to stop (its worker ends it); ``Conflict`` once it
+    ended. The caller commits."""
+    if job.status == "queued":
+        end_job(job, "cancelled", "cancelled before it started")
+    elif job.status in ACTIVE:
+        job.cancel_requested = True
+    else:
+        raise Conflict(f"job {job.id} already ended as {job.status!r}")
+
+
 def end_job(job: Job, status: str, error: str | None) -> None:
     """The one way a job ends without a version: status, reason and finish time together (the caller
     commits, then deletes the staged samples of a ``retention: discard`` job)."""
@@ -107,7 +213,7 @@ def claim_job(s: Session, job_id: str, worker: str) -> bool:
 
 def claim_next_job(s: Session, worker: str) -> str | None:
     """Take the oldest queued job whose classifier has no job running (the embedded SQLite worker)."""
-    busy = select(Job.classifier_id).where(Job.status.in_(ACTIVE_JOB))
+    busy = select(Job.classifier_id).where(Job.status.in_(ACTIVE))
     candidates = s.scalars(
         select(Job.id).where(Job.status == "queued", Job.classifier_id.not_in(busy)).order_by(Job.created_at).limit(5)
     ).all()
@@ -121,20 +227,10 @@ def reap_stale_jobs(s: Session, stale_after: float) -> list[Job]:
     """Mark running jobs whose worker stopped sending heartbeats as failed; returns them."""
     limit = utcnow() - dt.timedelta(seconds=stale_after)
     stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < limit)
-    dead = list(s.scalars(select(Job).where(Job.status.in_(ACTIVE_JOB), stale)).all())
+    dead = list(s.scalars(select(Job).where(Job.status.in_(ACTIVE), stale)).all())
     for job in dead:
         end_job(job, "failed",
                 f"the worker stopped responding (no heartbeat for over {stale_after:.0f} s); it died or was killed")  # fmt: skip
     if dead:
         s.commit()
     return dead
-
-
-def job_view(job: Job) -> dict[str, Any]:
-    return {
-        "job_id": job.id, "status": job.status, "task": job.task, "strategy": job.strategy,
-        "retention": job.retention, "progress": job.progress, "parent": job.parent, "version": job.version,
-        "report": job.report, "error": job.error, "created_at": job.created_at, "started_at": job.started_at,
-        "finished_at": job.finished_at, "seconds": job.seconds,
-        "worker": job.worker,  # host:pid:id of the worker that took the job
-    }  # fmt: skip

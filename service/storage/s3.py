@@ -36,7 +36,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from model_core.files import sha256_file
-from service.storage.files import BUNDLE_PREFIX, Arrays, arrays_to_bytes, bundle_job_id, bytes_to_arrays
+from service.storage.base import BUNDLE_PREFIX, Arrays, arrays_to_bytes, bundle_job_id, bytes_to_arrays
 
 MARKER = ".complete"
 _MISSING = ("404", "NoSuchKey", "NotFound")

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.domain.job_status import TERMINAL
+
 KEYS = {"admin": "adm-secret-1", "learn": "lrn-secret-2", "predict": "prd-secret-3"}
 
 
@@ -102,7 +104,7 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict[st
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}", headers=auth("learn")).json()
-        if job["status"] in ("promoted", "rejected", "failed", "cancelled", "passed"):
+        if job["status"] in TERMINAL:
             return job  # type: ignore[no-any-return]
         time.sleep(0.5)
     raise TimeoutError(f"job {job_id} did not finish in {timeout} s")

@@ -23,12 +23,12 @@ import httpx
 import pytest
 
 from model_core.data import load_digits_arrays
+from service.domain.job_status import TERMINAL
 from tests.conftest import throwaway_pg
 from tests.e2e.conftest import auth, start_server, stop_server
 
 pytestmark = pytest.mark.timeout(600)
 TASKS = [("t1", (0, 1)), ("t2", (2, 3)), ("t3", (4, 5)), ("t4", (6, 7))]  # three promotions after the first
-TERMINAL = ("promoted", "passed", "rejected", "failed", "cancelled")
 
 
 def samples(classes: tuple[int, ...], per_class: int = 20) -> list[dict[str, object]]:

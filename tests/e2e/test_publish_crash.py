@@ -1,8 +1,8 @@
 """kill -9 of the worker at each stage boundary of publishing a version (issue 11), N times each: the
 classifier's next job always succeeds, and in the end the database and the artifact store agree.
 
-The server runs without a worker; the test starts worker processes with the test-only hook
-``ENGRAM_TEST_CRASH_AT=<stage>@2`` (service.jobs.training.CrashHook): each runs one job, which must be
+The server runs without a worker; the test starts worker processes (``python -m tests.faults``) with the
+test-only hook ``ENGRAM_TEST_CRASH_AT=<stage>@2`` (tests.faults.CrashHook): each runs one job, which must be
 promoted (whatever the previous worker left behind), then SIGKILLs itself when its second job reaches the
 stage. Cost: a worker start and two small jobs per kill; 4 stages x 2 = 8 kills. Measured 342 s on a
 2-core machine shared with other test runs and PYTHONDONTWRITEBYTECODE=1, where each worker's first job
@@ -24,9 +24,11 @@ import pytest
 
 from tests.e2e.conftest import start_server, stop_server, wait_job
 from tests.e2e.test_durability import blobs, create, learn
+from tests.faults import CRASH_AT_ENV, CRASH_STAGES
 
 pytestmark = pytest.mark.timeout(900)
-STAGES = ("trained", "bundle-written", "row-committed", "promoted")  # service.jobs.training.CrashHook.STAGES
+STAGES = CRASH_STAGES  # trained, bundle-written, row-committed, promoted
+ROOT = Path(__file__).resolve().parents[2]  # where ``python -m tests.faults`` finds the tests package
 REPEATS = 1
 ENV = {"ENGRAM_STALE_AFTER_SECONDS": "3", "ENGRAM_HEARTBEAT_SECONDS": "0.5", "ENGRAM_WORKER_POLL_SECONDS": "0.2",
        "OMP_NUM_THREADS": "1"}  # fmt: skip
@@ -34,11 +36,12 @@ ENV = {"ENGRAM_STALE_AFTER_SECONDS": "3", "ENGRAM_HEARTBEAT_SECONDS": "0.5", "EN
 
 def start_worker(data_dir: Path, log: Path, crash_at: str | None) -> subprocess.Popen[bytes]:
     env = {**os.environ, **ENV, "ENGRAM_DATA_DIR": str(data_dir)}
-    env.pop("ENGRAM_TEST_CRASH_AT", None)
+    env.pop(CRASH_AT_ENV, None)
     if crash_at:
-        env["ENGRAM_TEST_CRASH_AT"] = crash_at
+        env[CRASH_AT_ENV] = crash_at
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "service.jobs.worker"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "tests.faults"], env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def store_and_rows(data_dir: Path) -> tuple[set[str], dict[int, tuple[str, str]], int | None]:

@@ -168,7 +168,7 @@ def test_choose_rank_follows_the_data() -> None:
 
 
 def test_benchmark_skips_a_strategy_that_does_not_apply_and_runs_class_models() -> None:
-    from benchmarks import continual
+    from service.cli import benchmark as continual
 
     continual._init("digits", None, None, False, {})
     skipped = continual._one_run("digits", "analytic", "class-incremental", 0, "cpu", None, {})

@@ -7,13 +7,31 @@ import pytest
 
 from model_core.config import PACKAGE_WEIGHTS
 from model_core.strategy_specs import SPECS
-from service.domain.gate import GateConfig, TaskPredictions, evaluate
+from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluate
 from service.domain.gate_advice import JobFacts
 
 
 def correct(n_right: int, n: int) -> np.ndarray:
     """A per-sample correctness vector with ``n_right`` True values first."""
     return np.arange(n) < n_right
+
+
+def gate(
+    cfg: GateConfig,
+    scenario: str,
+    strategy: str,
+    retention: str,
+    new_task: str,
+    added: list[str],
+    tasks: list[tuple[str, np.ndarray | None, np.ndarray]],
+    onnx_diff: float | None,
+    onnx_error: str | None,
+    **rest: Any,
+) -> dict[str, Any]:
+    """The gate's report on these inputs (``rest``: labels, diagnostics, facts, predictions)."""
+    return evaluate(cfg, GateInputs(scenario=scenario, strategy=strategy, retention=retention, new_task=new_task,
+                                    added_classes=added, tasks=tasks, onnx_diff=onnx_diff, onnx_error=onnx_error,
+                                    **rest))  # fmt: skip
 
 
 def run(
@@ -25,7 +43,7 @@ def run(
     added: list[str] | None = None,
     onnx_error: str | None = None,
 ) -> dict[str, Any]:
-    return evaluate(cfg or GateConfig(), scenario, strategy, retention, "new", added or [], tasks, 0.0, onnx_error)
+    return gate(cfg or GateConfig(), scenario, strategy, retention, "new", added or [], tasks, 0.0, onnx_error)
 
 
 NEW_OK = ("new", None, correct(95, 100))
@@ -159,7 +177,7 @@ def advise(
     facts = JobFacts({**SPECS[strategy].defaults, **(params or {})}, iterations,
                      network or {"input": {"kind": "vector", "dim": 64}, "backbone": "mlp"})  # fmt: skip
     diagnostics = {} if replayed is None else {"replay_accuracy": replayed}
-    return evaluate(GateConfig(), "class-incremental", strategy, retention, "new", added or ["c"], tasks, 0.0, None,
+    return gate(GateConfig(), "class-incremental", strategy, retention, "new", added or ["c"], tasks, 0.0, None,
                     labels=LABELS, diagnostics=diagnostics, facts=facts)  # fmt: skip
 
 
@@ -183,7 +201,7 @@ def test_a_class_drop_the_class_size_cannot_resolve_is_not_forgotten() -> None:
     labels = np.array(["a"] * 100 + ["b"] * 5)
     before = np.concatenate([correct(95, 100), correct(5, 5)])
     after = np.concatenate([correct(80, 100), correct(4, 5)])
-    report = evaluate(GateConfig(), "class-incremental", "replay", "keep", "new", [], [("old", before, after), NEW_OK],
+    report = gate(GateConfig(), "class-incremental", "replay", "keep", "new", [], [("old", before, after), NEW_OK],
                       0.0, None, labels={"old": labels})  # fmt: skip
     assert report["forgotten"] == ["a"]
     assert [r["class"] for r in report["classes"]] == ["a", "b"]  # no labels for "new": no rows for it
@@ -318,7 +336,7 @@ def test_in_task_incremental_learning_chance_is_one_over_the_tasks_classes() -> 
     facts = JobFacts(GR.defaults, 300, {"input": {"kind": "vector", "dim": 64}, "backbone": "mlp"})
     verdicts = {}
     for scenario in ("task-incremental", "class-incremental"):
-        report = evaluate(GateConfig(), scenario, "generative_replay", "discard", "new", [], tasks, 0.0, None,
+        report = gate(GateConfig(), scenario, "generative_replay", "discard", "new", [], tasks, 0.0, None,
                           labels=labels, diagnostics={"replay_accuracy": {"b": 0.6}}, facts=facts)  # fmt: skip
         verdicts[scenario] = next(r["lost_by"] for r in report["classes"] if r["class"] == "b")
     assert verdicts == {"task-incremental": "generator", "class-incremental": "classifier"}
@@ -331,7 +349,7 @@ def test_no_verdict_when_the_parent_knew_two_classes() -> None:
         ("old", np.concatenate([correct(95, 100)] * 2), np.concatenate([correct(95, 100), correct(10, 100)])),
         NEW_OK,
     ]
-    report = evaluate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], tasks, 0.0, None,
+    report = gate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], tasks, 0.0, None,
                       labels={"old": two}, diagnostics={"replay_accuracy": {"a": 1.0, "b": 1.0}})  # fmt: skip
     row = next(r for r in report["classes"] if r["forgotten"])
     assert (row["class"], row["replay_accuracy"], row["lost_by"]) == ("b", 1.0, None)
@@ -360,7 +378,7 @@ def confusion_case(old_as_c: int, c_as_a: int, old_space_right: int = 90) -> dic
     new_after[:c_as_a], new_after[c_as_a : 2 * c_as_a] = "a", "b"
     preds = {"old": TaskPredictions(AB_LABELS, after, old_pred), "new": TaskPredictions(CD_LABELS, new_after, new_after)}
     tasks = [("old", before, after == AB_LABELS), ("new", None, new_after == CD_LABELS)]
-    return evaluate(GateConfig(), "class-incremental", "joint", "keep", "new", ["c", "d"], tasks, 0.0, None,
+    return gate(GateConfig(), "class-incremental", "joint", "keep", "new", ["c", "d"], tasks, 0.0, None,
                     labels={"old": AB_LABELS, "new": CD_LABELS}, predictions=preds,
                     facts=JobFacts(iterations=400, training={"steps": 400, "stopped": "plateau", "improving": False,
                                                              "best_step": 320}))  # fmt: skip
@@ -398,7 +416,7 @@ def lopsided_case(d_as_new: int, new_as_others: int) -> dict[str, Any]:
     h_after = np.concatenate([h_after, ["h"] * (100 - len(h_after))])
     preds = {"td": TaskPredictions(d, d_after, d, d), "to": TaskPredictions(o, o, o, o), "new": TaskPredictions(h, h_after, h_after)}
     tasks = [("td", d == d, d_after == d), ("to", o == o, o == o), ("new", None, h_after == h)]
-    return evaluate(GateConfig(), "class-incremental", "joint", "keep", "new", ["h"], tasks, 0.0, None,
+    return gate(GateConfig(), "class-incremental", "joint", "keep", "new", ["h"], tasks, 0.0, None,
                     labels={"td": d, "to": o, "new": h}, predictions=preds)  # fmt: skip
 
 
@@ -439,7 +457,7 @@ def test_a_rejected_confusion_case_does_not_advise_more_steps_when_training_had_
 
 def test_more_steps_are_advised_only_when_the_validation_loss_was_still_falling() -> None:
     still = JobFacts(iterations=300, training={"steps": 300, "stopped": "budget", "improving": True, "best_step": 300})
-    report = evaluate(GateConfig(), "class-incremental", "replay", "keep", "new", [], [("new", None, correct(50, 100))],
+    report = gate(GateConfig(), "class-incremental", "replay", "keep", "new", [], [("new", None, correct(50, 100))],
                       0.0, None, facts=still)  # fmt: skip
     assert report["next_step_request"] == {"options": {"iterations": 600}}
 
@@ -459,12 +477,12 @@ def test_the_default_strategy_follows_the_classifier() -> None:
 
 
 def test_a_replay_artefact_the_classifier_learnt_is_named_with_less_noise() -> None:
-    report = evaluate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], LOST_B, 0.0,
+    report = gate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], LOST_B, 0.0,
                       None, labels=LABELS, diagnostics={"replay_accuracy": {"b": 0.9}, "replay_artefact_probe": 0.98},
                       facts=JobFacts({**GR.defaults, "noise": "isotropic"}, 300))  # fmt: skip
     assert report["next_step_request"] == {"params": {"noise": "residual"}}
     assert "a linear probe is right 0.98" in report["next_step"]
-    quiet = evaluate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], LOST_B, 0.0, None,
+    quiet = gate(GateConfig(), "class-incremental", "generative_replay", "discard", "new", ["c"], LOST_B, 0.0, None,
                      labels=LABELS, diagnostics={"replay_accuracy": {"b": 0.9}, "replay_artefact_probe": 0.55},
                      facts=JobFacts(GR.defaults, 300))  # fmt: skip
     assert "probe" not in (quiet["next_step"] or "")
@@ -482,7 +500,7 @@ def boundary_case(b_gains: int) -> dict[str, Any]:
     preds = {"ta": TaskPredictions(a, a_after, a_after, a_before), "tb": TaskPredictions(b, b_after, b_after, b_before),
              "new": TaskPredictions(c, c, c)}  # fmt: skip
     tasks = [("ta", a_before == a, a_after == a), ("tb", b_before == b, b_after == b), ("new", None, c == c)]
-    return evaluate(GateConfig(), "class-incremental", "joint", "keep", "new", ["c"], tasks, 0.0, None,
+    return gate(GateConfig(), "class-incremental", "joint", "keep", "new", ["c"], tasks, 0.0, None,
                     labels={"ta": a, "tb": b, "new": c}, predictions=preds)  # fmt: skip
 
 

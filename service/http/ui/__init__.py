@@ -17,7 +17,7 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 
 from service.http.auth import AuthError, KeyRing
-from service.http.routes import VersionNumber, svc
+from service.http.deps import VersionNumber, svc
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
