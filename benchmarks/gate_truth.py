@@ -40,13 +40,13 @@ from PIL import Image
 
 from benchmarks.serve_bench import engram_server
 from model_core.data import load_digits_arrays, mnist_5k_arrays, stratified_split
+from service.domain.job_status import TERMINAL
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 # "default": the request names no strategy, so the service picks the classifier's default (default_strategy)
 STRATEGIES = ("default", "joint", "replay", "generative_replay", "naive", "ewc", "lwf")
 STREAMS = ("digits-5x2", "digits-10x1", "mnist-5x2", "cifar-5x2", "cifar-10x1")
 KEEPS_DATA = {"joint", "replay"}
-DONE = ("promoted", "rejected", "failed", "cancelled", "passed")
 
 
 @dataclass
@@ -149,7 +149,7 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
         r = c.post(f"/v1/classifiers/{name}/learn", json=body)
         r.raise_for_status()
         job = r.json()
-        while job["status"] not in DONE:
+        while job["status"] not in TERMINAL:
             time.sleep(0.2)
             job = c.get(f"/v1/jobs/{job['job_id']}").json()
         wall = time.perf_counter() - start

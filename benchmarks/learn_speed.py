@@ -26,6 +26,7 @@ from typing import Any
 from sklearn.datasets import load_digits
 
 from benchmarks.serve_bench import digit_png, engram_server
+from service.domain.job_status import TERMINAL
 
 DIGITS = {"kind": "image", "channels": 1, "height": 8, "width": 8}
 PHOTOS = {"kind": "image", "channels": 3, "height": 32, "width": 32}
@@ -75,7 +76,7 @@ def main() -> None:
             r.raise_for_status()
             accepted = time.perf_counter() - start  # the API decoded, checked and staged every sample
             job = r.json()
-            while job["status"] not in ("promoted", "rejected", "failed", "cancelled", "passed"):
+            while job["status"] not in TERMINAL:
                 time.sleep(0.05)
                 job = c.get(f"/v1/jobs/{job['job_id']}").json()
             promoted = time.perf_counter() - start

@@ -17,25 +17,14 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from model_core.config import BackboneSpec, InputSpec, NetworkSpec
 from model_core.networks import IncrementalClassifier, create_network
 from model_core.networks.pretrained import RegistryBackbone
+from model_core.probe import linear_probe, photo_folder
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def photos(root: Path, per_class: int) -> tuple[torch.Tensor, np.ndarray]:
-    """(N, 3, 32, 32) in [0, 1] and (N,) class indices, the first ``per_class`` files of each class folder."""
-    xs, ys = [], []
-    for c, folder in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
-        for f in sorted(folder.iterdir())[:per_class]:
-            xs.append(np.asarray(Image.open(f).convert("RGB").resize((32, 32)), dtype=np.float32) / 255.0)
-            ys.append(c)
-    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), np.array(ys)
 
 
 def shuffle_equal_shapes(net: torch.nn.Module, seed: int = 0) -> None:
@@ -72,19 +61,15 @@ def main() -> None:
     parser.add_argument("--variants", default="package,random,shuffled,imagenet-norm")
     parser.add_argument("--backbone", default="timm/efficientnet_lite0")
     args = parser.parse_args()
-    from sklearn.linear_model import LogisticRegression
-
     torch.set_num_threads(1)
-    (xtr, ytr), (xte, yte) = (photos(args.data_root / s, n) for s, n in zip(("train", "test"), args.per_class, strict=True))
+    train, test = (photo_folder(args.data_root / s, n) for s, n in zip(("train", "test"), args.per_class, strict=True))
     for variant in args.variants.split(","):
         net = network(args.backbone, args.resolution, variant)
         start = time.perf_counter()
-        with torch.no_grad():
-            a, b = (torch.cat([net.forward_features(x[i : i + 100]) for i in range(0, len(x), 100)]).numpy() for x in (xtr, xte))
+        acc = linear_probe(net, train, test)
         seconds = time.perf_counter() - start
-        acc = LogisticRegression(max_iter=3000).fit(a, ytr).score(b, yte)
         print(f"{variant:<14} {args.resolution} px, {args.per_class[0]}/{args.per_class[1]} photos a class: "
-              f"accuracy {acc:.3f}  (features {seconds:.1f} s)", flush=True)  # fmt: skip
+              f"accuracy {acc:.3f}  (features and fit {seconds:.1f} s)", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

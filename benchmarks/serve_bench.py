@@ -62,6 +62,7 @@ from sklearn.datasets import load_digits
 
 from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.peers import start_bentoml, start_torchserve, stop_torchserve
+from service.domain.job_status import TERMINAL
 
 ADMIN = "bench-admin-key"
 
@@ -163,7 +164,7 @@ def train(url: str, case: ModelCase, x: np.ndarray, y: np.ndarray) -> int:
                 "options": {"iterations": case.iterations, "batch_size": 32}}  # fmt: skip
         started = time.perf_counter()
         job = c.post(f"/v1/classifiers/{case.name}/learn", json=body).json()
-        while job["status"] not in ("promoted", "rejected", "failed", "cancelled", "passed"):
+        while job["status"] not in TERMINAL:
             time.sleep(0.5)
             job = c.get(f"/v1/jobs/{job['job_id']}").json()
         if job["status"] != "promoted":

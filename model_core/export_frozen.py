@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from model_core.files import write_atomic
 from model_core.learner import Learner
 from model_core.networks.gaussian_head import GaussianHead, onnx_nodes
 
@@ -74,9 +73,7 @@ def backbone_graph(learner: Learner, input_name: str, cache_dir: Path | None) ->
     data = buf.getvalue()
     if path is not None:  # written under a temporary name, then renamed: readers never see half a file
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     return data
 
 

@@ -59,27 +59,12 @@ class LearningService:
         self._jobs_seen_until = utcnow()  # jobs finished after this are still to be counted
 
     def submit_learn(self, name: str, req: Learn) -> dict[str, Any]:
+        """Validate the request against the classifier, split off the gate's evaluation samples, stage both and
+        queue the job: a job row never exists without its data, nor its data without a row."""
         if req.strategy is not None and req.strategy not in SPECS:
             raise Invalid(f"unknown strategy {req.strategy!r}; choose one of {', '.join(sorted(SPECS))}")
-        with self.sessions() as s:
-            clf = registry.get_classifier(s, name)
-            network, gate_defaults, active = clf.network, clf.gate, clf.active_version
-            active_version = registry.get_version(s, clf, active) if active is not None else None
-            active_tasks = active_version.tasks if active_version is not None else []
-            previous = active_version.strategy if active_version is not None else None
-        strategy = req.strategy or default_strategy(network, previous)
-        spec = SPECS[strategy]
-        if previous == "class_models" and strategy != "class_models":
-            raise Invalid(class_models_refusal(strategy))
-        try:
-            params = spec.check_params(req.params)
-        except ValueError as exc:
-            raise Invalid(str(exc)) from None
-        if req.retention == "discard" and spec.stores_data:
-            raise Invalid(
-                f"strategy {strategy!r} keeps training samples, which retention 'discard' forbids; "
-                "use generative_replay (keeps no samples), or ewc/lwf/mas for task-incremental classifiers"
-            )
+        network, gate_defaults, active_tasks, previous = self._classifier_state(name)
+        strategy, params = self._strategy(req, network, previous)
         if not req.samples:
             raise Invalid("samples is empty: send at least one labelled sample per class")
         if len(req.samples) > self.settings.max_batch_items:
@@ -88,22 +73,9 @@ class LearningService:
         labels = self._labels(req.samples, "samples")
         x = parse_items(req.samples, fmt, "samples", self.settings.max_image_pixels)
         if network["scenario"] == "task-incremental":
-            known = {t["name"]: set(t["labels"]) for t in active_tasks}
-            if req.task in known and not set(labels.tolist()) <= known[req.task]:
-                extra = sorted(set(labels.tolist()) - known[req.task])
-                raise Invalid(f"task {req.task!r} already exists with classes {sorted(known[req.task])}; "
-                              f"its classes cannot grow (new: {extra}); learn them under a new task name")  # fmt: skip
+            _check_task_classes(req.task, labels, active_tasks)
         gate = GateConfig.from_dict(gate_defaults).merged(req.gate)
-        if req.eval_samples:
-            ev_labels = self._labels(req.eval_samples, "eval_samples")
-            unknown = sorted(set(ev_labels.tolist()) - set(labels.tolist()))
-            if unknown:
-                raise Invalid(f"eval_samples has labels {unknown} that the samples do not teach")
-            ev_x = parse_items(req.eval_samples, fmt, "eval_samples", self.settings.max_image_pixels)
-            train_x, train_y = x, labels
-        else:
-            mask = stratified_holdout(labels, gate.holdout, req.options.seed)
-            ev_x, ev_labels, train_x, train_y = x[mask], labels[mask], x[~mask], labels[~mask]
+        train_x, train_y, ev_x, ev_labels = self._evaluation_split(req, fmt, x, labels, gate.holdout)
         job_id = str(uuid.uuid4())
         # Stage the arrays first: a job row never exists without its data.
         self.store.write_arrays(job_id, "train", {"x": train_x, "label": train_y})
@@ -122,6 +94,45 @@ class LearningService:
         except BaseException:
             self.store.delete_job(job_id)
             raise
+
+    def _classifier_state(self, name: str) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], str | None]:
+        """The classifier's network, gate defaults, the active version's tasks and strategy (None: no version)."""
+        with self.sessions() as s:
+            clf = registry.get_classifier(s, name)
+            active = registry.get_version(s, clf, clf.active_version) if clf.active_version is not None else None
+            return clf.network, clf.gate, (active.tasks if active else []), (active.strategy if active else None)
+
+    @staticmethod
+    def _strategy(req: Learn, network: dict[str, Any], previous: str | None) -> tuple[str, dict[str, Any]]:
+        """The job's strategy (the request's, else the classifier's default) and its checked parameters."""
+        strategy = req.strategy or default_strategy(network, previous)
+        spec = SPECS[strategy]
+        if previous == "class_models" and strategy != "class_models":
+            raise Invalid(class_models_refusal(strategy))
+        try:
+            params = spec.check_params(req.params)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+        if req.retention == "discard" and spec.stores_data:
+            raise Invalid(
+                f"strategy {strategy!r} keeps training samples, which retention 'discard' forbids; "
+                "use generative_replay (keeps no samples), or ewc/lwf/mas for task-incremental classifiers"
+            )
+        return strategy, params
+
+    def _evaluation_split(
+        self, req: Learn, fmt: InputFormat, x: np.ndarray, labels: np.ndarray, holdout: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(train x, train labels, evaluation x, evaluation labels): the request's eval_samples, or a stratified
+        ``holdout`` share of each class of the samples."""
+        if not req.eval_samples:
+            mask = stratified_holdout(labels, holdout, req.options.seed)
+            return x[~mask], labels[~mask], x[mask], labels[mask]
+        ev_labels = self._labels(req.eval_samples, "eval_samples")
+        unknown = sorted(set(ev_labels.tolist()) - set(labels.tolist()))
+        if unknown:
+            raise Invalid(f"eval_samples has labels {unknown} that the samples do not teach")
+        return x, labels, parse_items(req.eval_samples, fmt, "eval_samples", self.settings.max_image_pixels), ev_labels
 
     @staticmethod
     def _labels(items: list[dict[str, Any]], field: str) -> np.ndarray:
@@ -172,3 +183,12 @@ class LearningService:
             for job in registry.reap_stale_jobs(s, self.settings.stale_after_seconds):
                 if job.retention == "discard":
                     self.store.delete_job(job.id)
+
+
+def _check_task_classes(task: str, labels: np.ndarray, active_tasks: list[dict[str, Any]]) -> None:
+    """Task-incremental: a task that exists keeps its classes (its head cannot grow)."""
+    known = {t["name"]: set(t["labels"]) for t in active_tasks}
+    if task in known and not set(labels.tolist()) <= known[task]:
+        extra = sorted(set(labels.tolist()) - known[task])
+        raise Invalid(f"task {task!r} already exists with classes {sorted(known[task])}; "
+                      f"its classes cannot grow (new: {extra}); learn them under a new task name")  # fmt: skip

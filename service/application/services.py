@@ -6,7 +6,9 @@
 - ``serving`` (``service.application.serving``): which version this replica serves, loading it, predict.
 
 They take the application's own command types (``service.domain.commands``), never the HTTP schemas, and raise
-the domain errors of ``service.domain.errors``. No torch here.
+the domain errors of ``service.domain.errors``. They hold the transactions and reach the database only through
+the named queries and state transitions of ``service.persistence.registry``; what they answer is built by
+``service.application.views``. No torch here.
 """
 
 from __future__ import annotations

@@ -258,7 +258,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     Console(width=140).print(table)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.continual", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -277,8 +277,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--json", dest="json_path", help="also write the rows as a JSON list")
     parser.add_argument("--feature-cache", help="folder keeping frozen-backbone features between runs")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _run_all(args: argparse.Namespace, tasks: list[tuple[Any, ...]], features: dict[bytes, Any]) -> list[dict[str, Any]]:
+    """Every (strategy, scenario, seed) run, over ``--jobs`` spawned processes (each with the stream loaded once)."""
+    init = (args.dataset, args.size, args.data_root, args.download, features)
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_init, initargs=init) as pool:
+            return list(pool.map(_one_run, *zip(*tasks, strict=True)))
+    _init(*init)
+    return [_one_run(*t) for t in tasks]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
     strategies = list(dict.fromkeys([*(s for s in args.strategies.split(",") if s), "joint"]))
     scenarios = [s for s in args.scenarios.split(",") if s]
     for s in strategies:
@@ -298,14 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     order = sorted(strategies, key=lambda s: s != "generative_replay")  # slowest first
     tasks = [(args.dataset, st, sc, seed, args.device, args.backbone, params)
              for st in order for sc in scenarios for seed in range(args.seeds)]  # fmt: skip
-    init = (args.dataset, args.size, args.data_root, args.download, features)
     start = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=_init, initargs=init) as pool:
-            runs = list(pool.map(_one_run, *zip(*tasks, strict=True)))
-    else:
-        _init(*init)
-        runs = [_one_run(*t) for t in tasks]
+    runs = _run_all(args, tasks, features)
     wall = time.perf_counter() - start
     skipped = {(r["strategy"], r["scenario"]): r["skipped"] for r in runs if "skipped" in r}
     for (strategy, scenario), reason in sorted(skipped.items()):

@@ -29,7 +29,7 @@ from service.http.routes import ROUTES, answer_options
 from service.http.ui import STATIC, TEMPLATES, UI
 from service.inference.sessions import ServingState
 from service.persistence.models import make_engine, make_sessionmaker
-from service.persistence.notify import ActiveVersionListener, Wakeup
+from service.persistence.notify import CHANNEL, JOBS_CHANNEL, JobWatch, Listener, Wakeup
 from service.settings import Settings
 from service.storage import open_store
 
@@ -89,7 +89,8 @@ def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.wakeup = wakeup = Wakeup()
-        listener = ActiveVersionListener(settings.db_url, wakeup.notify)
+        app.state.job_watch = jobs = JobWatch()
+        app.state.listener = listener = Listener(settings.db_url, {CHANNEL: wakeup.notify, JOBS_CHANNEL: jobs.notify})
         listener.start()  # PostgreSQL only
         task = asyncio.create_task(_background(app))
         try:

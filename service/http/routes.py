@@ -184,6 +184,10 @@ def cancel_job(request: Request[Any, Any, Any], job_id: str) -> dict[str, Any]:
     return svc(request).learning.cancel_job(job_id)
 
 
+EVENTS_POLL_S = 0.5  # how often a job's event stream reads the job when nothing notifies
+EVENTS_FALLBACK_S = 5.0  # and when PostgreSQL notifies its changes
+
+
 @get("/jobs/{job_id:str}/events", opt={"role": "learn"},
      responses=answers(200, JobEvent, "Server-sent events: 'progress' with the job on each change, then 'end'",
                        400, 404, media_type="text/event-stream"))  # fmt: skip
@@ -191,18 +195,23 @@ async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSent
     service = svc(request).learning
     first = await anyio.to_thread.run_sync(service.get_job, job_id)  # 404 before the stream starts
 
+    state = request.app.state
+
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
         view, last = first, None
-        while True:
-            data = encode_json(view).decode()  # as the JSON API writes it (RFC 3339 timestamps)
-            done = view["status"] in TERMINAL
-            if data != last:
-                yield ServerSentEventMessage(data=data, event="end" if done else "progress")
-                last = data
-            if done:
-                return
-            await anyio.sleep(0.5)
-            view = await anyio.to_thread.run_sync(service.get_job, job_id)
+        with state.job_watch.watch(job_id) as changed:
+            while True:
+                data = encode_json(view).decode()  # as the JSON API writes it (RFC 3339 timestamps)
+                done = view["status"] in TERMINAL
+                if data != last:
+                    yield ServerSentEventMessage(data=data, event="end" if done else "progress")
+                    last = data
+                if done:
+                    return
+                # told by PostgreSQL's NOTIFY when the job changes (service.persistence.notify); read it anyway
+                # every few seconds, and every half second where nothing notifies (SQLite, a lost connection)
+                await changed.wait(EVENTS_FALLBACK_S if state.listener.connected.is_set() else EVENTS_POLL_S)
+                view = await anyio.to_thread.run_sync(service.get_job, job_id)
 
     return ServerSentEvent(stream())
 

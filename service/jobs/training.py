@@ -34,6 +34,7 @@ from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluat
 from service.domain.gate_advice import JobFacts
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
+from service.retry import backoff
 from service.storage.base import ArtifactStore, arrays_to_bytes, bytes_to_arrays
 
 log = logging.getLogger("engram.worker")
@@ -131,7 +132,7 @@ class JobRunner:
     def _finish(self, job_id: str, status: str, error: str) -> None:
         """End the job with its reason. A job that failed because the database went away cannot say so
         until it is back: retry for up to FINISH_PATIENCE seconds (then the reaper fails it as stalled)."""
-        deadline, delay = time.monotonic() + FINISH_PATIENCE, 0.5
+        deadline, attempt = time.monotonic() + FINISH_PATIENCE, 0
         while True:
             try:
                 with self.sessions() as s:
@@ -141,12 +142,13 @@ class JobRunner:
                     s.commit()
                 return
             except OperationalError:
+                attempt += 1
+                delay = backoff(attempt, 0.5, 10.0)
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning("job %s: cannot record %r yet (database unavailable); retrying in %.1f s", job_id,
                             status, delay)  # fmt: skip
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     def _callbacks(
         self, job_id: str, stage_seconds: dict[str, float]

@@ -1,4 +1,4 @@
-"""Instant fan-out of promotions and rollbacks on PostgreSQL: LISTEN engram_active.
+"""Instant fan-out of promotions, rollbacks and job changes on PostgreSQL: LISTEN engram_active, engram_jobs.
 
 Migration 0003 makes PostgreSQL NOTIFY ``engram_active`` (payload: the classifier's name) whenever a
 classifier's active version moves, delivered when the moving transaction commits. Each API process keeps
@@ -6,6 +6,10 @@ one autocommit connection listening in a daemon thread and wakes its serving syn
 serves the new version within a few milliseconds plus the session build, instead of within
 ``ENGRAM_SERVING_POLL_SECONDS``. The poll stays as the fallback: a lost connection (reconnected with
 backoff) or a notification missed meanwhile is caught by the next poll. SQLite deployments do not listen.
+
+Migration 0004 makes it NOTIFY ``engram_jobs`` (payload: the job id) when a job's visible state changes; a
+process streaming that job's events (``JobWatch``) reads the job when told, and reads it every few seconds
+only as the fallback.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from sqlalchemy.engine import make_url
 
 from service.retry import backoff
 
 log = logging.getLogger("engram.notify")
-CHANNEL = "engram_active"
+CHANNEL = "engram_active"  # payload: a classifier whose active version moved (migration 0003)
+JOBS_CHANNEL = "engram_jobs"  # payload: a job whose visible state changed (migration 0004)
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0  # seconds between reconnection attempts; doubles up to the max
 
 
@@ -34,12 +39,13 @@ def listen_url(db_url: str) -> str | None:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-class ActiveVersionListener:
-    """Calls ``on_change(classifier)`` from its own thread for each ``engram_active`` notification."""
+class Listener:
+    """Calls ``handlers[channel](payload)`` from its own thread for each notification on its channels; after each
+    (re)connection every handler is called once with an empty payload (anything may have changed meanwhile)."""
 
-    def __init__(self, db_url: str, on_change: Callable[[str], None]) -> None:
+    def __init__(self, db_url: str, handlers: dict[str, Callable[[str], None]]) -> None:
         self.conninfo = listen_url(db_url)
-        self.on_change = on_change
+        self.handlers = handlers
         self.connected = threading.Event()  # set while LISTEN is in effect (tests and logs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -65,19 +71,21 @@ class ActiveVersionListener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    for channel in self.handlers:
+                        conn.execute(f"LISTEN {channel}")
                     self.connected.set()
-                    self.on_change("")  # anything may have moved while we were not listening
+                    for handler in self.handlers.values():
+                        handler("")  # anything may have moved while we were not listening
                     failures = 0
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):  # returns every 0.5 s to check _stop
-                            self.on_change(note.payload)
+                            self.handlers[note.channel](note.payload)
             except Exception as exc:
                 if self._stop.is_set():
                     break
                 failures += 1
                 delay = backoff(failures, RECONNECT_FIRST, RECONNECT_MAX)
-                log.warning("LISTEN %s lost (%s: %s); polling until it is back, retry in %.1f s", CHANNEL,
+                log.warning("LISTEN %s lost (%s: %s); polling until it is back, retry in %.1f s", ", ".join(self.handlers),
                             type(exc).__name__, exc, delay)  # fmt: skip
             finally:
                 self.connected.clear()
@@ -102,3 +110,31 @@ class Wakeup:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), timeout)
         self._event.clear()
+
+
+class JobWatch:
+    """Which jobs this process streams events of, each with the ``Wakeup`` its stream waits on; ``notify(job_id)``
+    (thread-safe, from the listener) wakes the streams of that job, an empty id every stream."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, set[Wakeup]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[Wakeup]:
+        wakeup = Wakeup()
+        with self._lock:
+            self._streams.setdefault(job_id, set()).add(wakeup)
+        try:
+            yield wakeup
+        finally:
+            with self._lock:
+                self._streams[job_id].discard(wakeup)
+                if not self._streams[job_id]:
+                    del self._streams[job_id]
+
+    def notify(self, job_id: str) -> None:
+        with self._lock:
+            streams = [w for j, ws in self._streams.items() if not job_id or j == job_id for w in ws]
+        for wakeup in streams:
+            wakeup.notify()

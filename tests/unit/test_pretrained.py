@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from model_core.checkpoint import load_bundle, save_bundle
@@ -23,6 +21,7 @@ from model_core.networks import create_network
 from model_core.networks.pretrained import resolve_network_spec
 from model_core.networks.weights import BackboneError, WeightsError, package_weights_file, read_state_dict
 from model_core.packaged_weights import record_packaged
+from model_core.probe import linear_probe, photo_folder
 
 PROBE_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-mini"
 # Linear probe on cifar10-mini: 30 photos a class to fit and 30 others to score, 10 classes, 128 px,
@@ -53,24 +52,6 @@ def test_package_weights_map_one_to_one_in_order_onto_timm() -> None:
         assert torch.equal(got, want.to(got.dtype)), key
 
 
-def _photos(split: str, per_class: int) -> tuple[torch.Tensor, np.ndarray]:
-    xs, ys = [], []
-    for c, folder in enumerate(sorted(p for p in (PROBE_DATA / split).iterdir() if p.is_dir())):
-        for f in sorted(folder.iterdir())[:per_class]:
-            xs.append(np.asarray(Image.open(f).convert("RGB").resize((32, 32)), dtype=np.float32) / 255.0)
-            ys.append(c)
-    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), np.array(ys)
-
-
-def _probe(net: torch.nn.Module, train: tuple[torch.Tensor, np.ndarray], test: tuple[torch.Tensor, np.ndarray]) -> float:
-    from sklearn.linear_model import LogisticRegression
-
-    net.eval()
-    with torch.no_grad():
-        a, b = (torch.cat([net.forward_features(x[i : i + 100]) for i in range(0, len(x), 100)]).numpy() for x in (train[0], test[0]))  # type: ignore[operator]
-    return float(LogisticRegression(max_iter=3000).fit(a, train[1]).score(b, test[1]))
-
-
 def _shuffled_equal_shapes(net: torch.nn.Module) -> None:
     """Load the same tensors in a wrong order: permuted among tensors of the same shape and kind."""
     sd = net.state_dict()
@@ -88,13 +69,13 @@ def _shuffled_equal_shapes(net: torch.nn.Module) -> None:
 
 @pytest.mark.skipif(not PROBE_DATA.is_dir(), reason=f"cifar10-mini is not at {PROBE_DATA} (../shared/data from the project root)")
 def test_packaged_weights_pass_a_linear_probe_floor_that_wrong_weights_fail() -> None:
-    train, test = _photos("train", PROBE_PER_CLASS), _photos("test", PROBE_PER_CLASS)
+    train, test = photo_folder(PROBE_DATA / "train", PROBE_PER_CLASS), photo_folder(PROBE_DATA / "test", PROBE_PER_CLASS)
     pretrained = create_network(lite0(PROBE_RES))
-    acc = _probe(pretrained, train, test)
+    acc = linear_probe(pretrained, train, test)
     random = create_network(lite0(PROBE_RES, weights="none"))
     wrong = create_network(lite0(PROBE_RES))
     _shuffled_equal_shapes(wrong.backbone.net)
-    acc_random, acc_wrong = _probe(random, train, test), _probe(wrong, train, test)
+    acc_random, acc_wrong = linear_probe(random, train, test), linear_probe(wrong, train, test)
     assert acc >= PROBE_FLOOR, f"packaged weights reach {acc:.3f} < {PROBE_FLOOR}"
     assert acc_random < PROBE_FLOOR and acc_wrong < PROBE_FLOOR, (acc_random, acc_wrong)  # the floor tells them apart
 
