@@ -46,12 +46,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchmark(args: argparse.Namespace) -> int:
-    from service.cli.benchmark import main as bench_main
-
-    return bench_main(args.rest)
-
-
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, object] = {}
     if getattr(args, "data_dir", None):
@@ -171,13 +165,19 @@ SERVER_MODULES = ("torch", "litestar", "sqlalchemy", "onnxruntime")
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    args = build_parser().parse_args(argv)
-    if args.command in SERVER_COMMANDS:
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv else None
+    if command in SERVER_COMMANDS:
         missing = [m for m in SERVER_MODULES if not _installed(m)]
         if missing:
-            print(f"engram {args.command} runs the server, which this install lacks ({', '.join(missing)}): "
+            print(f"engram {command} runs the server, which this install lacks ({', '.join(missing)}): "
                   "pip install 'engram[server]'", file=sys.stderr)  # fmt: skip
             return 2
+    if command == "benchmark":  # the rest is the benchmark's own (argparse's REMAINDER refuses a leading --flag)
+        from service.cli.benchmark import main as bench_main
+
+        return bench_main(argv[1:])
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=_export)
     bench = sub.add_parser("benchmark", help="run the continual-learning benchmark (python -m benchmarks.continual)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=_benchmark)
+    bench.set_defaults(func=lambda a: 2)  # main() hands "benchmark ..." to service.cli.benchmark before parsing
     from service.cli.commands import register
 
     register(sub)
