@@ -45,12 +45,18 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
+    return _run_benchmark(args.rest)
+
+
+def _run_benchmark(argv: list[str]) -> int:
+    if Path("benchmarks", "continual.py").is_file() and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the checkout it runs in (a console script's path holds only its own folder)
     try:
         from benchmarks.continual import main as bench_main
     except ImportError:
         print("the benchmarks live in the source tree: run this from a checkout of engram", file=sys.stderr)
         return 2
-    return bench_main(args.rest)
+    return bench_main(argv)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -168,6 +174,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["benchmark"]:  # the rest is the benchmark's own (argparse's REMAINDER refuses a leading --flag)
+        return _run_benchmark(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import start_server, stop_server, wait_job
-from tests.e2e.test_durability import blobs, create, learn
+from tests.e2e.support import blobs, create, learn
 
 pytestmark = pytest.mark.timeout(900)
 STAGES = ("trained", "bundle-written", "row-committed", "promoted")  # service.training.CrashHook.STAGES
