@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset == "mnist" and not args.data_root:
         parser.error("--dataset mnist needs --data-root")
 
+    if args.json_path:  # a folder in the path is made now, not found missing after minutes of runs
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
     features, feature_seconds = precompute_features(args.dataset, args.size, args.data_root, args.backbone,
                                                     args.device, args.feature_cache)  # fmt: skip
     params = json.loads(args.params)
@@ -319,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     for (strategy, scenario), reason in sorted(skipped.items()):
         print(f"skipped {strategy} ({scenario}) on {args.dataset}: {reason}")
     runs = [r for r in runs if "skipped" not in r]
+    rows = summarise_runs(runs)
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(rows, f, indent=2)
     if not runs:
         print("no strategy could run on this stream")
         return 0
-    rows = summarise_runs(runs)
     size = f" at {args.size}x{args.size}" if args.size else ""
     print_table(rows, f"{args.dataset}{size}, backbone {runs[0]['backbone']}: average accuracy after the last task, "
                       f"{args.seeds} seed(s), params {params or 'default'}")  # fmt: skip
@@ -330,9 +335,6 @@ def main(argv: list[str] | None = None) -> int:
         how = f"computed once in {feature_seconds:.1f} s" if feature_seconds else "read from --feature-cache"
         print(f"frozen-backbone features of {len(features)} samples {how}")
     print(f"{len(runs)} runs in {wall:.1f} s wall time on {args.jobs} process(es), device {args.device}")
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(rows, f, indent=2)
     return 0
 
 

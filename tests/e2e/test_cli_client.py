@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +14,7 @@ from sklearn.datasets import load_digits
 
 from service.client import EngramClient, EngramError
 from tests.e2e.conftest import KEYS, Server, start_server, stop_server
+from tests.e2e.support import engram
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -33,13 +33,6 @@ def image_folder(root: Path, classes: tuple[int, ...], n: int = 60) -> Path:
         for i, img in enumerate(d.images[d.target == c][:n]):
             Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((16, 16)).save(root / str(c) / f"{i}.png")
     return root
-
-
-def engram(srv: Server, *args: str, role: str = "admin") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ENGRAM_URL": srv.url, "ENGRAM_KEY": KEYS[role], "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli.main", *args], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 def test_quick_start_through_the_cli(srv: Server, tmp_path: Path) -> None:
@@ -104,25 +97,31 @@ def test_the_python_client(srv: Server, tmp_path: Path) -> None:
     assert err.value.status == 0 and "cannot reach" in str(err.value)
 
 
-def test_metrics_and_request_logs(srv: Server) -> None:
-    import time
-
-    import httpx
-
+def test_metrics_and_request_logs(srv: Server, tmp_path: Path) -> None:
+    # its own classifier and jobs: one promoted, one rejected (EWC adding classes), one predict of two images
+    with EngramClient(srv.url, KEYS["admin"]) as c:
+        c.create_classifier("metered", {"kind": "image", "channels": 1, "height": 8, "width": 8}, backbone="mlp")
+        first = c.wait(c.learn_folder("metered", image_folder(tmp_path / "a", (0, 1), n=30), "t1", "naive").job_id)
+        assert first.status == "promoted", first
+        second = c.wait(c.learn_folder("metered", image_folder(tmp_path / "b", (2, 3), n=30), "t2", "ewc").job_id)
+        assert second.status == "rejected", second
+        pngs = [tmp_path / "a" / "0" / "0.png", tmp_path / "a" / "1" / "0.png"]
+        assert len(c.predict_files("metered", pngs).predictions) == 2  # one request of two images
     r = httpx.get(f"{srv.url}/healthz", headers={"X-Request-ID": "trace-123"})
     assert r.headers["x-request-id"] == "trace-123"
     assert len(httpx.get(f"{srv.url}/healthz", headers={"X-Request-ID": "bad id!"}).headers["x-request-id"]) == 32
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # job outcomes are collected by the API's background loop
         text = httpx.get(f"{srv.url}/metrics").text
-        if 'engram_job_outcomes_total{classifier="client",outcome="promoted"} 1.0' in text:
+        if 'engram_job_outcomes_total{classifier="metered",outcome="rejected"} 1.0' in text:
             break
         time.sleep(0.5)
-    assert 'engram_job_outcomes_total{classifier="digits",outcome="rejected"} 1.0' in text
+    assert 'engram_job_outcomes_total{classifier="metered",outcome="promoted"} 1.0' in text
+    assert 'engram_job_outcomes_total{classifier="metered",outcome="rejected"} 1.0' in text
     assert 'engram_job_stage_seconds_count{stage="train"}' in text and 'stage="export"' in text
-    assert 'engram_predict_seconds_count{classifier="digits",version="2"} 1.0' in text
-    assert 'engram_predict_batch_size_bucket{classifier="digits",le="2.0"} 1.0' in text
-    assert 'engram_active_version{classifier="digits"} 1.0' in text
+    assert 'engram_predict_seconds_count{classifier="metered",version="1"} 1.0' in text
+    assert 'engram_predict_batch_size_bucket{classifier="metered",le="2.0"} 1.0' in text
+    assert 'engram_active_version{classifier="metered"} 1.0' in text
     log = srv.log.read_text()
     lines = [line for line in log.splitlines() if '"event": "request"' in line]
     assert any('"request_id": "trace-123"' in line and '"status": 200' in line for line in lines)

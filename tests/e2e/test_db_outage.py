@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import pg_cluster
 from tests.e2e.conftest import auth, start_server, stop_server, wait_job
-from tests.e2e.test_durability import PROBE, blobs, create, learn
+from tests.e2e.support import PROBE, blobs, create, learn
 
 pytestmark = pytest.mark.timeout(600)
 OUTAGE_SECONDS = 10.0
@@ -57,13 +57,21 @@ def test_predict_survives_a_database_outage_and_learning_resumes(tmp_path: Path)
                         with lock:
                             answers[key] += 1
 
+            def answered() -> int:
+                with lock:
+                    return sum(answers.values())
+
             threads = [threading.Thread(target=predict_loop) for _ in range(PREDICTORS)]
             for t in threads:
                 t.start()
             try:
-                time.sleep(1.0)
+                deadline = time.monotonic() + 60
+                while answered() < PREDICTORS:  # predictions flow before the database goes down
+                    assert time.monotonic() < deadline, f"no predictions before the outage: {dict(answers)}"
+                    time.sleep(0.05)
                 pg.stop()
                 down_at = time.monotonic()
+                before = answered()
                 refused: Counter[int] = Counter()
                 for attempt in (
                     lambda: c.post("/v1/classifiers/dbo/learn", headers=auth("learn"),
@@ -77,7 +85,13 @@ def test_predict_survives_a_database_outage_and_learning_resumes(tmp_path: Path)
                     assert int(r.headers["retry-after"]) > 0 and "database" in r.json()["detail"], r.text
                     refused[r.status_code] += 1
                 assert c.get("/readyz").status_code == 503
-                time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
+                # down for OUTAGE_SECONDS, and at least until PREDICTORS requests sent after it went down were
+                # answered (up to PREDICTORS answered meanwhile may have been sent before)
+                deadline = down_at + OUTAGE_SECONDS + 60
+                while time.monotonic() - down_at < OUTAGE_SECONDS or answered() < before + 2 * PREDICTORS:
+                    assert time.monotonic() < deadline, f"predictions stalled with the database down: {dict(answers)}"
+                    time.sleep(0.1)
+                while_down = answered() - before
                 pg.start()
                 outage = time.monotonic() - down_at
             finally:
@@ -85,7 +99,8 @@ def test_predict_survives_a_database_outage_and_learning_resumes(tmp_path: Path)
                 for t in threads:
                     t.join(60)
             during = sum(answers.values())
-            print(f"database outage: {outage:.1f} s down; {during} predictions under load ({dict(answers)}); "
+            print(f"database outage: {outage:.1f} s down; {during} predictions under load ({dict(answers)}), "
+                  f"{while_down} while down; "
                   f"learn/promote/rollback while down: {dict(refused)}")  # fmt: skip
             assert answers == Counter({"200": during}), answers
 

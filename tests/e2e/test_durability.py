@@ -16,18 +16,11 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
+from tests.e2e.support import PROBE, blobs, create, learn, wait_status
 
 pytestmark = pytest.mark.timeout(600)
 FAST_REAP = {"ENGRAM_STALE_AFTER_SECONDS": "4", "ENGRAM_HEARTBEAT_SECONDS": "0.5"}
-PROBE = {"inputs": [{"vector": [0.0, 0.0, 0.0, 0.0]}, {"vector": [3.0, 3.0, 3.0, 3.0]}]}
 LONG = {"iterations": 100_000}  # minutes of training: time to kill or cancel it
-
-
-def blobs(labels: dict[str, float], n: int = 12, seed: int = 0) -> list[dict[str, object]]:
-    rng = np.random.default_rng(seed)
-    return [
-        {"label": lab, "vector": (rng.normal(size=4) * 0.2 + c).tolist()} for lab, c in labels.items() for _ in range(n)
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -35,29 +28,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     holder = {"server": start_server(tmp_path_factory.mktemp("durable") / "data", FAST_REAP)}
     yield holder["server"]
     stop_server(holder["server"])
-
-
-def create(c: httpx.Client, name: str, **extra: object) -> None:
-    r = c.post(
-        "/v1/classifiers", headers=auth("admin"), json={"name": name, "input": {"kind": "vector", "dim": 4}, **extra}
-    )
-    assert r.status_code == 201, r.text
-
-
-def learn(c: httpx.Client, name: str, body: dict[str, object]) -> str:
-    r = c.post(f"/v1/classifiers/{name}/learn", json=body, headers=auth("learn"))
-    assert r.status_code == 202, r.text
-    return str(r.json()["job_id"])
-
-
-def wait_status(c: httpx.Client, job_id: str, status: str, timeout: float = 60) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = c.get(f"/v1/jobs/{job_id}", headers=auth("learn")).json()
-        if job["status"] == status:
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} never reached {status!r}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -171,10 +141,14 @@ def test_multipart_upload_learns_like_json(srv: Server) -> None:
 
 def test_a_restart_loses_nothing(srv: Server) -> None:
     c = srv.client()
+    create(c, "restart", gate={"tolerance": 1})  # its own classifier: runs alone too; naive forgets, the gate lets it
+    for k, labels in enumerate(({"x": 0, "y": 3}, {"z": -3, "w": 6})):
+        job = wait_job(c, learn(c, "restart", {"task": f"t{k}", "strategy": "naive", "samples": blobs(labels)}))
+        assert job["status"] == "promoted", job
     classifiers = c.get("/v1/classifiers", headers=auth("predict")).json()
-    versions = c.get("/v1/classifiers/k/versions", headers=auth("predict")).json()
+    versions = c.get("/v1/classifiers/restart/versions", headers=auth("predict")).json()
     jobs = [c.get(f"/v1/jobs/{v['job_id']}", headers=auth("learn")).json() for v in versions]
-    answer = c.post("/v1/classifiers/k/predict", json=PROBE, headers=auth("predict")).json()
+    answer = c.post("/v1/classifiers/restart/predict", json=PROBE, headers=auth("predict")).json()
     worker_pid = int(str(jobs[-1]["worker"]).split(":")[1])
     stop_server(srv)
     deadline = time.monotonic() + 15  # the embedded worker goes with its server
@@ -185,9 +159,9 @@ def test_a_restart_loses_nothing(srv: Server) -> None:
     try:
         c2 = again.client()
         assert c2.get("/v1/classifiers", headers=auth("predict")).json() == classifiers
-        assert c2.get("/v1/classifiers/k/versions", headers=auth("predict")).json() == versions
+        assert c2.get("/v1/classifiers/restart/versions", headers=auth("predict")).json() == versions
         assert [c2.get(f"/v1/jobs/{v['job_id']}", headers=auth("learn")).json() for v in versions] == jobs
-        assert c2.post("/v1/classifiers/k/predict", json=PROBE, headers=auth("predict")).json() == answer
+        assert c2.post("/v1/classifiers/restart/predict", json=PROBE, headers=auth("predict")).json() == answer
     finally:
         stop_server(again)
         srv.proc, srv.log_file, srv._client = again.proc, again.log_file, None  # the fixture's stop is then a no-op

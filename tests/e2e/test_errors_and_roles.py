@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import base64
 
-import httpx
 import numpy as np
 import pytest
 
 from tests.e2e.conftest import Server, auth, png_b64, wait_job
+from tests.e2e.support import problem
 
 pytestmark = pytest.mark.timeout(600)
 VEC = {"name": "vec", "input": {"kind": "vector", "dim": 4}}
 TIL = {"name": "til", "input": {"kind": "vector", "dim": 4}, "scenario": "task-incremental"}
-
-
-def problem(r: httpx.Response, status: int, *words: str) -> None:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status and body["title"]
-    for w in words:
-        assert w in body["detail"], body
 
 
 def vectors(n: int, label: str, offset: float) -> list[dict[str, object]]:

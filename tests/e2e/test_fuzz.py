@@ -20,7 +20,7 @@ import pytest
 
 from service.client import EngramClient
 from tests.e2e.conftest import KEYS, Server, start_server, stop_server
-from tests.e2e.test_durability import blobs
+from tests.e2e.support import blobs
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -23,8 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import Server, auth, png_b64, start_server, stop_server, wait_job
-from tests.e2e.test_durability import blobs
-from tests.e2e.test_errors_and_roles import problem
+from tests.e2e.support import blobs, problem
 
 pytestmark = pytest.mark.timeout(600)
 MAX_PIXELS = 1_000_000

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from service.domain.job_status import ACTIVE
 from tests.conftest import throwaway_pg
 from tests.e2e.conftest import Server, auth, png_b64, start_server, stop_server, wait_job
-from tests.e2e.test_durability import blobs, create, learn
+from tests.e2e.support import blobs, create, learn
 
 pytestmark = pytest.mark.timeout(600)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny jobs: one torch thread is faster on a shared 2-core machine

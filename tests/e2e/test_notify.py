@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import throwaway_pg
 from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
-from tests.e2e.test_durability import PROBE, blobs, create, learn
+from tests.e2e.support import PROBE, blobs, create, learn
 
 pytestmark = pytest.mark.timeout(300)
 POLL = 60.0  # seconds: far longer than any lag this test accepts

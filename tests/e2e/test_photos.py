@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
-from tests.e2e.test_cli_client import engram
+from tests.e2e.support import engram
 
 pytestmark = pytest.mark.timeout(900)
 CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-mini"

@@ -26,7 +26,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
-from tests.e2e.test_durability import PROBE, blobs
+from tests.e2e.support import PROBE, blobs
 
 pytestmark = pytest.mark.timeout(600)
 NAMES = ("pc0", "pc1")

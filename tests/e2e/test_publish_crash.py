@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import start_server, stop_server, wait_job
-from tests.e2e.test_durability import blobs, create, learn
+from tests.e2e.support import blobs, create, learn
 from tests.faults import CRASH_AT_ENV, CRASH_STAGES
 
 pytestmark = pytest.mark.timeout(900)

@@ -25,7 +25,7 @@ import pytest
 
 from tests.conftest import throwaway_pg
 from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
-from tests.e2e.test_durability import PROBE, blobs, create, learn, wait_status
+from tests.e2e.support import PROBE, blobs, create, learn, wait_status
 from tests.s3_server import moto_s3, new_bucket
 
 pytestmark = pytest.mark.timeout(900)

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import auth, start_server, wait_job
-from tests.e2e.test_durability import PROBE, blobs, create, learn
+from tests.e2e.support import PROBE, blobs, create, learn
 
 pytestmark = pytest.mark.timeout(300)
 

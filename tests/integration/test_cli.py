@@ -53,3 +53,13 @@ def test_engram_lists_strategies_and_exports_a_bundle(tmp_path: Path) -> None:
     proc = run("-m", "service.cli.main", "export", str(tmp_path / "v1"), str(tmp_path / "m.onnx"))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "m.onnx").stat().st_size > 1000 and "max |onnx - torch|" in proc.stdout
+
+
+def test_engram_benchmark_passes_every_argument_to_the_benchmark(tmp_path: Path) -> None:
+    # through the installed console script (its path holds the venv's bin, not the checkout), a leading option
+    # first: argparse's REMAINDER used to refuse "--json" before the benchmark saw it
+    script = Path(sys.executable).parent / "engram"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "service.cli.main"]
+    proc = subprocess.run([*cmd, "benchmark", "--json", str(tmp_path / "rows.json"), "--strategies", "si"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 2 and "unknown strategy 'si'" in proc.stderr, proc.stderr

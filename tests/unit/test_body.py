@@ -3,6 +3,8 @@ its message for invalid UTF-8 and the API's answer changed with it)."""
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 import pytest
 
@@ -23,8 +25,13 @@ def test_invalid_utf8_names_the_encoding_and_the_byte(body: bytes, byte: int) ->
     assert "not valid JSON" in message and "UTF-8" in message and f"byte {byte} " in message
 
 
-def test_valid_utf8_passes() -> None:
-    check_utf8('{"name": "ünïcode ✓"}'.encode())
+@pytest.mark.parametrize("text", ['{"name": "ünïcode ✓"}', '{"emoji": "🦜", "cjk": "漢字"}', '["plain ascii"]'])
+def test_valid_utf8_passes(text: str) -> None:
+    body = text.encode()
+    check_utf8(body)  # raises BodyNotJSON if it refuses
+    assert msgspec.json.decode(body) == json.loads(text)  # and the body decodes to what was sent
+    with pytest.raises(BodyNotJSON, match=f"byte {len(body)} of {len(body) + 1} "):  # one bad byte more is refused
+        check_utf8(body + b"\xff")
 
 
 @pytest.mark.parametrize(

@@ -167,16 +167,6 @@ def test_choose_rank_follows_the_data() -> None:
     assert math.isclose(choose_rank(3, 100), 1)
 
 
-def test_benchmark_skips_a_strategy_that_does_not_apply_and_runs_class_models() -> None:
-    from service.cli import benchmark as continual
-
-    continual._init("digits", None, None, False, {})
-    skipped = continual._one_run("digits", "analytic", "class-incremental", 0, "cpu", None, {})
-    assert "frozen pretrained backbone" in skipped["skipped"]
-    run = continual._one_run("digits", "class_models", "class-incremental", 0, "cpu", None, {})
-    assert run["acc"] > 0.97 and "skipped" not in run
-
-
 def test_mnist_5k_is_a_seeded_per_class_70_30_split() -> None:
     from model_core.data import MNIST_5K, mnist_5k
 

@@ -42,28 +42,56 @@ class _FakeServed:
         self.classifier, self.version = classifier, version
 
 
+class _WatchedEvent(threading.Event):
+    """A threading.Event that counts the threads waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+        self._count = threading.Lock()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._count:
+            self.waiting += 1
+        return super().wait(timeout)
+
+
 def test_concurrent_loads_of_one_version_build_once_and_a_failure_backs_off(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     builds: list[int] = []
     fail = {"now": False}
+    release = threading.Event()
+    flights: list[_WatchedEvent] = []
 
-    def slow_load(classifier: str, version: int, folder: Path, network: dict[str, Any], options: Any) -> Any:
+    def held_load(classifier: str, version: int, folder: Path, network: dict[str, Any], options: Any) -> Any:
         builds.append(version)
-        time.sleep(0.3)  # the window in which the other threads ask for the same version
+        assert release.wait(30), "the test never released the load"
         if fail["now"]:
             raise RuntimeError("model.onnx is unreadable")
         return _FakeServed(classifier, version)
 
-    monkeypatch.setattr(serving_module, "load_served", slow_load)
+    def watched_flight() -> Any:
+        flights.append(_WatchedEvent())
+        return flight_type(done=flights[-1])
+
+    flight_type = serving_module._Flight
+    monkeypatch.setattr(serving_module, "load_served", held_load)
+    monkeypatch.setattr(serving_module, "_Flight", watched_flight)
     svc = ServingService(Settings(data_dir=tmp_path), None, None, ServingState(), Metrics())  # type: ignore[arg-type]
     got: list[Any] = []
     threads = [threading.Thread(target=lambda: got.append(svc.load(VersionRef("c", 1, tmp_path, {}))))
                for _ in range(16)]  # fmt: skip
     for t in threads:
         t.start()
+    # the load is held until the 15 other threads wait on the one flight: all ask while it builds, by construction
+    deadline = time.monotonic() + 30
+    while not (len(flights) == 1 and flights[0].waiting == 15):
+        assert time.monotonic() < deadline, f"flights {len(flights)}, waiting {[f.waiting for f in flights]}"
+        time.sleep(0.01)
+    release.set()
     for t in threads:
-        t.join()
+        t.join(30)
     assert builds == [1] and len(got) == 16 and all(g is got[0] for g in got)
 
     fail["now"] = True

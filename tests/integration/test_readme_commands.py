@@ -1,0 +1,140 @@
+"""Every command the README shows, run as a user runs it: a subprocess from the project root, with its smallest
+settings. A command whose real run needs photos, a server and minutes runs with ``--help`` instead: it must
+start, and every flag the README passes it must be one it accepts. The README is parsed, so a command added
+to it that this file does not cover fails ``test_every_readme_command_is_covered``. Cost: about a minute on
+2 cores (one 5-task run of the continual benchmark, the rest ``--help``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+# "python -m benchmarks.NAME ARGS" and "engram SUB ARGS" (or "$E SUB ARGS" in the quick start, E=.venv/bin/engram),
+# ARGS ending at the closing backtick, a comment or the end of the line
+BENCHMARK_RE = re.compile(r"python -m benchmarks\.(\w+)([^`#\n]*)")
+CLI_RE = re.compile(r"(?:\$E|\bengram) ([a-z][a-z-]*)([^`#\n]*)")
+FLAG_RE = re.compile(r"(?<!\S)--[a-z][a-z0-9-]*")
+
+# Every benchmark the README runs, with why a real run is out of reach here ("" where one runs below).
+BENCHMARKS = {
+    "binary_bench": "starts engram serve, trains a model and drives HTTP load: minutes",
+    "continual": "",  # test_continual_writes_its_json
+    "export_parity": "trains and exports an MLP, a CNN and a ResNet-18: a minute of CPU",
+    "gate_truth": "teaches every stream to a real server: minutes, and mnist-5k photos",
+    "learn_speed": "starts engram serve and trains through it: minutes (photos with --photos)",
+    "pretrained_export": "exports and times EfficientNet-Lite0 at three resolutions: minutes",
+    "serve_bench": "starts several servers and drives HTTP load against each: minutes",
+    "sweeps": "3 seeds of every sweep on the 5-task stream: minutes",
+    "workers_bench": "starts engram serve with 1, 2, 3 workers under load: minutes",
+}
+# The CLI: the arguments before --help for each subcommand the README names (server calls need a server: the
+# e2e tests run them against one); ``strategies`` and ``migrate`` run for real below.
+CLI = {
+    "audit": ("audit",),
+    "classifiers": ("classifiers", "create"),
+    "export": ("export",),
+    "learn": ("learn",),
+    "migrate": ("migrate",),
+    "predict": ("predict",),
+    "rollback": ("rollback",),
+    "serve": ("serve",),
+    "strategies": ("strategies",),
+    "versions": ("versions",),
+    "worker": ("worker",),
+}
+
+
+def readme_flags(pattern: re.Pattern[str]) -> dict[str, set[str]]:
+    """Each command the README names, with the flags it passes it anywhere in the README."""
+    found: dict[str, set[str]] = {}
+    for name, rest in pattern.findall(README.read_text()):
+        found.setdefault(name, set()).update(FLAG_RE.findall(rest))
+    return found
+
+
+def takes(help_text: str, flag: str) -> bool:
+    """``flag`` is one of the options ``help_text`` lists (--seed is not --seeds)."""
+    return re.search(rf"{re.escape(flag)}(?![\w-])", help_text) is not None
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}  # argparse's usage lines unwrapped
+    return subprocess.run(list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def engram(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``engram`` command when the venv has it, else the module it runs."""
+    script = Path(sys.executable).parent / "engram"
+    return run(str(script), *args) if script.exists() else run(sys.executable, "-m", "service.cli.main", *args)
+
+
+def test_every_readme_command_is_covered() -> None:
+    benchmarks, commands = readme_flags(BENCHMARK_RE), readme_flags(CLI_RE)
+    assert benchmarks and commands, "the README's commands were not found: has their form changed?"
+    missing = sorted(set(benchmarks) - set(BENCHMARKS))
+    assert not missing, f"README runs benchmarks this file does not: {missing}; add them to BENCHMARKS"
+    missing = sorted(set(commands) - set(CLI))
+    assert not missing, f"README shows engram commands this file does not run: {missing}; add them to CLI"
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_each_readme_benchmark_starts_and_takes_the_readme_flags(name: str) -> None:
+    proc = run(sys.executable, "-m", f"benchmarks.{name}", "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage:" in proc.stdout
+    unknown = sorted(f for f in readme_flags(BENCHMARK_RE).get(name, set()) if not takes(proc.stdout, f))
+    assert not unknown, f"the README passes benchmarks.{name} flags it does not take: {unknown}"
+
+
+@pytest.mark.parametrize("name", sorted(CLI))
+def test_each_readme_cli_command_starts_and_takes_the_readme_flags(name: str) -> None:
+    proc = engram(*CLI[name], "--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"usage: engram {' '.join(CLI[name])}" in proc.stdout
+    unknown = sorted(f for f in readme_flags(CLI_RE).get(name, set()) if not takes(proc.stdout, f))
+    assert not unknown, f"the README passes engram {name} flags it does not take: {unknown}"
+
+
+@pytest.mark.slow
+def test_continual_writes_its_json(tmp_path: Path) -> None:
+    # the README's "python -m benchmarks.continual --json results.json" on one scenario and one seed, with the
+    # cheapest strategy and one that does not apply to the digits (skipped, saying why)
+    out = tmp_path / "results.json"
+    proc = run(sys.executable, "-m", "benchmarks.continual", "--json", str(out), "--strategies", "analytic,class_models",
+               "--scenarios", "class-incremental", "--seeds", "1", "--jobs", "1", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for header in ("strategy", "scenario", "avg acc (mean ± std)", "joint", "BWT", "forgetting", "s / task"):
+        assert header in proc.stdout, proc.stdout
+    assert (
+        "skipped analytic (class-incremental) on digits" in proc.stdout and "frozen pretrained backbone" in proc.stdout
+    )
+    assert "2 runs in" in proc.stdout  # joint runs beside every strategy
+    rows = json.loads(out.read_text())
+    assert [(r["strategy"], r["scenario"], r["seeds"]) for r in rows] == [
+        ("joint", "class-incremental", [0]),
+        ("class_models", "class-incremental", [0]),
+    ]
+    assert rows[1]["acc_mean"] > 0.97  # 0.991
+
+
+def test_engram_strategies_lists_every_strategy() -> None:
+    proc = engram("strategies")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = [line.split(":", 1)[0] for line in proc.stdout.splitlines() if line.strip()]
+    assert {"naive", "ewc", "replay", "generative_replay", "class_models"} <= set(names)
+    assert all("parameters" in line for line in proc.stdout.splitlines() if line.strip())
+
+
+def test_engram_migrate_creates_the_schema(tmp_path: Path) -> None:
+    proc = engram("migrate", "--data-dir", str(tmp_path / "data"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "at the newest schema" in proc.stdout + proc.stderr
+    assert (tmp_path / "data" / "engram.db").exists()
