@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from benchmarks.loadgen import run_load
 from benchmarks.serve_bench import ADMIN, MODELS, digit_png, free_port, stop, train, wait_ready
+from service.cli.loadgen import run_load
 
 BOUNDARY = "engram-bench-boundary"
 

@@ -60,8 +60,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
-from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.peers import start_bentoml, start_torchserve, stop_torchserve
+from service.cli.loadgen import LoadResult, run_load
 from service.domain.job_status import TERMINAL
 
 ADMIN = "bench-admin-key"

@@ -22,8 +22,8 @@ from typing import Any
 
 from sklearn.datasets import load_digits
 
-from benchmarks.loadgen import LoadResult, run_load
 from benchmarks.serve_bench import ADMIN, MODELS, digit_png, free_port, stop, train, wait_ready
+from service.cli.loadgen import LoadResult, run_load
 
 
 def start(data_dir: Path, workers: int, log: Any, *extra: str) -> tuple[subprocess.Popen[bytes], str]:

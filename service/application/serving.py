@@ -34,6 +34,7 @@ from service.domain.errors import Conflict, Invalid, Unavailable
 from service.inference.sessions import Served, ServingOptions, ServingState, load_served
 from service.persistence import registry
 from service.persistence.models import Classifier, Version
+from service.retry import backoff
 from service.settings import Settings
 from service.storage.base import ArtifactStore
 
@@ -131,7 +132,7 @@ class ServingService:
             flight.error = exc
             with self._lock:
                 attempts = self._failures[key].attempts + 1 if key in self._failures else 1
-                delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (attempts - 1))
+                delay = backoff(attempts, RETRY_FIRST, RETRY_MAX)
                 failure = self._failures[key] = LoadFailure(f"{type(exc).__name__}: {exc}", attempts,
                                                             time.monotonic() + delay)  # fmt: skip
             self.metrics.session_load_failures.labels(ref.classifier).inc()

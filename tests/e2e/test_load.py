@@ -1,6 +1,6 @@
 """Load: predictions at concurrency 32 for 30 s while a training job runs (and then promotes): zero errors.
 
-Loopback only; the load generator is ``tests.e2e.support.run_load`` (closed loop, keep-alive connections). The
+Loopback only; the load generator is ``service.cli.loadgen.run_load`` (closed loop, keep-alive connections). The
 test asserts correctness under load, not speed: every answer is a 200 whose predictions match its inputs.
 """
 
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from service.cli.loadgen import LoadResult, run_load
 from tests.e2e.conftest import KEYS, Server, auth, png_b64, start_server, stop_server, wait_job
-from tests.e2e.support import LoadResult, run_load, wait_status
+from tests.e2e.support import wait_status
 
 pytestmark = pytest.mark.timeout(600)
 CONCURRENCY, SECONDS = 32, 30.0

@@ -2,8 +2,9 @@
 next request as soon as the previous answer arrives, for a fixed time.
 
 Raw asyncio streams with pre-encoded requests, so the client spends as little CPU as possible per request
-(it shares the machine with the server it measures). Used by ``benchmarks.serve_bench`` and by the load
-test in ``tests/e2e``.
+(it shares the machine with the server it measures). In the package so that the serving benchmarks
+(``benchmarks.serve_bench``, ``binary_bench``, ``workers_bench``) and the load test in ``tests/e2e`` drive the
+service with the same code.
 """
 
 from __future__ import annotations
