@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.storage.base import ArtifactStore
-from service.storage.files import open_store
+from service.storage import open_store
 from tests.s3_server import moto_s3, new_bucket
 
 Opener = Callable[[], ArtifactStore]
