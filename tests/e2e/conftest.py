@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 from service.domain.job_status import TERMINAL
 
@@ -108,3 +110,10 @@ def wait_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict[st
             return job  # type: ignore[no-any-return]
         time.sleep(0.5)
     raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    d = load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(d.images, d.target, test_size=0.3, stratify=d.target, random_state=0)
+    return x_tr, y_tr, x_te, y_te

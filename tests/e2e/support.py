@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any, cast
 
 import httpx
 import numpy as np
+from sklearn.datasets import load_digits
 
-from tests.e2e.conftest import KEYS, Server, auth
+from tests.e2e.conftest import KEYS, Server, auth, png_b64, wait_job
 
 PROBE = {"inputs": [{"vector": [0.0, 0.0, 0.0, 0.0]}, {"vector": [3.0, 3.0, 3.0, 3.0]}]}
 
@@ -68,3 +70,48 @@ def engram(srv: Server, *args: str, role: str = "admin") -> subprocess.Completed
         [sys.executable, "-m", "service.cli.main", *args], env=env, capture_output=True, text=True, timeout=300, check=False
     )
 
+
+def samples(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...]) -> list[dict[str, str]]:
+    return [{"label": str(int(t)), "image_b64": png_b64(img)} for img, t in zip(x, y, strict=True) if t in classes]
+
+
+def wait_serving(client: httpx.Client, name: str, version: int) -> None:
+    """Poll until the server's predict path answers with ``version`` (it follows the worker's promotion)."""
+    deadline = time.monotonic() + 10
+    probe = {"inputs": [{"image_b64": png_b64(np.zeros((8, 8)))}]}
+    while time.monotonic() < deadline:
+        r = client.post(f"/v1/classifiers/{name}/predict", json=probe, headers=auth("predict"))
+        if r.status_code == 200 and r.json()["version"] == version:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"version {version} was not served within 10 s")
+
+
+# Replay made useless: the VAE gets one optimiser step per task, so it cannot produce the old classes.
+STARVED = {"generator": "vae", "generator_iterations": 1}
+
+
+def digit_vectors(classes: tuple[int, ...]) -> list[dict[str, Any]]:
+    d = load_digits()
+    return [{"label": str(int(t)), "vector": (x / 16).tolist()} for x, t in zip(d.data, d.target, strict=True)
+            if t in classes]  # fmt: skip
+
+
+def finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    return cast(dict[str, Any], wait_job(client, job_id, timeout=120))
+
+
+def learn_starved(client: httpx.Client, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Digits 0-2, then 3-4, with a starved generator and no kept data: the two finished jobs."""
+    r = client.post(
+        "/v1/classifiers", headers=auth("admin"), json={"name": name, "input": {"kind": "vector", "dim": 64}}
+    )
+    assert r.status_code == 201, r.text
+    jobs = []
+    for task, classes in (("zero-two", (0, 1, 2)), ("three-four", (3, 4))):
+        body = {"task": task, "strategy": "generative_replay", "retention": "discard", "params": STARVED,
+                "options": {"iterations": 100}, "samples": digit_vectors(classes)}  # fmt: skip
+        r = client.post(f"/v1/classifiers/{name}/learn", json=body, headers=auth("learn"))
+        assert r.status_code == 202, r.text
+        jobs.append(finished(client, r.json()["job_id"]))
+    return jobs[0], jobs[1]

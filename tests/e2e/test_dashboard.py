@@ -11,8 +11,7 @@ import pytest
 
 from service.client import EngramClient
 from tests.e2e.conftest import KEYS, Server, start_server, stop_server
-from tests.e2e.support import blobs
-from tests.e2e.test_gate_report import learn_starved
+from tests.e2e.support import blobs, learn_starved
 
 pytestmark = pytest.mark.timeout(300)
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

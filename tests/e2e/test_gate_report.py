@@ -5,47 +5,14 @@ time on the 2 shared cores at a load average near 10 (44 s of CPU), most of it t
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-import httpx
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from model_core.strategy_specs import SPECS
-from tests.e2e.conftest import Server, auth, wait_job
+from tests.e2e.conftest import Server, auth
+from tests.e2e.support import digit_vectors, finished, learn_starved
 
 pytestmark = pytest.mark.timeout(300)
-# Replay made useless: the VAE gets one optimiser step per task, so it cannot produce the old classes.
-STARVED = {"generator": "vae", "generator_iterations": 1}
-
-
-def digit_vectors(classes: tuple[int, ...]) -> list[dict[str, Any]]:
-    d = load_digits()
-    return [{"label": str(int(t)), "vector": (x / 16).tolist()} for x, t in zip(d.data, d.target, strict=True)
-            if t in classes]  # fmt: skip
-
-
-def finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    return cast(dict[str, Any], wait_job(client, job_id, timeout=120))
-
-
-def learn_starved(client: httpx.Client, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Digits 0-2, then 3-4, with a starved generator and no kept data: the two finished jobs."""
-    r = client.post(
-        "/v1/classifiers", headers=auth("admin"), json={"name": name, "input": {"kind": "vector", "dim": 64}}
-    )
-    assert r.status_code == 201, r.text
-    jobs = []
-    for task, classes in (("zero-two", (0, 1, 2)), ("three-four", (3, 4))):
-        body = {"task": task, "strategy": "generative_replay", "retention": "discard", "params": STARVED,
-                "options": {"iterations": 100}, "samples": digit_vectors(classes)}  # fmt: skip
-        r = client.post(f"/v1/classifiers/{name}/learn", json=body, headers=auth("learn"))
-        assert r.status_code == 202, r.text
-        jobs.append(finished(client, r.json()["job_id"]))
-    return jobs[0], jobs[1]
-
-
 def test_a_starved_generator_is_rejected_with_the_forgotten_classes_and_the_fix(server: Server) -> None:
     client = server.client()
     first, second = learn_starved(client, "starved")

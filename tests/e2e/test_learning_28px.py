@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import Server, auth, png_b64, wait_job
-from tests.e2e.test_learning_flow import digits, samples, wait_serving  # noqa: F401  (fixture)
+from tests.e2e.support import samples, wait_serving
 
 pytestmark = pytest.mark.timeout(900)
 
 
-def test_five_tasks_at_28px_with_defaults_all_promoted(server: Server, digits: tuple[np.ndarray, ...]) -> None:  # noqa: F811
+def test_five_tasks_at_28px_with_defaults_all_promoted(server: Server, digits: tuple[np.ndarray, ...]) -> None:
     x_tr, y_tr, x_te, y_te = digits
     c = server.client()
     r = c.post("/v1/classifiers", headers=auth("admin"),

@@ -3,41 +3,16 @@ EWC class addition, rollback, and learning again from the rolled-back version.""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from tests.e2e.conftest import Server, auth, png_b64, wait_job
+from tests.e2e.support import samples, wait_serving
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    d = load_digits()
-    x_tr, x_te, y_tr, y_te = train_test_split(d.images, d.target, test_size=0.3, stratify=d.target, random_state=0)
-    return x_tr, y_tr, x_te, y_te
-
-
-def samples(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...]) -> list[dict[str, str]]:
-    return [{"label": str(int(t)), "image_b64": png_b64(img)} for img, t in zip(x, y, strict=True) if t in classes]
-
-
-def wait_serving(client: httpx.Client, name: str, version: int) -> None:
-    """Poll until the server's predict path answers with ``version`` (it follows the worker's promotion)."""
-    deadline = time.monotonic() + 10
-    probe = {"inputs": [{"image_b64": png_b64(np.zeros((8, 8)))}]}
-    while time.monotonic() < deadline:
-        r = client.post(f"/v1/classifiers/{name}/predict", json=probe, headers=auth("predict"))
-        if r.status_code == 200 and r.json()["version"] == version:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"version {version} was not served within 10 s")
 
 
 def test_learn_five_tasks_refuse_ewc_roll_back_and_continue(server: Server, digits: tuple[np.ndarray, ...]) -> None:

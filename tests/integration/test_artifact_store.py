@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.storage.base import ArtifactStore
 from service.storage import open_store
+from service.storage.base import ArtifactStore
 from tests.s3_server import moto_s3, new_bucket
 
 Opener = Callable[[], ArtifactStore]

@@ -10,7 +10,7 @@ from model_core.checkpoint import MANIFEST, STATE, WEIGHTS, load_bundle, read_ma
 from model_core.data import SplitBenchmark
 from model_core.learner import Learner
 from tests.conftest import FAST, digit_spec
-from tests.unit.test_strategies import SMALL
+from tests.unit.support import SMALL
 
 
 @pytest.mark.parametrize("scenario", ["class-incremental", "task-incremental"])

@@ -18,9 +18,7 @@ from model_core.strategies.base import LabeledData, Progress, TrainContext
 from model_core.strategies.buffers import ClassBalancedBuffer, herding_order
 from model_core.trainer import seed_everything
 from tests.conftest import FAST, digit_spec
-
-# Keep the generator cheap in unit tests; its quality is tested in tests/integration.
-SMALL = {"generative_replay": {"generator_iterations": 20, "hidden": 32}}
+from tests.unit.support import SMALL
 
 
 def frozen(learner: Learner) -> Learner:
