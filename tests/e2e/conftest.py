@@ -102,13 +102,14 @@ def png_b64(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def wait_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, object]:
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 300, poll: float = 0.5) -> dict[str, object]:
+    """The job once it has ended, read every ``poll`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}", headers=auth("learn")).json()
         if job["status"] in TERMINAL:
             return job  # type: ignore[no-any-return]
-        time.sleep(0.5)
+        time.sleep(poll)
     raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
 
 

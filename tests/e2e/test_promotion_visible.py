@@ -15,17 +15,14 @@ Cost: one server with its embedded worker, four 30-iteration jobs on 8x8 digits 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from model_core.data import load_digits_arrays
-from service.domain.job_status import TERMINAL
 from tests.conftest import throwaway_pg
-from tests.e2e.conftest import auth, start_server, stop_server
+from tests.e2e.conftest import auth, start_server, stop_server, wait_job
 
 pytestmark = pytest.mark.timeout(600)
 TASKS = [("t1", (0, 1)), ("t2", (2, 3)), ("t3", (4, 5)), ("t4", (6, 7))]  # three promotions after the first
@@ -38,16 +35,6 @@ def samples(classes: tuple[int, ...], per_class: int = 20) -> list[dict[str, obj
         for img in images[labels == c][:per_class]:
             out.append({"label": str(c), "vector": img.reshape(-1).astype(float).tolist()})
     return out
-
-
-def poll_until_done(c: httpx.Client, job_id: str, timeout: float = 300) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = c.get(f"/v1/jobs/{job_id}", headers=auth("learn")).json()
-        if job["status"] in TERMINAL:
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.02)
-    raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
 
 
 @contextlib.contextmanager
@@ -76,7 +63,7 @@ def test_predict_right_after_promoted_gets_the_new_version(kind: str, tmp_path: 
                            json={"task": task, "strategy": "replay", "samples": samples(classes),
                                  "options": {"iterations": 30}})  # fmt: skip
                 assert r.status_code == 202, r.text
-                job = poll_until_done(c, r.json()["job_id"])
+                job = wait_job(c, r.json()["job_id"], poll=0.02)  # the moment it ends
                 assert job["status"] == "promoted", job
                 p = c.post("/v1/classifiers/digits/predict", json=probe, headers=auth("predict"))
                 assert p.status_code == 200, p.text
