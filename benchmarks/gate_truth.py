@@ -167,7 +167,7 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
                "failures": report.get("failures"), "causes": [x.get("cause") for x in report.get("tasks", [])
                                                                  if x.get("before") is not None],
                "error": job.get("error"),
-               "gate": {k: report.get(k) for k in ("tasks", "classes", "confused_pairs", "confusion_note")}}  # fmt: skip
+               "gate": {k: report.get(k) for k in ("tasks", "classes", "confused_pairs", "confusion_note", "new_class_bias")}}  # fmt: skip
         out["tasks"].append(row)
         out["resolved"] = job.get("strategy")  # what "default" became
         mark = {"promoted": "P", "rejected": "R"}.get(job["status"], "F")
