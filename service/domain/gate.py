@@ -2,11 +2,10 @@
 
 Pure Python over per-sample correctness, so it is tested without training anything.
 
-- An old task fails when it *regressed* by more than its tolerance. The default tolerance is the largest of
-  0.08, the 95% half-width of the task's accuracy at its evaluation-set size, and the 95% half-width of the
-  drop itself (paired, from the per-sample differences between parent and candidate): a drop smaller than
-  the evaluation set can resolve is not called a regression (3 of 25 samples lost is a drop of 0.12 whose
-  interval reaches 0). Each drop is reported with that paired 95% interval.
+- An old task fails when it *regressed* by more than its tolerance. The default tolerance is
+  max(0.08, the 95% half-width of the task's accuracy at its evaluation-set size): a drop smaller than
+  the evaluation set can resolve is not called a regression. Each drop is reported with a paired 95%
+  interval (per-sample differences between parent and candidate).
 - Forgetting is told from the cost of a larger label space (class-incremental, given the candidate's
   predictions). An old task's drop splits exactly in two: samples the candidate now gets wrong *among the
   parent's classes* (new classes masked out: ``forgetting``), and samples it still ranks right among those
@@ -331,8 +330,7 @@ def _old_task_row(
     diff = before_c.astype(float) - after_c.astype(float)  # paired, per sample
     drop = before - after
     hw = 1.96 * float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else 1.0
-    # a drop the evaluation set cannot resolve (its own interval reaches zero) is not called a regression
-    tol = task_tolerance(cfg, before, n) if cfg.tolerance is not None else max(task_tolerance(cfg, before, n), hw)
+    tol = task_tolerance(cfg, before, n)
     pred = None if confusion is None or inputs.predictions is None else inputs.predictions.get(name)
     parts = None if pred is None or confusion is None or n == 0 else confusion.split(before, pred)
     regression = drop if parts is None else parts["regression"]
