@@ -1,4 +1,4 @@
-"""``python -m service.cli.main``: the ``engram`` command."""
+"""``python -m service.cli``: the ``engram`` command."""
 
 from service.cli.main import main
 

@@ -47,7 +47,7 @@ def _missing(exc: ClientError) -> bool:
 
 
 class S3ArtifactStore:
-    """``service.storage.files.ArtifactStore`` on ``bucket``/``prefix``, caching bundle folders under ``cache``."""
+    """``service.storage.base.ArtifactStore`` on ``bucket``/``prefix``, caching bundle folders under ``cache``."""
 
     def __init__(self, bucket: str, prefix: str, cache: Path, client: Any = None) -> None:
         self.bucket, self.prefix = bucket, prefix.strip("/")

@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # service's packages by layer: a module may import from its own layer or a lower one (a larger number is outer)
 LAYERS = {
-    "service.settings": 0, "service.retry": 0, "service.domain.commands": 1, "service.schemas": 1,  # the wire schemas use the domain's words
-    "service.persistence": 2, "service.storage.files": 2, "service.inference.sessions": 2,
-    "service.application.services": 3, "service.jobs": 3, "service.http": 4, "service.cli.main": 5, "service.client": 5,
+    "service.settings": 0, "service.retry": 0, "service.domain": 1, "service.schemas": 1,  # schemas: the domain's words
+    "service.persistence": 2, "service.storage": 2, "service.inference": 2,
+    "service.application": 3, "service.jobs": 3, "service.http": 4, "service.cli": 5, "service.client": 5,
 }  # fmt: skip
 
 
