@@ -258,9 +258,9 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     Console(width=140).print(table)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.continual", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--dataset", choices=sorted(PROTOCOLS), default="digits")
     parser.add_argument("--size", type=int, help="digits: side in pixels the 8x8 digits are resized to; "
@@ -290,8 +290,8 @@ def _run_all(args: argparse.Namespace, tasks: list[tuple[Any, ...]], features: d
     return [_one_run(*t) for t in tasks]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.continual") -> int:
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     strategies = list(dict.fromkeys([*(s for s in args.strategies.split(",") if s), "joint"]))
     scenarios = [s for s in args.scenarios.split(",") if s]

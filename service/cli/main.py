@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "benchmark":  # the rest is the benchmark's own (argparse's REMAINDER refuses a leading --flag)
         from service.cli.benchmark import main as bench_main
 
-        return bench_main(argv[1:])
+        return bench_main(argv[1:], prog="engram benchmark")
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
