@@ -271,7 +271,9 @@ def _step(
     loss = ce + penalty
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # type: ignore[no-untyped-call]
+    strategy.before_step(ctx, net)  # gradient projection (A-GEM), gradient masks (PackNet)
     optimizer.step()
+    strategy.after_step(ctx, net)  # weights pinned after the step (PackNet)
     return loss, ce, penalty
 
 

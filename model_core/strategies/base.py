@@ -195,8 +195,9 @@ class Strategy:
 
     Hooks, in the order the trainer calls them for one experience:
     ``training_data`` (joint adds stored data), ``before_experience``, then per step ``augment`` (replay
-    returns a new, larger batch) and ``penalty`` (EWC, LwF, MAS add a regulariser), then
-    ``after_experience`` (estimate importances, fill a buffer, fit a generator).
+    returns a new, larger batch), ``penalty`` (EWC, LwF, MAS add a regulariser), ``before_step`` (after the
+    backward pass: edit the gradients in place) and ``after_step`` (after the optimiser step: edit the
+    weights in place), then ``after_experience`` (estimate importances, fill a buffer, fit a generator).
     """
 
     spec: ClassVar[StrategySpec]  # name, flags and parameter defaults (model_core.strategy_specs)
@@ -220,6 +221,14 @@ class Strategy:
 
     def penalty(self, ctx: TrainContext, batch: Batch, logits: Tensor) -> Tensor:
         return logits.new_zeros(())
+
+    def before_step(self, ctx: TrainContext, net: torch.nn.Module) -> None:
+        """Called with the gradients of one step's loss in ``net``'s parameters, before the optimiser uses them."""
+        return None
+
+    def after_step(self, ctx: TrainContext, net: torch.nn.Module) -> None:
+        """Called after the optimiser step, with the updated weights in ``net``."""
+        return None
 
     def after_experience(self, ctx: TrainContext) -> None:
         return None
