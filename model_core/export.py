@@ -13,13 +13,40 @@ import numpy as np
 import torch
 
 from model_core.learner import Learner
+from model_core.networks.classifier import IncrementalClassifier
 
 PARITY_TOLERANCE = 1e-4  # max |onnx - torch| over the check batch; above it the export is refused
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME, OUTPUT_NAME, NOVELTY_NAME = "input", "logits", "novelty"
 
 
 class ExportError(RuntimeError):
     """The exported graph does not reproduce the torch model."""
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """A version's novelty score (``model_core.novelty``) and its calibrated threshold, exported with it."""
+
+    module: torch.nn.Module
+    threshold: float
+    known_rate: float
+
+    def metadata(self) -> str:
+        return json.dumps({"kind": str(getattr(self.module, "kind", "")), "threshold": self.threshold,
+                           "known_rate": self.known_rate})  # fmt: skip
+
+
+class _WithNovelty(torch.nn.Module):
+    """(B, *shape) -> (logits, novelty): the classifier and its novelty score in one graph."""
+
+    def __init__(self, model: IncrementalClassifier, novelty: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.novelty = model, novelty
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(x)
+        logits = self.model.forward_head(features, x)
+        return logits, self.novelty(features, x, logits)
 
 
 @dataclass(frozen=True)
@@ -28,22 +55,30 @@ class ExportResult:
     max_abs_diff: float  # over the parity batch
 
 
-def serving_metadata(learner: Learner) -> dict[str, str]:
+def serving_metadata(learner: Learner, novelty: Novelty | None = None) -> dict[str, str]:
     """What a server needs beside the graph, stored in the ONNX file's metadata_props."""
-    return {
+    meta = {
         "engram.labels": json.dumps(learner.labels),
         "engram.tasks": json.dumps([{"name": t.name, "units": t.units} for t in learner.tasks]),
         "engram.network": json.dumps(learner.spec.to_dict()),
     }
+    if novelty is not None:
+        meta["engram.novelty"] = novelty.metadata()
+    return meta
 
 
 def export_onnx(
-    learner: Learner, check_inputs: torch.Tensor | None = None, seed: int = 0, cache_dir: Path | None = None
+    learner: Learner,
+    check_inputs: torch.Tensor | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    novelty: Novelty | None = None,
 ) -> ExportResult:
     """Export the classifier to ONNX (input (B, *shape) float32 -> logits (B, U)) and check parity.
 
     ``check_inputs`` defaults to 16 uniform random inputs; pass real samples when you have them. A frozen
-    backbone's graph is exported once and reused from ``cache_dir`` (``model_core.export_frozen``).
+    backbone's graph is exported once and reused from ``cache_dir`` (``model_core.export_frozen``). With
+    ``novelty``, the graph has a second output ``novelty`` (B,), checked too, and its threshold in the metadata.
     """
     import onnx
 
@@ -54,31 +89,33 @@ def export_onnx(
     if learner.frozen_backbone:
         from model_core.export_frozen import export_frozen
 
-        proto = onnx.load_from_string(export_frozen(learner, INPUT_NAME, OUTPUT_NAME, cache_dir))
-        return _finish(learner, proto, check_inputs, seed)
+        graph = export_frozen(learner, INPUT_NAME, OUTPUT_NAME, cache_dir, novelty.module if novelty else None)
+        return _finish(learner, onnx.load_from_string(graph), check_inputs, seed, novelty)
     example = torch.rand(2, *shape, generator=torch.Generator().manual_seed(seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         program = torch.onnx.export(
-            model,
+            model if novelty is None else _WithNovelty(model, novelty.module.eval()),
             (example,),
             None,
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME] if novelty is None else [OUTPUT_NAME, NOVELTY_NAME],
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},),
             verbose=False,
         )
     assert program is not None
-    return _finish(learner, program.model_proto, check_inputs, seed)
+    return _finish(learner, program.model_proto, check_inputs, seed, novelty)
 
 
-def _finish(learner: Learner, proto: Any, check_inputs: torch.Tensor | None, seed: int) -> ExportResult:
+def _finish(
+    learner: Learner, proto: Any, check_inputs: torch.Tensor | None, seed: int, novelty: Novelty | None = None
+) -> ExportResult:
     """Add the serving metadata to the graph, serialise it and check it against torch."""
     import onnx
 
     shape = learner.spec.input.shape
-    for key, value in serving_metadata(learner).items():
+    for key, value in serving_metadata(learner, novelty).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     buf = io.BytesIO()
@@ -89,6 +126,10 @@ def _finish(learner: Learner, proto: Any, check_inputs: torch.Tensor | None, see
     diff = parity(learner, data, check_inputs)
     if not diff <= PARITY_TOLERANCE:
         raise ExportError(f"ONNX output differs from torch by {diff:.3g} (> {PARITY_TOLERANCE})")
+    if novelty is not None:
+        off = novelty_parity(learner, novelty, data, check_inputs)
+        if not off <= PARITY_TOLERANCE:
+            raise ExportError(f"ONNX novelty differs from torch by {off:.3g} relative (> {PARITY_TOLERANCE})")
     return ExportResult(data, diff)
 
 
@@ -104,3 +145,18 @@ def parity(learner: Learner, onnx_bytes: bytes, inputs: torch.Tensor) -> float:
     )
     want = learner.logits(inputs.float(), device="cpu").numpy()
     return float(np.max(np.abs(got - want)))
+
+
+def novelty_parity(learner: Learner, novelty: Novelty, onnx_bytes: bytes, inputs: torch.Tensor) -> float:
+    """Max |ONNX novelty - torch novelty| / max(1, |torch novelty|) on ``inputs``: the scores are sums of many
+    large terms (a log-likelihood over 784 pixels), so their float32 rounding scales with them."""
+    import onnxruntime as ort
+
+    from model_core.novelty import novelty_scores
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = session.run([NOVELTY_NAME], {INPUT_NAME: inputs.float().numpy()})[0]
+    want = novelty_scores(learner, inputs.float(), novelty.module)
+    assert want is not None
+    w = want.double().numpy()
+    return float(np.max(np.abs(got.astype(np.float64) - w) / np.maximum(1.0, np.abs(w))))

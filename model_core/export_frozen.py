@@ -77,8 +77,11 @@ def backbone_graph(learner: Learner, input_name: str, cache_dir: Path | None) ->
     return data
 
 
-def export_frozen(learner: Learner, input_name: str, output_name: str, cache_dir: Path | None) -> bytes:
-    """The whole graph (backbone from the cache, head written here) as ONNX bytes, without metadata."""
+def export_frozen(
+    learner: Learner, input_name: str, output_name: str, cache_dir: Path | None, novelty: nn.Module | None = None
+) -> bytes:
+    """The whole graph (backbone from the cache, head written here) as ONNX bytes, without metadata; with
+    ``novelty`` (``model_core.novelty``), a second output "novelty" (B,) computed from the same features."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -100,9 +103,17 @@ def export_frozen(learner: Learner, input_name: str, output_name: str, cache_dir
                                       transB=1))  # fmt: skip
         outs.append(f"head{i}.out")
     nodes.append(helper.make_node("Concat", outs, [output_name], axis=1))
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])]
+    if novelty is not None:
+        from model_core.novelty import onnx_nodes as novelty_nodes
+
+        more_nodes, more_inits = novelty_nodes(novelty, FEATURES, output_name, "novelty", opset)
+        nodes += more_nodes
+        inits += more_inits
+        outputs.append(helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["batch"]))
     graph = helper.make_graph(
         nodes, "head", [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["batch", learner.model.feature_dim])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])], inits,
+        outputs, inits,
     )  # fmt: skip
     head_model = helper.make_model(graph, opset_imports=list(backbone.opset_import))
     head_model.ir_version = backbone.ir_version

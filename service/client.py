@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from service.schemas import (
     TERMINAL,
     AuditView,
+    CapturedInputs,
     ClassifierView,
     JobView,
     Prediction,
@@ -126,12 +127,15 @@ class EngramClient:
 
     # classifiers
     def create_classifier(self, name: str, input: dict[str, Any], scenario: str = "class-incremental",
-                          backbone: str | dict[str, Any] | None = None, gate: dict[str, Any] | None = None) -> Classifier:  # fmt: skip
+                          backbone: str | dict[str, Any] | None = None, gate: dict[str, Any] | None = None,
+                          unknowns: dict[str, Any] | None = None) -> Classifier:  # fmt: skip
         body: dict[str, Any] = {"name": name, "input": input, "scenario": scenario}
         if backbone:
             body["backbone"] = backbone
         if gate:
             body["gate"] = gate
+        if unknowns:
+            body["unknowns"] = unknowns
         return _read(Classifier, self._call("POST", "/v1/classifiers", json=body))
 
     def classifiers(self) -> list[Classifier]:
@@ -241,6 +245,29 @@ class EngramClient:
     def rollback(self, name: str, to_version: int | None = None, reason: str | None = None) -> Version:
         body = {"to_version": to_version, "reason": reason}
         return _read(Version, self._call("POST", f"/v1/classifiers/{name}/rollback", json=body))
+
+    # inputs flagged unknown (capture)
+    def unknowns(self, name: str) -> CapturedInputs:
+        return _read(CapturedInputs, self._call("GET", f"/v1/classifiers/{name}/unknowns"))
+
+    def delete_unknowns(self, name: str, through_id: int) -> int:
+        return int(self._call("DELETE", f"/v1/classifiers/{name}/unknowns", params={"through": through_id})["deleted"])
+
+    def export_unknowns(self, name: str, folder: str | Path) -> tuple[Path, int]:
+        """Write the captured inputs into ``folder``/unsorted (PNG images, or .npy vectors) and delete them on the
+        server once written: (the folder, how many). Sort the files into one subfolder per class to learn them."""
+        captured = self.unknowns(name)
+        out = Path(folder) / "unsorted"
+        out.mkdir(parents=True, exist_ok=True)
+        for item in captured.items:
+            stem = f"v{item.version}-{item.id:08d}"
+            if item.image_b64 is not None:
+                (out / f"{stem}.png").write_bytes(base64.b64decode(item.image_b64))
+            else:
+                np.save(out / f"{stem}.npy", np.asarray(item.vector, dtype=np.float32))
+        if captured.items:
+            self.delete_unknowns(name, captured.items[-1].id)
+        return out, len(captured.items)
 
     def audit(self, name: str) -> list[AuditEntry]:
         return [_read(AuditEntry, a) for a in self._call("GET", f"/v1/classifiers/{name}/audit")]

@@ -76,6 +76,17 @@ class GateSettings(Strict):
     manual_approval: bool | None = Field(default=None, description="wait for an admin instead of promoting")
 
 
+class UnknownsSettings(Strict):
+    known_rate: float = Field(default=0.95, ge=0.5, le=0.999, description="share of held-out known samples each "
+                              "version's novelty threshold is calibrated to call known")
+    capture: bool = Field(default=False, description="keep inputs flagged unknown for export (refuses jobs with "
+                          "retention 'discard')")
+    capture_max: Annotated[int, JsonInt] = Field(default=1000, ge=1, le=100_000, description="captured inputs kept; "
+                                                 "the oldest go first")
+    capture_max_age_hours: float = Field(default=168.0, gt=0, le=24 * 365, description="captured inputs older "
+                                         "than this are deleted")
+
+
 _BUILTIN = "|".join(BUILTIN_BACKBONES)
 _BUILTIN_TEXT = ", ".join(BUILTIN_BACKBONES)
 BACKBONE_NAME = rf"^({_BUILTIN}|(timm|torchvision)/[A-Za-z0-9][A-Za-z0-9_.-]{{0,127}})$"
@@ -119,6 +130,8 @@ class ClassifierCreate(Strict):
         "size), or an object saying where the weights come from and what trains",
     )  # fmt: skip
     gate: GateSettings | None = None
+    unknowns: UnknownsSettings | None = Field(default=None, description="novelty calibration and capture of "
+                                              "inputs flagged unknown")
 
 
 _OPTIONS = commands.TrainOptions()  # the defaults, stated once (the domain's, which are model_core's TrainConfig's)
@@ -218,6 +231,7 @@ class ClassifierView(Out):
     scenario: Literal["class-incremental", "task-incremental"]
     backbone: str
     gate: GateView = Field(description="the gate defaults of every learn job")
+    unknowns: UnknownsSettings = Field(description="novelty calibration and capture")
     active_version: int | None = Field(description="the version predict uses; null until one is promoted")
     created_at: dt.datetime
 
@@ -270,12 +284,17 @@ class Prediction(Out):
     label: str
     score: float = Field(ge=0, le=1)
     top_k: list[Ranked]
+    novelty: float | None = Field(description="how far the input lies from every known class (higher: more novel); "
+                                  "null when the version's strategy keeps no class models")
+    known: bool | None = Field(description="novelty at or below the version's calibrated threshold; null without "
+                               "novelty")
 
 
 class PredictResult(Out):
     classifier: str
     version: int
     predictions: list[Prediction] = Field(description="one per input, in order")
+    novelty_threshold: float | None = Field(description="the version's threshold: a novelty above it is unknown")
 
 
 class JobEvent(Out):
@@ -300,6 +319,26 @@ class AuditView(Out):
     reason: str | None
     forced: bool
     at: dt.datetime
+
+
+class CapturedInput(Out):
+    id: int
+    version: int = Field(description="the version that flagged it")
+    novelty: float
+    created_at: dt.datetime
+    image_b64: str | None = Field(default=None, description="images: the input as a PNG, base64")
+    vector: list[float] | None = Field(default=None, description="vectors: the input")
+
+
+class CapturedInputs(Out):
+    classifier: str
+    capture: bool = Field(description="whether the classifier captures inputs flagged unknown")
+    items: list[CapturedInput] = Field(description="oldest first; deleted once exported (DELETE) or expired")
+
+
+class CapturedDeleted(Out):
+    classifier: str
+    deleted: int
 
 
 class Health(Out):

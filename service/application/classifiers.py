@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from model_core.config import BackboneSpec, InputSpec, NetworkSpec, default_backbone
@@ -12,6 +15,8 @@ from service.domain.backbones import BackboneChecker
 from service.domain.commands import NewClassifier
 from service.domain.errors import Invalid
 from service.domain.gate import GateConfig
+from service.domain.unknowns import UnknownSettings
+from service.inference.inputs import image_png
 from service.persistence import registry
 from service.settings import Settings
 
@@ -36,7 +41,8 @@ class ClassifierService:
         )
         gate = GateConfig().merged(cmd.gate)
         with self.sessions() as s:
-            clf = registry.add_classifier(s, cmd.name, network, dict(gate.__dict__))  # Conflict: the name is taken
+            unknowns = UnknownSettings.from_dict(cmd.unknowns).to_dict()
+            clf = registry.add_classifier(s, cmd.name, network, dict(gate.__dict__), unknowns)  # Conflict: name taken
             s.commit()
             return classifier_view(clf)
 
@@ -52,3 +58,29 @@ class ClassifierService:
     def get_classifier(self, name: str) -> dict[str, Any]:
         with self.sessions() as s:
             return classifier_view(registry.get_classifier(s, name))
+
+    # --- inputs captured as unknown (service.domain.unknowns) -----------------------------------------------
+
+    def captured(self, name: str) -> dict[str, Any]:
+        """The classifier's captured inputs, oldest first, each as a learn sample's input (``image_b64``, a PNG,
+        or ``vector``) with the version that flagged it and its novelty."""
+        with self.sessions() as s:
+            clf = registry.get_classifier(s, name)
+            settings = UnknownSettings.from_dict(clf.unknowns)
+            rows = registry.list_captured(s, clf, settings.capture_max_age_hours)
+            kind = clf.network["input"]["kind"]
+        items = []
+        for row in rows:
+            x = np.load(io.BytesIO(row.data), allow_pickle=False)
+            value = {"image_b64": base64.b64encode(image_png(x)).decode()} if kind == "image" else {
+                "vector": [float(v) for v in x.reshape(-1)]}  # fmt: skip
+            items.append({"id": row.id, "version": row.version, "novelty": row.novelty, "created_at": row.created_at,
+                          **value})  # fmt: skip
+        return {"classifier": name, "capture": settings.capture, "items": items}
+
+    def delete_captured(self, name: str, through_id: int) -> dict[str, Any]:
+        """Delete the captured inputs up to ``through_id`` (once exported)."""
+        with self.sessions() as s:
+            deleted = registry.delete_captured(s, registry.get_classifier(s, name), through_id)
+            s.commit()
+        return {"classifier": name, "deleted": deleted}

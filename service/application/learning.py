@@ -20,6 +20,7 @@ from service.application.views import job_view
 from service.domain.commands import JobRequest, Learn
 from service.domain.errors import Invalid
 from service.domain.gate import GateConfig
+from service.domain.unknowns import UnknownSettings, refuse_discard_with_capture
 from service.inference.inputs import InputError, InputFormat, parse_items
 from service.jobs.queue import enqueue, uses_procrastinate
 from service.persistence import registry
@@ -63,7 +64,8 @@ class LearningService:
         queue the job: a job row never exists without its data, nor its data without a row."""
         if req.strategy is not None and req.strategy not in SPECS:
             raise Invalid(f"unknown strategy {req.strategy!r}; choose one of {', '.join(sorted(SPECS))}")
-        network, gate_defaults, active_tasks, previous = self._classifier_state(name)
+        network, gate_defaults, active_tasks, previous, unknowns = self._classifier_state(name)
+        refuse_discard_with_capture(UnknownSettings.from_dict(unknowns), req.retention, name)
         strategy, params = self._strategy(req, network, previous)
         if not req.samples:
             raise Invalid("samples is empty: send at least one labelled sample per class")
@@ -95,12 +97,16 @@ class LearningService:
             self.store.delete_job(job_id)
             raise
 
-    def _classifier_state(self, name: str) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], str | None]:
-        """The classifier's network, gate defaults, the active version's tasks and strategy (None: no version)."""
+    def _classifier_state(
+        self, name: str
+    ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], str | None, dict[str, Any]]:
+        """The classifier's network, gate defaults, the active version's tasks and strategy (None: no version),
+        and its unknown-input settings."""
         with self.sessions() as s:
             clf = registry.get_classifier(s, name)
             active = registry.get_version(s, clf, clf.active_version) if clf.active_version is not None else None
-            return clf.network, clf.gate, (active.tasks if active else []), (active.strategy if active else None)
+            return (clf.network, clf.gate, (active.tasks if active else []), (active.strategy if active else None),
+                    clf.unknowns)  # fmt: skip
 
     @staticmethod
     def _strategy(req: Learn, network: dict[str, Any], previous: str | None) -> tuple[str, dict[str, Any]]:

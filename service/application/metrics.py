@@ -37,6 +37,14 @@ class Metrics:
                                              ["classifier"], registry=r)  # fmt: skip
         self.unloadable_versions = Gauge("engram_unloadable_active_versions",
                                          "active versions this replica cannot load yet", registry=r)  # fmt: skip
+        self.novelty_predictions = Counter("engram_novelty_predictions_total",
+                                           "predictions with a novelty score (the unknown rate's denominator)",
+                                           ["classifier", "version"], registry=r)  # fmt: skip
+        self.unknown_predictions = Counter("engram_unknown_predictions_total",
+                                           "predictions whose novelty is above the version's threshold",
+                                           ["classifier", "version"], registry=r)  # fmt: skip
+        self.captured_inputs = Counter("engram_captured_inputs_total", "inputs flagged unknown and kept (capture)",
+                                       ["classifier"], registry=r)  # fmt: skip
         self.requests = Counter("engram_http_requests_total", "HTTP requests", ["method", "status"], registry=r)
 
     def observe_job(self, classifier: str, status: str, seconds: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.application.metrics import Metrics
 from service.domain.commands import Predict
 from service.domain.errors import Conflict, Invalid, Unavailable
-from service.inference.sessions import Served, ServingOptions, ServingState, load_served
+from service.domain.unknowns import UnknownSettings
+from service.inference.sessions import Served, ServingOptions, ServingState, array_bytes, load_served, parse_inputs
 from service.persistence import registry
 from service.persistence.models import Classifier, Version
 from service.retry import backoff
@@ -40,6 +42,32 @@ from service.storage.base import ArtifactStore
 
 log = logging.getLogger("engram.serving")
 RETRY_FIRST, RETRY_MAX = 1.0, 60.0  # seconds before retrying a failed load; doubles per failure up to the max
+
+
+class UnknownRate:
+    """Predictions scored and flagged unknown per classifier in time buckets (``bucket`` seconds, the last
+    ``keep``), per version: the dashboard's plot beside the version timeline. This replica's own, like /metrics;
+    Prometheus's ``engram_unknown_predictions_total`` gives the rate over every replica."""
+
+    def __init__(self, bucket: float = 60.0, keep: int = 120) -> None:
+        self.bucket, self.keep = bucket, keep
+        self._lock = threading.Lock()
+        self._series: dict[str, deque[dict[str, Any]]] = {}
+
+    def record(self, classifier: str, version: int, scored: int, unknown: int) -> None:
+        start = time.time() // self.bucket * self.bucket
+        with self._lock:
+            series = self._series.setdefault(classifier, deque(maxlen=self.keep))
+            if not series or series[-1]["start"] != start or series[-1]["version"] != version:
+                series.append({"start": start, "version": version, "scored": 0, "unknown": 0})
+            series[-1]["scored"] += scored
+            series[-1]["unknown"] += unknown
+
+    def series(self, classifier: str) -> list[dict[str, Any]]:
+        """Oldest first: start (unix seconds), version, scored, unknown and rate of each bucket."""
+        with self._lock:
+            rows = [dict(b) for b in self._series.get(classifier, ())]
+        return [{**b, "rate": b["unknown"] / b["scored"] if b["scored"] else 0.0} for b in rows]
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,8 @@ class ServingService:
         self._failures: dict[tuple[str, int], LoadFailure] = {}
         self._pointers_seen: dict[str, int] = {}  # the last read active versions (replaced, never mutated)
         self._generations: dict[str, int] = {}  # classifier -> generation of the pointer served (under _lock)
+        self.unknown_rate = UnknownRate()
+        self._unknowns: dict[str, tuple[int, UnknownSettings]] = {}  # classifier -> (id, settings), read with refs
 
     # --- loading ----------------------------------------------------------------------------------
 
@@ -187,6 +217,7 @@ class ServingService:
                 for clf, v, generation in rows:
                     if generation < self._generations.get(clf.name, -1):
                         continue  # an older read than what is served: nothing to do
+                    self._unknowns[clf.name] = (clf.id, UnknownSettings.from_dict(clf.unknowns))
                     cur = self.state.active(clf.name)
                     if cur is not None and cur.version == v.number:
                         self._generations[clf.name] = generation  # same version, newer move (e.g. back and forth)
@@ -225,15 +256,47 @@ class ServingService:
                 raise Invalid(f"unknown task {cmd.task!r} for version {served.version}; known: {sorted(served.tasks)}")
         logits, run_rows = await served.batcher.submit(cmd.inputs)  # decoded in the batch's worker thread
         predictions = served.postprocess(logits, cmd.top_k, cmd.task)
+        if served.novelty is not None:
+            await self._watch_unknowns(served, cmd, predictions)
         self.metrics.predict_seconds.labels(name, str(served.version)).observe(time.perf_counter() - start)
         self.metrics.batch_size.labels(name).observe(len(cmd.inputs))
         self.metrics.model_batch_rows.labels(name).observe(run_rows)
-        return {"classifier": name, "version": served.version, "predictions": predictions}
+        return {"classifier": name, "version": served.version, "predictions": predictions,
+                "novelty_threshold": served.novelty_threshold}  # fmt: skip
+
+    async def _watch_unknowns(self, served: Served, cmd: Predict, predictions: list[dict[str, Any]]) -> None:
+        """Count the predictions flagged unknown and, where the classifier captures them, keep those inputs."""
+        unknown = [i for i, p in enumerate(predictions) if p["known"] is False]
+        version = str(served.version)
+        self.metrics.novelty_predictions.labels(served.classifier, version).inc(len(predictions))
+        self.unknown_rate.record(served.classifier, served.version, len(predictions), len(unknown))
+        if not unknown:
+            return
+        self.metrics.unknown_predictions.labels(served.classifier, version).inc(len(unknown))
+        found = self._unknowns.get(served.classifier)
+        if found is not None and found[1].capture:
+            await anyio.to_thread.run_sync(self._capture, served, found, cmd, unknown, predictions)
+
+    def _capture(self, served: Served, found: tuple[int, UnknownSettings], cmd: Predict, unknown: list[int],
+                 predictions: list[dict[str, Any]]) -> None:  # fmt: skip
+        """Keep the flagged inputs (as the model's input rows); a failure is logged, never the request's."""
+        classifier_id, settings = found
+        try:
+            rows = parse_inputs(cmd.inputs, served.fmt, self.options.max_image_pixels)
+            kept = [(float(predictions[i]["novelty"]), array_bytes(rows[i])) for i in unknown]
+            with self.sessions() as s:
+                registry.add_captured(s, classifier_id, served.version, kept, settings.capture_max,
+                                      settings.capture_max_age_hours)  # fmt: skip
+                s.commit()
+            self.metrics.captured_inputs.labels(served.classifier).inc(len(kept))
+        except Exception:
+            log.exception("could not capture %d unknown inputs of %s", len(unknown), served.classifier)
 
     def _ref(self, name: str, version: int | None) -> VersionRef:
         """Where a pinned version, or the active one, is (a short session, closed before any build)."""
         with self.sessions() as s:
             clf = registry.get_classifier(s, name)
+            self._unknowns[clf.name] = (clf.id, UnknownSettings.from_dict(clf.unknowns))
             number = version if version is not None else clf.active_version
             if number is None:
                 raise Conflict(f"classifier {name!r} has no active version yet; learn something first")

@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from model_core.config import BackboneSpec
+from service.domain.unknowns import UnknownSettings
 from service.persistence.models import AuditEntry, Classifier, Job, Version
 
 
 def classifier_view(c: Classifier) -> dict[str, Any]:
     return {"name": c.name, "input": c.network["input"], "scenario": c.network["scenario"],
-            "backbone": BackboneSpec.parse(c.network["backbone"]).name, "gate": c.gate, "active_version": c.active_version,
+            "backbone": BackboneSpec.parse(c.network["backbone"]).name, "gate": c.gate,
+            "unknowns": UnknownSettings.from_dict(c.unknowns).to_dict(), "active_version": c.active_version,
             "created_at": c.created_at}  # fmt: skip
 
 

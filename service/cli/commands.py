@@ -47,7 +47,10 @@ def _create(args: argparse.Namespace) -> int:
     inp = args.image if args.image else {"kind": "vector", "dim": args.vector}
     gate = {"manual_approval": True} if args.manual_approval else None
     with _client(args) as c:
-        clf = c.create_classifier(args.name, inp, args.scenario, _backbone(args), gate)
+        unknowns: dict[str, Any] = {"capture": True} if args.capture_unknowns else {}
+        if args.known_rate is not None:
+            unknowns["known_rate"] = args.known_rate
+        clf = c.create_classifier(args.name, inp, args.scenario, _backbone(args), gate, unknowns or None)
     console.print(f"created [bold]{clf.name}[/] ({clf.scenario}, {clf.backbone} backbone)")
     return 0
 
@@ -154,6 +157,16 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unknowns_export(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        out, n = c.export_unknowns(args.name, args.folder)
+    console.print(f"wrote {n} input(s) flagged unknown to {out} (deleted on the server)")
+    if n:
+        console.print(f"sort them into {args.folder}/<class>/ folders (and delete {out}), then: "
+                      f"engram learn {args.name} {args.folder} --task <task>")  # fmt: skip
+    return 0
+
+
 def _versions(args: argparse.Namespace) -> int:
     with _client(args) as c:
         rows = c.versions(args.name)
@@ -225,6 +238,9 @@ def register(sub: Any) -> None:
     p.add_argument("--train", choices=["frozen", "last", "all"], help="what of the backbone trains")
     p.add_argument("--resolution", type=int, metavar="PX", help="px images are resized to in the model (pretrained)")
     p.add_argument("--manual-approval", action="store_true", help="wait for an admin before promoting")
+    p.add_argument("--capture-unknowns", action="store_true", help="keep inputs flagged unknown for "
+                   "'engram unknowns export' (refuses jobs with retention discard)")  # fmt: skip
+    p.add_argument("--known-rate", type=float, help="share of held-out known samples calibrated as known (0.95)")
     add("list", _list, "list classifiers", clfs)
     p = add("learn", _learn, "learn a task from an ImageFolder-style folder (one subfolder per class)")
     p.add_argument("name")
@@ -240,6 +256,12 @@ def register(sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--task")
     p.add_argument("--version", type=int)
+    unknowns = sub.add_parser("unknowns", help="inputs flagged unknown (capture)").add_subparsers(dest="action",
+                                                                                                 required=True)  # fmt: skip
+    p = add("export", _unknowns_export, "write the captured inputs into FOLDER/unsorted and delete them on the server",
+            unknowns)  # fmt: skip
+    p.add_argument("name")
+    p.add_argument("folder")
     p = add("versions", _versions, "list a classifier's versions")
     p.add_argument("name")
     p = add("promote", _promote, "make a version active")

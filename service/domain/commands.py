@@ -21,6 +21,7 @@ class NewClassifier:
     # None: the default for the input kind; a name, or BackboneSpec's fields (name, weights, file, ...)
     backbone: str | dict[str, Any] | None = None
     gate: dict[str, Any] | None = None  # gate defaults that differ from GateConfig's
+    unknowns: dict[str, Any] | None = None  # service.domain.unknowns.UnknownSettings's fields
 
 
 @dataclass(frozen=True)

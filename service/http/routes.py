@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
-from litestar import Request, Response, Router, get, post
+from litestar import Request, Response, Router, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, SerializationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.handlers.http_handlers import HTTPRouteHandler
+from litestar.params import Parameter
 from litestar.response import File, ServerSentEvent, ServerSentEventMessage
 from litestar.routes import HTTPRoute
 from litestar.serialization import encode_json
@@ -36,6 +37,8 @@ from service.http.predict_binary import predict_binary
 from service.schemas import (
     TERMINAL,
     AuditView,
+    CapturedDeleted,
+    CapturedInputs,
     ClassifierCreate,
     ClassifierView,
     Health,
@@ -266,6 +269,20 @@ def audit(request: Request[Any, Any, Any], name: str) -> list[dict[str, Any]]:
     return svc(request).versions.audit(name)
 
 
+@get("/classifiers/{name:str}/unknowns", opt={"role": "learn"}, sync_to_thread=True,
+     responses=answers(200, CapturedInputs, "Inputs flagged unknown and kept (capture), oldest first", 400, 404))  # fmt: skip
+def captured(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
+    return svc(request).classifiers.captured(name)
+
+
+@delete("/classifiers/{name:str}/unknowns", opt={"role": "learn"}, status_code=200, sync_to_thread=True,
+        responses=answers(200, CapturedDeleted, "How many captured inputs were deleted", 400, 404, 422))  # fmt: skip
+def delete_captured(
+    request: Request[Any, Any, Any], name: str, through: Annotated[int, Parameter(ge=1, le=2**62)]
+) -> dict[str, Any]:
+    return svc(request).classifiers.delete_captured(name, through)
+
+
 @get("/healthz", sync_to_thread=False, responses=answers(200, Health, "The process is up"))
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -290,7 +307,8 @@ V1 = Router(
     security=[{"bearer": []}],
     route_handlers=[guard_answers(h) for h in (
         strategies, create_classifier, list_classifiers, get_classifier, learn, get_job, cancel_job, job_events,
-        predict, predict_binary, list_versions, get_version, get_onnx, promote, rollback, audit,
+        predict, predict_binary, list_versions, get_version, get_onnx, promote, rollback, audit, captured,
+        delete_captured,
     )],
 )  # fmt: skip
 ROUTES = [V1, healthz, readyz]

@@ -120,3 +120,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(z)
     out: np.ndarray = e / e.sum(axis=1, keepdims=True)
     return out
+
+
+def image_png(x: np.ndarray) -> bytes:
+    """A model input image (C, H, W) in [0, 1] as PNG bytes (grey for one channel, RGB for three)."""
+    from PIL import Image
+
+    pixels = (np.clip(x, 0.0, 1.0) * 255).round().astype(np.uint8)
+    image = Image.fromarray(pixels[0]) if pixels.shape[0] == 1 else Image.fromarray(np.moveaxis(pixels, 0, -1))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

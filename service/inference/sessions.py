@@ -7,6 +7,7 @@ Each served version has its own micro-batcher (``service.inference.batching``): 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -56,9 +57,17 @@ class Served:
     fmt: InputFormat
     scenario: str
     batcher: MicroBatcher
+    novelty: dict[str, Any] | None = None  # the graph's novelty output: kind, threshold, known_rate
 
-    def postprocess(self, logits: np.ndarray, top_k: int, task: str | None) -> list[dict[str, Any]]:
-        """One request's logits rows -> its predictions (labels and top-k scores)."""
+    @property
+    def novelty_threshold(self) -> float | None:
+        return None if self.novelty is None else float(self.novelty["threshold"])
+
+    def postprocess(self, rows: np.ndarray, top_k: int, task: str | None) -> list[dict[str, Any]]:
+        """One request's output rows (logits, then the novelty in a last column when the graph has one) -> its
+        predictions (labels, top-k scores, novelty and known)."""
+        threshold = self.novelty_threshold
+        logits = rows if threshold is None else rows[:, :-1]
         units = np.arange(logits.shape[1])
         if self.scenario == "task-incremental":
             assert task is not None
@@ -66,23 +75,37 @@ class Served:
         probs = softmax(logits[:, units])
         k = min(top_k, len(units))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        novelty = [None] * len(rows) if threshold is None else rows[:, -1].tolist()
         out = []
-        for row, idx in zip(probs, order, strict=True):
+        for row, idx, nov in zip(probs, order, novelty, strict=True):
             top = [{"label": self.labels[int(units[i])], "score": round(float(row[i]), 6)} for i in idx]
-            out.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top})
+            known = None if nov is None or threshold is None else bool(nov <= threshold)
+            out.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top,
+                        "novelty": None if nov is None else round(float(nov), 6), "known": known})  # fmt: skip
         return out
 
 
-def _run_logits(session: ort.InferenceSession, rows: int, x: np.ndarray) -> np.ndarray:
-    """(N, units) logits, in runs of at most ``rows`` rows: ONNX Runtime's memory arena keeps the largest run's
-    activations for the session's life, so one 1,024-photo request would otherwise hold gigabytes in every
-    session it touched (a frozen EfficientNet at 224 px, 256 rows: about 1 GB a session)."""
-    parts = [session.run(["logits"], {"input": x[i : i + rows]})[0] for i in range(0, len(x), rows)]
+def _run_logits(session: ort.InferenceSession, rows: int, outputs: list[str], x: np.ndarray) -> np.ndarray:
+    """(N, units) logits (and the novelty as one more column when ``outputs`` has it), in runs of at most
+    ``rows`` rows: ONNX Runtime's memory arena keeps the largest run's activations for the session's life, so one
+    1,024-photo request would otherwise hold gigabytes in every session it touched (a frozen EfficientNet at
+    224 px, 256 rows: about 1 GB a session)."""
+    parts = []
+    for i in range(0, len(x), rows):
+        got = session.run(outputs, {"input": x[i : i + rows]})
+        parts.append(got[0] if len(got) == 1 else np.concatenate([got[0], got[1][:, None]], axis=1))
     out: np.ndarray = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
     return out
 
 
-def _parse_inputs(items: list[Any] | BinaryBatch, fmt: InputFormat, max_pixels: int) -> np.ndarray:
+def array_bytes(row: np.ndarray) -> bytes:
+    """One input row as .npy bytes (what capture keeps)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(row), allow_pickle=False)
+    return buf.getvalue()
+
+
+def parse_inputs(items: list[Any] | BinaryBatch, fmt: InputFormat, max_pixels: int) -> np.ndarray:
     if isinstance(items, NpyBatch | ImageFiles):  # POST .../predict/binary (service.inference.binary)
         return items.rows(fmt, max_pixels)
     return parse_items(items, fmt, "inputs", max_pixels)
@@ -103,12 +126,15 @@ def load_served(
     meta = session.get_modelmeta().custom_metadata_map
     labels = json.loads(meta["engram.labels"])
     tasks = {t["name"]: list(t["units"]) for t in json.loads(meta["engram.tasks"])}
+    novelty = json.loads(meta["engram.novelty"]) if "engram.novelty" in meta else None  # versions before it: none
+    outputs = ["logits", "novelty"] if novelty is not None else ["logits"]
     fmt = InputFormat.from_network(network)
     for n in sorted({1, options.max_batch}):  # warm up the shapes the batcher will use most
-        session.run(["logits"], {"input": np.zeros((n, *fmt.shape), dtype=np.float32)})
-    prepare = partial(_parse_inputs, fmt=fmt, max_pixels=options.max_image_pixels)
-    batcher = MicroBatcher(partial(_run_logits, session, options.max_batch), options.max_batch, options.max_wait, prepare)
-    return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], batcher)
+        session.run(outputs, {"input": np.zeros((n, *fmt.shape), dtype=np.float32)})
+    prepare = partial(parse_inputs, fmt=fmt, max_pixels=options.max_image_pixels)
+    run = partial(_run_logits, session, options.max_batch, outputs)
+    batcher = MicroBatcher(run, options.max_batch, options.max_wait, prepare)
+    return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], batcher, novelty)
 
 
 class ServingState:

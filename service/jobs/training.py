@@ -23,15 +23,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from model_core.checkpoint import load_bundle, save_bundle
 from model_core.config import NetworkSpec, TrainConfig
 from model_core.data import Experience
-from model_core.export import ExportError, export_onnx
+from model_core.export import ExportError, Novelty, export_onnx
 from model_core.export_frozen import OnnxFeatures
 from model_core.learner import Learner, LearnResult
+from model_core.novelty import fit_novelty, novelty_module
 from model_core.strategies.base import Progress, TrainingCancelled
 from model_core.trainer import resolve_device
 from service.domain.commands import JobRequest
 from service.domain.errors import PointerMoved
 from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluate
 from service.domain.gate_advice import JobFacts
+from service.domain.unknowns import UnknownSettings
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
 from service.retry import backoff
@@ -208,6 +210,7 @@ class JobSpec:
     request: JobRequest
     parent_number: int | None
     parent_dir: Path | None
+    known_rate: float = UnknownSettings.known_rate  # the novelty threshold's calibration (service.domain.unknowns)
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,7 @@ class Exported:
     onnx: bytes
     max_abs_diff: float | None
     error: str | None
+    novelty: dict[str, Any] | None = None  # kind, threshold and known rate; None: the version has no class models
 
 
 class JobRun:
@@ -259,7 +263,7 @@ class JobRun:
         result = self.train(spec, learner, train)
         self.runner._set_status(self.job_id, "evaluating")
         candidate = self.score_candidate(learner, result, parent, parent_seconds)
-        exported = self.export(learner, suite)
+        exported = self.export(learner, suite, spec.known_rate)
         cfg, report = self.gate(spec, learner, candidate, exported, parent)
         t_save = time.perf_counter()
         # Publishing, crash-safe at every instant: (1) the bundle goes to a folder named by this job, not by a
@@ -291,6 +295,7 @@ class JobRun:
                 request=JobRequest.from_stored(dict(job.request)),  # any schema version this worker knows
                 parent_number=parent.number if parent else None,
                 parent_dir=self.store.path(parent.artifact) if parent else None,
+                known_rate=UnknownSettings.from_dict(clf.unknowns).known_rate,
             )  # fmt: skip
 
     def load_parent(self, spec: JobSpec) -> tuple[Learner, dict[str, np.ndarray]]:
@@ -355,17 +360,25 @@ class JobRun:
         self.times["gate"] = parent_seconds + time.perf_counter() - t2
         return Candidate(result, predicted, rows)
 
-    def export(self, learner: Learner, suite: dict[str, np.ndarray]) -> Exported:
-        """The candidate as ONNX, checked against torch on the suite's first samples; a failure is the gate's."""
+    def export(self, learner: Learner, suite: dict[str, np.ndarray], known_rate: float) -> Exported:
+        """The candidate as ONNX, checked against torch on the suite's first samples; a failure is the gate's.
+        Where the version has class models, its novelty score goes into the graph, its threshold calibrated on
+        every task's evaluation samples (held out from training) at the classifier's known rate."""
         t3 = time.perf_counter()
         onnx_bytes, diff, err = b"", None, None
+        novelty = None
+        module = novelty_module(learner)
+        if module is not None:
+            x = torch.from_numpy(suite["x"])
+            novelty = Novelty(module, fit_novelty(learner, module, x, known_rate), known_rate)
         try:
-            exported = export_onnx(learner, torch.from_numpy(suite["x"][:64]), cache_dir=self.runner.cache_dir)
+            exported = export_onnx(learner, torch.from_numpy(suite["x"][:64]), cache_dir=self.runner.cache_dir,
+                                   novelty=novelty)  # fmt: skip
             onnx_bytes, diff = exported.onnx, exported.max_abs_diff
         except ExportError as exc:
             err = str(exc)
         self.times["export"] = time.perf_counter() - t3
-        return Exported(onnx_bytes, diff, err)
+        return Exported(onnx_bytes, diff, err, json.loads(novelty.metadata()) if novelty else None)
 
     def gate(
         self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores
@@ -383,6 +396,7 @@ class JobRun:
         )  # fmt: skip
         report = evaluate(cfg, inputs)
         report["training"] = training
+        report["novelty"] = exported.novelty
         return cfg, report
 
     def write_bundle(

@@ -9,8 +9,10 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -51,6 +53,8 @@ class Classifier(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     network: Mapped[dict[str, Any]]  # NetworkSpec.to_dict()
     gate: Mapped[dict[str, Any]]  # gate defaults: tolerance, new_task_floor, manual_approval, holdout
+    # novelty settings: known_rate, capture, capture_max, capture_max_age_hours (service.domain.unknowns)
+    unknowns: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     active_version: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -94,6 +98,18 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     seconds: Mapped[dict[str, Any]] = mapped_column(default=dict)  # time per stage
+
+
+class CapturedInput(Base):
+    """An input a served version flagged as unknown, kept (``capture``) until exported or expired."""
+
+    __tablename__ = "captured_inputs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    classifier_id: Mapped[int] = mapped_column(ForeignKey("classifiers.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    novelty: Mapped[float] = mapped_column(Float)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # the model's input row as .npy bytes
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
 class AuditEntry(Base):

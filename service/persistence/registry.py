@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.domain.errors import Conflict, NotFound, PointerMoved
 from service.domain.job_status import ACTIVE
-from service.persistence.models import AuditEntry, Classifier, Job, Version, utcnow
+from service.persistence.models import AuditEntry, CapturedInput, Classifier, Job, Version, utcnow
 
 __all__ = ["Conflict", "NotFound", "PointerMoved"]  # re-exported: older imports name this module
 
@@ -31,10 +31,12 @@ def ping(s: Session) -> None:
 # --- classifiers ------------------------------------------------------------------------------------
 
 
-def add_classifier(s: Session, name: str, network: dict[str, Any], gate: dict[str, Any]) -> Classifier:
+def add_classifier(
+    s: Session, name: str, network: dict[str, Any], gate: dict[str, Any], unknowns: dict[str, Any] | None = None
+) -> Classifier:
     """A new classifier (flushed, the caller commits); ``Conflict`` if the name is taken, also when two
     requests race (the unique name)."""
-    clf = Classifier(name=name, network=network, gate=gate)
+    clf = Classifier(name=name, network=network, gate=gate, unknowns=unknowns or {})
     s.add(clf)
     try:
         s.flush()
@@ -234,3 +236,34 @@ def reap_stale_jobs(s: Session, stale_after: float) -> list[Job]:
     if dead:
         s.commit()
     return dead
+
+
+def add_captured(s: Session, classifier_id: int, version: int, rows: list[tuple[float, bytes]], keep: int,
+                 max_age_hours: float) -> None:  # fmt: skip
+    """Keep inputs flagged unknown, then drop what is beyond the classifier's bounds: older than ``max_age_hours``,
+    or more than ``keep`` (the oldest first)."""
+    for novelty, data in rows:
+        s.add(CapturedInput(classifier_id=classifier_id, version=version, novelty=novelty, data=data))
+    s.flush()
+    expired = utcnow() - dt.timedelta(hours=max_age_hours)
+    s.execute(delete(CapturedInput).where(CapturedInput.classifier_id == classifier_id,
+                                          CapturedInput.created_at < expired))  # fmt: skip
+    newest = select(CapturedInput.id).where(CapturedInput.classifier_id == classifier_id)
+    cutoff = s.scalar(newest.order_by(CapturedInput.id.desc()).offset(keep).limit(1))
+    if cutoff is not None:
+        s.execute(delete(CapturedInput).where(CapturedInput.classifier_id == classifier_id,
+                                              CapturedInput.id <= cutoff))  # fmt: skip
+
+
+def list_captured(s: Session, clf: Classifier, max_age_hours: float) -> list[CapturedInput]:
+    """The classifier's captured inputs that have not expired, oldest first."""
+    expired = utcnow() - dt.timedelta(hours=max_age_hours)
+    q = select(CapturedInput).where(CapturedInput.classifier_id == clf.id, CapturedInput.created_at >= expired)
+    return list(s.scalars(q.order_by(CapturedInput.id)))
+
+
+def delete_captured(s: Session, clf: Classifier, through_id: int) -> int:
+    """Delete the classifier's captured inputs up to ``through_id`` (exported); returns how many."""
+    result = s.execute(delete(CapturedInput).where(CapturedInput.classifier_id == clf.id,
+                                                   CapturedInput.id <= through_id))  # fmt: skip
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -52,9 +52,14 @@ def classifier_page(
     context = {
         "clf": clf, "versions": versions, "selected": selected, "jobs": service.learning.recent_jobs(name),
         "matrix": service.versions.lineage_matrix(name, selected["version"]) if selected else None,
-        "message": message, "error": error,
+        "message": message, "error": error, "series": service.serving.unknown_rate.series(name),
     }  # fmt: skip
     return Template("classifier.html", context=context)
+
+
+@get("/classifiers/{name:str}/unknown-rate", sync_to_thread=False)
+def unknown_rate_fragment(request: Request[Any, Any, Any], name: str) -> Template:
+    return Template("unknown_rate.html", context={"series": svc(request).serving.unknown_rate.series(name)})
 
 
 @get("/classifiers/{name:str}/jobs", sync_to_thread=True)
@@ -90,7 +95,7 @@ def promote_form(request: Request[Any, Any, Any], name: str, number: VersionNumb
 
 UI = Router(
     path="/ui",
-    route_handlers=[index, classifier_page, jobs_fragment, rollback_form, promote_form],
+    route_handlers=[index, classifier_page, jobs_fragment, unknown_rate_fragment, rollback_form, promote_form],
     include_in_schema=False,
 )
 STATIC = create_static_files_router(path="/ui/static", directories=[HERE / "static"], include_in_schema=False)

@@ -1,0 +1,98 @@
+"""Unknown inputs through the real server: novelty per prediction, the rate in /metrics, capture and export."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.novelty import auroc
+from tests.e2e.conftest import Server, auth, png_b64
+from tests.e2e.support import PROBE, blobs, create, engram, finished, learn, problem, samples
+
+KNOWN = (0, 1, 2, 3, 4)
+
+
+def _predict(c: httpx.Client, name: str, images: np.ndarray) -> dict[str, Any]:
+    body = {"inputs": [{"image_b64": png_b64(img)} for img in images]}
+    r = c.post(f"/v1/classifiers/{name}/predict", json=body, headers=auth("predict"))
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _counter(metrics: str, name: str, classifier: str) -> float:
+    found = re.findall(rf'^{name}{{classifier="{classifier}",version="\d+"}} ([0-9.e+]+)$', metrics, re.M)
+    return sum(float(v) for v in found)
+
+
+def test_unknown_digits_flagged_counted_captured_and_exported(
+    server: Server, digits: tuple[np.ndarray, ...], tmp_path: Path
+) -> None:
+    x_tr, y_tr, x_te, y_te = digits
+    c = server.client()
+    r = c.post("/v1/classifiers", headers=auth("admin"), json={
+        "name": "open", "input": {"kind": "image", "channels": 1, "height": 8, "width": 8},
+        "unknowns": {"capture": True, "capture_max": 5}})  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert r.json()["unknowns"]["capture"] is True and r.json()["unknowns"]["known_rate"] == 0.95
+    # capture keeps inputs: a job whose samples must be discarded is refused, naming why and what works
+    body = {"task": "low", "samples": samples(x_tr, y_tr, KNOWN), "retention": "discard"}
+    r = c.post("/v1/classifiers/open/learn", json=body, headers=auth("learn"))
+    problem(r, 422, "captures inputs", "retention 'keep'")
+    job = finished(c, learn(c, "open", {**body, "retention": "keep"}))
+    assert job["status"] == "promoted", job
+    novelty = job["report"]["novelty"]
+    assert novelty["kind"] == "max_logit" and novelty["known_rate"] == 0.95
+
+    known = _predict(c, "open", x_te[np.isin(y_te, KNOWN)])
+    unknown = _predict(c, "open", x_te[~np.isin(y_te, KNOWN)])
+    threshold = known["novelty_threshold"]
+    assert threshold == novelty["threshold"]
+    k = np.array([p["novelty"] for p in known["predictions"]])
+    u = np.array([p["novelty"] for p in unknown["predictions"]])
+    assert auroc(k, u) >= 0.9  # unknown digits score above known ones (0.99 on this seed)
+    for p in [*known["predictions"], *unknown["predictions"]]:
+        assert p["known"] == (p["novelty"] <= threshold)
+    assert (k <= threshold).mean() >= 0.85  # calibrated at 0.95 on the gate's held-out samples
+    flagged = int((u > threshold).sum() + (k > threshold).sum())
+    assert flagged > 5
+
+    metrics = c.get("/metrics").text
+    assert _counter(metrics, "engram_unknown_predictions_total", "open") == flagged
+    assert _counter(metrics, "engram_novelty_predictions_total", "open") == len(k) + len(u)
+    plot = c.get("/ui/classifiers/open/unknown-rate").text  # the dashboard's plot beside the version timeline
+    buckets = re.findall(r'data-rate="([0-9.]+)" data-scored="(\d+)" data-unknown="(\d+)"', plot)
+    assert sum(int(n) for _, n, _ in buckets) == len(k) + len(u)
+    assert sum(int(f) for _, _, f in buckets) == flagged
+    assert 'id="unknown-rate"' in c.get("/ui/classifiers/open").text
+    held = c.get("/v1/classifiers/open/unknowns", headers=auth("learn")).json()
+    assert len(held["items"]) == 5  # bounded: the newest five of the flagged inputs
+    assert all(item["novelty"] > threshold for item in held["items"])
+
+    out = engram(server, "unknowns", "export", "open", str(tmp_path / "sort-me"), role="learn")
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "sort-me" / "unsorted").glob("*.png"))) == 5
+    assert c.get("/v1/classifiers/open/unknowns", headers=auth("learn")).json()["items"] == []
+
+
+def test_no_capture_unless_asked_and_no_novelty_without_class_models(server: Server) -> None:
+    c = server.client()
+    create(c, "closed")
+    job = finished(c, learn(c, "closed", {"task": "t", "strategy": "naive", "options": {"iterations": 30},
+                                         "samples": blobs({"a": 0, "b": 3})}))
+    assert job["status"] == "promoted", job
+    assert job["report"]["novelty"] is None
+    r = c.post("/v1/classifiers/closed/predict", json=PROBE, headers=auth("predict")).json()
+    assert r["novelty_threshold"] is None
+    assert all(p["novelty"] is None and p["known"] is None for p in r["predictions"])
+
+    create(c, "quiet")  # class models, capture off: far-away inputs are flagged but not kept
+    job = finished(c, learn(c, "quiet", {"task": "t", "samples": blobs({"a": 0, "b": 3}, n=15)}))
+    assert job["status"] == "promoted", job
+    far = {"inputs": [{"vector": [40.0, -40.0, 40.0, -40.0]}]}
+    r = c.post("/v1/classifiers/quiet/predict", json=far, headers=auth("predict")).json()
+    assert r["predictions"][0]["known"] is False
+    assert c.get("/v1/classifiers/quiet/unknowns", headers=auth("learn")).json()["items"] == []

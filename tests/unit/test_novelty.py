@@ -1,0 +1,74 @@
+"""Novelty scores from a version's class models: separation of unknown classes, calibration, ONNX parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from benchmarks.novelty import auroc
+from model_core.data import SplitBenchmark
+from model_core.export import Novelty, export_onnx
+from model_core.learner import Learner
+from model_core.novelty import calibrate, fit_novelty, novelty_module, novelty_scores
+from tests.conftest import FAST, digit_spec
+from tests.unit.support import SMALL
+
+CASES = {  # strategy, frozen backbone -> the score it gets and its AUROC floor on unknown 8x8 digits (seed 0)
+    ("class_models", False): ("max_logit", 0.9),
+    ("generative_replay", False): ("likelihood", 0.9),
+    ("analytic", True): ("mahalanobis", 0.7),
+}
+
+
+def learned(strategy: str, frozen: bool, digits: SplitBenchmark, tasks: int = 2) -> Learner:
+    learner = Learner.create(digit_spec(), seed=0)
+    if frozen:  # the head then reads the (frozen) backbone's features, as with a pretrained backbone
+        learner.model.backbone.requires_grad_(False)
+    for exp in digits.train[:tasks]:
+        learner.learn(exp, strategy, SMALL.get(strategy), FAST)
+    return learner
+
+
+@pytest.mark.parametrize(("strategy", "frozen"), list(CASES))
+def test_unknown_classes_score_above_known_and_onnx_agrees(
+    strategy: str, frozen: bool, digits: SplitBenchmark, tmp_path: Path
+) -> None:
+    kind, floor = CASES[(strategy, frozen)]
+    learner = learned(strategy, frozen, digits)
+    module = novelty_module(learner)
+    assert module is not None and module.kind == kind
+    known = torch.cat([t.x for t in digits.test[:2]])
+    unknown = torch.cat([t.x for t in digits.test[2:]])
+    k, u = novelty_scores(learner, known, module), novelty_scores(learner, unknown, module)
+    assert k is not None and u is not None
+    assert auroc(k.numpy(), u.numpy()) >= floor
+
+    threshold = fit_novelty(learner, module, known)
+    result = export_onnx(learner, known[:32], cache_dir=tmp_path, novelty=Novelty(module, threshold, 0.95))
+    session = ort.InferenceSession(result.onnx, providers=["CPUExecutionProvider"])
+    logits, got = session.run(["logits", "novelty"], {"input": unknown[:7].numpy()})
+    want = novelty_scores(learner, unknown[:7], module)
+    assert want is not None
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits, learner.logits(unknown[:7]).numpy(), atol=1e-4, rtol=0)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert '"threshold": ' + repr(threshold) in meta["engram.novelty"]
+
+
+@pytest.mark.parametrize("strategy", ["naive", "replay"])
+def test_strategies_without_class_models_have_no_novelty(strategy: str, digits: SplitBenchmark) -> None:
+    learner = learned(strategy, False, digits, tasks=1)
+    assert novelty_module(learner) is None
+    assert novelty_scores(learner, digits.test[0].x[:3]) is None
+
+
+def test_calibrate_keeps_the_asked_share_at_or_below_the_threshold() -> None:
+    scores = torch.arange(100, dtype=torch.float32).flip(0)
+    assert calibrate(scores, 0.95) == 94.0
+    assert float((scores <= calibrate(scores, 0.8)).double().mean()) == 0.8
+    with pytest.raises(ValueError, match="known_rate"):
+        calibrate(scores, 0.0)
