@@ -3,6 +3,7 @@ in-process limit.
 
     python -m benchmarks.serve_bench [--seconds 10] [--levels 1,8,32,64] [--models small,resnet18,pretrained]
                                      [--systems engram,naive,limit,bentoml,torchserve] [--engram-workers N]
+                                     [--strategy naive]
                                      [--json FILE]
 
 Engram's serving settings come from the environment as usual, e.g.
@@ -148,7 +149,7 @@ def digit_png(image: np.ndarray, inp: dict[str, Any]) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def train(url: str, case: ModelCase, x: np.ndarray, y: np.ndarray) -> int:
+def train(url: str, case: ModelCase, x: np.ndarray, y: np.ndarray, strategy: str = "naive") -> int:
     """Create the classifier and learn digits 0-4 through the API; returns the promoted version."""
     headers = {"Authorization": f"Bearer {ADMIN}"}
     with httpx.Client(base_url=url, headers=headers, timeout=600) as c:
@@ -160,7 +161,7 @@ def train(url: str, case: ModelCase, x: np.ndarray, y: np.ndarray) -> int:
             {"label": str(label), "image_b64": digit_png(img, case.input)}
             for img, label in zip(x[keep], y[keep], strict=True)
         ]
-        body = {"task": "digits-0-4", "strategy": "naive", "samples": samples,
+        body = {"task": "digits-0-4", "strategy": strategy, "samples": samples,
                 "options": {"iterations": case.iterations, "batch_size": 32}}  # fmt: skip
         started = time.perf_counter()
         job = c.post(f"/v1/classifiers/{case.name}/learn", json=body).json()
@@ -234,6 +235,7 @@ def bench_model(
     workdir: Path,
     systems: set[str],
     engram_workers: int = 1,
+    strategy: str = "naive",
 ) -> dict[str, Any]:
     digits = load_digits()
     x, y = digits.images, digits.target
@@ -251,7 +253,7 @@ def bench_model(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, engram, "/readyz")
-        version = train(url, case, x, y)
+        version = train(url, case, x, y, strategy)
         folder = artifact_dir(data_dir, case.name, version)
         network = json.loads((folder / "manifest.json").read_text())["network"]
         nurl = ""
@@ -350,6 +352,9 @@ def main() -> None:
         help="any of engram, naive, limit, bentoml, torchserve (the last two need the bench extra)",
     )
     parser.add_argument("--engram-workers", type=int, default=1, help="engram serve --workers N")
+    parser.add_argument("--strategy", default="naive", help="the learn job's strategy; one with class models "
+                        "(class_models, generative_replay, analytic) serves a novelty score too, unless "
+                        "ENGRAM_NOVELTY=false")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
     systems = set(args.systems.split(","))
@@ -361,13 +366,14 @@ def main() -> None:
            "batch_max_size": os.environ.get("ENGRAM_BATCH_MAX_SIZE", "64 (default)"),
            "batch_max_wait_ms": os.environ.get("ENGRAM_BATCH_MAX_WAIT_MS", "0 (default)"),
            "ort_threads": os.environ.get("ENGRAM_ORT_THREADS", "0 = one per CPU (default)"),
-           "engram_workers": args.engram_workers}  # fmt: skip
+           "engram_workers": args.engram_workers, "strategy": args.strategy,
+           "novelty": os.environ.get("ENGRAM_NOVELTY", "true (default)")}  # fmt: skip
     print("serve_bench:", json.dumps(env))
     results = []
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
         for name in args.models.split(","):
             results.append(bench_model(MODELS[name], levels, args.seconds, args.warmup, Path(tmp), systems,
-                                       args.engram_workers))  # fmt: skip
+                                       args.engram_workers, args.strategy))  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "results": results}, indent=2))
         print(f"\nwrote {args.json}")

@@ -23,6 +23,10 @@ class ExportError(RuntimeError):
     """The exported graph does not reproduce the torch model."""
 
 
+class NoveltyExportError(ExportError):
+    """The classifier's graph is right but its novelty output does not reproduce torch's."""
+
+
 @dataclass(frozen=True)
 class Novelty:
     """A version's novelty score (``model_core.novelty``) and its calibrated threshold, exported with it."""
@@ -129,7 +133,7 @@ def _finish(
     if novelty is not None:
         off = novelty_parity(learner, novelty, data, check_inputs)
         if not off <= PARITY_TOLERANCE:
-            raise ExportError(f"ONNX novelty differs from torch by {off:.3g} relative (> {PARITY_TOLERANCE})")
+            raise NoveltyExportError(f"ONNX novelty differs from torch by {off:.3g} relative (> {PARITY_TOLERANCE})")
     return ExportResult(data, diff)
 
 

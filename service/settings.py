@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     stale_after_seconds: float = 30.0  # a running job without heartbeat this long is failed
     serving_poll_seconds: float = 0.5  # how often replicas look for a new active version
     device: str = "auto"  # training device for workers: auto, cpu, cuda
+    # Export each version's novelty score with it where its strategy keeps class models (service.domain.unknowns);
+    # off: versions serve no novelty (python -m benchmarks.serve_bench measures what it costs)
+    novelty: bool = True
     # The most optimiser steps a job may take when its request leaves ``iterations`` to the data
     max_train_steps: int = Field(default=5000, ge=1)
     queue: str = "gpu"  # procrastinate queue the training jobs go to (PostgreSQL deployments)

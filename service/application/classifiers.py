@@ -67,7 +67,9 @@ class ClassifierService:
         with self.sessions() as s:
             clf = registry.get_classifier(s, name)
             settings = UnknownSettings.from_dict(clf.unknowns)
-            rows = registry.list_captured(s, clf, settings.capture_max_age_hours)
+            registry.expire_captured(s, clf.id, settings.capture_max_age_hours)  # expired: deleted, never shown
+            s.commit()
+            rows = registry.list_captured(s, clf)
             kind = clf.network["input"]["kind"]
         items = []
         for row in rows:

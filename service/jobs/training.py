@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from model_core.checkpoint import load_bundle, save_bundle
 from model_core.config import NetworkSpec, TrainConfig
 from model_core.data import Experience
-from model_core.export import ExportError, Novelty, export_onnx
+from model_core.export import ExportError, Novelty, NoveltyExportError, export_onnx
 from model_core.export_frozen import OnnxFeatures
 from model_core.learner import Learner, LearnResult
 from model_core.novelty import fit_novelty, novelty_module
@@ -90,7 +90,9 @@ class JobRunner:
         cache_dir: Path | None = None,
         max_steps: int = TrainConfig.max_iterations,
         on_stage: Callable[[str], None] | None = None,
+        novelty: bool = True,
     ) -> None:
+        self.novelty = novelty  # export each version's novelty score where it has class models
         self.sessions = sessions
         self.store = store
         self.device = device
@@ -367,18 +369,23 @@ class JobRun:
         t3 = time.perf_counter()
         onnx_bytes, diff, err = b"", None, None
         novelty = None
-        module = novelty_module(learner)
+        module = novelty_module(learner) if self.runner.novelty else None
         if module is not None:
             x = torch.from_numpy(suite["x"])
             novelty = Novelty(module, fit_novelty(learner, module, x, known_rate), known_rate)
+        about = json.loads(novelty.metadata()) if novelty else None
+        check = torch.from_numpy(suite["x"][:64])
         try:
-            exported = export_onnx(learner, torch.from_numpy(suite["x"][:64]), cache_dir=self.runner.cache_dir,
-                                   novelty=novelty)  # fmt: skip
+            try:
+                exported = export_onnx(learner, check, cache_dir=self.runner.cache_dir, novelty=novelty)
+            except NoveltyExportError as exc:  # the classifier still serves, without novelty; the report says why
+                about = {"error": str(exc)}
+                exported = export_onnx(learner, check, cache_dir=self.runner.cache_dir)
             onnx_bytes, diff = exported.onnx, exported.max_abs_diff
         except ExportError as exc:
             err = str(exc)
         self.times["export"] = time.perf_counter() - t3
-        return Exported(onnx_bytes, diff, err, json.loads(novelty.metadata()) if novelty else None)
+        return Exported(onnx_bytes, diff, err, about)
 
     def gate(
         self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores

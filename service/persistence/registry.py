@@ -245,9 +245,7 @@ def add_captured(s: Session, classifier_id: int, version: int, rows: list[tuple[
     for novelty, data in rows:
         s.add(CapturedInput(classifier_id=classifier_id, version=version, novelty=novelty, data=data))
     s.flush()
-    expired = utcnow() - dt.timedelta(hours=max_age_hours)
-    s.execute(delete(CapturedInput).where(CapturedInput.classifier_id == classifier_id,
-                                          CapturedInput.created_at < expired))  # fmt: skip
+    expire_captured(s, classifier_id, max_age_hours)
     newest = select(CapturedInput.id).where(CapturedInput.classifier_id == classifier_id)
     cutoff = s.scalar(newest.order_by(CapturedInput.id.desc()).offset(keep).limit(1))
     if cutoff is not None:
@@ -255,10 +253,16 @@ def add_captured(s: Session, classifier_id: int, version: int, rows: list[tuple[
                                               CapturedInput.id <= cutoff))  # fmt: skip
 
 
-def list_captured(s: Session, clf: Classifier, max_age_hours: float) -> list[CapturedInput]:
-    """The classifier's captured inputs that have not expired, oldest first."""
+def expire_captured(s: Session, classifier_id: int, max_age_hours: float) -> None:
+    """Delete the classifier's captured inputs older than ``max_age_hours``."""
     expired = utcnow() - dt.timedelta(hours=max_age_hours)
-    q = select(CapturedInput).where(CapturedInput.classifier_id == clf.id, CapturedInput.created_at >= expired)
+    s.execute(delete(CapturedInput).where(CapturedInput.classifier_id == classifier_id,
+                                          CapturedInput.created_at < expired))  # fmt: skip
+
+
+def list_captured(s: Session, clf: Classifier) -> list[CapturedInput]:
+    """The classifier's captured inputs, oldest first."""
+    q = select(CapturedInput).where(CapturedInput.classifier_id == clf.id)
     return list(s.scalars(q.order_by(CapturedInput.id)))
 
 

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "export_parity": "trains and exports an MLP, a CNN and a ResNet-18: a minute of CPU",
     "gate_truth": "teaches every stream to a real server: minutes, and mnist-5k photos",
     "learn_speed": "starts engram serve and trains through it: minutes (photos with --photos)",
+    "novelty": "fits two strategies on three streams, photos through the pretrained backbone: minutes",
     "pretrained_export": "exports and times EfficientNet-Lite0 at three resolutions: minutes",
     "serve_bench": "starts several servers and drives HTTP load against each: minutes",
     "sweeps": "3 seeds of every sweep on the 5-task stream: minutes",
@@ -48,6 +49,7 @@ CLI = {
     "rollback": ("rollback",),
     "serve": ("serve",),
     "strategies": ("strategies",),
+    "unknowns": ("unknowns", "export"),
     "versions": ("versions",),
     "worker": ("worker",),
 }
