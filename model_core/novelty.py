@@ -247,13 +247,15 @@ def fit_novelty(learner: Any, module: nn.Module, x: Tensor, known_rate: float = 
 
 
 def calibrate(scores: Tensor, known_rate: float = DEFAULT_KNOWN_RATE) -> float:
-    """The threshold at or below which ``known_rate`` of these known samples' novelty lies."""
+    """The threshold at or below which ``known_rate`` of these known samples' novelty lies: the conformal quantile
+    (the ceil((n + 1) * rate)-th smallest of n), so that a new known sample from the same distribution falls at
+    or below it with probability at least ``known_rate`` (at most the largest score on small sets)."""
     if not 0 < known_rate <= 1:
         raise ValueError(f"known_rate must be in (0, 1]; got {known_rate}")
     if len(scores) == 0:
         raise ValueError("no known samples to calibrate the novelty threshold on")
     ordered = torch.sort(scores.double()).values
-    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(known_rate * len(ordered)) - 1))])
+    return float(ordered[min(len(ordered) - 1, max(0, math.ceil(known_rate * (len(ordered) + 1)) - 1))])
 
 
 def onnx_nodes(module: nn.Module, features: str, logits: str, out: str, opset: int) -> tuple[list[Any], list[Any]]:

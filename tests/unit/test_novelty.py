@@ -68,7 +68,8 @@ def test_strategies_without_class_models_have_no_novelty(strategy: str, digits: 
 
 def test_calibrate_keeps_the_asked_share_at_or_below_the_threshold() -> None:
     scores = torch.arange(100, dtype=torch.float32).flip(0)
-    assert calibrate(scores, 0.95) == 94.0
-    assert float((scores <= calibrate(scores, 0.8)).double().mean()) == 0.8
+    assert calibrate(scores, 0.95) == 95.0  # the 96th smallest of 100: ceil(101 * 0.95)
+    assert float((scores <= calibrate(scores, 0.8)).double().mean()) == 0.81
+    assert calibrate(scores[:10], 0.95) == 99.0  # too few samples for the rate: the largest
     with pytest.raises(ValueError, match="known_rate"):
         calibrate(scores, 0.0)
