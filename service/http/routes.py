@@ -278,7 +278,7 @@ def captured(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
 @delete("/classifiers/{name:str}/unknowns", opt={"role": "learn"}, status_code=200, sync_to_thread=True,
         responses=answers(200, CapturedDeleted, "How many captured inputs were deleted", 400, 404, 422))  # fmt: skip
 def delete_captured(
-    request: Request[Any, Any, Any], name: str, through: Annotated[int, Parameter(ge=1, le=2**62)]
+    request: Request[Any, Any, Any], name: str, through: Annotated[int, Parameter(ge=1, le=2**31 - 1)]
 ) -> dict[str, Any]:
     return svc(request).classifiers.delete_captured(name, through)
 
