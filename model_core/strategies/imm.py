@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from model_core.strategies.base import Batch, Strategy, TrainContext, register_strategy
-from model_core.strategies.importance import masked_log_softmax, per_sample_importance, previous_params, subsample
+from model_core.strategies.importance import (
+    masked_log_softmax,
+    model_labelled,
+    per_sample_importance,
+    previous_params,
+    subsample,
+)
 from model_core.strategy_specs import SPECS
 
 
@@ -36,13 +42,17 @@ def merge(old: Tensor, new: Tensor, a: float, f_old: Tensor | None = None, f_new
     return torch.where(weight > 0, mode, mean)
 
 
-def empirical_fisher(ctx: TrainContext, samples: int) -> dict[str, Tensor]:
-    """Diagonal empirical Fisher of the trained model on (at most ``samples`` of) this experience's data."""
+def diagonal_fisher(ctx: TrainContext, samples: int, kind: str) -> dict[str, Tensor]:
+    """Diagonal Fisher of the trained model on (at most ``samples`` of) this experience's data: "empirical" with
+    the data's labels, "true" with labels drawn from the model (as EWC's default)."""
+    data = subsample(ctx, ctx.data, samples)
+    if kind == "true":
+        data = model_labelled(ctx, data)
 
     def nll(logits: Tensor, mask: Tensor, y: Tensor) -> Tensor:
         return -masked_log_softmax(logits, mask).gather(1, y[:, None]).sum()
 
-    return per_sample_importance(ctx, subsample(ctx, ctx.data, samples), nll, "square")
+    return per_sample_importance(ctx, data, nll, "square")
 
 
 @register_strategy
@@ -65,7 +75,7 @@ class IMM(Strategy):
 
     def after_experience(self, ctx: TrainContext) -> None:
         mode = self.params["mode"] == "mode"
-        f_new = empirical_fisher(ctx, int(self.params["fisher_samples"])) if mode else {}
+        f_new = diagonal_fisher(ctx, int(self.params["fisher_samples"]), self.params["fisher"]) if mode else {}
         old_tasks = self.old_tasks(ctx)
         if ctx.previous is not None and old_tasks > 0:
             self.merge_into(ctx, old_tasks / (old_tasks + 1), f_new)
