@@ -152,7 +152,7 @@ def test_discard_retention_refuses_exemplar_memories_naming_one_that_works(strat
     from service.application.learning import LearningService
 
     req = Learn(task="t", strategy=strategy, samples=[], retention="discard")
-    with pytest.raises(Invalid, match=f"strategy '{strategy}' keeps training samples.*use generative_replay"):
+    with pytest.raises(Invalid, match=f"strategy '{strategy}' keeps training samples.*use generative_replay.*imm"):
         LearningService._strategy(req, digit_spec().to_dict(), None)
     keep = Learn(task="t", strategy=strategy, samples=[], retention="keep")
     assert LearningService._strategy(keep, digit_spec().to_dict(), None)[0] == strategy
