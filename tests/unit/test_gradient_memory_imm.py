@@ -90,7 +90,9 @@ def test_gem_uses_one_constraint_per_old_task(digits: SplitBenchmark) -> None:
     params = trainable(learner.model)
     refs = [reference_gradient(ctx, learner.model, params, gem.buffer.x[gem.buffer.y // 2 == t],  # type: ignore[attr-defined]
                                gem.buffer.y[gem.buffer.y // 2 == t]) for t in (0, 1)]  # type: ignore[attr-defined]  # fmt: skip
-    write_grad(params, conflicting(refs[0]) + conflicting(refs[1], 1))
+    raw = conflicting(refs[0]) + conflicting(refs[1], 1)
+    assert min(float(torch.dot(raw, ref)) for ref in refs) < 0
+    write_grad(params, raw)
     gem.params["memory_batch"] = 1000  # every exemplar: the same references as here
     gem.before_step(ctx, learner.model)
     for ref in refs:
