@@ -1,10 +1,13 @@
 """Continual-learning strategies, one per module, available by name through the registry."""
 
 from model_core.strategies import (  # noqa: F401  (registers)
+    agem,
     analytic,
     class_models,
     ewc,
+    gem,
     generative_replay,
+    imm,
     joint,
     lwf,
     mas,

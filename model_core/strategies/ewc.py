@@ -22,6 +22,7 @@ from torch import Tensor
 from model_core.strategies.base import Batch, Strategy, TrainContext, register_strategy
 from model_core.strategies.importance import (
     masked_log_softmax,
+    model_labelled,
     per_sample_importance,
     previous_params,
     quadratic_penalty,
@@ -56,13 +57,7 @@ class EWC(Strategy):
     def after_experience(self, ctx: TrainContext) -> None:
         data = subsample(ctx, ctx.data, int(self.params["fisher_samples"]))
         if self.params["fisher"] == "true":
-            with torch.no_grad(), ctx.autocast():
-                y = []
-                for mb in ctx.iterate_minibatches(data, 512):
-                    mask = ctx.unit_mask(mb.task)
-                    probs = masked_log_softmax(ctx.model(mb.x).float(), mask).exp() * mask
-                    y.append(torch.multinomial(probs, 1, generator=ctx.rng).flatten().cpu())
-            data = type(data)(data.x, torch.cat(y), data.task)
+            data = model_labelled(ctx, data)
 
         def nll(logits: Tensor, mask: Tensor, y: Tensor) -> Tensor:
             return -masked_log_softmax(logits, mask).gather(1, y[:, None]).sum()

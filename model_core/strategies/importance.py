@@ -27,6 +27,18 @@ def subsample(ctx: TrainContext, data: LabeledData, max_samples: int) -> Labeled
     return LabeledData(data.x[idx], data.y[idx], data.task[idx])
 
 
+def model_labelled(ctx: TrainContext, data: LabeledData) -> LabeledData:
+    """``data`` with each label replaced by one drawn from the model's own prediction over the row's units: the
+    labels of the true Fisher (the empirical one keeps the data's)."""
+    with torch.no_grad(), ctx.autocast():
+        y = []
+        for mb in ctx.iterate_minibatches(data, 512):
+            mask = ctx.unit_mask(mb.task)
+            probs = masked_log_softmax(ctx.model(mb.x).float(), mask).exp() * mask
+            y.append(torch.multinomial(probs, 1, generator=ctx.rng).flatten().cpu())
+    return LabeledData(data.x, torch.cat(y), data.task)
+
+
 def _chunk_size(n_params: int) -> int:
     """Samples per vmap call, keeping the per-sample gradients near 256 MiB of float32."""
     return max(1, min(256, (64 * 2**20) // max(n_params, 1)))

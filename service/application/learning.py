@@ -122,7 +122,7 @@ class LearningService:
         if req.retention == "discard" and spec.stores_data:
             raise Invalid(
                 f"strategy {strategy!r} keeps training samples, which retention 'discard' forbids; "
-                "use generative_replay (keeps no samples), or ewc/lwf/mas for task-incremental classifiers"
+                "use generative_replay (keeps no samples), or ewc/lwf/mas/imm for task-incremental classifiers"
             )
         return strategy, params
 

