@@ -215,6 +215,22 @@ def needs_tasks_refusal(strategy: str) -> str:
             f"of {', '.join(can)} (or create a task-incremental classifier)")
 
 
+def task_network_refusal(strategy: str, previous: str | None, network: Mapping[str, Any]) -> str | None:
+    """Why a learn request with ``strategy`` cannot run on this classifier (None: it can): packnet and progressive
+    need task identities, and once they partition a backbone that trains, only they may train it."""
+    if SPECS[strategy].needs_tasks and network.get("scenario") != "task-incremental":
+        return needs_tasks_refusal(strategy)
+    backbone = network.get("backbone")
+    frozen = isinstance(backbone, Mapping) and backbone.get("train") == "frozen"
+    if previous in TASK_INCREMENTAL_ONLY and strategy != previous and not frozen:
+        return (f"this classifier computes each task with its own network ({previous}); strategy {strategy!r} "
+                f"cannot train it without changing old tasks. Learn with {previous}, or start a new classifier")
+    if strategy in TASK_INCREMENTAL_ONLY and previous not in (None, strategy) and not frozen:
+        return (f"strategy {strategy!r} must learn a classifier's tasks from its first one (its old tasks were "
+                f"learned by {previous!r}); create a new classifier for it")
+    return None
+
+
 # class_models fits its class models on the raw input when the backbone trains; beyond this many values an input
 # is no small image (it refuses them)
 CLASS_MODELS_MAX_INPUT = 4096

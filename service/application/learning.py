@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from model_core.strategy_specs import SPECS, class_models_refusal, default_strategy
+from model_core.strategy_specs import SPECS, class_models_refusal, default_strategy, task_network_refusal
 from service.application.metrics import Metrics
 from service.application.views import job_view
 from service.domain.commands import JobRequest, Learn
@@ -109,6 +109,9 @@ class LearningService:
         spec = SPECS[strategy]
         if previous == "class_models" and strategy != "class_models":
             raise Invalid(class_models_refusal(strategy))
+        refusal = task_network_refusal(strategy, previous, network)
+        if refusal is not None:
+            raise Invalid(refusal)
         try:
             params = spec.check_params(req.params)
         except ValueError as exc:

@@ -54,7 +54,8 @@ PROTOCOLS = {
     # van de Ven, Tuytelaars & Tolias (2022): MLP 2x400, Adam 1e-3, batch 128, 2000 iterations per task.
     "mnist": Protocol(iterations=2000, batch_size=128, lr=1e-3, hidden=(400, 400)),
 }
-ALL_STRATEGIES = ("naive", "joint", "replay", "ewc", "lwf", "mas", "generative_replay", "analytic", "class_models")
+ALL_STRATEGIES = ("naive", "joint", "replay", "ewc", "lwf", "mas", "generative_replay", "analytic", "class_models",
+                  "packnet", "progressive")
 
 
 def _encode_png(image: Any) -> bytes:
