@@ -10,6 +10,7 @@ it from its keys (``restore_task_network``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ class PackNetOwners(nn.Module):
         body = _body(backbone)
         self.layers = [i for i, m in enumerate(body) if isinstance(m, nn.Linear | nn.Conv2d)]
         for i in self.layers:
-            weight = body[i].weight
+            weight = cast(nn.Linear, body[i]).weight
             self.register_buffer(f"{OWNER_PREFIX}{i}", torch.zeros(weight.shape, dtype=torch.uint8))
         self.train_task: int | None = None
 
@@ -68,12 +69,12 @@ class PackNetOwners(nn.Module):
             if i not in self.layers:
                 x = layer(x)
                 continue
-            owner = self.owner(i)
-            w = torch.where((owner > 0) & (owner <= task + 1), layer.weight, torch.zeros_like(layer.weight))
-            if isinstance(layer, nn.Linear):
-                x = F.linear(x, w, layer.bias)
+            owner, weighted = self.owner(i), cast(nn.Linear | nn.Conv2d, layer)
+            w = torch.where((owner > 0) & (owner <= task + 1), weighted.weight, torch.zeros_like(weighted.weight))
+            if isinstance(weighted, nn.Linear):
+                x = F.linear(x, w, weighted.bias)
             else:
-                x = F.conv2d(x, w, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+                x = weighted._conv_forward(x, w, weighted.bias)
         return x
 
 
