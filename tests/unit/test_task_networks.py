@@ -105,3 +105,15 @@ def test_another_strategy_cannot_train_a_partitioned_network(digits: SplitBenchm
     with pytest.raises(ValueError, match="learns each task once"):
         learner.learn(digits.train[0], "progressive", None, TINY)
     assert learner.task_names == [digits.train[0].task]
+
+
+@pytest.mark.parametrize("strategy", ["packnet", "progressive"])
+def test_on_a_frozen_backbone_only_the_new_head_trains(strategy: str, digits: SplitBenchmark) -> None:
+    learner = Learner.create(digit_spec("task-incremental"), seed=3)
+    learner.model.backbone.requires_grad_(False)  # as a pretrained one is: nothing shared trains
+    learner.learn(digits.train[0], strategy, PACKNET if strategy == "packnet" else None, TINY)
+    before = snapshot(learner)
+    learner.learn(digits.train[1], strategy, PACKNET if strategy == "packnet" else None, TINY)
+    after = learner.model.state_dict()
+    assert learner.model.task_network is None and all(torch.equal(v, after[k]) for k, v in before.items())
+    assert learner.accuracy(digits.test[1]) > 0.7
