@@ -14,6 +14,9 @@ from model_core.export import PARITY_TOLERANCE, export_onnx
 from model_core.learner import Learner
 from model_core.networks.task_networks import PackNetOwners, ProgressiveColumns
 from model_core.strategy_specs import SPECS, task_network_refusal
+from service.application.learning import LearningService
+from service.domain.commands import Learn
+from service.domain.errors import Invalid
 from tests.conftest import digit_spec
 
 TINY = TrainConfig(iterations=10, batch_size=32, device="cpu")
@@ -86,10 +89,12 @@ def test_task_strategies_are_refused_on_class_incremental_classifiers(digits: Sp
             learner.learn(digits.train[0], strategy, None, TINY)
         assert "replay" in str(err.value) and "generative_replay" in str(err.value)
     assert learner.labels == [] and learner.model.task_network is None
-    # the service refuses up front with the same words (a 422), and refuses mixing on a partitioned classifier
+    # the service refuses the learn request up front with the same words (Invalid: a 422), and mixing strategies
+    # on a partitioned classifier
     network = digit_spec("class-incremental").to_dict()
-    refusal = task_network_refusal("packnet", None, network)
-    assert refusal is not None and "class_models" in refusal
+    with pytest.raises(Invalid, match="task-incremental classifiers only") as refused:
+        LearningService._strategy(Learn(task="t", strategy="progressive", samples=[]), network, None)
+    assert "generative_replay" in str(refused.value) and "class_models" in str(refused.value)
     task_il = digit_spec("task-incremental").to_dict()
     assert task_network_refusal("packnet", None, task_il) is None
     assert "Learn with packnet" in str(task_network_refusal("ewc", "packnet", task_il))
