@@ -14,7 +14,7 @@ from model_core.export import PARITY_TOLERANCE, export_onnx
 from model_core.learner import Learner
 from model_core.networks.task_networks import PackNetOwners, ProgressiveColumns
 from model_core.strategy_specs import SPECS, task_network_refusal
-from service.application.learning import LearningService
+from service.application.learning import LearningService, _check_task_is_new
 from service.domain.commands import Learn
 from service.domain.errors import Invalid
 from tests.conftest import digit_spec
@@ -100,6 +100,11 @@ def test_task_strategies_are_refused_on_class_incremental_classifiers(digits: Sp
     assert "Learn with packnet" in str(task_network_refusal("ewc", "packnet", task_il))
     assert "first one" in str(task_network_refusal("progressive", "naive", task_il))
     assert all(SPECS[n].needs_tasks for n in ("packnet", "progressive"))
+    learned = [{"name": "t", "labels": ["0", "1"]}]
+    with pytest.raises(Invalid, match="task 't' is already learned"):
+        _check_task_is_new("packnet", "t", learned)
+    _check_task_is_new("packnet", "u", learned)
+    _check_task_is_new("ewc", "t", learned)
 
 
 def test_another_strategy_cannot_train_a_partitioned_network(digits: SplitBenchmark) -> None:
