@@ -17,7 +17,7 @@ from model_core.networks.classifier import IncrementalClassifier, create_network
 from model_core.networks.gaussian_head import GaussianHead
 from model_core.strategies import create_strategy
 from model_core.strategies.base import LabeledData, ProgressFn, Strategy
-from model_core.strategy_specs import class_models_refusal
+from model_core.strategy_specs import SPECS, class_models_refusal, needs_tasks_refusal
 from model_core.trainer import TrainResult, resolve_device, train_experience
 
 
@@ -179,6 +179,7 @@ class Learner:
         strat = create_strategy(strategy, params)
         if strategy != "class_models" and any(isinstance(h, GaussianHead) for h in self.model.heads):
             raise ValueError(class_models_refusal(strategy))
+        self._check_task_strategy(strategy)
         if strategy in self.strategy_states:
             strat.load_state_dict(self.strategy_states[strategy])
         snapshot = (copy.deepcopy(self.model), list(self.labels), copy.deepcopy(self.tasks))
@@ -187,6 +188,16 @@ class Learner:
         except BaseException:
             self.model, self.labels, self.tasks = snapshot
             raise
+
+    def _check_task_strategy(self, strategy: str) -> None:
+        """packnet and progressive need task identities, and own the network once they have partitioned it."""
+        if SPECS[strategy].needs_tasks and self.scenario != "task-incremental":
+            raise ValueError(needs_tasks_refusal(strategy))
+        kind = getattr(self.model.task_network, "kind", None)
+        if kind is not None and strategy != kind:
+            raise ValueError(f"this classifier computes each task with its own network ({kind}); strategy "
+                             f"{strategy!r} cannot train it without changing old tasks. Learn with {kind}, "
+                             "or start a new classifier for another strategy")  # fmt: skip
 
     def _learn(
         self,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-FRACTIONS = frozenset({"hard_weight"})  # parameters that are shares, from 0 to 1
+FRACTIONS = frozenset({"hard_weight", "prune"})  # parameters that are shares, from 0 to 1
 OPTIONAL_NUMBERS = frozenset({"ridge"})  # numbers > 0 whose null default means "chosen from the data"
 
 
@@ -24,6 +24,9 @@ class StrategySpec:
     # Can add classes to one shared head. EWC, LwF, MAS and fine-tuning cannot: in class-incremental
     # learning they keep one task's worth of classes (about 0.2 on Split-Digits: python -m benchmarks.continual).
     adds_classes: bool = True
+    # Computes each task with its own network (packnet, progressive): needs task identities, so it is refused on
+    # class-incremental classifiers.
+    needs_tasks: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the allowed values of string parameters
@@ -223,8 +226,56 @@ SPECS: dict[str, StrategySpec] = {
             },
             choices={"prior": ("uniform", "frequency")},
         ),
+        StrategySpec(
+            "packnet",
+            adds_classes=False,
+            needs_tasks=True,
+            summary="task-incremental: each task trains the weights still free, keeps its largest and frees the "
+            "rest (Mallya & Lazebnik 2018); old tasks exactly preserved",
+            defaults={
+                # Share of the weights a task trained that are pruned (the smallest) and freed for later tasks
+                "prune": 0.5,
+                "retrain_steps": 100,  # optimiser steps retraining the kept weights after pruning
+            },
+        ),
+        StrategySpec(
+            "progressive",
+            adds_classes=False,
+            needs_tasks=True,
+            summary="task-incremental: a new backbone column per task, laterally fed by the frozen older columns "
+            "(Rusu et al. 2016); old tasks exactly preserved",
+            # a new column starts "fresh" (its own initialisation, as in the paper) or as a copy of the previous one
+            defaults={"init": "fresh"},
+            choices={"init": ("fresh", "previous")},
+        ),
     )
 }
+
+TASK_INCREMENTAL_ONLY = tuple(n for n, s in SPECS.items() if s.needs_tasks)
+
+
+def needs_tasks_refusal(strategy: str) -> str:
+    """Why ``strategy`` cannot learn on a class-incremental classifier, naming the strategies that can."""
+    can = [n for n, s in SPECS.items() if s.adds_classes and not s.needs_tasks and n != "joint"]
+    return (f"strategy {strategy!r} computes each task with its own network, so it needs the task at prediction "
+            f"time: it works on task-incremental classifiers only. On this class-incremental classifier use one "
+            f"of {', '.join(can)} (or create a task-incremental classifier)")
+
+
+def task_network_refusal(strategy: str, previous: str | None, network: Mapping[str, Any]) -> str | None:
+    """Why a learn request with ``strategy`` cannot run on this classifier (None: it can): packnet and progressive
+    need task identities, and once they partition a backbone that trains, only they may train it."""
+    if SPECS[strategy].needs_tasks and network.get("scenario") != "task-incremental":
+        return needs_tasks_refusal(strategy)
+    backbone = network.get("backbone")
+    frozen = isinstance(backbone, Mapping) and backbone.get("train") == "frozen"
+    if previous in TASK_INCREMENTAL_ONLY and strategy != previous and not frozen:
+        return (f"this classifier computes each task with its own network ({previous}); strategy {strategy!r} "
+                f"cannot train it without changing old tasks. Learn with {previous}, or start a new classifier")
+    if strategy in TASK_INCREMENTAL_ONLY and previous not in (None, strategy) and not frozen:
+        return (f"strategy {strategy!r} must learn a classifier's tasks from its first one (its old tasks were "
+                f"learned by {previous!r}); create a new classifier for it")
+    return None
 
 
 # class_models fits its class models on the raw input when the backbone trains; beyond this many values an input

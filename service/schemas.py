@@ -308,6 +308,7 @@ class StrategyView(Out):
     summary: str
     stores_data: bool = Field(description="keeps samples of old tasks (refused with retention 'discard')")
     adds_classes: bool = Field(description="can add classes to a class-incremental classifier")
+    needs_tasks: bool = Field(description="task-incremental classifiers only (refused on class-incremental ones)")
     parameters: dict[str, Any] = Field(description="parameter names and defaults")
 
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from model_core.config import NetworkSpec, WeightsAccess
 from model_core.networks.backbones import Normalize, create_backbone
 from model_core.networks.gaussian_head import GaussianHead
+from model_core.networks.task_networks import TaskNetwork, restore_task_network
 
 
 class HeadBlocks(nn.Module):
@@ -78,6 +79,14 @@ class IncrementalClassifier(HeadBlocks):
         self.backbone = create_backbone(spec, access, load_weights)
         self.feature_dim: int = self.backbone.feature_dim
         self.heads = nn.ModuleList(nn.Linear(self.feature_dim, n) for n in head_sizes)
+        # One network per task (packnet's owned weights, progressive columns), set by those strategies; None:
+        # every task reads the backbone's features.
+        self.task_network: TaskNetwork | None = None
+
+    def restore_heads(self, state: Mapping[str, Tensor]) -> None:
+        """Head blocks, and the task network a saved state dict holds, shaped to load that state."""
+        super().restore_heads(state)
+        self.task_network = restore_task_network(self.spec, self.backbone, self.feature_dim, state)
 
     @property
     def frozen_backbone(self) -> bool:
@@ -93,7 +102,10 @@ class IncrementalClassifier(HeadBlocks):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(x), x)
+        if self.task_network is None:
+            return self.forward_head(self.forward_features(x), x)
+        feats = self.task_network.task_features(self.backbone, self.normalize(x), len(self.heads))
+        return torch.cat([head(f) for head, f in zip(self.heads, feats, strict=True)], dim=1)
 
     def expand_head(self, n_new: int, generator: torch.Generator | None = None) -> None:
         """Add ``n_new`` output units as a new block; existing units are untouched."""

@@ -12,6 +12,8 @@ from model_core.strategies import (  # noqa: F401  (registers)
     lwf,
     mas,
     naive,
+    packnet,
+    progressive,
     replay,
 )
 from model_core.strategies.base import STRATEGIES, Strategy, create_strategy, register_strategy

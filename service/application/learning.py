@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from model_core.strategy_specs import SPECS, class_models_refusal, default_strategy
+from model_core.strategy_specs import SPECS, class_models_refusal, default_strategy, task_network_refusal
 from service.application.metrics import Metrics
 from service.application.views import job_view
 from service.domain.commands import JobRequest, Learn
@@ -76,6 +76,7 @@ class LearningService:
         x = parse_items(req.samples, fmt, "samples", self.settings.max_image_pixels)
         if network["scenario"] == "task-incremental":
             _check_task_classes(req.task, labels, active_tasks)
+            _check_task_is_new(strategy, req.task, active_tasks)
         gate = GateConfig.from_dict(gate_defaults).merged(req.gate)
         train_x, train_y, ev_x, ev_labels = self._evaluation_split(req, fmt, x, labels, gate.holdout)
         job_id = str(uuid.uuid4())
@@ -115,6 +116,9 @@ class LearningService:
         spec = SPECS[strategy]
         if previous == "class_models" and strategy != "class_models":
             raise Invalid(class_models_refusal(strategy))
+        refusal = task_network_refusal(strategy, previous, network)
+        if refusal is not None:
+            raise Invalid(refusal)
         try:
             params = spec.check_params(req.params)
         except ValueError as exc:
@@ -198,3 +202,10 @@ def _check_task_classes(task: str, labels: np.ndarray, active_tasks: list[dict[s
         extra = sorted(set(labels.tolist()) - known[task])
         raise Invalid(f"task {task!r} already exists with classes {sorted(known[task])}; "
                       f"its classes cannot grow (new: {extra}); learn them under a new task name")  # fmt: skip
+
+
+def _check_task_is_new(strategy: str, task: str, active_tasks: list[dict[str, Any]]) -> None:
+    """packnet and progressive freeze a task once learned: more data for it cannot train it again."""
+    if SPECS[strategy].needs_tasks and any(t["name"] == task for t in active_tasks):
+        raise Invalid(f"strategy {strategy!r} learns each task once and then freezes it, and task {task!r} is "
+                      "already learned: send the new data under a new task name")  # fmt: skip

@@ -53,4 +53,4 @@ class EngramService:
     @staticmethod
     def strategies() -> dict[str, Any]:
         return {n: {"summary": s.summary, "stores_data": s.stores_data, "adds_classes": s.adds_classes,
-                    "parameters": s.defaults} for n, s in sorted(SPECS.items())}  # fmt: skip
+                    "needs_tasks": s.needs_tasks, "parameters": s.defaults} for n, s in sorted(SPECS.items())}  # fmt: skip

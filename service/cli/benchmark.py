@@ -55,7 +55,7 @@ PROTOCOLS = {
     "mnist": Protocol(iterations=2000, batch_size=128, lr=1e-3, hidden=(400, 400)),
 }
 ALL_STRATEGIES = ("naive", "joint", "replay", "ewc", "lwf", "mas", "generative_replay", "analytic", "class_models",
-                  "agem", "gem", "imm")
+                  "agem", "gem", "imm", "packnet", "progressive")
 
 
 def _encode_png(image: Any) -> bytes:

@@ -28,6 +28,8 @@ def _strategies(_: argparse.Namespace) -> int:
             notes.append("keeps training samples")
         if not spec.adds_classes:
             notes.append("cannot add classes to one head (class-incremental)")
+        if spec.needs_tasks:
+            notes.append("task-incremental classifiers only")
         print(
             f"{name}: {spec.summary}; parameters {json.dumps(spec.defaults)}"
             + (f"  [{'; '.join(notes)}]" if notes else "")

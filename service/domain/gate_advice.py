@@ -156,6 +156,25 @@ def _exemplars(strategy: str, retention: str, who: str) -> Step | None:
     return Step(f"{who}: this job may keep data, so learn it with strategy 'replay'{kept}", {"strategy": "replay"})
 
 
+# Task-incremental strategies that share one network across tasks, so a later task can change an old one's
+PARTITION_REPLACES = frozenset({"naive", "ewc", "lwf", "mas"})
+MASKABLE_BACKBONES = ("mlp", "cnn")  # packnet masks their layers; progressive columns any backbone
+
+
+def _partitioned(strategy: str, network: Mapping[str, Any], who: str) -> Step | None:
+    """A task-incremental job with a shared-weights strategy forgot: packnet (on a maskable backbone) or
+    progressive keep every old task exactly. On a trainable backbone they must learn from the first task."""
+    if strategy not in PARTITION_REPLACES or network.get("scenario") != "task-incremental":
+        return None
+    backbone = network.get("backbone")
+    spec = backbone if isinstance(backbone, Mapping) else {"name": backbone}
+    better = "packnet" if spec.get("name") in MASKABLE_BACKBONES else "progressive"
+    where = ("learn this task again" if spec.get("train") == "frozen" else
+             "create a new task-incremental classifier and learn every task")  # fmt: skip
+    return Step(f"{who}: {where} with strategy {better!r}, which freezes each learned task's own weights, so old "
+                "tasks are exactly preserved", {"strategy": better})  # fmt: skip
+
+
 def _pretrained(network: Mapping[str, Any], who: str) -> Step | None:
     """Photos (RGB images) on a backbone trained from scratch: a pretrained backbone, frozen by default, keeps
     the lower layers stable. Named from the backbones whose weights ship in an installed package."""
@@ -193,7 +212,8 @@ def next_step(
     diagnostics: Mapping[str, Any],
 ) -> Step | None:
     """The first step that fits, in this order: a strategy that can add classes; for a generator that lost (or
-    may have lost) a class, ``_generator_step``; exemplars when data may be kept; a pretrained backbone for
+    may have lost) a class, ``_generator_step``; for a task-incremental job with a shared-weights strategy, packnet
+    or progressive (``_partitioned``); exemplars when data may be kept; a pretrained backbone for
     photos; more classifier steps. None when nothing was forgotten and the new task reached its floor."""
     spec = SPECS[strategy]
     if cannot_add_classes and forgotten:
@@ -228,5 +248,5 @@ def next_step(
     if step is not None:
         return step
     who = classifier
-    return (_exemplars(strategy, retention, who) or _pretrained(facts.network, who)
-            or _more_steps(who, facts.iterations, facts.training))  # fmt: skip
+    return (_partitioned(strategy, facts.network, who) or _exemplars(strategy, retention, who)
+            or _pretrained(facts.network, who) or _more_steps(who, facts.iterations, facts.training))  # fmt: skip

@@ -512,3 +512,30 @@ def test_a_moved_boundary_between_old_classes_is_a_trade_as_far_as_the_other_sid
     # b gained nothing: the whole 0.15 is lost
     lost = boundary_case(b_gains=0)["tasks"][0]
     assert lost["forgetting"] == pytest.approx(0.15) and lost["passed"] is False and lost["cause"] == "forgetting"
+
+
+
+def task_il_advice(strategy: str, network: dict[str, Any]) -> dict[str, Any]:
+    """The gate of a task-incremental job that lost old class 'b', with ``strategy`` on ``network``."""
+    facts = JobFacts(SPECS[strategy].defaults, 300, network)
+    return gate(GateConfig(), "task-incremental", strategy, "keep", "new", ["c"], LOST_B, 0.0, None,
+                labels=LABELS, diagnostics={}, facts=facts)  # fmt: skip
+
+
+@pytest.mark.parametrize(("backbone", "better", "where"), [
+    ("mlp", "packnet", "create a new task-incremental classifier"),
+    ({"name": "resnet18", "train": "all"}, "progressive", "create a new task-incremental classifier"),
+    ({"name": "mlp", "train": "frozen"}, "packnet", "learn this task again"),
+])  # fmt: skip
+def test_task_incremental_forgetting_with_shared_weights_names_a_partitioned_strategy(
+    backbone: Any, better: str, where: str
+) -> None:
+    network = {"input": {"kind": "vector", "dim": 64}, "backbone": backbone, "scenario": "task-incremental"}
+    for strategy in ("ewc", "lwf", "mas", "naive"):
+        report = task_il_advice(strategy, network)
+        assert report["forgotten"] and report["next_step_request"] == {"strategy": better}
+        assert where in report["next_step"] and "exactly preserved" in report["next_step"]
+    # a strategy that does not share weights across tasks that way keeps its advice (exemplars)
+    assert task_il_advice("generative_replay", network)["next_step_request"] != {"strategy": better}
+    # class-incremental keeps the existing advice: ewc cannot add classes, so replay
+    assert advise(strategy="ewc", retention="keep")["next_step_request"] == {"strategy": "replay"}

@@ -42,6 +42,10 @@ def two_tasks(learner: Learner, digits: SplitBenchmark, strategy: str, config: T
 @pytest.mark.parametrize("scenario", ["class-incremental", "task-incremental"])
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_learns_saves_and_is_deterministic(name: str, scenario: str, digits: SplitBenchmark) -> None:
+    if STRATEGIES[name].spec.needs_tasks and scenario == "class-incremental":
+        with pytest.raises(ValueError, match="task-incremental classifiers only"):  # tests/unit/test_task_networks.py
+            fresh(name, scenario).learn(digits.train[0], name, None, FAST)
+        return
     runs = [two_tasks(fresh(name, scenario), digits, name) for _ in range(2)]
     a, b = runs
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
@@ -82,7 +86,9 @@ def test_specs_describe_every_registered_strategy() -> None:
     assert set(SPECS) == set(STRATEGIES)
     assert all(cls.spec is SPECS[name] for name, cls in STRATEGIES.items())
     assert {n for n, s in SPECS.items() if s.stores_data} == {"replay", "joint", "agem", "gem"}
-    assert {n for n, s in SPECS.items() if not s.adds_classes} == {"naive", "ewc", "lwf", "mas", "imm"}
+    assert {n for n, s in SPECS.items() if not s.adds_classes} == {
+        "naive", "ewc", "lwf", "mas", "imm", "packnet", "progressive"}
+    assert {n for n, s in SPECS.items() if s.needs_tasks} == {"packnet", "progressive"}
 
 
 def test_strategy_specs_do_not_import_torch() -> None:
