@@ -49,7 +49,7 @@ class _WithNovelty(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(x)
-        logits = self.model.forward_head(features, x)
+        logits = self.model(x)  # the classifier's own forward, whatever its heads read
         return logits, self.novelty(features, x, logits)
 
 

@@ -190,7 +190,7 @@ def novelty_module(learner: Any) -> nn.Module | None:
     """The version's novelty score, or None when no strategy state holds a model of every class."""
     model = learner.model
     units = int(model.num_units)
-    if units == 0:
+    if units == 0 or getattr(model, "task_network", None) is not None:  # per-task networks (packnet) keep none
         return None
     if all(isinstance(h, GaussianHead) for h in model.heads):
         return MaxLogitNovelty()
