@@ -123,6 +123,7 @@ class ServingService:
         self._pointers_seen: dict[str, int] = {}  # the last read active versions (replaced, never mutated)
         self._generations: dict[str, int] = {}  # classifier -> generation of the pointer served (under _lock)
         self.unknown_rate = UnknownRate()
+        self._counters: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._unknowns: dict[str, tuple[int, UnknownSettings]] = {}  # classifier -> (id, settings), read with refs
 
     # --- loading ----------------------------------------------------------------------------------
@@ -257,25 +258,30 @@ class ServingService:
         logits, run_rows = await served.batcher.submit(cmd.inputs)  # decoded in the batch's worker thread
         predictions = served.postprocess(logits, cmd.top_k, cmd.task)
         if served.novelty is not None:
-            await self._watch_unknowns(served, cmd, predictions)
+            unknown = self._count_unknowns(served, predictions)
+            found = self._unknowns.get(name)
+            if unknown and found is not None and found[1].capture:
+                await anyio.to_thread.run_sync(self._capture, served, found, cmd, unknown, predictions)
         self.metrics.predict_seconds.labels(name, str(served.version)).observe(time.perf_counter() - start)
         self.metrics.batch_size.labels(name).observe(len(cmd.inputs))
         self.metrics.model_batch_rows.labels(name).observe(run_rows)
         return {"classifier": name, "version": served.version, "predictions": predictions,
                 "novelty_threshold": served.novelty_threshold}  # fmt: skip
 
-    async def _watch_unknowns(self, served: Served, cmd: Predict, predictions: list[dict[str, Any]]) -> None:
-        """Count the predictions flagged unknown and, where the classifier captures them, keep those inputs."""
+    def _count_unknowns(self, served: Served, predictions: list[dict[str, Any]]) -> list[int]:
+        """Count the predictions scored and flagged unknown (metrics, the dashboard's rate); the flagged indices."""
         unknown = [i for i, p in enumerate(predictions) if p["known"] is False]
-        version = str(served.version)
-        self.metrics.novelty_predictions.labels(served.classifier, version).inc(len(predictions))
+        key = (served.classifier, served.version)
+        counters = self._counters.get(key)
+        if counters is None:  # the labelled children, looked up once per version rather than per request
+            version = str(served.version)
+            counters = self._counters[key] = (self.metrics.novelty_predictions.labels(served.classifier, version),
+                                              self.metrics.unknown_predictions.labels(served.classifier, version))  # fmt: skip
+        counters[0].inc(len(predictions))
+        if unknown:
+            counters[1].inc(len(unknown))
         self.unknown_rate.record(served.classifier, served.version, len(predictions), len(unknown))
-        if not unknown:
-            return
-        self.metrics.unknown_predictions.labels(served.classifier, version).inc(len(unknown))
-        found = self._unknowns.get(served.classifier)
-        if found is not None and found[1].capture:
-            await anyio.to_thread.run_sync(self._capture, served, found, cmd, unknown, predictions)
+        return unknown
 
     def _capture(self, served: Served, found: tuple[int, UnknownSettings], cmd: Predict, unknown: list[int],
                  predictions: list[dict[str, Any]]) -> None:  # fmt: skip
