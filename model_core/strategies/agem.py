@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from model_core.strategies.base import Batch, Strategy, TrainContext, mix, register_strategy
-from model_core.strategies.buffers import ClassBalancedBuffer
+from model_core.strategies.buffers import ClassBalancedBuffer, remember
 from model_core.strategies.importance import masked_log_softmax
 from model_core.strategy_specs import SPECS
 
@@ -113,13 +113,7 @@ class AGEM(Strategy):
             write_grad(params, projected)
 
     def after_experience(self, ctx: TrainContext) -> None:
-        features = None
-        if self.params["selection"] == "herding":
-            with torch.no_grad():
-                features = torch.cat(
-                    [ctx.model.forward_features(mb.x).float().cpu() for mb in ctx.iterate_minibatches(ctx.data, 512)]
-                )
-        self.buffer.add(ctx.data.x, ctx.data.y, ctx.cpu_rng, features)
+        remember(self.buffer, ctx, self.params["selection"])
 
     def diagnostics(self) -> dict[str, Any]:
         """How often the last experience's steps conflicted with the memory and were projected."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from model_core.strategies.base import TrainContext
 
 
 def herding_order(features: Tensor, n: int) -> Tensor:
@@ -91,3 +95,14 @@ class ClassBalancedBuffer:
         assert self.x is not None
         idx = torch.randint(len(self), (n,), generator=generator)
         return self.x[idx], self.y[idx]
+
+
+def remember(buffer: ClassBalancedBuffer, ctx: TrainContext, selection: str) -> None:
+    """Add this experience's samples to ``buffer``: by herding on the model's features, or at random."""
+    features = None
+    if selection == "herding":
+        with torch.no_grad():
+            features = torch.cat(
+                [ctx.model.forward_features(mb.x).float().cpu() for mb in ctx.iterate_minibatches(ctx.data, 512)]
+            )
+    buffer.add(ctx.data.x, ctx.data.y, ctx.cpu_rng, features)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from model_core.strategies.base import Batch, Strategy, TrainContext, mix, register_strategy
-from model_core.strategies.buffers import ClassBalancedBuffer
+from model_core.strategies.buffers import ClassBalancedBuffer, remember
 from model_core.strategies.lwf import distill_old_units
 from model_core.strategy_specs import SPECS
 
@@ -39,13 +38,7 @@ class Replay(Strategy):
         return distill_old_units(ctx, batch.x, logits, alpha, temperature)
 
     def after_experience(self, ctx: TrainContext) -> None:
-        features = None
-        if self.params["selection"] == "herding":
-            with torch.no_grad():
-                features = torch.cat(
-                    [ctx.model.forward_features(mb.x).float().cpu() for mb in ctx.iterate_minibatches(ctx.data, 512)]
-                )
-        self.buffer.add(ctx.data.x, ctx.data.y, ctx.cpu_rng, features)
+        remember(self.buffer, ctx, self.params["selection"])
 
     def state_dict(self) -> dict[str, Any]:
         if self.buffer.x is None:
