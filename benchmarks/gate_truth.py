@@ -40,13 +40,14 @@ from PIL import Image
 
 from benchmarks.serve_bench import engram_server
 from model_core.data import load_digits_arrays, mnist_5k_arrays, stratified_split
+from model_core.strategy_specs import SPECS
 from service.domain.job_status import TERMINAL
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 # "default": the request names no strategy, so the service picks the classifier's default (default_strategy)
 STRATEGIES = ("default", "joint", "replay", "generative_replay", "naive", "ewc", "lwf")
 STREAMS = ("digits-5x2", "digits-10x1", "mnist-5x2", "cifar-5x2", "cifar-10x1")
-KEEPS_DATA = {"joint", "replay"}
+KEEPS_DATA = {name for name, spec in SPECS.items() if spec.stores_data}  # sent with retention "keep"
 
 
 @dataclass
