@@ -120,10 +120,7 @@ class AGEM(Strategy):
         return {"projected_steps": self.projected, "steps": self.steps}
 
     def state_dict(self) -> dict[str, Any]:
-        if self.buffer.x is None:
-            return {}
-        return {"x": self.buffer.x, "y": self.buffer.y}
+        return self.buffer.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            self.buffer.x, self.buffer.y = state["x"], state["y"].long()
+        self.buffer.load_state_dict(state)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -69,6 +70,14 @@ class ClassBalancedBuffer:
         if self.max_total is None:
             return own
         return max(1, min(own, self.max_total // max(n_classes, 1)))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kept samples as plain tensors ({} while empty)."""
+        return {} if self.x is None else {"x": self.x, "y": self.y}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            self.x, self.y = state["x"], state["y"].long()
 
     def add(self, x: Tensor, y: Tensor, generator: torch.Generator, features: Tensor | None = None) -> None:
         """Offer samples. Classes new to the buffer keep their herding-ordered (with ``features``) or

@@ -41,10 +41,7 @@ class Replay(Strategy):
         remember(self.buffer, ctx, self.params["selection"])
 
     def state_dict(self) -> dict[str, Any]:
-        if self.buffer.x is None:
-            return {}
-        return {"x": self.buffer.x, "y": self.buffer.y}
+        return self.buffer.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            self.buffer.x, self.buffer.y = state["x"], state["y"].long()
+        self.buffer.load_state_dict(state)
