@@ -71,6 +71,15 @@ def test_bad_inputs_get_the_right_4xx(server: Server) -> None:
     problem(
         learn("vec", {"task": "t", "strategy": "ewc", "params": {"lam": 1}, "samples": vectors(2, "a", 0)}), 422, "lam"
     )
+    # GEM and A-GEM keep an episodic memory: refused under retention discard, naming what keeps no sample
+    for strategy in ("agem", "gem"):
+        body = {"task": "t", "strategy": strategy, "retention": "discard", "samples": vectors(2, "a", 0)}
+        problem(learn("vec", body), 422, f"strategy '{strategy}' keeps training samples", "generative_replay")
+        problem(learn("til", body), 422, "discard", "ewc/lwf/mas/imm")
+    # PackNet and progressive networks compute each task with its own network: refused without task identities
+    for strategy in ("packnet", "progressive"):
+        body = {"task": "t", "strategy": strategy, "samples": vectors(2, "a", 0) + vectors(2, "b", 3)}
+        problem(learn("vec", body), 422, f"strategy '{strategy}'", "task-incremental", "replay")
     problem(learn("nope", {"task": "t", "strategy": "naive", "samples": vectors(2, "a", 0)}), 404, "nope")
     problem(
         c.post(

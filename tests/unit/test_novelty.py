@@ -13,7 +13,7 @@ from benchmarks.novelty import auroc
 from model_core.data import SplitBenchmark
 from model_core.export import Novelty, export_onnx
 from model_core.learner import Learner
-from model_core.novelty import calibrate, fit_novelty, novelty_module, novelty_scores
+from model_core.novelty import ambiguity, calibrate, fit_novelty, novelty_module, novelty_scores, sharpness
 from tests.conftest import FAST, digit_spec
 from tests.unit.support import SMALL
 
@@ -73,3 +73,19 @@ def test_calibrate_keeps_the_asked_share_at_or_below_the_threshold() -> None:
     assert calibrate(scores[:10], 0.95) == 99.0  # too few samples for the rate: the largest
     with pytest.raises(ValueError, match="known_rate"):
         calibrate(scores, 0.0)
+
+
+def test_the_ambiguity_reads_the_logits_at_their_median_top_two_margin(digits: SplitBenchmark) -> None:
+    assert sharpness(torch.tensor([[9.0, 1.0, 0.0], [0.0, 4.0, 2.0], [3.0, 3.0, 0.0]])) == 0.5  # margins 8, 2, 0
+    assert sharpness(torch.tensor([[5.0], [7.0]])) == 1.0  # one unit: no margin
+    assert sharpness(torch.tensor([[1.0, 1.0], [2.0, 2.0]])) == 1.0  # no margin at all
+    logits = torch.tensor([[30.0, 10.0, 0.0], [0.0, 25.0, 20.0]])
+    assert torch.allclose(ambiguity(logits, 0.1), ambiguity(logits * 0.1))
+
+    learner = learned("class_models", False, digits)
+    module = novelty_module(learner)
+    assert module is not None
+    known = torch.cat([t.x for t in digits.test[:2]])
+    fit_novelty(learner, module, known)
+    top2 = learner.logits(known).double().topk(2, dim=1).values
+    assert float(module.sharpness) == pytest.approx(1.0 / float((top2[:, 0] - top2[:, 1]).median()))
