@@ -10,7 +10,10 @@ user would: default options, the gate's own 20% holdout, ``retention`` ``discard
 sample and ``keep`` for those that do. After each task it scores the version the service then serves (the
 promoted one, or the previous one when the gate rejected the candidate) on held-out samples of every class
 seen so far, over HTTP. Prints per stream and strategy: each task's verdict (P promoted, R rejected, F
-failed), the served accuracy after each task, and the worker's seconds per task with the gate's share.
+failed), the served accuracy after each task, and the worker's seconds per task with the gate's share. Where
+the served version has a novelty score, a second table: how well its served ``novelty`` tells held-out samples
+of the classes learned so far (known) from those of the classes still to come (unknown) after each task but
+the last (AUROC), the share of known samples it calls ``known`` and the share of unknown ones it flags.
 
 Streams (held-out samples are never sent to learn):
 - ``digits-5x2`` / ``digits-10x1``: scikit-learn's 8x8 digits as PNG, a seeded 30% of each class held out;
@@ -38,6 +41,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from benchmarks.novelty import auroc
 from benchmarks.serve_bench import engram_server
 from model_core.data import load_digits_arrays, mnist_5k_arrays, stratified_split
 from model_core.strategy_specs import SPECS
@@ -119,18 +123,34 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
     return stream
 
 
-def served_accuracy(c: httpx.Client, name: str, test: list[tuple[str, str]], classes: set[str]) -> tuple[float, int]:
-    """Accuracy of the version the service serves now on held-out samples of ``classes``, and its number."""
-    rows = [(lab, b) for lab, b in test if lab in classes]
-    right, version = 0, -1
-    for i in range(0, len(rows), 256):
-        chunk = rows[i : i + 256]
+def served_scores(
+    c: httpx.Client, name: str, test: list[tuple[str, str]], classes: set[str]
+) -> tuple[float, int, dict[str, Any] | None]:
+    """(accuracy on held-out samples of ``classes``, the served version's number, its novelty on them against
+    held-out samples of every class not yet learned: AUROC, known rate, unknown flagged; None when the version
+    serves no novelty or every class is learned), from one pass of predictions over HTTP."""
+    right, version, seen = 0, -1, 0
+    novelty: dict[bool, list[float]] = {True: [], False: []}  # keyed by "the sample's class is learned"
+    known_flags: dict[bool, list[bool]] = {True: [], False: []}
+    for i in range(0, len(test), 256):
+        chunk = test[i : i + 256]
         r = c.post(f"/v1/classifiers/{name}/predict", json={"inputs": [{"image_b64": b} for _, b in chunk]})
         r.raise_for_status()
         body = r.json()
         version = body["version"]
-        right += sum(p["label"] == lab for p, (lab, _) in zip(body["predictions"], chunk, strict=True))
-    return right / max(len(rows), 1), version
+        for p, (lab, _) in zip(body["predictions"], chunk, strict=True):
+            old = lab in classes
+            seen += int(old)
+            right += int(old and p["label"] == lab)
+            if p.get("novelty") is not None:
+                novelty[old].append(p["novelty"])
+                known_flags[old].append(bool(p["known"]))
+    acc = right / max(seen, 1)
+    if not novelty[True] or not novelty[False]:
+        return acc, version, None
+    return acc, version, {"auroc": round(auroc(np.array(novelty[True]), np.array(novelty[False])), 4),
+                          "known_rate": round(float(np.mean(known_flags[True])), 4),
+                          "unknown_flagged": round(1 - float(np.mean(known_flags[False])), 4)}  # fmt: skip
 
 
 def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +175,7 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
             job = c.get(f"/v1/jobs/{job['job_id']}").json()
         wall = time.perf_counter() - start
         seen |= set(classes)
-        acc, version = served_accuracy(c, name, stream.test, seen)
+        acc, version, novelty = served_scores(c, name, stream.test, seen)
         if job["status"] == "promoted" and version != job["version"]:
             print(f"  (stale: the process that reported v{job['version']} promoted served v{version})")
         report = job.get("report") or {}
@@ -167,7 +187,7 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
                "gate_s": seconds.get("gate"), "steps": training.get("steps"), "stopped": training.get("stopped"),
                "failures": report.get("failures"), "causes": [x.get("cause") for x in report.get("tasks", [])
                                                                  if x.get("before") is not None],
-               "error": job.get("error"),
+               "error": job.get("error"), "novelty": novelty,
                "gate": {k: report.get(k) for k in ("tasks", "classes", "confused_pairs", "confusion_note", "new_class_bias")}}  # fmt: skip
         out["tasks"].append(row)
         out["resolved"] = job.get("strategy")  # what "default" became
@@ -190,6 +210,25 @@ def print_table(results: list[dict[str, Any]]) -> None:
         name = res["strategy"] if res["strategy"] != "default" else f"default ({res.get('resolved')})"
         print(f"| {res['stream']} | {name} | {marks} | {accs} | {tasks[-1]['served_accuracy']:.3f} | "
               f"{sec:.1f} ({gate:.1f}) |")  # fmt: skip
+
+
+def print_novelty_table(results: list[dict[str, Any]]) -> None:
+    """The served novelty after each task but the last, against the classes not yet learned (where it has one)."""
+    rows = [(res, [t["novelty"] for t in res["tasks"] if t.get("novelty")]) for res in results]
+    rows = [(res, nov) for res, nov in rows if nov]
+    if not rows:
+        return
+    print(
+        "\n| stream | strategy | novelty AUROC after each task (known: learned classes, unknown: the rest) | "
+        "mean | known rate (mean) | unknown flagged (mean) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for res, nov in rows:
+        name = res["strategy"] if res["strategy"] != "default" else f"default ({res.get('resolved')})"
+        aurocs = " ".join(f"{n['auroc']:.3f}" for n in nov)
+        print(f"| {res['stream']} | {name} | {aurocs} | "
+              f"{np.mean([n['auroc'] for n in nov]):.3f} | {np.mean([n['known_rate'] for n in nov]):.3f} | "
+              f"{np.mean([n['unknown_flagged'] for n in nov]):.3f} |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json:
                     args.json.write_text(json.dumps(results, indent=1))
     print_table(results)
+    print_novelty_table(results)
     return 0
 
 
