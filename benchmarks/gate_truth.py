@@ -128,9 +128,11 @@ def served_scores(
 ) -> tuple[float, int, dict[str, Any] | None]:
     """(accuracy on held-out samples of ``classes``, the served version's number, its novelty on them against
     held-out samples of every class not yet learned: AUROC, known rate, unknown flagged; None when the version
-    serves no novelty or every class is learned), from one pass of predictions over HTTP."""
+    serves no novelty or every class is learned; beside it the AUROC of the served score, the maximum softmax
+    probability as the API rounds it), from one pass of predictions over HTTP."""
     right, version, seen = 0, -1, 0
     novelty: dict[bool, list[float]] = {True: [], False: []}  # keyed by "the sample's class is learned"
+    msp: dict[bool, list[float]] = {True: [], False: []}  # minus the served score (the top softmax probability)
     known_flags: dict[bool, list[bool]] = {True: [], False: []}
     for i in range(0, len(test), 256):
         chunk = test[i : i + 256]
@@ -144,11 +146,13 @@ def served_scores(
             right += int(old and p["label"] == lab)
             if p.get("novelty") is not None:
                 novelty[old].append(p["novelty"])
+                msp[old].append(-p["score"])
                 known_flags[old].append(bool(p["known"]))
     acc = right / max(seen, 1)
     if not novelty[True] or not novelty[False]:
         return acc, version, None
     return acc, version, {"auroc": round(auroc(np.array(novelty[True]), np.array(novelty[False])), 4),
+                          "auroc_msp": round(auroc(np.array(msp[True]), np.array(msp[False])), 4),
                           "known_rate": round(float(np.mean(known_flags[True])), 4),
                           "unknown_flagged": round(1 - float(np.mean(known_flags[False])), 4)}  # fmt: skip
 
@@ -227,7 +231,8 @@ def print_novelty_table(results: list[dict[str, Any]]) -> None:
         name = res["strategy"] if res["strategy"] != "default" else f"default ({res.get('resolved')})"
         aurocs = " ".join(f"{n['auroc']:.3f}" for n in nov)
         print(f"| {res['stream']} | {name} | {aurocs} | "
-              f"{np.mean([n['auroc'] for n in nov]):.3f} | {np.mean([n['known_rate'] for n in nov]):.3f} | "
+              f"{np.mean([n['auroc'] for n in nov]):.3f} | {np.mean([n['auroc_msp'] for n in nov]):.3f} | "
+              f"{np.mean([n['known_rate'] for n in nov]):.3f} | "
               f"{np.mean([n['unknown_flagged'] for n in nov]):.3f} |")  # fmt: skip
 
 
