@@ -224,9 +224,9 @@ def print_novelty_table(results: list[dict[str, Any]]) -> None:
         return
     print(
         "\n| stream | strategy | novelty AUROC after each task (known: learned classes, unknown: the rest) | "
-        "mean | known rate (mean) | unknown flagged (mean) |"
+        "mean | served MSP's AUROC (mean) | known rate (mean) | unknown flagged (mean) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for res, nov in rows:
         name = res["strategy"] if res["strategy"] != "default" else f"default ({res.get('resolved')})"
         aurocs = " ".join(f"{n['auroc']:.3f}" for n in nov)
