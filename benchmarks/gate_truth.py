@@ -123,38 +123,46 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
     return stream
 
 
+def _predict(c: httpx.Client, name: str, rows: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], int]:
+    """The served predictions of ``rows`` (label, base64 image) in requests of 256, and the version that served."""
+    out, version = [], -1
+    for i in range(0, len(rows), 256):
+        r = c.post(f"/v1/classifiers/{name}/predict", json={"inputs": [{"image_b64": b} for _, b in rows[i : i + 256]]})
+        r.raise_for_status()
+        body = r.json()
+        out += body["predictions"]
+        version = body["version"]
+    return out, version
+
+
 def served_scores(
     c: httpx.Client, name: str, test: list[tuple[str, str]], classes: set[str]
 ) -> tuple[float, int, dict[str, Any] | None]:
     """(accuracy on held-out samples of ``classes``, the served version's number, its novelty on them against
-    held-out samples of every class not yet learned: AUROC, known rate, unknown flagged; None when the version
-    serves no novelty or every class is learned; beside it the AUROC of the served score, the maximum softmax
-    probability as the API rounds it), from one pass of predictions over HTTP."""
-    right, version, seen = 0, -1, 0
-    novelty: dict[bool, list[float]] = {True: [], False: []}  # keyed by "the sample's class is learned"
-    msp: dict[bool, list[float]] = {True: [], False: []}  # minus the served score (the top softmax probability)
-    known_flags: dict[bool, list[bool]] = {True: [], False: []}
-    for i in range(0, len(test), 256):
-        chunk = test[i : i + 256]
-        r = c.post(f"/v1/classifiers/{name}/predict", json={"inputs": [{"image_b64": b} for _, b in chunk]})
-        r.raise_for_status()
-        body = r.json()
-        version = body["version"]
-        for p, (lab, _) in zip(body["predictions"], chunk, strict=True):
-            old = lab in classes
-            seen += int(old)
-            right += int(old and p["label"] == lab)
-            if p.get("novelty") is not None:
-                novelty[old].append(p["novelty"])
-                msp[old].append(-p["score"])
-                known_flags[old].append(bool(p["known"]))
-    acc = right / max(seen, 1)
-    if not novelty[True] or not novelty[False]:
+    held-out samples of every class not yet learned: AUROC, known rate, unknown flagged, and beside it the AUROC
+    of the served score, the maximum softmax probability as the API rounds it; None when the version serves no
+    novelty or every class is learned). The unlearned classes are sent only when the version serves novelty."""
+    known_rows = [(lab, b) for lab, b in test if lab in classes]
+    known, version = _predict(c, name, known_rows)
+    acc = sum(p["label"] == lab for p, (lab, _) in zip(known, known_rows, strict=True)) / max(len(known_rows), 1)
+    unknown_rows = [(lab, b) for lab, b in test if lab not in classes]
+    if not known or known[0]["novelty"] is None or not unknown_rows:
         return acc, version, None
-    return acc, version, {"auroc": round(auroc(np.array(novelty[True]), np.array(novelty[False])), 4),
-                          "auroc_msp": round(auroc(np.array(msp[True]), np.array(msp[False])), 4),
-                          "known_rate": round(float(np.mean(known_flags[True])), 4),
-                          "unknown_flagged": round(1 - float(np.mean(known_flags[False])), 4)}  # fmt: skip
+    unknown, _ = _predict(c, name, unknown_rows)
+
+    def column(preds: list[dict[str, Any]], key: str, sign: float = 1.0) -> np.ndarray:
+        return np.array([sign * p[key] for p in preds], dtype=float)
+
+    return (
+        acc,
+        version,
+        {
+            "auroc": round(auroc(column(known, "novelty"), column(unknown, "novelty")), 4),
+            "auroc_msp": round(auroc(column(known, "score", -1), column(unknown, "score", -1)), 4),
+            "known_rate": round(float(column(known, "known").mean()), 4),
+            "unknown_flagged": round(1 - float(column(unknown, "known").mean()), 4),
+        },
+    )
 
 
 def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any]) -> dict[str, Any]:
