@@ -112,6 +112,7 @@ def run(name: str, strategy: str, seed: int, features: dict[bytes, Any]) -> dict
     row["known_rate"] = round(float((scores["known"]["ours"] <= threshold).mean()), 4)
     row["unknown_flagged"] = round(float((scores["unknown"]["ours"] > threshold).mean()), 4)
     row["known_accuracy"] = round(learner.accuracy(known_test), 4)
+    row["logit_margin"] = round(1.0 / float(module.sharpness), 3)  # the median top-two margin the ambiguity reads at
     return row
 
 
