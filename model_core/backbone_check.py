@@ -26,7 +26,7 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
     from model_core.networks.pretrained import resolve_network_spec
     from model_core.networks.weights import BackboneError, WeightsError
 
-    access = WeightsAccess(request.get("cache_dir"), bool(request.get("allow_download")))
+    access = WeightsAccess(request.get("cache_dir"), bool(request.get("allow_download")), request.get("files_dir"))
     try:
         spec = resolve_network_spec(NetworkSpec.from_dict(request["network"]), access)
     except WeightsError as exc:

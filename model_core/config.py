@@ -172,6 +172,9 @@ class WeightsAccess:
 
     cache_dir: str | None = None  # where framework downloads are cached (and baked images keep them)
     allow_download: bool = False  # off: a "download" source must already be in cache_dir
+    # Where a "file" source must be (its path taken relative to it, resolved, and refused outside it). None: any
+    # path, as a library caller names it; the service always sets it, so a client cannot name other files.
+    files_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class StrategySpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the allowed values of string parameters
+    # Training samples each new class needs (class_models: a class model's means are averages of at least this
+    # many); the service checks it before a job is queued, the strategy again when it trains.
+    min_new_class_samples: int = 1
 
     def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with ``params``; ValueError naming an unknown parameter or one with a bad value
@@ -225,6 +228,7 @@ SPECS: dict[str, StrategySpec] = {
                 "prior": "uniform",  # "uniform" or "frequency" (log of each class's sample count added)
             },
             choices={"prior": ("uniform", "frequency")},
+            min_new_class_samples=10,
         ),
         StrategySpec(
             "packnet",

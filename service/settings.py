@@ -23,6 +23,19 @@ class Settings(BaseSettings):
     insecure: bool = False  # allow starting with no keys (every request then acts as admin)
     max_body_bytes: int = 64 * 2**20  # larger request bodies get 413
     max_image_pixels: int = 16_000_000  # decoded images larger than this are refused (image bombs)
+    # All of one predict request's images together (read from their headers before any is decoded): bounds the CPU
+    # one request costs (about 1.5 s of one core for 256 MP of PNG; python -m benchmarks.decode_isolation)
+    max_request_pixels: int = Field(default=256_000_000, ge=1)
+    # Predict requests over this many pixels decode in a pool of decode_threads threads (0: half the usable CPUs,
+    # at least one); lighter ones decode at once, so a small request never waits behind a heavy one
+    decode_light_pixels: int = Field(default=1_000_000, ge=0)
+    decode_threads: int = Field(default=0, ge=0)
+    # Built sessions of versions other than the active ones (pinned predictions, rollbacks), in bytes as estimated
+    # when each is built; the least recently used go first. 4 GiB: about 5 photo classifiers, thousands of small
+    session_cache_bytes: int = Field(default=4 * 2**30, ge=0)
+    # Keys the audit's key fingerprints (HMAC-SHA256). Unset: a random secret is made once and kept in
+    # <data_dir>/audit-secret (replicas that share a database should share this value). Never logged.
+    audit_secret: str = Field(default="", repr=False)
     max_batch_items: int = 20_000  # samples per learn request
     max_predict_items: int = 1_024  # inputs per predict request
     ort_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads per model run; 0 = one per usable CPU
@@ -45,6 +58,8 @@ class Settings(BaseSettings):
     # download at all. Off by default: a "download" source must then already be in the cache.
     weights_cache_dir: Path | None = None
     allow_downloads: bool = False
+    # The only place a backbone's weights "file" may be (a path relative to it; default: the weights cache dir)
+    weights_dir: Path | None = None
 
     @field_validator("api_keys")
     @classmethod
@@ -63,6 +78,10 @@ class Settings(BaseSettings):
     @property
     def weights_cache_path(self) -> Path:
         return (self.weights_cache_dir or self.data_dir / "weights").resolve()
+
+    @property
+    def weights_files_path(self) -> Path:
+        return (self.weights_dir or self.weights_cache_path).resolve()
 
     def keys(self) -> dict[str, str]:
         """key -> role."""

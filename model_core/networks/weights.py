@@ -42,8 +42,19 @@ def package_weights_file(name: str) -> Path:
 
 
 def server_file(spec: BackboneSpec, access: WeightsAccess) -> Path:
-    """The path of a "file" source; a relative path is taken relative to the weights cache dir."""
+    """The path of a "file" source. With ``access.files_dir`` it must resolve (symbolic links followed) inside that
+    directory, and every refusal says the same about any path outside it, so nothing is learnt about other files.
+    Without it (a library caller), a relative path is taken relative to the weights cache dir."""
     assert spec.file is not None
+    if access.files_dir is not None:
+        base = Path(access.files_dir).resolve()
+        path = (base / spec.file).resolve()
+        if base not in path.parents:
+            raise WeightsError(f"weights file {spec.file!r} is not inside the server's weights directory; name a file "
+                               "there by its path relative to it")  # fmt: skip
+        if not path.is_file():
+            raise WeightsError(f"the server's weights directory has no file {spec.file!r}")
+        return path
     path = Path(spec.file).expanduser()
     if not path.is_absolute() and access.cache_dir:
         path = Path(access.cache_dir) / path
@@ -103,13 +114,13 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 
             return dict(load_file(str(path)))
         data: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"weights file {str(path)!r} is neither safetensors nor a torch state dict: {exc}") from None
+    except Exception:  # the loaders' own text can quote the file's bytes: say it in our words
+        raise WeightsError(f"weights file {path.name!r} is neither safetensors nor a torch state dict") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
     if not isinstance(data, Mapping) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise WeightsError(f"weights file {str(path)!r} holds no state dict (a mapping of names to tensors)")
+        raise WeightsError(f"weights file {path.name!r} holds no state dict (a mapping of names to tensors)")
     return {str(k): v for k, v in data.items()}
 
 

@@ -36,7 +36,7 @@ from model_core.networks.gaussian_head import GaussianHead
 from model_core.strategies.base import Strategy, TrainContext, register_strategy
 from model_core.strategy_specs import SPECS
 
-MIN_SAMPLES = 10  # samples a class needs: a component's mean is an average of at least this many
+MIN_SAMPLES = SPECS["class_models"].min_new_class_samples  # 10: a component's mean averages at least this many
 MAX_INPUT_DIM = 4096  # raw-input values a from-scratch network's class models may span (64x64 grey)
 ARCH = ("components", "rank")
 

@@ -37,7 +37,8 @@ class ClassifierService:
         # Pretrained weights are loaded once now (in a child process: no torch here), so a missing or
         # ill-fitting file is refused with the classifier rather than at its first job.
         network = self.backbones.resolve_network(
-            spec.to_dict(), self.settings.weights_cache_path, self.settings.allow_downloads
+            spec.to_dict(), self.settings.weights_cache_path, self.settings.allow_downloads,
+            self.settings.weights_files_path,
         )
         gate = GateConfig().merged(cmd.gate)
         with self.sessions() as s:

@@ -6,6 +6,7 @@ No torch here: a worker trains the job (``service.jobs.training``). What is stor
 
 from __future__ import annotations
 
+import reprlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -79,6 +80,7 @@ class LearningService:
             _check_task_is_new(strategy, req.task, active_tasks)
         gate = GateConfig.from_dict(gate_defaults).merged(req.gate)
         train_x, train_y, ev_x, ev_labels = self._evaluation_split(req, fmt, x, labels, gate.holdout)
+        _check_new_class_samples(strategy, train_y, _known_labels(network["scenario"], req.task, active_tasks))
         job_id = str(uuid.uuid4())
         # Stage the arrays first: a job row never exists without its data.
         self.store.write_arrays(job_id, "train", {"x": train_x, "label": train_y})
@@ -202,6 +204,27 @@ def _check_task_classes(task: str, labels: np.ndarray, active_tasks: list[dict[s
         extra = sorted(set(labels.tolist()) - known[task])
         raise Invalid(f"task {task!r} already exists with classes {sorted(known[task])}; "
                       f"its classes cannot grow (new: {extra}); learn them under a new task name")  # fmt: skip
+
+
+def _known_labels(scenario: str, task: str, active_tasks: list[dict[str, Any]]) -> set[str]:
+    """Labels the active version already has a unit for: any task's (class-incremental), or this task's."""
+    return {str(lab) for t in active_tasks if scenario != "task-incremental" or t["name"] == task for lab in t["labels"]}
+
+
+def _check_new_class_samples(strategy: str, train_labels: np.ndarray, known: set[str]) -> None:
+    """A strategy's minimum of training samples per new class, checked before the job is queued (after the gate's
+    holdout, as the strategy counts them); the refusal names a few classes, never thousands."""
+    need = SPECS[strategy].min_new_class_samples
+    if need <= 1:
+        return
+    counts = Counter(str(lab) for lab in train_labels.tolist())
+    short = sorted((lab, n) for lab, n in counts.items() if lab not in known and n < need)
+    if short:
+        named = ", ".join(f"{reprlib.repr(lab)} ({n})" for lab, n in short[:5])
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        raise Invalid(f"strategy {strategy!r} needs at least {need} training samples of each new class, after the "
+                      f"gate's holdout; {len(short)} class(es) have fewer: {named}{more}. Send more samples of "
+                      "them, or give eval_samples so that every sample trains")  # fmt: skip
 
 
 def _check_task_is_new(strategy: str, task: str, active_tasks: list[dict[str, Any]]) -> None:

@@ -27,13 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.application.metrics import Metrics
 from service.domain.commands import Predict
 from service.domain.errors import Conflict, Invalid, Unavailable
 from service.domain.unknowns import UnknownSettings
-from service.inference.sessions import Served, ServingOptions, ServingState, array_bytes, load_served, parse_inputs
+from service.inference.decoding import DecodeLimits, Decoder
+from service.inference.session_cache import folder_bytes, resident_bytes
+from service.inference.sessions import Served, ServingOptions, ServingState, array_bytes, load_served
 from service.persistence import registry
 from service.persistence.models import Classifier, Version
 from service.retry import backoff
@@ -117,6 +120,7 @@ class ServingService:
         self.state = state
         self.metrics = metrics
         self.options = ServingOptions.from_settings(settings)
+        self.decoder = Decoder(DecodeLimits.from_settings(settings))  # bounded, before the batch (its docstring)
         self._lock = threading.Lock()
         self._flights: dict[tuple[str, int], _Flight] = {}
         self._failures: dict[tuple[str, int], LoadFailure] = {}
@@ -149,12 +153,15 @@ class ServingService:
                 raise self._unavailable(ref, failure) if failure else Unavailable(f"loading {key} failed")
             return flight.served
         try:
-            t0 = time.perf_counter()
+            t0, rss = time.perf_counter(), resident_bytes()
             served = load_served(ref.classifier, ref.number, ref.folder, ref.network, self.options)
+            # What the session holds, for the cache's byte budget: the process's growth while it was built and warmed
+            # (other threads' allocations blur it), never less than its files
+            nbytes = max(folder_bytes(ref.folder), resident_bytes() - rss)
             self.metrics.session_builds.labels(ref.classifier).inc()
-            log.info("built the session of %s version %d in %.2f s", ref.classifier, ref.number,
-                     time.perf_counter() - t0)  # fmt: skip
-            self.state.remember(served)
+            log.info("built the session of %s version %d in %.2f s (about %d MB)", ref.classifier, ref.number,
+                     time.perf_counter() - t0, nbytes // 2**20)  # fmt: skip
+            self.state.remember(served, nbytes)
             flight.served = served
             with self._lock:
                 self._failures.pop(key, None)
@@ -255,13 +262,14 @@ class ServingService:
                 raise Invalid(f"classifier {name!r} is task-incremental: give 'task', one of {sorted(served.tasks)}")
             if cmd.task not in served.tasks:
                 raise Invalid(f"unknown task {cmd.task!r} for version {served.version}; known: {sorted(served.tasks)}")
-        logits, run_rows = await served.batcher.submit(cmd.inputs)  # decoded in the batch's worker thread
+        rows = await self.decoder.prepare(cmd.inputs, served.fmt)
+        logits, run_rows = await served.batcher.submit(rows)  # the batch's thread only runs the model
         predictions = served.postprocess(logits, cmd.top_k, cmd.task)
         if served.novelty is not None:
             unknown = self._count_unknowns(served, predictions)
             found = self._unknowns.get(name)
             if unknown and found is not None and found[1].capture:
-                await anyio.to_thread.run_sync(self._capture, served, found, cmd, unknown, predictions)
+                await anyio.to_thread.run_sync(self._capture, served, found, rows, unknown, predictions)
         self.metrics.predict_seconds.labels(name, str(served.version)).observe(time.perf_counter() - start)
         self.metrics.batch_size.labels(name).observe(len(cmd.inputs))
         self.metrics.model_batch_rows.labels(name).observe(run_rows)
@@ -283,12 +291,11 @@ class ServingService:
         self.unknown_rate.record(served.classifier, served.version, len(predictions), len(unknown))
         return unknown
 
-    def _capture(self, served: Served, found: tuple[int, UnknownSettings], cmd: Predict, unknown: list[int],
+    def _capture(self, served: Served, found: tuple[int, UnknownSettings], rows: np.ndarray, unknown: list[int],
                  predictions: list[dict[str, Any]]) -> None:  # fmt: skip
         """Keep the flagged inputs (as the model's input rows); a failure is logged, never the request's."""
         classifier_id, settings = found
         try:
-            rows = parse_inputs(cmd.inputs, served.fmt, self.options.max_image_pixels)
             kept = [(float(predictions[i]["novelty"]), array_bytes(rows[i])) for i in unknown]
             with self.sessions() as s:
                 registry.add_captured(s, classifier_id, served.version, kept, settings.capture_max,

@@ -16,10 +16,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.application.serving import ServingService, version_ref
 from service.application.views import audit_view, version_view
-from service.domain.errors import Conflict, NotFound
+from service.domain.errors import Conflict, Invalid, NotFound
 from service.persistence import registry
 from service.persistence.models import Classifier, Version
 from service.storage.base import ArtifactStore
+
+MAX_REASON = 2000  # characters of a promotion's or rollback's reason (the API's schema says the same)
+
+
+def audit_reason(reason: str | None) -> str | None:
+    """A reason as the audit keeps it, whichever door it came in by (API, dashboard): trimmed, None when blank, at
+    most MAX_REASON characters (Invalid beyond)."""
+    text = (reason or "").strip()
+    if len(text) > MAX_REASON:
+        raise Invalid(f"reason has {len(text)} characters; at most {MAX_REASON}")
+    return text or None
 
 
 class VersionService:
@@ -71,6 +82,8 @@ class VersionService:
     # --- pointer moves ----------------------------------------------------------------------------
 
     def promote(self, name: str, number: int, actor: str, force: bool, reason: str | None) -> dict[str, Any]:
+        reason = audit_reason(reason)
+
         def check(v: Version) -> bool:
             if v.status == "rejected" and not (force and reason):
                 raise Conflict(f"version {number} was rejected by the gate; promoting it needs force=true and a reason")
@@ -79,6 +92,8 @@ class VersionService:
         return self._move(name, lambda s, clf: number, check, "promote", actor, reason)
 
     def rollback(self, name: str, to_version: int | None, actor: str, reason: str | None) -> dict[str, Any]:
+        reason = audit_reason(reason)
+
         def target(s: Session, clf: Classifier) -> int:
             number = to_version if to_version is not None else registry.previous_active(s, clf)
             if number is None:

@@ -81,7 +81,9 @@ class BackboneChecker:
                     raise BackboneCheckFailed(f"the backbone check process died (exit code {proc.returncode})")
         raise BackboneCheckFailed("the backbone check process exited before answering")
 
-    def resolve_network(self, network: dict[str, Any], cache_dir: Path, allow_download: bool) -> dict[str, Any]:
+    def resolve_network(
+        self, network: dict[str, Any], cache_dir: Path, allow_download: bool, files_dir: Path | None = None
+    ) -> dict[str, Any]:
         """``network`` (a NetworkSpec dict) with its backbone's weights checked and their sha256 recorded.
 
         A built-in backbone (no weights) is returned as it is, without a child. A spec whose backbone
@@ -93,7 +95,8 @@ class BackboneChecker:
         packaged = record_packaged(NetworkSpec.from_dict(network))  # installed and as published: no child
         if packaged is not None:
             return packaged.to_dict()
-        answer = self.check({"network": network, "cache_dir": str(cache_dir), "allow_download": allow_download})
+        answer = self.check({"network": network, "cache_dir": str(cache_dir), "allow_download": allow_download,
+                             "files_dir": None if files_dir is None else str(files_dir)})  # fmt: skip
         if "error" in answer:
             raise Invalid(f"backbone: {answer['error']}")
         resolved: dict[str, Any] = answer["network"]

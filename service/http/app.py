@@ -5,23 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import anyio
 from litestar import Litestar, Request, Response, get
-from litestar.datastructures import State
-from litestar.exceptions import SerializationException
+from litestar.datastructures import FormMultiDict, State
+from litestar.exceptions import ClientException, HTTPException, SerializationException
 from litestar.middleware import DefineMiddleware
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.plugins.pydantic import PydanticInitPlugin
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 from litestar.template.config import TemplateConfig
 from prometheus_client import generate_latest
 
 from service.application.metrics import Metrics
 from service.application.services import EngramService
-from service.http.auth import KeyRing
+from service.http.auth import KeyRing, audit_secret
 from service.http.body import BodyNotJSON, check_utf8, describe_syntax_error
+from service.http.limits import body_bound, form_part_limit
 from service.http.middleware import RequestLogMiddleware
 from service.http.openapi import WireSchemaPlugin, openapi_config
 from service.http.problems import EXCEPTION_HANDLERS
@@ -42,6 +44,39 @@ class EngramRequest(Request[Any, Any, Any]):
     Litestar passes msgspec's message through, which changes between msgspec releases; it also lets a
     RecursionError (nesting past msgspec's limit) and a UnicodeDecodeError reach the catch-all as 500s.
     """
+
+    async def stream(self) -> AsyncGenerator[bytes, None]:
+        """The body's chunks, refused (413) as soon as they pass this request's own cap (service.http.limits)."""
+        bound = body_bound(self.scope.get("state"))
+        if bound is None:
+            async for chunk in super().stream():
+                yield chunk
+            return
+        limit, what = bound
+        too_large = HTTPException(status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                                  detail=f"the request body is over {limit:,} bytes, the most a {what} needs")  # fmt: skip
+        if (self.content_length or 0) > limit:
+            raise too_large
+        total = 0
+        async for chunk in super().stream():
+            total += len(chunk)
+            if total > limit:
+                raise too_large
+            yield chunk
+
+    async def form(self) -> FormMultiDict:
+        """Litestar's form, with the service's answers where it would fail: a text part that does not decode in its
+        charset (a 500 there) and too many parts (a 400 worded as a 413)."""
+        try:
+            return await super().form()
+        except (UnicodeDecodeError, LookupError):
+            raise ClientException("a text field of the multipart form is not valid text in its declared charset; "
+                                  "send UTF-8") from None  # fmt: skip
+        except ClientException as exc:
+            if exc.status_code == 400 and exc.detail == "Request Entity Too Large":  # Litestar's part limit
+                raise HTTPException(status_code=HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail="the multipart form has "
+                                    f"more than {self.app.multipart_form_part_limit:,} parts") from None  # fmt: skip
+            raise
 
     async def json(self) -> Any:
         try:
@@ -76,7 +111,7 @@ async def _background(app: Litestar) -> None:
 def create_app(settings: Settings) -> Litestar:
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
-    serving = ServingState()
+    serving = ServingState(settings.session_cache_bytes)
     service = EngramService(settings, sessions, open_store(settings.artifacts_path, settings.artifacts_url), serving, Metrics())
     metrics = service.metrics
 
@@ -103,7 +138,7 @@ def create_app(settings: Settings) -> Litestar:
             engine.dispose()
 
     state: dict[str, Any] = {"settings": settings, "service": service, "serving": serving,
-                             "keyring": KeyRing(settings.keys(), settings.insecure)}  # fmt: skip
+                             "keyring": KeyRing(settings.keys(), settings.insecure, audit_secret(settings))}  # fmt: skip
     return Litestar(
         route_handlers=[*ROUTES, metrics_endpoint, UI, STATIC],  # type: ignore[list-item]
         state=State(state),
@@ -112,6 +147,7 @@ def create_app(settings: Settings) -> Litestar:
         request_class=EngramRequest,
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
+        multipart_form_part_limit=form_part_limit(settings),
         openapi_config=openapi_config(),
         # Strict: request bodies are validated exactly as the published schema says (no "5" for 5).
         plugins=[WireSchemaPlugin(), PydanticInitPlugin(validate_strict=True)],

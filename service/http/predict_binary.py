@@ -30,6 +30,9 @@ async def read_binary(request: Request[Any, Any, Any], max_items: int) -> NpyBat
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype == "multipart/form-data":
         form = await request.form()
+        unknown = sorted({str(k)[:64] for k in form if k != "file"})
+        if unknown:
+            raise Unfit(f"the form has unknown field(s) {unknown[:5]}; it takes one 'file' part per image")
         parts = form.getall("file", [])
         if not parts:
             raise Unfit("the form has no 'file' part; send one 'file' part per image")
@@ -54,7 +57,7 @@ def binary_request_body() -> RequestBody:
     form = Schema(
         type=OpenAPIType.OBJECT,
         properties={
-            "file": file_parts("one encoded image (PNG, JPEG...) per input, in order")
+            "file": file_parts("one encoded image (PNG, JPEG, WebP, GIF, BMP or TIFF) per input, in order")
         },
         required=["file"],
     )
@@ -78,7 +81,8 @@ class BinaryPredictOperation(Operation):
         self.request_body = _BINARY_BODY
 
 
-@post("/classifiers/{name:str}/predict/binary", opt={"role": "predict", "content_types": BINARY_TYPES},
+@post("/classifiers/{name:str}/predict/binary",
+      opt={"role": "predict", "content_types": BINARY_TYPES, "body_required": True, "body_bound": "predict"},
       status_code=200, operation_class=BinaryPredictOperation,
       responses=answers(200, PredictResult, "One prediction per row or file, in order", 400, 404, 409, 413, 422))  # fmt: skip
 async def predict_binary(

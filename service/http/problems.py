@@ -15,6 +15,7 @@ from litestar.types import ExceptionHandlersMap
 from service.domain.errors import Conflict, Invalid, NotFound, PointerMoved, Unavailable
 from service.http.auth import AuthError
 from service.inference.binary import Undecodable, Unfit
+from service.inference.decoding import TooMuchToDecode
 from service.inference.inputs import InputError
 
 log = logging.getLogger("engram.api")
@@ -96,6 +97,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     InputError: _input,
     Undecodable: lambda r, e: problem(r, 400, str(e)),  # a binary predict body that does not decode
     Unfit: lambda r, e: problem(r, 422, str(e)),  # one that decodes but does not fit the classifier
+    TooMuchToDecode: lambda r, e: problem(r, 413, str(e)),  # images over the request's pixel budget
     ValidationException: _validation,
     pydantic.ValidationError: _pydantic,
     HTTPException: _http,

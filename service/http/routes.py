@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import anyio
 from litestar import Request, Response, Router, delete, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, SerializationException
+from litestar.datastructures import FormMultiDict
+from litestar.exceptions import ClientException, HTTPException, SerializationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.handlers.http_handlers import HTTPRouteHandler
 from litestar.params import Parameter
@@ -31,6 +32,7 @@ from litestar.status_codes import (
 from service.application.services import Invalid
 from service.http.auth import KeyRing
 from service.http.deps import VersionNumber, svc
+from service.http.limits import set_predict_bound
 from service.http.mapping import to_learn, to_new_classifier, to_predict
 from service.http.openapi import LearnOperation, answers, problem_answers
 from service.http.predict_binary import predict_binary
@@ -62,6 +64,7 @@ async def guard_v1(connection: ASGIConnection[Any, Any, Any, Any], handler: Base
     """The /v1 guard: the key's role first (401/403), then the body's content type (415)."""
     require_role(connection, handler)
     require_json_body(connection, handler)
+    set_predict_bound(connection, handler)
 
 
 def guard_answers(handler: HTTPRouteHandler) -> HTTPRouteHandler:
@@ -92,8 +95,11 @@ def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], handler: B
         return
     headers = connection.headers
     ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if not ctype and headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
-        return  # no body at all (promote and rollback take an optional one)
+    if headers.get("content-length", "0") == "0" and "transfer-encoding" not in headers:
+        if handler.opt.get("body_required"):  # the same answer on every route that needs a body
+            raise ClientException("the request body is empty; send " + " or ".join(handler.opt.get("content_types", JSON)))
+        if not ctype:
+            return  # no body at all (promote and rollback take an optional one)
     allowed = handler.opt.get("content_types", JSON)
     if ctype not in allowed:
         raise HTTPException(
@@ -125,7 +131,7 @@ def strategies(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return svc(request).strategies()
 
 
-@post("/classifiers", opt={"role": "admin"}, status_code=HTTP_201_CREATED, sync_to_thread=True,
+@post("/classifiers", opt={"role": "admin", "body_required": True}, status_code=HTTP_201_CREATED, sync_to_thread=True,
       responses=answers(201, ClassifierView, "The new classifier", 400, 409, 413, 422))  # fmt: skip
 def create_classifier(request: Request[Any, Any, Any], data: ClassifierCreate) -> dict[str, Any]:
     return svc(request).classifiers.create_classifier(to_new_classifier(data))
@@ -143,11 +149,23 @@ def get_classifier(request: Request[Any, Any, Any], name: str) -> dict[str, Any]
     return svc(request).classifiers.get_classifier(name)
 
 
+LEARN_FORM_FIELDS = frozenset({"task", "strategy", "retention", "file", "label"})
+
+
+def refuse_unknown_fields(form: FormMultiDict, allowed: frozenset[str]) -> None:
+    """Unknown form fields are refused, as unknown JSON fields are."""
+    unknown = sorted({str(k) for k in form if k not in allowed})
+    if unknown:
+        raise Invalid(f"the form has unknown field(s) {[u[:64] for u in unknown[:5]]}; it takes "
+                      f"{', '.join(sorted(allowed))}")  # fmt: skip
+
+
 async def _learn_body(request: Request[Any, Any, Any]) -> LearnRequest:
     """JSON, or a multipart form: fields task, strategy, retention, and pairs of ``file`` + ``label``."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         form = await request.form()
+        refuse_unknown_fields(form, LEARN_FORM_FIELDS)
         files, labels = form.getall("file", []), form.getall("label", [])  # a form may lack either
         if len(files) != len(labels):
             raise Invalid(f"the form has {len(files)} files but {len(labels)} labels; send one label per file")
@@ -159,15 +177,15 @@ async def _learn_body(request: Request[Any, Any, Any]) -> LearnRequest:
         return LearnRequest.model_validate({**fields, "samples": samples})
     try:
         body = await request.json()
-    except SerializationException as exc:  # EngramRequest's own wording: what is wrong and where
-        raise Invalid(str(exc.detail)) from None
+    except SerializationException as exc:  # EngramRequest's own wording; 400, as every JSON route answers it
+        raise ClientException(str(exc.detail)) from None
     except HTTPException:
         raise  # e.g. 413: the body is over the size limit
     return LearnRequest.model_validate(body)
 
 
 @post("/classifiers/{name:str}/learn", status_code=HTTP_202_ACCEPTED,
-      opt={"role": "learn", "content_types": ("application/json", "multipart/form-data")},
+      opt={"role": "learn", "content_types": ("application/json", "multipart/form-data"), "body_required": True},
       operation_class=LearnOperation,
       responses=answers(202, JobView, "The queued job", 400, 404, 413, 422, 503))  # fmt: skip
 async def learn(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
@@ -219,7 +237,8 @@ async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSent
     return ServerSentEvent(stream())
 
 
-@post("/classifiers/{name:str}/predict", opt={"role": "predict"}, status_code=200,
+@post("/classifiers/{name:str}/predict", opt={"role": "predict", "body_required": True, "body_bound": "predict"},
+      status_code=200,
       responses=answers(200, PredictResult, "One prediction per input", 400, 404, 409, 413, 422, 503))  # fmt: skip
 async def predict(request: Request[Any, Any, Any], name: str, data: PredictRequest) -> dict[str, Any]:
     return await svc(request).serving.predict(name, to_predict(data))

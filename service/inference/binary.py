@@ -17,6 +17,8 @@ worker thread, where the classifier's input format is known:
 from __future__ import annotations
 
 import io
+import math
+import reprlib
 import warnings
 from collections.abc import Sequence
 from typing import overload
@@ -28,6 +30,7 @@ from service.inference.inputs import InputError, InputFormat, decode_image
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 _FLOATS = ("float32", "float64")
+_MAX_DIM = 2**31 - 1  # a dimension numpy can index; an empty array declaring a larger one is refused
 _MAX_HEADER = 10_000  # bytes: numpy's own default limit; a huge header would be parsed on the event loop
 
 
@@ -64,12 +67,17 @@ def parse_npy(body: bytes) -> np.ndarray:
             shape, fortran, dtype = read_header(stream, max_header_size=_MAX_HEADER)
     except Exception:  # ValueError, or the tokenizer's and parser's own errors on a header that is not a dict
         raise Undecodable("the .npy header is malformed (it needs 'descr', 'fortran_order' and 'shape')") from None
+    if not isinstance(shape, tuple) or not all(type(d) is int for d in shape):
+        raise Undecodable("the .npy header's shape must be a tuple of whole numbers")
     if any(d < 0 for d in shape):
-        raise Undecodable(f"the .npy header has a negative dimension: {shape}")
+        raise Undecodable(f"the .npy header has a negative dimension: {reprlib.repr(shape)}")
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise Unfit(f"the array's dtype {dtype} is not numeric; send float32, float64 or uint8")
     offset = stream.tell()
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: a product of dimensions beyond int64 (2**62 x 4) must compare, not overflow
+    expected = math.prod(shape) * dtype.itemsize
+    if any(d > _MAX_DIM for d in shape):
+        raise Undecodable(f"the .npy header has a dimension over {_MAX_DIM}: {reprlib.repr(shape)}")
     if len(body) - offset != expected:
         raise Undecodable(f"the .npy data is {len(body) - offset} bytes; its header {shape} {dtype} needs {expected} bytes")
     flat = np.frombuffer(body, dtype=dtype, offset=offset, count=expected // dtype.itemsize)

@@ -46,46 +46,121 @@ class InputFormat:
         return self.input.shape
 
 
-def decode_image(data: bytes, fmt: InputFormat, max_pixels: int) -> np.ndarray:
-    """Encoded image bytes -> (C, H, W) float32 in [0, 1]. Raises ValueError with a reason."""
+# Formats accepted, as Pillow names them. Everything else is refused by name before a decoder runs: Pillow can
+# open dozens of formats, some through outside programs (EPS runs Ghostscript where it is installed).
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+ACCEPTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+# Formats users send by mistake, by their leading bytes, so the refusal can name them.
+_OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"), (b"8BPS", "Photoshop (PSD)"),
+    (b"\x00\x00\x01\x00", "ICO"), (b"icns", "ICNS"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xffO\xffQ", "JPEG 2000"),
+    (b"qoif", "QOI"), (b"DDS ", "DDS"), (b"gimp xcf", "GIMP XCF"), (b"\x0a\x05\x01", "PCX"), (b"P1", "Netpbm"),
+    (b"P2", "Netpbm"), (b"P3", "Netpbm"), (b"P4", "Netpbm"), (b"P5", "Netpbm"), (b"P6", "Netpbm"), (b"P7", "Netpbm"),
+    (b"\x59\xa6\x6a\x95", "Sun raster"), (b"SIMPLE", "FITS"), (b"<svg", "SVG"), (b"<?xml", "SVG/XML"),
+)  # fmt: skip
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # grey, 16 bits a pixel (TIFF and PNG), or 32-bit integers
+
+
+def _format_name(data: bytes) -> str | None:
+    """The name of a format we refuse, from its leading bytes (None: not one we know)."""
+    head = data[:16]
+    if head[4:8] == b"ftyp":  # ISO media: HEIC/HEIF/AVIF photos
+        brand = head[8:12]
+        return "AVIF" if brand.startswith(b"avi") else "HEIC/HEIF" if brand[:3] in (b"hei", b"hev", b"mif", b"msf") \
+            else "an ISO media file"  # fmt: skip
+    return next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), None)
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Encoded image bytes -> an opened (not yet decoded) image of an accepted format, at most ``max_pixels``.
+    Raises ValueError in our own words (never Pillow's text, which can carry addresses and paths)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ValueError(f"image is {w}x{h} pixels; the limit is {max_pixels} pixels")
+            img: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError("image is too large to decode safely") from None
+    except Exception:  # Pillow raises many types for unknown, corrupt or truncated data
+        other = _format_name(data)
+        if other is not None:
+            raise ValueError(f"{other} images are not accepted; send {ACCEPTED}") from None
+        raise ValueError(f"not a decodable image: send {ACCEPTED}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ValueError(f"image is {w}x{h} pixels; the limit is {max_pixels} pixels")
+    return img
+
+
+def image_pixels(data: bytes, max_pixels: int) -> int:
+    """Pixels the image in ``data`` will decode to, read from its header (no decoding); ValueError as open_image."""
+    w, h = open_image(data, max_pixels).size
+    return w * h
+
+
+def decode_image(data: bytes, fmt: InputFormat, max_pixels: int) -> np.ndarray:
+    """Encoded image bytes -> (C, H, W) float32 in [0, 1]. Raises ValueError with a reason.
+
+    16-bit grey images (PNG, TIFF) are scaled to the 8-bit range, not clipped: a pixel of 65535 is 255."""
+    img = open_image(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
-    except ValueError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"image is too large to decode safely ({exc})") from None
-    except Exception as exc:  # Pillow raises many types for corrupt or truncated data
-        raise ValueError(f"not a decodable image ({type(exc).__name__}: {exc})") from None
+    except Exception:
+        raise ValueError(f"not a decodable image: the {img.format} data is corrupt or truncated") from None
     inp = fmt.input
-    img = img.convert("L" if inp.channels == 1 else "RGB")
-    if img.size != (inp.width, inp.height):
-        method = Image.Resampling.BILINEAR if fmt.preprocessing.resize == "bilinear" else Image.Resampling.NEAREST
-        img = img.resize((inp.width, inp.height), method)
+    size = (inp.width, inp.height)
+    method = Image.Resampling.BILINEAR if fmt.preprocessing.resize == "bilinear" else Image.Resampling.NEAREST
+    if img.mode in _SIXTEEN_BIT:  # convert("L") would clip every value above 255 to white
+        wide = np.clip(np.asarray(img, dtype=np.float64), 0, 65535) / 257.0  # (H, W); 65535 / 257 = 255 exactly
+        grey = Image.fromarray(wide.astype(np.float32), mode="F")
+        if grey.size != size:
+            grey = grey.resize(size, method)
+        arr = np.asarray(grey, dtype=np.float32) / fmt.preprocessing.pixel_scale
+        return np.repeat(arr[None], inp.channels, axis=0)
+    if img.mode == "F":
+        raise ValueError("32-bit floating-point images are not accepted; send 8- or 16-bit pixels")
+    try:
+        img = img.convert("L" if inp.channels == 1 else "RGB")
+        if img.size != size:
+            img = img.resize(size, method)
+    except Exception:
+        raise ValueError(f"the {img.format} image's mode {img.mode} cannot be converted") from None
     arr = np.asarray(img, dtype=np.float32) / fmt.preprocessing.pixel_scale
     return arr[None] if inp.channels == 1 else arr.transpose(2, 0, 1)
 
 
-def parse_item(item: Any, fmt: InputFormat, max_pixels: int) -> np.ndarray:
-    """One {"image_b64": ...} or {"vector": [...]} -> model input array. Raises ValueError."""
+def b64_bytes(item: Any) -> bytes:
+    """The bytes of an item's ``image_b64``; ValueError saying what is wrong."""
+    raw = item.get("image_b64")
+    if raw is None:
+        raise ValueError("this classifier takes images: give 'image_b64'")
+    if not isinstance(raw, str):
+        raise ValueError("'image_b64' must be a base64 string")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("'image_b64' is not valid base64") from None
+
+
+def check_fields(item: Any, allowed: frozenset[str]) -> None:
+    """An item must be an object whose fields are all known: unknown ones are refused, as everywhere else."""
     if not isinstance(item, dict):
         raise ValueError("must be an object with 'image_b64' or 'vector'")
+    unknown = sorted(str(k) for k in item if k not in allowed)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown[:5]}; an item has {', '.join(repr(a) for a in sorted(allowed))}")
+
+
+INPUT_FIELDS = frozenset({"image_b64", "vector"})
+SAMPLE_FIELDS = frozenset({"image_b64", "vector", "label"})
+
+
+def parse_item(item: Any, fmt: InputFormat, max_pixels: int, allowed: frozenset[str] = INPUT_FIELDS) -> np.ndarray:
+    """One {"image_b64": ...} or {"vector": [...]} -> model input array. Raises ValueError."""
+    check_fields(item, allowed)
     if fmt.input.kind == "image":
-        raw = item.get("image_b64")
-        if raw is None:
-            raise ValueError("this classifier takes images: give 'image_b64'")
-        if not isinstance(raw, str):
-            raise ValueError("'image_b64' must be a base64 string")
-        try:
-            data = base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("'image_b64' is not valid base64") from None
-        return decode_image(data, fmt, max_pixels)
+        return decode_image(b64_bytes(item), fmt, max_pixels)
     vec = item.get("vector")
     if vec is None:
         raise ValueError(f"this classifier takes vectors: give 'vector' with {fmt.input.dim} numbers")
@@ -105,11 +180,13 @@ def parse_item(item: Any, fmt: InputFormat, max_pixels: int) -> np.ndarray:
 
 
 def parse_items(items: Sequence[Any], fmt: InputFormat, field: str, max_pixels: int) -> np.ndarray:
-    """Every item or nothing: (N, *shape) float32, or InputError naming the first bad item."""
+    """Every item or nothing: (N, *shape) float32, or InputError naming the first bad item. Samples (learn) may
+    carry a 'label'; inputs (predict) may not."""
+    allowed = INPUT_FIELDS if field == "inputs" else SAMPLE_FIELDS
     out = np.empty((len(items), *fmt.shape), dtype=np.float32)
     for i, item in enumerate(items):
         try:
-            out[i] = parse_item(item, fmt, max_pixels)
+            out[i] = parse_item(item, fmt, max_pixels, allowed)
         except ValueError as exc:
             raise InputError(field, i, str(exc)) from None
     return out

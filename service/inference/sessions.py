@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,6 +23,7 @@ import onnxruntime as ort
 from service.inference.batching import MicroBatcher
 from service.inference.binary import BinaryBatch, ImageFiles, NpyBatch
 from service.inference.inputs import InputFormat, parse_items, softmax
+from service.inference.session_cache import SessionCache
 from service.settings import Settings
 
 log = logging.getLogger("engram.serving")
@@ -131,24 +131,22 @@ def load_served(
     fmt = InputFormat.from_network(network)
     for n in sorted({1, options.max_batch}):  # warm up the shapes the batcher will use most
         session.run(outputs, {"input": np.zeros((n, *fmt.shape), dtype=np.float32)})
-    prepare = partial(parse_inputs, fmt=fmt, max_pixels=options.max_image_pixels)
     run = partial(_run_logits, session, options.max_batch, outputs)
-    batcher = MicroBatcher(run, options.max_batch, options.max_wait, prepare)
+    batcher = MicroBatcher(run, options.max_batch, options.max_wait)  # rows come decoded (service.inference.decoding)
     return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], batcher, novelty)
 
 
 class ServingState:
-    """Active versions by classifier, plus a small cache of other (pinned or candidate) versions."""
+    """Active versions by classifier, plus a cache of other (pinned or candidate) versions bounded in bytes."""
 
     # Each version a process keeps costs its ONNX Runtime session's memory: about 0.8 GB for a photo classifier on
     # a frozen EfficientNet at 224 px, arena warmed at the batch size (benchmarks.gate_truth's API process held 6 GB
-    # after 7 such versions). Active versions are always kept; this many others stay for pinned predictions and
-    # quick rollbacks, the least recently used going first.
-    def __init__(self, cache_size: int = 4) -> None:
+    # after 7 such versions). Active versions are always kept; others stay within ``cache_bytes`` (the size of
+    # each is estimated when it is built: service.inference.session_cache), the least recently used going first.
+    def __init__(self, cache_bytes: int = 4 * 2**30) -> None:
         self._lock = threading.Lock()
         self._active: dict[str, Served] = {}
-        self._cache: OrderedDict[tuple[str, int], Served] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: SessionCache[tuple[str, int], Served] = SessionCache(cache_bytes)
 
     def active(self, classifier: str) -> Served | None:
         return self._active.get(classifier)
@@ -160,22 +158,12 @@ class ServingState:
         """Make an already built session the active one for its classifier."""
         with self._lock:
             self._active[served.classifier] = served
-            self._remember(served)
+            self._cache.put((served.classifier, served.version), served)
         log.info("serving %s version %d", served.classifier, served.version)
 
     def cached(self, classifier: str, version: int) -> Served | None:
-        with self._lock:
-            served = self._cache.get((classifier, version))
-            if served is not None:
-                self._cache.move_to_end((classifier, version))
-            return served
+        return self._cache.get((classifier, version))
 
-    def remember(self, served: Served) -> None:
-        with self._lock:
-            self._remember(served)
-
-    def _remember(self, served: Served) -> None:
-        self._cache[(served.classifier, served.version)] = served
-        self._cache.move_to_end((served.classifier, served.version))
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+    def remember(self, served: Served, nbytes: int | None = None) -> None:
+        """Keep a built version; ``nbytes``: what its session holds (estimated by whoever built it)."""
+        self._cache.put((served.classifier, served.version), served, nbytes)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from litestar import Request, Router, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Redirect, Template
@@ -72,12 +73,30 @@ def _actor(request: Request[Any, Any, Any], key: str) -> str:
     return keys.authorise(f"Bearer {key}", "admin")
 
 
+def _to_version(raw: str | None) -> int | None:
+    """The form's version number, in the API's bounds (1 to 2**31 - 1); ValueError otherwise."""
+    if not raw or not raw.strip():
+        return None
+    text = raw.strip()
+    if not text.isdigit() or len(text) > 10 or not 1 <= int(text) <= 2**31 - 1:
+        raise ValueError(f"to_version must be a version number from 1 to {2**31 - 1}")
+    return int(text)
+
+
+def _reason(data: dict[str, str]) -> str:
+    """The form's reason, required here (a person at the dashboard says why); trimmed and bounded by the service."""
+    reason = (data.get("reason") or "").strip()
+    if not reason:
+        raise ValueError("give a reason")
+    return reason
+
+
 @post("/classifiers/{name:str}/rollback", sync_to_thread=True)
 def rollback_form(request: Request[Any, Any, Any], name: str, data: Form) -> Redirect:
     try:
         actor = _actor(request, data.get("key", ""))
-        to = int(data["to_version"]) if data.get("to_version") else None
-        v = svc(request).versions.rollback(name, to, actor, data.get("reason") or None)
+        to = _to_version(data.get("to_version"))
+        v = svc(request).versions.rollback(name, to, actor, _reason(data))
     except (AuthError, LookupError, RuntimeError, ValueError) as exc:
         return _back(name, error=f"rollback refused: {getattr(exc, 'detail', exc)}")
     return _back(name, message=f"rolled back: v{v['version']} is active")
@@ -87,15 +106,26 @@ def rollback_form(request: Request[Any, Any, Any], name: str, data: Form) -> Red
 def promote_form(request: Request[Any, Any, Any], name: str, number: VersionNumber, data: Form) -> Redirect:
     try:
         actor = _actor(request, data.get("key", ""))
-        v = svc(request).versions.promote(name, number, actor, data.get("force") == "true", data.get("reason") or None)
+        v = svc(request).versions.promote(name, number, actor, data.get("force") == "true", _reason(data))
     except (AuthError, LookupError, RuntimeError, ValueError) as exc:
         return _back(name, version=number, error=f"promotion refused: {getattr(exc, 'detail', exc)}")
     return _back(name, message=f"v{v['version']} is active")
 
 
+# The dashboard's pages load only its own script (htmx) and styles (inline ones among them), and may not be framed:
+# its admin forms cannot be overlaid by another site (clickjacking).
+SECURITY_HEADERS = [
+    ResponseHeader(name="Content-Security-Policy", value="default-src 'self'; script-src 'self'; style-src 'self' "
+                   "'unsafe-inline'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                   "frame-ancestors 'none'"),
+    ResponseHeader(name="X-Frame-Options", value="DENY"),
+    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
+    ResponseHeader(name="Referrer-Policy", value="same-origin"),
+]  # fmt: skip
 UI = Router(
     path="/ui",
     route_handlers=[index, classifier_page, jobs_fragment, unknown_rate_fragment, rollback_form, promote_form],
     include_in_schema=False,
+    response_headers=SECURITY_HEADERS,
 )
 STATIC = create_static_files_router(path="/ui/static", directories=[HERE / "static"], include_in_schema=False)
