@@ -64,10 +64,10 @@ def code(value: Any) -> str:
 # --- settings ---------------------------------------------------------------------------------------------------
 
 
-def settings_table() -> str:
+def settings_table(path: Path = ROOT / "service" / "settings.py") -> str:
+    """``path``: the settings module's source (a test passes a doctored copy)."""
     from service.settings import Settings
 
-    path = ROOT / "service" / "settings.py"
     lines = path.read_text().splitlines()
     comments = source_comments(path)
     cls = next(n for n in ast.parse(path.read_text()).body if isinstance(n, ast.ClassDef) and n.name == "Settings")
@@ -148,7 +148,8 @@ def openapi_document() -> dict[str, Any]:
     from service.persistence.migrations import upgrade
     from service.settings import Settings
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("alembic", "engram", "httpx"):  # the migration, the access log and the client's request lines
+        logging.getLogger(name).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Litestar's notes on handler signatures, not ours to show
         settings = Settings(data_dir=Path(tmp), insecure=True)
