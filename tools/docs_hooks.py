@@ -33,7 +33,38 @@ MARKER = re.compile(r"^<!-- generated: (\w+) -->$", re.M)
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
-    return MARKER.sub(lambda m: GENERATORS[m.group(1)](), markdown)
+    return MARKER.sub(lambda m: GENERATORS[m.group(1)](), nest_lists(markdown))
+
+
+def nest_lists(markdown: str) -> str:
+    """The pages indent nested lists by two or three spaces, as GitHub reads them; Python-Markdown nests only from
+    four. Each indented line's indent is doubled (a code fence opened inside a list moves with its contents);
+    top-level code blocks and admonition bodies are left as they are."""
+    out: list[str] = []
+    fence: int | None = None  # the indent of the open fence's opening line, None outside a fence
+    shift = 0  # how far the open fence moved
+    admonition = False
+    for line in markdown.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        stripped = line.strip()
+        if fence is not None:
+            if fence == 0:
+                out.append(line)
+            else:
+                out.append(" " * shift + line if line.strip() else line)
+            if stripped.startswith("```") and indent <= fence + 3:
+                fence = None
+            continue
+        if stripped.startswith("```"):
+            fence, shift = indent, indent
+            out.append(" " * indent + line if indent else line)
+            continue
+        if stripped.startswith("!!!"):
+            admonition = True
+        elif admonition and (indent == 0 and stripped):
+            admonition = False
+        out.append(" " * indent + line if indent and not admonition else line)
+    return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
 
 
 def source_comments(path: Path) -> dict[int, str]:

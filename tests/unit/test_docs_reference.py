@@ -54,3 +54,11 @@ def test_the_api_page_renders_every_operation_the_app_serves() -> None:
     for schema in doc["components"]["schemas"]:
         assert f"### {schema} {{#{schema.lower()}}}" in page, schema
     assert "`POST /v1/classifiers/{name}/learn`" in page and "[ClassifierCreate](#classifiercreate)" in page
+
+
+def test_lists_nested_as_github_reads_them_nest_on_the_site() -> None:
+    page = "- a\n  - b\n    more of b\n\n  ```bash\n  engram versions x\n  ```\n\n```text\n  tree/\n```\n!!! note\n    body\n"
+    assert docs_hooks.nest_lists(page) == (
+        "- a\n    - b\n        more of b\n\n    ```bash\n    engram versions x\n    ```\n\n```text\n  tree/\n```\n"
+        "!!! note\n    body\n"
+    )
