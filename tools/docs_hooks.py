@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 MARKER = re.compile(r"^<!-- generated: (\w+) -->$", re.M)
+LIST_ITEM = re.compile(r"^([-*]|\d+\.) ")
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
@@ -37,9 +38,11 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
 
 
 def nest_lists(markdown: str) -> str:
-    """The pages indent nested lists by two or three spaces, as GitHub reads them; Python-Markdown nests only from
-    four. Each indented line's indent is doubled (a code fence opened inside a list moves with its contents);
-    top-level code blocks and admonition bodies are left as they are."""
+    """The pages are written as GitHub reads them: nested lists indented by two or three spaces, lists and tables
+    right under a paragraph. Python-Markdown nests only from four spaces and starts a list or a table only after a
+    blank line. So each indented line's indent is doubled (a code fence opened inside a list moves with its
+    contents; top-level code blocks and admonition bodies are left as they are), and a blank line goes before a
+    list or a table that follows a paragraph."""
     out: list[str] = []
     fence: int | None = None  # the indent of the open fence's opening line, None outside a fence
     shift = 0  # how far the open fence moved
@@ -63,6 +66,12 @@ def nest_lists(markdown: str) -> str:
             admonition = True
         elif admonition and (indent == 0 and stripped):
             admonition = False
+        starts_block = LIST_ITEM.match(line) or line.startswith("|")
+        previous = out[-1] if out else ""
+        if indent == 0 and starts_block and previous.strip() and not previous.startswith((" ", "|", "#")) and not (
+            LIST_ITEM.match(previous)
+        ):
+            out.append("")  # GitHub starts a list or a table right under a paragraph; Python-Markdown needs a blank line
         out.append(" " * indent + line if indent and not admonition else line)
     return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
 
@@ -85,7 +94,9 @@ def comment_for(line: int, end_line: int, comments: dict[int, str], lines: list[
 
 
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """``text`` for a table cell: pipes escaped, and ``<`` ``>`` outside code spans shown, not read as HTML."""
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
 
 
 def code(value: Any) -> str:
@@ -107,14 +118,14 @@ def settings_table(path: Path = ROOT / "service" / "settings.py") -> str:
         for node in cls.body
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
     }
-    rows = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+    rows = ["| variable | default (type) | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         if not meaning.get(name):
             raise ValueError(f"service/settings.py: Settings.{name} has no comment saying what it means")
         default = field.default
         shown = "(none)" if default is None or default == "" else code(str(default) if isinstance(default, Path) else default)
         kind = re.sub(r"\b(pathlib|typing)\.", "", str(field.annotation)).replace("<class '", "").replace("'>", "")
-        rows.append(f"| `ENGRAM_{name.upper()}` | `{kind}` | {shown} | {cell(meaning[name])} |")
+        rows.append(f"| `ENGRAM_{name.upper()}` | {shown} (`{kind}`) | {cell(meaning[name])} |")
     return "\n".join(rows)
 
 

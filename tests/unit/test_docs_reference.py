@@ -21,7 +21,9 @@ def test_the_configuration_page_lists_every_setting_with_its_comment() -> None:
     for name in Settings.model_fields:
         assert f"| `ENGRAM_{name.upper()}` |" in table, name
     # the meaning comes from the source's comment, the default from the class
-    assert "| `ENGRAM_MAX_TRAIN_STEPS` | `int` | `5000` | The most optimiser steps a job may take" in table, table
+    assert "| `ENGRAM_MAX_TRAIN_STEPS` | `5000` (`int`) | The most optimiser steps a job may take" in table, table
+    # angle brackets outside code are shown, not taken for HTML tags
+    assert "default: sqlite:///&lt;data_dir&gt;/engram.db" in table, table
 
 
 def test_a_setting_without_a_comment_fails_the_build(tmp_path: Path) -> None:
@@ -61,4 +63,7 @@ def test_lists_nested_as_github_reads_them_nest_on_the_site() -> None:
     assert docs_hooks.nest_lists(page) == (
         "- a\n    - b\n        more of b\n\n    ```bash\n    engram versions x\n    ```\n\n```text\n  tree/\n```\n"
         "!!! note\n    body\n"
+    )
+    assert docs_hooks.nest_lists("Tests:\n- one\n- two\nA table:\n| a |\n|---|\n") == (
+        "Tests:\n\n- one\n- two\nA table:\n\n| a |\n|---|\n"
     )
