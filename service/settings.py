@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=64, ge=1)  # rows per batched model run (a bigger request runs alone)
     batch_max_wait_ms: float = Field(default=0.0, ge=0)  # wait for more requests before a batch runs
     embedded_worker: bool = True  # `engram serve` starts one local worker process
-    worker_poll_seconds: float = 0.5
+    worker_poll_seconds: float = 0.5  # how often a worker on SQLite looks for a queued job (PostgreSQL: procrastinate)
     heartbeat_seconds: float = 2.0  # how often a worker marks its running job alive
     stale_after_seconds: float = 30.0  # a running job without heartbeat this long is failed
     serving_poll_seconds: float = 0.5  # how often replicas look for a new active version
@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # Dockerfile's BAKE_WEIGHTS build argument fills /opt/engram/weights), and whether this host may
     # download at all. Off by default: a "download" source must then already be in the cache.
     weights_cache_dir: Path | None = None
-    allow_downloads: bool = False
+    allow_downloads: bool = False  # whether this host may download pretrained weights; off: cached or packaged only
     # The only place a backbone's weights "file" may be (a path relative to it; default: the weights cache dir)
     weights_dir: Path | None = None
 

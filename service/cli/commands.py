@@ -218,6 +218,7 @@ def register(sub: Any) -> None:
         "--url", default=os.environ.get("ENGRAM_URL", "http://127.0.0.1:8000"), help="server (ENGRAM_URL)"
     )
     common.add_argument("--key", default=os.environ.get("ENGRAM_KEY"), help="API key (ENGRAM_KEY)")
+    common.add_argument("--verbose", "-v", action="store_true", help="also print log lines (each HTTP request)")
 
     def add(name: str, func: Any, help: str, parent: Any = sub) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help)

@@ -165,11 +165,18 @@ SERVER_COMMANDS = ("serve", "worker", "migrate", "export", "benchmark")
 SERVER_MODULES = ("torch", "litestar", "sqlalchemy", "onnxruntime")
 
 
+def _configure_logging(verbose: bool) -> None:
+    """INFO log lines for the server's commands (``serve``, ``worker``...) and behind ``--verbose``; a client
+    command otherwise prints its own messages only (warnings and errors still show)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else None
     if command in SERVER_COMMANDS:
+        _configure_logging(verbose=True)
         missing = [m for m in SERVER_MODULES if not _installed(m)]
         if missing:
             print(f"engram {command} runs the server, which this install lacks ({', '.join(missing)}): "
@@ -180,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:], prog="engram benchmark")
     args = build_parser().parse_args(argv)
+    if command not in SERVER_COMMANDS:
+        _configure_logging(verbose=getattr(args, "verbose", False))
     return int(args.func(args))
 
 

@@ -140,3 +140,17 @@ def test_the_default_strategy_and_a_refused_switch_away_from_class_models(srv: S
         with pytest.raises(EngramError) as err:
             c.learn_folder("defaults", image_folder(tmp_path / "b", (2, 3)), "t2", "generative_replay")
         assert err.value.status == 422 and "class_models" in err.value.detail
+
+
+def test_client_commands_print_their_own_output_only_unless_verbose(srv: Server) -> None:
+    # httpx logs each request at INFO; a client command shows its own messages, the log lines only with --verbose
+    out = engram(srv, "classifiers", "create", "quiet", "--vector", "4")
+    assert out.returncode == 0 and "created quiet" in out.stdout, out.stdout + out.stderr
+    for args in (("classifiers", "list"), ("versions", "quiet"), ("audit", "quiet")):
+        out = engram(srv, *args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        both = out.stdout + out.stderr
+        assert "HTTP Request" not in both and " INFO " not in both, both
+    out = engram(srv, "classifiers", "list", "--verbose")
+    assert out.returncode == 0 and "quiet" in out.stdout, out.stdout + out.stderr
+    assert "INFO httpx HTTP Request: GET" in out.stderr and "/v1/classifiers" in out.stderr, out.stderr

@@ -1,8 +1,9 @@
-"""Every command the README shows, run as a user runs it: a subprocess from the project root, with its smallest
-settings. A command whose real run needs photos, a server and minutes runs with ``--help`` instead: it must
-start, and every flag the README passes it must be one it accepts. The README is parsed, so a command added
-to it that this file does not cover fails ``test_every_readme_command_is_covered``. Cost: about a minute on
-2 cores (one 5-task run of the continual benchmark, the rest ``--help``)."""
+"""Every command the README, CONTRIBUTING.md and the documentation site (docs/**/*.md) show, run as a user runs
+it: a subprocess from the project root, with its smallest settings. A command whose real run needs photos, a
+server and minutes runs with ``--help`` instead: it must start, and every flag a page passes it must be one it
+accepts. The pages are parsed, so a command added to one that this file does not cover fails
+``test_every_documented_command_is_covered``. Cost: about a minute on 2 cores (one 5-task run of the continual
+benchmark, the rest ``--help``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
+# Every page a reader is shown commands on: the README, CONTRIBUTING.md and the documentation site's sources
+PAGES = (README, ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md")))
 # "python -m benchmarks.NAME ARGS" and "engram SUB ARGS" (or "$E SUB ARGS" in the quick start, E=.venv/bin/engram),
 # ARGS ending at the closing backtick, a comment or the end of the line
 BENCHMARK_RE = re.compile(r"python -m benchmarks\.(\w+)([^`#\n]*)")
@@ -46,6 +49,7 @@ CLI = {
     "learn": ("learn",),
     "migrate": ("migrate",),
     "predict": ("predict",),
+    "promote": ("promote",),
     "rollback": ("rollback",),
     "serve": ("serve",),
     "strategies": ("strategies",),
@@ -55,12 +59,18 @@ CLI = {
 }
 
 
-def readme_flags(pattern: re.Pattern[str]) -> dict[str, set[str]]:
-    """Each command the README names, with the flags it passes it anywhere in the README."""
+def readme_flags(pattern: re.Pattern[str], pages: tuple[Path, ...] = PAGES) -> dict[str, set[str]]:
+    """Each command the pages name, with the flags they pass it anywhere."""
     found: dict[str, set[str]] = {}
-    for name, rest in pattern.findall(README.read_text()):
-        found.setdefault(name, set()).update(FLAG_RE.findall(rest))
+    for page in pages:
+        for name, rest in pattern.findall(page.read_text() if page.exists() else ""):
+            found.setdefault(name, set()).update(FLAG_RE.findall(rest))
     return found
+
+
+def unknown_flags(pattern: re.Pattern[str], name: str, help_text: str, pages: tuple[Path, ...] = PAGES) -> list[str]:
+    """The flags the pages pass command ``name`` that its ``--help`` does not list."""
+    return sorted(f for f in readme_flags(pattern, pages).get(name, set()) if not takes(help_text, f))
 
 
 def takes(help_text: str, flag: str) -> bool:
@@ -79,13 +89,17 @@ def engram(*args: str) -> subprocess.CompletedProcess[str]:
     return run(str(script), *args) if script.exists() else run(sys.executable, "-m", "service.cli.main", *args)
 
 
-def test_every_readme_command_is_covered() -> None:
+def test_every_documented_command_is_covered() -> None:
+    assert len(PAGES) > 20, f"the documentation site's pages were not found: {PAGES}"
     benchmarks, commands = readme_flags(BENCHMARK_RE), readme_flags(CLI_RE)
-    assert benchmarks and commands, "the README's commands were not found: has their form changed?"
+    assert benchmarks and commands, "the pages' commands were not found: has their form changed?"
     missing = sorted(set(benchmarks) - set(BENCHMARKS))
-    assert not missing, f"README runs benchmarks this file does not: {missing}; add them to BENCHMARKS"
+    assert not missing, f"the docs run benchmarks this file does not: {missing}; add them to BENCHMARKS"
     missing = sorted(set(commands) - set(CLI))
-    assert not missing, f"README shows engram commands this file does not run: {missing}; add them to CLI"
+    assert not missing, f"the docs show engram commands this file does not run: {missing}; add them to CLI"
+    # the site's pages are read, not only the README: commands that appear in docs/ alone are found
+    site_only = readme_flags(CLI_RE, tuple(p for p in PAGES if "docs" in p.parts))
+    assert "promote" in site_only and "--force" in site_only["promote"], site_only
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
@@ -93,8 +107,8 @@ def test_each_readme_benchmark_starts_and_takes_the_readme_flags(name: str) -> N
     proc = run(sys.executable, "-m", f"benchmarks.{name}", "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
-    unknown = sorted(f for f in readme_flags(BENCHMARK_RE).get(name, set()) if not takes(proc.stdout, f))
-    assert not unknown, f"the README passes benchmarks.{name} flags it does not take: {unknown}"
+    unknown = unknown_flags(BENCHMARK_RE, name, proc.stdout)
+    assert not unknown, f"the docs pass benchmarks.{name} flags it does not take: {unknown}"
 
 
 @pytest.mark.parametrize("name", sorted(CLI))
@@ -102,8 +116,22 @@ def test_each_readme_cli_command_starts_and_takes_the_readme_flags(name: str) ->
     proc = engram(*CLI[name], "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"usage: engram {' '.join(CLI[name])}" in proc.stdout
-    unknown = sorted(f for f in readme_flags(CLI_RE).get(name, set()) if not takes(proc.stdout, f))
-    assert not unknown, f"the README passes engram {name} flags it does not take: {unknown}"
+    unknown = unknown_flags(CLI_RE, name, proc.stdout)
+    assert not unknown, f"the docs pass engram {name} flags it does not take: {unknown}"
+
+
+def test_a_documented_flag_that_the_command_lost_is_caught(tmp_path: Path) -> None:
+    # The check above against a command whose flag was removed: the real `engram learn --help`, less the
+    # --retention line, as if the option were deleted from the parser. The real pages pass --retention, so it fails.
+    help_text = engram("learn", "--help").stdout
+    assert takes(help_text, "--retention") and not unknown_flags(CLI_RE, "learn", help_text)
+    without = "\n".join(line for line in help_text.splitlines() if "--retention" not in line)
+    assert unknown_flags(CLI_RE, "learn", without) == ["--retention"]
+    # and a doctored page in a temporary folder documenting a flag no command has: caught, on that page alone
+    page = tmp_path / "guide.md"
+    page.write_text((ROOT / "docs" / "getting-started" / "photos.md").read_text().replace(
+        "--task household --retention discard", "--task household --retention discard --keep-forever"))  # fmt: skip
+    assert unknown_flags(CLI_RE, "learn", help_text, (page,)) == ["--keep-forever"]
 
 
 @pytest.mark.slow
