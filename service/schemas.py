@@ -32,6 +32,7 @@ _ITEM: dict[str, Any] = {
         "vector": {"type": "array", "items": {"type": "number"}, "description": "exactly the classifier's dim"},
     },
     "anyOf": [{"required": ["image_b64"]}, {"required": ["vector"]}],
+    "additionalProperties": False,  # service.inference.inputs refuses unknown fields, naming the item
 }
 _SAMPLE: dict[str, Any] = {
     **_ITEM,

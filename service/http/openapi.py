@@ -180,6 +180,7 @@ def learn_request_body() -> RequestBody:
             ),
         },
         required=["file", "label", "task"],
+        additional_properties=False,  # unknown form fields are refused, as unknown JSON fields are
     )
     return RequestBody(
         required=True,

@@ -60,6 +60,7 @@ def binary_request_body() -> RequestBody:
             "file": file_parts("one encoded image (PNG, JPEG, WebP, GIF, BMP or TIFF) per input, in order")
         },
         required=["file"],
+        additional_properties=False,
     )
     return RequestBody(
         required=True,

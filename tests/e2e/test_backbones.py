@@ -8,6 +8,7 @@ cores.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,9 @@ RGB = {"kind": "image", "channels": 3, "height": 32, "width": 32}
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("backbones")
-    s = start_server(root / "data", {"ENGRAM_WEIGHTS_CACHE_DIR": str(root / "cache"), "ENGRAM_ALLOW_DOWNLOADS": "false"})
+    (root / "weights").mkdir()
+    s = start_server(root / "data", {"ENGRAM_WEIGHTS_CACHE_DIR": str(root / "cache"), "ENGRAM_ALLOW_DOWNLOADS": "false",
+                                     "ENGRAM_WEIGHTS_DIR": str(root / "weights")})  # fmt: skip
     yield s
     stop_server(s)
 
@@ -44,15 +47,19 @@ def refused(srv: Server, name: str, backbone: object, *needles: str, inp: dict[s
     assert srv.client().get(f"/v1/classifiers/{name}", headers=auth("admin")).status_code == 404
 
 
-def test_bad_weights_are_refused_at_creation_with_what_is_wrong(srv: Server, tmp_path: Path) -> None:
-    refused(srv, "missing", {"name": LITE0, "weights": "file", "file": str(tmp_path / "nope.pt")}, "nope.pt", "does not exist")
+def weights_dir(srv: Server) -> Path:
+    return srv.data_dir.parent / "weights"
+
+
+def test_bad_weights_are_refused_at_creation_with_what_is_wrong(srv: Server) -> None:
+    refused(srv, "missing", {"name": LITE0, "weights": "file", "file": "nope.pt"}, "nope.pt", "has no file")
     tensors = torch.load(package_weights_file(LITE0), weights_only=True)
     tensors["_blocks.3._project_conv.weight"] = torch.zeros(5, 5, 1, 1)
-    torch.save(tensors, tmp_path / "reshaped.pt")
-    refused(srv, "reshaped", {"name": LITE0, "weights": "file", "file": str(tmp_path / "reshaped.pt")},
+    torch.save(tensors, weights_dir(srv) / "reshaped.pt")
+    refused(srv, "reshaped", {"name": LITE0, "weights": "file", "file": "reshaped.pt"},
             "'_blocks.3._project_conv.weight'", "[5, 5, 1, 1]", "[40, 144, 1, 1]")  # fmt: skip
-    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
-    refused(srv, "junk", {"name": LITE0, "weights": "file", "file": str(tmp_path / "junk.safetensors")}, "junk.safetensors")
+    (weights_dir(srv) / "junk.safetensors").write_bytes(b"\x00" * 64)
+    refused(srv, "junk", {"name": LITE0, "weights": "file", "file": "junk.safetensors"}, "junk.safetensors")
     refused(srv, "offline", "timm/resnet18", "downloads are off")
     refused(srv, "unknown", {"name": "timm/no_such_net_v9", "weights": "none"}, "timm has no model")
     refused(srv, "vec", {"name": LITE0}, "image input", inp={"kind": "vector", "dim": 4})  # checked before any weights are touched
@@ -68,9 +75,28 @@ def test_the_cli_sends_the_backbone_object_and_shows_the_refusal(srv: Server, tm
     assert out.returncode == 0 and f"{LITE0} backbone" in out.stdout, out.stdout + out.stderr
 
 
+def test_a_weights_file_outside_the_weights_directory_is_refused_alike(srv: Server, tmp_path: Path) -> None:
+    """Issue 30: a backbone file could name any path (../, ~, /etc/passwd) and the answer said whether it existed
+    and showed its first byte. Now any path outside the weights directory gets the same answer, existing or not."""
+    (tmp_path / "outside.pt").write_bytes(b"E" * 64)
+    (weights_dir(srv) / "escape").symlink_to(tmp_path / "outside.pt")
+    outside = "backbone: weights file NAME is not inside the server's weights directory; name a file there by its path relative to it"
+    names = {"/etc/passwd": outside, "/etc/no-such-file": outside, "../data/engram.db": outside, "../../no/such": outside,
+             str(tmp_path / "outside.pt"): outside, "escape": outside,
+             # "~" is a directory name like any other, inside the weights directory: never the server's home
+             "~/.bashrc": "backbone: the server's weights directory has no file NAME",
+             "~root/.profile": "backbone: the server's weights directory has no file NAME"}  # fmt: skip
+    for i, (name, expected) in enumerate(names.items()):
+        status, body = create(srv, f"escape-{i}", {"name": LITE0, "weights": "file", "file": name})
+        assert status == 422, body
+        assert str(body["detail"]).replace(repr(name), "NAME") == expected, body
+        assert srv.client().get(f"/v1/classifiers/escape-{i}", headers=auth("admin")).status_code == 404
+
+
 def test_good_weights_are_checked_and_recorded(srv: Server) -> None:
-    status, body = create(srv, "lite0", {"name": LITE0, "weights": "file", "file": str(package_weights_file(LITE0)),
-                                         "resolution": 128})  # fmt: skip
+    packaged = package_weights_file(LITE0)
+    shutil.copyfile(packaged, weights_dir(srv) / packaged.name)
+    status, body = create(srv, "lite0", {"name": LITE0, "weights": "file", "file": packaged.name, "resolution": 128})
     assert status == 201, body
     assert body["backbone"] == LITE0
     status, body = create(srv, "lite0-default", LITE0)
