@@ -194,7 +194,9 @@ def openapi_document() -> dict[str, Any]:
         logging.getLogger(name).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Litestar's notes on handler signatures, not ours to show
-        settings = Settings(data_dir=Path(tmp), insecure=True)
+        # every path and URL given, so that no ENGRAM_* variable of the building shell points it elsewhere
+        settings = Settings(data_dir=Path(tmp), database_url=f"sqlite:///{tmp}/engram.db", artifacts_dir=Path(tmp) / "a",
+                            artifacts_url=None, api_keys="", insecure=True)  # fmt: skip
         upgrade(settings.db_url)
         with TestClient(create_app(settings)) as client:
             response = client.get("/schema/openapi.json")
