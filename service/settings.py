@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     # Predict requests over this many pixels decode in a pool of decode_threads threads (0: half the usable CPUs,
     # at least one); lighter ones decode at once, so a small request never waits behind a heavy one
     decode_light_pixels: int = Field(default=1_000_000, ge=0)
-    decode_threads: int = Field(default=0, ge=0)
+    decode_threads: int = Field(default=0, ge=0)  # threads of the decode pool for heavy requests (0: half the usable CPUs)
     # Built sessions of versions other than the active ones (pinned predictions, rollbacks), in bytes as estimated
     # when each is built; the least recently used go first. 4 GiB: about 5 photo classifiers, thousands of small
     session_cache_bytes: int = Field(default=4 * 2**30, ge=0)

@@ -1,4 +1,4 @@
-"""The documentation site's generated reference (tools/docs_hooks.py, run by ``mkdocs build``): every setting, every
+"""The documentation site's generated reference (docs/hooks/docs_hooks.py, run by ``mkdocs build``): every setting, every
 strategy parameter and every served operation is on its page, and a setting nobody explained fails the build."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from model_core.strategy_specs import SPECS
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import docs_hooks  # noqa: E402  (tools/ is not a package)
+sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+import docs_hooks  # noqa: E402  (docs/hooks/ is not a package)
 
 
 def test_the_configuration_page_lists_every_setting_with_its_comment() -> None:
