@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 2**20  # larger request bodies get 413
     max_image_pixels: int = 16_000_000  # decoded images larger than this are refused (image bombs)
     # All of one predict request's images together (read from their headers before any is decoded): bounds the CPU
-    # one request costs (about 1.5 s of one core for 256 MP of PNG; python -m benchmarks.decode_isolation)
+    # one request costs (256 MP of PNG: 3.3-4 s of one core on a shared 2-core host; python -m benchmarks.decode_isolation)
     max_request_pixels: int = Field(default=256_000_000, ge=1)
     # Predict requests over this many pixels decode in a pool of decode_threads threads (0: half the usable CPUs,
     # at least one); lighter ones decode at once, so a small request never waits behind a heavy one

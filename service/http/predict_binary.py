@@ -30,12 +30,12 @@ async def read_binary(request: Request[Any, Any, Any], max_items: int) -> NpyBat
     ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if ctype == "multipart/form-data":
         form = await request.form()
-        unknown = sorted({str(k)[:64] for k in form if k != "file"})
-        if unknown:
-            raise Unfit(f"the form has unknown field(s) {unknown[:5]}; it takes one 'file' part per image")
         parts = form.getall("file", [])
         if not parts:
             raise Unfit("the form has no 'file' part; send one 'file' part per image")
+        unknown = sorted({str(k)[:64] for k in form if k != "file"})
+        if unknown:
+            raise Unfit(f"the form has unknown field(s) {unknown[:5]}; it takes one 'file' part per image")
         if not all(isinstance(p, UploadFile) for p in parts):
             raise Unfit("each 'file' part must be a file (with a filename), not a text field")
         if len(parts) > max_items:

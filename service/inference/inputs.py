@@ -79,7 +79,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError("image is too large to decode safely") from None
+        raise ValueError(f"image is too large to decode safely: more than {max_pixels} pixels") from None
     except Exception:  # Pillow raises many types for unknown, corrupt or truncated data
         other = _format_name(data)
         if other is not None:

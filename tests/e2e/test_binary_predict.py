@@ -131,8 +131,10 @@ def test_binary_bodies_it_cannot_use_get_clear_4xx(trained: tuple[Server, np.nda
     r = c.post(P + "/binary", headers=auth("predict"), files=files)
     problem(r, 422, "file[1]", "not a decodable image")
     assert (r.json()["field"], r.json()["index"]) == ("file", 1)
-    problem(c.post(P + "/binary", headers=auth("predict"), data={"file": "not a file"}, files=[("other", ("x", b"1"))]),
+    problem(c.post(P + "/binary", headers=auth("predict"), files=[("file", (None, b"not a file"))]),
             422, "'file' part must be a file")  # fmt: skip
+    problem(c.post(P + "/binary", headers=auth("predict"), files=[files[0], ("other", ("x", b"1"))]),
+            422, "unknown field(s) ['other']")  # fmt: skip
     problem(c.post(P + "/binary", headers=auth("predict"), files=[("other", ("x", b"1"))]), 422, "no 'file' part")
     r = c.post(P + "/binary", content=good, headers={"content-type": "application/x-npy"})
     assert r.status_code == 401, r.text
