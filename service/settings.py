@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     # Export each version's novelty score with it where its strategy keeps class models (service.domain.unknowns);
     # off: versions serve no novelty (python -m benchmarks.serve_bench measures what it costs)
     novelty: bool = True
+    # A frozen backbone's graph stored once in the artifact store, each version holding only its head
+    # (docs/guides/shared-backbone.md); off: every version's model.onnx holds the whole graph, as before
+    shared_backbone: bool = True
+    # Bytes of ONNX Runtime sessions this process keeps for versions that are not active (pinned predictions,
+    # quick rollbacks), the least recently used going first; active versions and shared backbones never count
+    serving_cache_mb: int = Field(default=512, ge=0)
     # The most optimiser steps a job may take when its request leaves ``iterations`` to the data
     max_train_steps: int = Field(default=5000, ge=1)
     queue: str = "gpu"  # procrastinate queue the training jobs go to (PostgreSQL deployments)
@@ -59,6 +65,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_path(self) -> Path:
         return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def run_dir(self) -> Path:
+        """Sockets the API rings to wake local polling workers (service.persistence.notify.JobBell)."""
+        return (self.data_dir / "run").resolve()
 
     @property
     def weights_cache_path(self) -> Path:

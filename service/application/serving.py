@@ -150,7 +150,8 @@ class ServingService:
             return flight.served
         try:
             t0 = time.perf_counter()
-            served = load_served(ref.classifier, ref.number, ref.folder, ref.network, self.options)
+            served = load_served(ref.classifier, ref.number, ref.folder, ref.network, self.options,
+                                 self.state.backbones, self._content_path)  # fmt: skip
             self.metrics.session_builds.labels(ref.classifier).inc()
             log.info("built the session of %s version %d in %.2f s", ref.classifier, ref.number,
                      time.perf_counter() - t0)  # fmt: skip
@@ -174,6 +175,10 @@ class ServingService:
             with self._lock:
                 self._flights.pop(key, None)
             flight.done.set()
+
+    def _content_path(self, sha256: str) -> Path:
+        """A shared backbone's graph, from the artifact store (downloaded and checked once per host)."""
+        return self.store.content_path(sha256)
 
     @staticmethod
     def _unavailable(ref: VersionRef, failure: LoadFailure) -> Unavailable:
