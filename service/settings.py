@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     max_batch_items: int = 20_000  # samples per learn request
     max_predict_items: int = 1_024  # inputs per predict request
     ort_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads per model run; 0 = one per usable CPU
+    # Intra-op threads spin while a run lasts and stop when it returns (off: they sleep between operators, which
+    # costs a lone request latency but yields the CPU at once on a host oversubscribed by other work);
+    # docs/guides/shared-backbone.md, python -m benchmarks.ort_options
+    ort_spin: bool = True
     batch_max_size: int = Field(default=64, ge=1)  # rows per batched model run (a bigger request runs alone)
     batch_max_wait_ms: float = Field(default=0.0, ge=0)  # wait for more requests before a batch runs
     embedded_worker: bool = True  # `engram serve` starts one local worker process

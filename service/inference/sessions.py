@@ -48,11 +48,12 @@ class ServingOptions:
     max_batch: int  # rows per model run
     max_wait: float  # seconds a batch waits for more requests before it runs
     max_image_pixels: int  # decoded images larger than this are refused
+    spin: bool = True  # intra-op threads spin while a run lasts, and stop when it returns
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServingOptions:
         return cls(settings.ort_threads, settings.batch_max_size, settings.batch_max_wait_ms / 1000,
-                   settings.max_image_pixels)  # fmt: skip
+                   settings.max_image_pixels, settings.ort_spin)  # fmt: skip
 
     def intra_op_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -133,8 +134,12 @@ def session_options(options: ServingOptions, arena: bool = True) -> ort.SessionO
     opts.intra_op_num_threads = options.intra_op_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning worker threads would take the CPU the HTTP event loop needs between batches.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Worker threads spin while a run lasts (a photo backbone is ~100 small parallel ops: waking sleeping
+    # threads for each cost about a millisecond a run at one request at a time, where ONNX Runtime's spinning
+    # defaults won), and stop spinning as soon as the run returns, so that between batches they leave the CPU
+    # to the HTTP event loop (python -m benchmarks.ort_options, docs/guides/shared-backbone.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     if not arena:
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 from PIL import Image
 
 from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
@@ -89,6 +91,10 @@ def test_old_layout_keeps_serving_and_new_versions_hold_no_backbone(data_dir: Pa
         assert job["status"] == "promoted", job
 
         shas = set()
+        backbone_file = next((data_dir / "artifacts" / "content" / "sha256").iterdir())
+        weights = sorted(onnx.load(str(backbone_file)).graph.initializer, key=lambda t: -len(t.raw_data))
+        largest = [numpy_helper.to_array(t).tobytes()[:4096] for t in weights[:3]]
+        assert all(len(t) == 4096 for t in largest)
         for name, number in (("pets", 2), ("cars", 1)):
             folder = bundle(data_dir, c, name, number)
             manifest = json.loads((folder / "manifest.json").read_text())
@@ -98,8 +104,11 @@ def test_old_layout_keeps_serving_and_new_versions_hold_no_backbone(data_dir: Pa
             assert not (folder / "model.onnx").exists() and (folder / "head.onnx").exists()
             own = {p.name: p.read_bytes() for p in folder.iterdir()}
             assert {n: hashlib.sha256(b).hexdigest() for n, b in own.items() if n != "manifest.json"} == manifest["files"]
-            # no file of the version's own holds the backbone (its graph is 10+ MB; a head is kilobytes)
-            assert max(len(b) for b in own.values()) < ref["size"] // 4, {n: len(b) for n, b in own.items()}
+            # no file of the version's own holds the backbone: none of its largest weights is in any of them
+            for tensor in largest:
+                assert not any(tensor in b for b in own.values()), (name, number)
+            head = onnx.load_from_string(own["head.onnx"])
+            assert [i.name for i in head.graph.input] == ["features"] and "Conv" not in {n.op_type for n in head.graph.node}
             shas.add(ref["sha256"])
         assert len(shas) == 1  # one backbone, stored once, for both classifiers
         assert len(list((data_dir / "artifacts" / "content" / "sha256").iterdir())) == 1
