@@ -322,7 +322,8 @@ class ServingState:
     # What a version costs the process: a whole-graph photo version about 0.8 GB (its own backbone and arena,
     # warmed at the batch size), a head on a shared backbone a few MB at most (its graph; the backbone counts
     # once, in ``backbones``). Active versions are always kept; others stay for pinned predictions and quick
-    # rollbacks while their ``Served.nbytes`` sum to at most ``cache_bytes``, the least recently used going first.
+    # rollbacks while their ``Served.nbytes`` sum to at most ``cache_bytes``, the least recently used going first
+    # (the one just used always stays, however big: a pinned version is not rebuilt for every request).
     def __init__(self, cache_bytes: int = 512 << 20) -> None:
         self._lock = threading.Lock()
         self._active: dict[str, Served] = {}
@@ -369,7 +370,7 @@ class ServingState:
         self._cache[(served.classifier, served.version)] = served
         self._cache.move_to_end((served.classifier, served.version))
         over = self._inactive_bytes() - self.cache_bytes
-        for key in list(self._cache):  # least recently used first; active versions stay
+        for key in list(self._cache)[:-1]:  # least recently used first; active versions and the newest stay
             if over <= 0:
                 break
             old = self._cache[key]

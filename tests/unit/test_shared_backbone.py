@@ -158,3 +158,13 @@ def test_a_ring_wakes_a_waiting_worker_and_dead_workers_sockets_are_removed(tmp_
     assert not (folder / "worker-999999999.sock").exists()
     bell.close()
     assert not list(folder.iterdir())
+
+
+def test_the_version_just_used_stays_cached_even_when_it_alone_exceeds_the_bound() -> None:
+    state = ServingState(cache_bytes=100)
+    state.swap(_Fake("a", 2, 10))  # type: ignore[arg-type]
+    big = _Fake("a", 1, 800)  # a whole-graph version from before, pinned
+    state.remember(big)  # type: ignore[arg-type]
+    assert state.cached("a", 1) is big
+    state.remember(_Fake("b", 1, 5))  # type: ignore[arg-type]
+    assert state.cached("a", 1) is None and state.inactive_bytes() <= 100
