@@ -207,14 +207,37 @@ def limit_level(
     return out
 
 
-def limit_sessions(folder: Path, network: dict[str, Any]) -> dict[str, ort.InferenceSession]:
-    """The session Engram builds (same options), and one with ONNX Runtime's default options."""
-    from service.inference.sessions import ServingOptions, load_served
+def whole_bundle(folder: Path, data_dir: Path, out: Path) -> Path:
+    """A bundle folder with the version's whole graph in ``model.onnx``: ``folder`` itself, or, for a head on a
+    shared backbone (docs/guides/shared-backbone.md), a copy of its files with the backbone and the head joined,
+    for the peers and the in-process limit, which run one graph."""
+    import shutil
+
+    import onnx
+
+    from model_core.graphs import compose
+    from service.inference.sessions import HEAD_FILE, MODEL_FILE, read_references
+
+    refs = read_references(folder)
+    if "backbone" not in refs:
+        return folder
+    out.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        if f.is_file() and f.name != HEAD_FILE:
+            shutil.copy(f, out / f.name)
+    backbone = onnx.load(str(data_dir / "artifacts" / "content" / "sha256" / refs["backbone"]["sha256"]))
+    (out / MODEL_FILE).write_bytes(compose(backbone, onnx.load(str(folder / HEAD_FILE))))
+    return out
+
+
+def limit_sessions(folder: Path) -> dict[str, ort.InferenceSession]:
+    """The whole graph with Engram's session options, and with ONNX Runtime's default options."""
+    from service.inference.sessions import ServingOptions, session_options
     from service.settings import Settings
 
     onnx_file = str(folder / "model.onnx")  # ENGRAM_ORT_THREADS applies here as in the server
     options = ServingOptions.from_settings(Settings())
-    return {"limit": load_served("limit", 0, folder, network, options).session,
+    return {"limit": ort.InferenceSession(onnx_file, session_options(options), providers=["CPUExecutionProvider"]),
             "limit-ort-defaults": ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])}  # fmt: skip
 
 
@@ -254,7 +277,7 @@ def bench_model(
     try:
         wait_ready(url, engram, "/readyz")
         version = train(url, case, x, y, strategy)
-        folder = artifact_dir(data_dir, case.name, version)
+        folder = whole_bundle(artifact_dir(data_dir, case.name, version), data_dir, workdir / f"{case.name}-whole")
         network = json.loads((folder / "manifest.json").read_text())["network"]
         nurl = ""
         if "naive" in systems:
@@ -272,7 +295,7 @@ def bench_model(
         from service.inference.inputs import InputFormat, parse_items
 
         decoded = parse_items([{"image_b64": p} for p in pngs], InputFormat.from_network(network), "inputs", 10**8)
-        sessions = limit_sessions(folder, network) if "limit" in systems else {}
+        sessions = limit_sessions(folder) if "limit" in systems else {}
         auth = {"Authorization": f"Bearer {ADMIN}"}
         levels_out = []
         print(f"\n{case.name}: {case.backbone} on {case.input['height']}x{case.input['width']}x"

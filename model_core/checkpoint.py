@@ -8,7 +8,14 @@
                          every version
     state.pt             every strategy's state (tensors, lists, numbers, strings), keyed by strategy
                          name; loads with torch.load(weights_only=True), no pickled objects
-    <extra files>        e.g. model.onnx, written in the same atomic step
+    <extra files>        e.g. head.onnx (or, before shared backbones, model.onnx), written in the same atomic step
+
+The manifest also lists ``files`` (the sha256 of every file of the bundle but itself) and ``references``:
+content the version needs that is not in its folder but stored once for every version that shares it,
+named by sha256 (``{"backbone": {"sha256", "size", "kind", ...}}``: the frozen backbone's graph, see
+``model_core.export_frozen``). Where that content lives is the artifact store's business
+(``service.storage``); a reader fetches it by sha256 and checks it. Bundles written before either field
+have neither, and load as before.
 
 A bundle is written into a temporary sibling folder, each file fsynced, then renamed into place, so a
 reader sees either nothing or the whole bundle; an existing bundle is never overwritten.
@@ -30,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from model_core import __version__
 from model_core.config import NetworkSpec
+from model_core.files import sha256_file
 from model_core.learner import Learner, TaskInfo
 from model_core.networks.classifier import create_network
 
@@ -49,6 +57,9 @@ class Manifest:
     metadata: dict[str, Any] = field(default_factory=dict)  # free-form: metrics, job ids, ...
     # Set when model.safetensors leaves out the frozen backbone: {"name", "weights", "sha256"} of its source.
     external_backbone: dict[str, Any] | None = None
+    # Content stored once outside the bundle and needed to serve it, by role: {"sha256", "size", "kind", ...}.
+    references: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256, every file but the manifest
     format: str = FORMAT
     created_at: float = field(default_factory=time.time)
     versions: dict[str, str] = field(default_factory=lambda: {"engram": __version__, "torch": torch.__version__})
@@ -76,8 +87,10 @@ def save_bundle(
     parent: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Manifest:
-    """Write ``learner`` as a new bundle at ``path`` atomically; refuses to overwrite."""
+    """Write ``learner`` as a new bundle at ``path`` atomically; refuses to overwrite. ``references``: content
+    stored elsewhere by sha256 that the version needs (the manifest's ``references``)."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"bundle {path} already exists; bundles are immutable")
@@ -93,7 +106,11 @@ def save_bundle(
         parent=parent,
         metadata=dict(metadata or {}),
         external_backbone={"name": bb.name, "weights": bb.weights, "sha256": bb.sha256} if external else None,
+        references={k: dict(v) for k, v in (references or {}).items()},
     )
+    for role, ref in manifest.references.items():
+        if not isinstance(ref.get("sha256"), str) or len(ref["sha256"]) != 64:
+            raise ValueError(f"reference {role!r} has no sha256")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
@@ -111,6 +128,7 @@ def save_bundle(
             if "/" in name or name.startswith(".") or name in (MANIFEST, WEIGHTS, STATE):
                 raise ValueError(f"bad extra file name {name!r}")
             _write_bytes(tmp / name, data)
+        manifest.files.update({p.name: sha256_file(p) for p in sorted(tmp.iterdir())})
         _write_bytes(tmp / MANIFEST, json.dumps(manifest.__dict__, indent=2, sort_keys=True).encode())
         _fsync_dir(tmp)
         os.rename(tmp, path)  # atomic on one filesystem; fails if path appeared meanwhile

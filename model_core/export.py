@@ -90,6 +90,11 @@ def export_onnx(
     if model.num_units == 0:
         raise ExportError("the classifier has no classes yet; learn something before exporting")
     shape = learner.spec.input.shape
+    from model_core.export_frozen import raw_input_model, reads_raw_input
+
+    if reads_raw_input(learner):  # written directly: no backbone in the graph, nothing to trace
+        return _finish(learner, raw_input_model(learner, INPUT_NAME, OUTPUT_NAME, novelty.module if novelty else None),
+                       check_inputs, seed, novelty)  # fmt: skip
     if learner.frozen_backbone:
         from model_core.export_frozen import export_frozen
 
@@ -110,6 +115,72 @@ def export_onnx(
         )
     assert program is not None
     return _finish(learner, program.model_proto, check_inputs, seed, novelty)
+
+
+@dataclass(frozen=True)
+class HeadExport:
+    """A frozen-backbone version's own graph and the shared one it needs (``export_head``)."""
+
+    head: bytes  # features (B, feature_dim) -> logits (B, U) (and novelty (B,)), with the serving metadata
+    backbone: bytes  # input (B, *shape) -> features: the same bytes for every version on this backbone
+    backbone_digest: str  # model_core.export_frozen.backbone_digest: the spec and weights it was exported from
+    max_abs_diff: float  # the head's logits, ONNX Runtime against torch, on the check batch's features
+
+
+def export_head(
+    learner: Learner,
+    check_inputs: torch.Tensor | None = None,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    novelty: Novelty | None = None,
+) -> HeadExport:
+    """A frozen-backbone classifier as two graphs: the backbone's (exported once, from ``cache_dir`` after that)
+    and the head's, written directly (milliseconds). The head is checked against torch on the check batch's
+    features (the ones the learner trains on: ``Learner.features``); the backbone is the very graph those
+    features came from when the worker computes them with ONNX Runtime (``OnnxFeatures``)."""
+    import onnx
+
+    from model_core.export_frozen import backbone_digest, backbone_graph, backbone_opset, head_model
+
+    if not learner.frozen_backbone:
+        raise ValueError("only a frozen backbone is shared between versions")
+    if learner.model.num_units == 0:
+        raise ExportError("the classifier has no classes yet; learn something before exporting")
+    backbone = backbone_graph(learner, INPUT_NAME, cache_dir)
+    proto = onnx.load_from_string(backbone)
+    head = head_model(learner, OUTPUT_NAME, novelty.module if novelty else None, opset=backbone_opset(proto),
+                      ir_version=proto.ir_version, opset_imports=list(proto.opset_import))  # fmt: skip
+    del proto
+    meta = serving_metadata(learner, novelty)
+    for key, value in meta.items():
+        entry = head.metadata_props.add()
+        entry.key, entry.value = key, value
+    data = head.SerializeToString()
+    if check_inputs is None:
+        check_inputs = torch.rand(16, *learner.spec.input.shape, generator=torch.Generator().manual_seed(seed + 1))
+    x = check_inputs.float()
+    feats = learner.features(x)
+    diff = head_parity(learner, data, feats)
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"ONNX head output differs from torch by {diff:.3g} (> {PARITY_TOLERANCE})")
+    if novelty is not None:
+        off = novelty_parity(learner, novelty, data, x, feats)
+        if not off <= PARITY_TOLERANCE:
+            raise NoveltyExportError(f"ONNX novelty differs from torch by {off:.3g} relative (> {PARITY_TOLERANCE})")
+    return HeadExport(data, backbone, backbone_digest(learner), diff)
+
+
+def head_parity(learner: Learner, onnx_bytes: bytes, features: torch.Tensor) -> float:
+    """Max |ONNX Runtime logits - torch logits| of the head graph on ``features``."""
+    import onnxruntime as ort
+
+    from model_core.graphs import FEATURES
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {FEATURES: features.float().numpy()})[0]
+    with torch.no_grad():
+        want = learner.model.to("cpu").eval().forward_head(features.float()).float().numpy()
+    return float(np.max(np.abs(got - want))) if len(got) else 0.0
 
 
 def _finish(
@@ -151,15 +222,20 @@ def parity(learner: Learner, onnx_bytes: bytes, inputs: torch.Tensor) -> float:
     return float(np.max(np.abs(got - want)))
 
 
-def novelty_parity(learner: Learner, novelty: Novelty, onnx_bytes: bytes, inputs: torch.Tensor) -> float:
+def novelty_parity(
+    learner: Learner, novelty: Novelty, onnx_bytes: bytes, inputs: torch.Tensor, features: torch.Tensor | None = None
+) -> float:
     """Max |ONNX novelty - torch novelty| / max(1, |torch novelty|) on ``inputs``: the scores are sums of many
-    large terms (a log-likelihood over 784 pixels), so their float32 rounding scales with them."""
+    large terms (a log-likelihood over 784 pixels), so their float32 rounding scales with them. With
+    ``features``, ``onnx_bytes`` is a head graph that reads them (``export_head``)."""
     import onnxruntime as ort
 
+    from model_core.graphs import FEATURES
     from model_core.novelty import novelty_scores
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = session.run([NOVELTY_NAME], {INPUT_NAME: inputs.float().numpy()})[0]
+    feed = {INPUT_NAME: inputs.float().numpy()} if features is None else {FEATURES: features.float().numpy()}
+    got = session.run([NOVELTY_NAME], feed)[0]
     want = novelty_scores(learner, inputs.float(), novelty.module)
     assert want is not None
     w = want.double().numpy()

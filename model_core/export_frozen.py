@@ -4,9 +4,10 @@ Tracing a pretrained backbone through the exporter takes tens of seconds on a CP
 every version of a classifier shares the same one. So the backbone (with the in-graph resizing and
 normalisation) is exported once and kept in a cache folder under a digest of its spec and weights; each
 version's head is written directly as ONNX (one Gemm per head block, or a class-model block's quadratic forms,
-concatenated, exactly as ``IncrementalClassifier.forward_head`` computes it) and joined to the cached backbone
-into one graph.
-The result is a whole model, input (B, *shape) -> logits (B, U), parity-checked like any other export.
+concatenated, exactly as ``IncrementalClassifier.forward_head`` computes it: ``head_model``). The service stores
+the backbone graph once in its artifact store, referenced by sha256 from each version's manifest, and each
+version's own ``head.onnx`` holds only the head (``model_core.export.export_head``); ``export_frozen`` joins
+both into one whole model, input (B, *shape) -> logits (B, U), for callers that want one file.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import io
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from model_core.files import write_atomic
+from model_core.graphs import FEATURES, compose
 from model_core.learner import Learner
 from model_core.networks.gaussian_head import GaussianHead, onnx_nodes
-
-FEATURES = "features"
 
 
 class _Features(nn.Module):
@@ -77,17 +78,15 @@ def backbone_graph(learner: Learner, input_name: str, cache_dir: Path | None) ->
     return data
 
 
-def export_frozen(
-    learner: Learner, input_name: str, output_name: str, cache_dir: Path | None, novelty: nn.Module | None = None
-) -> bytes:
-    """The whole graph (backbone from the cache, head written here) as ONNX bytes, without metadata; with
-    ``novelty`` (``model_core.novelty``), a second output "novelty" (B,) computed from the same features."""
-    import onnx
+def head_model(learner: Learner, output_name: str, novelty: nn.Module | None = None, *, opset: int = 18,
+               ir_version: int = 10, opset_imports: list[Any] | None = None) -> Any:  # fmt: skip
+    """The head's graph: ``features`` (B, feature_dim) -> ``output_name`` (B, U), and with ``novelty``
+    (``model_core.novelty``) a second output "novelty" (B,) from the same features. Whatever follows the
+    frozen features is here (one Gemm per head block, or a class-model block's quadratic forms, concatenated,
+    exactly as ``IncrementalClassifier.forward_head`` computes it); the backbone is not."""
     from onnx import TensorProto, helper, numpy_helper
 
-    backbone = onnx.load_from_string(backbone_graph(learner, input_name, cache_dir))
     nodes, inits, outs = [], [], []
-    opset = max((o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx")), default=18)
     for i, head in enumerate(learner.model.heads):
         if isinstance(head, GaussianHead):  # per-class log-likelihoods (the class_models strategy)
             head_nodes, head_inits = onnx_nodes(head, FEATURES, f"head{i}.out", f"head{i}", opset)
@@ -115,12 +114,66 @@ def export_frozen(
         nodes, "head", [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["batch", learner.model.feature_dim])],
         outputs, inits,
     )  # fmt: skip
-    head_model = helper.make_model(graph, opset_imports=list(backbone.opset_import))
-    head_model.ir_version = backbone.ir_version
-    merged = onnx.compose.merge_models(backbone, head_model, io_map=[(FEATURES, FEATURES)])
-    buf = io.BytesIO()
-    onnx.save_model(merged, buf)
-    return buf.getvalue()
+    imports = opset_imports if opset_imports is not None else [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=list(imports))
+    model.ir_version = ir_version
+    return model
+
+
+def backbone_opset(backbone: Any) -> int:
+    return max((o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx")), default=18)
+
+
+def export_frozen(
+    learner: Learner, input_name: str, output_name: str, cache_dir: Path | None, novelty: nn.Module | None = None
+) -> bytes:
+    """The whole graph (backbone from the cache, head written here) as ONNX bytes, without metadata; with
+    ``novelty`` (``model_core.novelty``), a second output "novelty" (B,) computed from the same features."""
+    import onnx
+
+    backbone = onnx.load_from_string(backbone_graph(learner, input_name, cache_dir))
+    head = head_model(learner, output_name, novelty, opset=backbone_opset(backbone), ir_version=backbone.ir_version,
+                      opset_imports=list(backbone.opset_import))  # fmt: skip
+    return compose(backbone, head)
+
+
+def reads_raw_input(learner: Learner) -> bool:
+    """True when every head block is a class-model block on the raw input (``class_models`` on small inputs):
+    the backbone takes no part in the logits, so the whole graph is written directly, without the exporter."""
+    model = learner.model
+    return (getattr(model, "task_network", None) is None and len(model.heads) > 0
+            and all(isinstance(h, GaussianHead) and h.reads_input for h in model.heads))  # fmt: skip
+
+
+def raw_input_model(learner: Learner, input_name: str, output_name: str, novelty: nn.Module | None = None) -> Any:
+    """The whole graph of a classifier whose head blocks all read the raw input (``reads_raw_input``):
+    ``input_name`` (B, *shape) flattened -> the class-model blocks -> ``output_name``; novelty from the logits
+    (the only novelty such a version has: ``model_core.novelty.novelty_module``)."""
+    from onnx import TensorProto, helper
+
+    opset = 18
+    nodes, inits, outs = [helper.make_node("Flatten", [input_name], [FEATURES], axis=1)], [], []
+    for i, head in enumerate(learner.model.heads):
+        assert isinstance(head, GaussianHead)
+        head_nodes, head_inits = onnx_nodes(head, FEATURES, f"head{i}.out", f"head{i}", opset, raw_input=True)
+        nodes += head_nodes
+        inits += head_inits
+        outs.append(f"head{i}.out")
+    nodes.append(helper.make_node("Concat", outs, [output_name], axis=1))
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])]
+    if novelty is not None:
+        from model_core.novelty import onnx_nodes as novelty_nodes
+
+        more_nodes, more_inits = novelty_nodes(novelty, FEATURES, output_name, "novelty", opset)
+        nodes += more_nodes
+        inits += more_inits
+        outputs.append(helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["batch"]))
+    shape: list[str | int | None] = ["batch", *learner.spec.input.shape]
+    graph = helper.make_graph(nodes, "raw-heads", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
+                              outputs, inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 10
+    return model
 
 
 class OnnxFeatures:

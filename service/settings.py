@@ -30,15 +30,16 @@ class Settings(BaseSettings):
     # at least one); lighter ones decode at once, so a small request never waits behind a heavy one
     decode_light_pixels: int = Field(default=1_000_000, ge=0)
     decode_threads: int = Field(default=0, ge=0)  # threads of the decode pool for heavy requests (0: half the usable CPUs)
-    # Built sessions of versions other than the active ones (pinned predictions, rollbacks), in bytes as estimated
-    # when each is built; the least recently used go first. 4 GiB: about 5 photo classifiers, thousands of small
-    session_cache_bytes: int = Field(default=4 * 2**30, ge=0)
     # Keys the audit's key fingerprints (HMAC-SHA256). Unset: a random secret is made once and kept in
     # <data_dir>/audit-secret (replicas that share a database should share this value). Never logged.
     audit_secret: str = Field(default="", repr=False)
     max_batch_items: int = 20_000  # samples per learn request
     max_predict_items: int = 1_024  # inputs per predict request
     ort_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads per model run; 0 = one per usable CPU
+    # Intra-op threads spin while a run lasts and stop when it returns (off: they sleep between operators, which
+    # costs a lone request latency but yields the CPU at once on a host oversubscribed by other work);
+    # docs/guides/shared-backbone.md, python -m benchmarks.ort_options
+    ort_spin: bool = True
     batch_max_size: int = Field(default=64, ge=1)  # rows per batched model run (a bigger request runs alone)
     batch_max_wait_ms: float = Field(default=0.0, ge=0)  # wait for more requests before a batch runs
     embedded_worker: bool = True  # `engram serve` starts one local worker process
@@ -50,6 +51,12 @@ class Settings(BaseSettings):
     # Export each version's novelty score with it where its strategy keeps class models (service.domain.unknowns);
     # off: versions serve no novelty (python -m benchmarks.serve_bench measures what it costs)
     novelty: bool = True
+    # A frozen backbone's graph stored once in the artifact store, each version holding only its head
+    # (docs/guides/shared-backbone.md); off: every version's model.onnx holds the whole graph, as before
+    shared_backbone: bool = True
+    # Bytes of ONNX Runtime sessions this process keeps for versions that are not active (pinned predictions,
+    # quick rollbacks), the least recently used going first; active versions and shared backbones never count
+    serving_cache_mb: int = Field(default=512, ge=0)
     # The most optimiser steps a job may take when its request leaves ``iterations`` to the data
     max_train_steps: int = Field(default=5000, ge=1)
     queue: str = "gpu"  # procrastinate queue the training jobs go to (PostgreSQL deployments)
@@ -74,6 +81,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_path(self) -> Path:
         return (self.artifacts_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def run_dir(self) -> Path:
+        """Sockets the API rings to wake local polling workers (service.persistence.notify.JobBell)."""
+        return (self.data_dir / "run").resolve()
 
     @property
     def weights_cache_path(self) -> Path:

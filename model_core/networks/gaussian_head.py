@@ -127,7 +127,9 @@ class GaussianHead(nn.Module):
                f"space={self.space}"  # fmt: skip
 
 
-def onnx_nodes(head: GaussianHead, x: str, out: str, prefix: str, opset: int) -> tuple[list[Any], list[Any]]:
+def onnx_nodes(
+    head: GaussianHead, x: str, out: str, prefix: str, opset: int, raw_input: bool = False
+) -> tuple[list[Any], list[Any]]:
     """ONNX nodes and initializers computing ``head`` from input ``x`` (B, D) float32 into ``out`` (B, units)
     float32, operation for operation as ``GaussianHead.forward`` does (float64 inside)."""
     # Long but one thing: the graph listed node by node, read against ``forward`` line by line; split, it hides that.
@@ -145,7 +147,7 @@ def onnx_nodes(head: GaussianHead, x: str, out: str, prefix: str, opset: int) ->
             return helper.make_node(op, [src, n(f"axes{axis}")], [dst], keepdims=keepdims)
         return helper.make_node(op, [src], [dst], axes=[axis], keepdims=keepdims)
 
-    if head.reads_input:
+    if head.reads_input and not raw_input:
         raise ValueError("a class-model block that reads the raw input cannot sit on a frozen backbone's features")
     c, r, u, k = head.means.shape[0], head.rank, head.out_features, head.components
     inits = [

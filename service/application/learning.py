@@ -26,6 +26,7 @@ from service.inference.inputs import InputError, InputFormat, parse_items
 from service.jobs.queue import enqueue, uses_procrastinate
 from service.persistence import registry
 from service.persistence.models import utcnow
+from service.persistence.notify import ring
 from service.settings import Settings
 from service.storage.base import ArtifactStore
 
@@ -95,10 +96,13 @@ class LearningService:
                     s.flush()
                     enqueue(s, self.settings, job_id, clf.name)  # same transaction as the job row
                 s.commit()
-                return job_view(job)
+                view = job_view(job)
         except BaseException:
             self.store.delete_job(job_id)
             raise
+        if not uses_procrastinate(self.settings.db_url):
+            ring(self.settings.run_dir)  # wake the polling worker now (procrastinate's worker is NOTIFYed)
+        return view
 
     def _classifier_state(
         self, name: str

@@ -35,7 +35,6 @@ from service.domain.commands import Predict
 from service.domain.errors import Conflict, Invalid, Unavailable
 from service.domain.unknowns import UnknownSettings
 from service.inference.decoding import DecodeLimits, Decoder
-from service.inference.session_cache import folder_bytes, resident_bytes
 from service.inference.sessions import Served, ServingOptions, ServingState, array_bytes, load_served
 from service.persistence import registry
 from service.persistence.models import Classifier, Version
@@ -153,15 +152,13 @@ class ServingService:
                 raise self._unavailable(ref, failure) if failure else Unavailable(f"loading {key} failed")
             return flight.served
         try:
-            t0, rss = time.perf_counter(), resident_bytes()
-            served = load_served(ref.classifier, ref.number, ref.folder, ref.network, self.options)
-            # What the session holds, for the cache's byte budget: the process's growth while it was built and warmed
-            # (other threads' allocations blur it), never less than its files
-            nbytes = max(folder_bytes(ref.folder), resident_bytes() - rss)
+            t0 = time.perf_counter()
+            served = load_served(ref.classifier, ref.number, ref.folder, ref.network, self.options,
+                                 self.state.backbones, self._content_path)  # fmt: skip
             self.metrics.session_builds.labels(ref.classifier).inc()
             log.info("built the session of %s version %d in %.2f s (about %d MB)", ref.classifier, ref.number,
-                     time.perf_counter() - t0, nbytes // 2**20)  # fmt: skip
-            self.state.remember(served, nbytes)
+                     time.perf_counter() - t0, served.nbytes // 2**20)  # fmt: skip
+            self.state.remember(served)
             flight.served = served
             with self._lock:
                 self._failures.pop(key, None)
@@ -181,6 +178,10 @@ class ServingService:
             with self._lock:
                 self._flights.pop(key, None)
             flight.done.set()
+
+    def _content_path(self, sha256: str) -> Path:
+        """A shared backbone's graph, from the artifact store (downloaded and checked once per host)."""
+        return self.store.content_path(sha256)
 
     @staticmethod
     def _unavailable(ref: VersionRef, failure: LoadFailure) -> Unavailable:

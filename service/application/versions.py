@@ -14,9 +14,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from model_core.files import sha256_file, write_atomic
+from model_core.graphs import compose
 from service.application.serving import ServingService, version_ref
 from service.application.views import audit_view, version_view
 from service.domain.errors import Conflict, Invalid, NotFound
+from service.inference.sessions import HEAD_FILE, MODEL_FILE, read_references
 from service.persistence import registry
 from service.persistence.models import Classifier, Version
 from service.storage.base import ArtifactStore
@@ -49,9 +52,23 @@ class VersionService:
             return version_view(registry.get_version(s, registry.get_classifier(s, name), number))
 
     def onnx_path(self, name: str, number: int) -> Path:
+        """The version's whole graph as one file: its own ``model.onnx``, or, for a head on a shared backbone,
+        the backbone and the head joined (made once per version, kept in this host's cache)."""
         with self.sessions() as s:
             v = registry.get_version(s, registry.get_classifier(s, name), number)
-            return self.store.path(v.artifact) / "model.onnx"
+            folder = self.store.path(v.artifact)
+        refs = read_references(folder)
+        if "backbone" not in refs or not (folder / HEAD_FILE).exists():
+            return folder / MODEL_FILE
+        head = folder / HEAD_FILE
+        out = self.store.content_path(refs["backbone"]["sha256"]).parent.parent / "composed" / f"{sha256_file(head)}.onnx"
+        if not out.exists():
+            import onnx
+
+            backbone = onnx.load(str(self.store.content_path(refs["backbone"]["sha256"])))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(out, compose(backbone, onnx.load(str(head))))
+        return out
 
     def audit(self, name: str) -> list[dict[str, Any]]:
         with self.sessions() as s:

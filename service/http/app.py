@@ -111,7 +111,7 @@ async def _background(app: Litestar) -> None:
 def create_app(settings: Settings) -> Litestar:
     engine = make_engine(settings.db_url)
     sessions = make_sessionmaker(engine)
-    serving = ServingState(settings.session_cache_bytes)
+    serving = ServingState(settings.serving_cache_mb << 20)
     service = EngramService(settings, sessions, open_store(settings.artifacts_path, settings.artifacts_url), serving, Metrics())
     metrics = service.metrics
 

@@ -17,13 +17,16 @@ import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio.to_thread
 import numpy as np
 
 RunFn = Callable[[np.ndarray], np.ndarray]
 PrepareFn = Callable[[Any], np.ndarray]
+# (the payloads that prepared, the model's output rows of each) -> each one's result: a second stage run per
+# batch after the model, e.g. every served version's head on the features a shared backbone computed once
+FinishFn = Callable[[list[Any], list[np.ndarray]], list[np.ndarray]]
 
 
 def _as_array(payload: Any) -> np.ndarray:
@@ -47,16 +50,19 @@ class _Pending:
 
 class MicroBatcher:
     """``run`` maps (N, ...) inputs to (N, ...) outputs; ``prepare`` turns one request's payload into its
-    input rows (decoding, validation). Both run in a worker thread, never on the event loop. A payload
-    that ``prepare`` refuses fails its own request only."""
+    input rows (decoding, validation); ``finish``, when given, maps each request's output rows to its result.
+    All run in a worker thread, never on the event loop. A payload that ``prepare`` refuses fails its own
+    request only."""
 
-    def __init__(self, run: RunFn, max_batch: int = 64, max_wait: float = 0.0, prepare: PrepareFn = _as_array) -> None:
+    def __init__(self, run: RunFn, max_batch: int = 64, max_wait: float = 0.0, prepare: PrepareFn = _as_array,
+                 finish: FinishFn | None = None) -> None:  # fmt: skip
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_wait < 0:
             raise ValueError("max_wait must be >= 0")
         self._run = run
         self._prepare = prepare
+        self._finish = finish
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.stats = BatchStats()
@@ -89,18 +95,29 @@ class MicroBatcher:
         self._pending_rows -= rows
         return batch
 
-    def _work(self, payloads: list[Any]) -> tuple[list[np.ndarray | BaseException], np.ndarray | None]:
-        """In a worker thread: prepare each payload, then one model run over all that prepared."""
+    def _work(self, payloads: list[Any]) -> tuple[list[np.ndarray | BaseException], int]:
+        """In a worker thread: prepare each payload, then one model run over all that prepared; returns each
+        payload's output rows (or why it failed) and the rows of the model run."""
         parts: list[np.ndarray | BaseException] = []
         for payload in payloads:
             try:
                 parts.append(self._prepare(payload))
             except Exception as exc:
                 parts.append(exc)
-        good = [p for p in parts if isinstance(p, np.ndarray)]
+        good = [i for i, p in enumerate(parts) if isinstance(p, np.ndarray)]
         if not good:
-            return parts, None
-        return parts, self._run(good[0] if len(good) == 1 else np.concatenate(good))
+            return parts, 0
+        rows = [cast(np.ndarray, parts[i]) for i in good]
+        out = self._run(rows[0] if len(rows) == 1 else np.concatenate(rows))
+        outs, start = [], 0
+        for r in rows:
+            outs.append(out[start : start + len(r)])
+            start += len(r)
+        if self._finish is not None:
+            outs = self._finish([payloads[i] for i in good], outs)
+        for i, o in zip(good, outs, strict=True):
+            parts[i] = o
+        return parts, len(out)
 
     async def _drain(self) -> None:
         while self._pending:
@@ -112,22 +129,18 @@ class MicroBatcher:
             if not batch:
                 continue
             try:
-                parts, out = await anyio.to_thread.run_sync(self._work, [item.payload for item in batch])
+                parts, run_rows = await anyio.to_thread.run_sync(self._work, [item.payload for item in batch])
             except Exception as exc:  # the model run failed: every request in the batch gets the error
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            run_rows = 0 if out is None else len(out)
             self.stats.rows += run_rows
             self.stats.requests += len(batch)
-            start = 0
             for item, part in zip(batch, parts, strict=True):
                 if item.future.done():
-                    start += 0 if isinstance(part, BaseException) else len(part)
-                elif isinstance(part, BaseException):
+                    continue
+                if isinstance(part, BaseException):
                     item.future.set_exception(part)
                 else:
-                    assert out is not None
-                    item.future.set_result((out[start : start + len(part)], run_rows))
-                    start += len(part)
+                    item.future.set_result((part, run_rows))

@@ -2,7 +2,15 @@
 
 The predict path needs only onnxruntime and numpy. A version's session is built and warmed before the
 pointer moves to it, so a swap is instant; a request that already holds the old session finishes on it.
-Each served version has its own micro-batcher (``service.inference.batching``): concurrent requests share one run.
+
+Two kinds of version:
+
+- a whole graph (``model.onnx``: every version before shared backbones, and networks whose backbone trains):
+  its own session and its own micro-batcher (``service.inference.batching``): concurrent requests share one run;
+- a head on a shared frozen backbone (``head.onnx``, the manifest referencing the backbone graph by sha256,
+  docs/guides/shared-backbone.md): the process holds ONE session per backbone (``BackbonePool``), shared by
+  every classifier and version on it, with one micro-batcher; requests for any of them batch together, the
+  features are computed once per batch, and each version's head graph (a few MB at most) runs on its rows.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,13 +30,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from model_core.graphs import FEATURES
 from service.inference.batching import MicroBatcher
 from service.inference.binary import BinaryBatch, ImageFiles, NpyBatch
 from service.inference.inputs import InputFormat, parse_items, softmax
-from service.inference.session_cache import SessionCache
 from service.settings import Settings
 
 log = logging.getLogger("engram.serving")
+MANIFEST, MODEL_FILE, HEAD_FILE = "manifest.json", "model.onnx", "head.onnx"  # a bundle's (model_core.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -37,11 +48,12 @@ class ServingOptions:
     max_batch: int  # rows per model run
     max_wait: float  # seconds a batch waits for more requests before it runs
     max_image_pixels: int  # decoded images larger than this are refused
+    spin: bool = True  # intra-op threads spin while a run lasts, and stop when it returns
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServingOptions:
         return cls(settings.ort_threads, settings.batch_max_size, settings.batch_max_wait_ms / 1000,
-                   settings.max_image_pixels)  # fmt: skip
+                   settings.max_image_pixels, settings.ort_spin)  # fmt: skip
 
     def intra_op_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -56,8 +68,10 @@ class Served:
     tasks: dict[str, list[int]]  # task name -> output units
     fmt: InputFormat
     scenario: str
-    batcher: MicroBatcher
+    batcher: MicroBatcher | HeadOnBackbone
     novelty: dict[str, Any] | None = None  # the graph's novelty output: kind, threshold, known_rate
+    nbytes: int = 0  # what keeping this version costs the process, beyond any shared backbone (ServingState)
+    backbone: str | None = None  # the sha256 of the shared backbone graph it reads features from
 
     @property
     def novelty_threshold(self) -> float | None:
@@ -111,42 +125,210 @@ def parse_inputs(items: list[Any] | BinaryBatch, fmt: InputFormat, max_pixels: i
     return parse_items(items, fmt, "inputs", max_pixels)
 
 
-def load_served(
-    classifier: str, version: int, folder: Path, network: dict[str, Any], options: ServingOptions
-) -> Served:
-    """Build and warm a session for the bundle in ``folder``."""
+def session_options(options: ServingOptions, arena: bool = True) -> ort.SessionOptions:
+    """The options every serving session gets. ``arena``: ONNX Runtime's memory arena, which keeps the largest
+    run's activations for the session's life; worth it for a backbone (its activations are reused every run),
+    not for a head graph (a few small tensors: allocating them costs less than an arena per version)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = options.intra_op_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning worker threads would take the CPU the HTTP event loop needs between batches.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    # Worker threads spin while a run lasts (a photo backbone is ~100 small parallel ops: waking sleeping
+    # threads for each cost about a millisecond a run at one request at a time, where ONNX Runtime's spinning
+    # defaults won), and stop spinning as soon as the run returns, so that between batches they leave the CPU
+    # to the HTTP event loop (python -m benchmarks.ort_options, docs/guides/shared-backbone.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    if not arena:
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
+    return opts
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def read_references(folder: Path) -> dict[str, dict[str, Any]]:
+    """The content a bundle references by sha256 (``model_core.checkpoint.Manifest.references``, read without
+    torch); empty for a bundle that has none (every bundle before shared backbones)."""
+    path = folder / MANIFEST
+    if not path.exists():
+        return {}
+    refs = json.loads(path.read_text()).get("references") or {}
+    return {str(k): dict(v) for k, v in refs.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class HeadGraph:
+    """A version's head: (B, feature_dim) features -> its output rows (logits, then the novelty column)."""
+
+    session: ort.InferenceSession
+    outputs: list[str]
+    rows: int  # at most this many rows per run
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        parts = []
+        for i in range(0, len(features), self.rows):
+            got = self.session.run(self.outputs, {FEATURES: features[i : i + self.rows]})
+            parts.append(got[0] if len(got) == 1 else np.concatenate([got[0], got[1][:, None]], axis=1))
+        out: np.ndarray = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+        return out
+
+
+@dataclass(frozen=True)
+class _HeadRequest:
+    head: HeadGraph
+    payload: Any
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+
+def _apply_heads(requests: list[_HeadRequest], features: list[np.ndarray]) -> list[np.ndarray]:
+    """Each request's rows through its version's head, every head run once on all its requests' rows."""
+    groups: dict[int, list[int]] = {}
+    for i, req in enumerate(requests):
+        groups.setdefault(id(req.head), []).append(i)
+    out: list[np.ndarray] = [np.zeros(0)] * len(requests)
+    for members in groups.values():
+        head = requests[members[0]].head
+        rows = head(features[members[0]] if len(members) == 1 else np.concatenate([features[i] for i in members]))
+        start = 0
+        for i in members:
+            out[i] = rows[start : start + len(features[i])]
+            start += len(features[i])
+    return out
+
+
+class SharedBackbone:
+    """One frozen backbone's session and micro-batcher, shared by every version on it in this process."""
+
+    def __init__(self, sha256: str, path: Path, fmt: InputFormat, options: ServingOptions) -> None:
+        self.sha256, self.fmt = sha256, fmt
+        before = rss_bytes()
+        self.session = ort.InferenceSession(str(path), session_options(options), providers=["CPUExecutionProvider"])
+        self.feature_dim = int(self.session.get_outputs()[0].shape[1])
+        for n in sorted({1, options.max_batch}):  # warm up the shapes the batcher will use most
+            self.session.run([FEATURES], {"input": np.zeros((n, *fmt.shape), dtype=np.float32)})
+        self.nbytes = max(path.stat().st_size, rss_bytes() - before)
+        # rows come decoded (service.inference.decoding): the batch's thread only runs the models
+        self.batcher = MicroBatcher(self._features, options.max_batch, options.max_wait,
+                                    lambda r: np.asarray(r.payload, dtype=np.float32), _apply_heads)  # fmt: skip
+        self.rows = options.max_batch
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        """(N, feature_dim) features in runs of at most ``rows`` rows (see ``_run_logits``)."""
+        parts = [self.session.run([FEATURES], {"input": x[i : i + self.rows]})[0] for i in range(0, len(x), self.rows)]
+        out: np.ndarray = np.concatenate(parts)
+        return out
+
+
+class HeadOnBackbone:
+    """What a version on a shared backbone submits its requests to: the backbone's batcher, tagged with its head."""
+
+    def __init__(self, backbone: SharedBackbone, head: HeadGraph) -> None:
+        self.backbone, self.head = backbone, head
+
+    async def submit(self, payload: Any) -> tuple[np.ndarray, int]:
+        return await self.backbone.batcher.submit(_HeadRequest(self.head, payload))
+
+
+class BackbonePool:
+    """The shared backbones of this process, by sha256: each built once (however many versions ask at once) and
+    kept while the process lives (a deployment has few backbones; each is the one big session it serves)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self._backbones: dict[str, SharedBackbone] = {}
+
+    def get(self, sha256: str, path: Callable[[str], Path], fmt: InputFormat, options: ServingOptions) -> SharedBackbone:
+        with self._lock:
+            found = self._backbones.get(sha256)
+            if found is not None:
+                return found
+            build = self._building.setdefault(sha256, threading.Lock())
+        with build:
+            found = self._backbones.get(sha256)
+            if found is None:
+                found = SharedBackbone(sha256, path(sha256), fmt, options)
+                with self._lock:
+                    self._backbones[sha256] = found
+                log.info("built the shared backbone %s (%.0f MB)", sha256[:12], found.nbytes / 1e6)
+            return found
+
+    def all(self) -> list[SharedBackbone]:
+        with self._lock:
+            return list(self._backbones.values())
+
+
+def load_served(
+    classifier: str,
+    version: int,
+    folder: Path,
+    network: dict[str, Any],
+    options: ServingOptions,
+    backbones: BackbonePool | None = None,
+    content: Callable[[str], Path] | None = None,
+) -> Served:
+    """Build and warm a session for the bundle in ``folder``: its whole graph (``model.onnx``), or its head
+    (``head.onnx``) on the shared backbone its manifest references, from ``backbones`` (built from ``content``,
+    the artifact store's ``content_path``, when this process has none yet)."""
+    fmt = InputFormat.from_network(network)
+    refs = read_references(folder)
+    before = rss_bytes()
+    if "backbone" in refs and (folder / HEAD_FILE).exists():
+        if backbones is None or content is None:
+            raise RuntimeError(f"{folder} references a shared backbone; load it with a BackbonePool and a store")
+        backbone = backbones.get(str(refs["backbone"]["sha256"]), content, fmt, options)
+        path = folder / HEAD_FILE
+        session = ort.InferenceSession(str(path), session_options(options, arena=False),
+                                       providers=["CPUExecutionProvider"])  # fmt: skip
+        width: tuple[int, ...] = (backbone.feature_dim,)
+    else:
+        backbone, path = None, folder / MODEL_FILE
+        session = ort.InferenceSession(str(path), session_options(options), providers=["CPUExecutionProvider"])
+        width = fmt.shape
     meta = session.get_modelmeta().custom_metadata_map
     labels = json.loads(meta["engram.labels"])
     tasks = {t["name"]: list(t["units"]) for t in json.loads(meta["engram.tasks"])}
     novelty = json.loads(meta["engram.novelty"]) if "engram.novelty" in meta else None  # versions before it: none
     outputs = ["logits", "novelty"] if novelty is not None else ["logits"]
-    fmt = InputFormat.from_network(network)
+    feed = FEATURES if backbone is not None else "input"
     for n in sorted({1, options.max_batch}):  # warm up the shapes the batcher will use most
-        session.run(outputs, {"input": np.zeros((n, *fmt.shape), dtype=np.float32)})
+        session.run(outputs, {feed: np.zeros((n, *width), dtype=np.float32)})
+    nbytes = max(path.stat().st_size, rss_bytes() - before - (backbone.nbytes if backbone else 0))
+    if backbone is not None:
+        runner: MicroBatcher | HeadOnBackbone = HeadOnBackbone(backbone, HeadGraph(session, outputs, options.max_batch))
+        return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], runner, novelty,
+                      max(nbytes, path.stat().st_size), backbone.sha256)  # fmt: skip
     run = partial(_run_logits, session, options.max_batch, outputs)
     batcher = MicroBatcher(run, options.max_batch, options.max_wait)  # rows come decoded (service.inference.decoding)
-    return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], batcher, novelty)
+    return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], batcher, novelty, nbytes)
 
 
 class ServingState:
-    """Active versions by classifier, plus a cache of other (pinned or candidate) versions bounded in bytes."""
+    """Active versions by classifier, plus a cache of other (pinned or candidate) versions bounded by bytes,
+    and the shared backbones every version on one reads its features from."""
 
-    # Each version a process keeps costs its ONNX Runtime session's memory: about 0.8 GB for a photo classifier on
-    # a frozen EfficientNet at 224 px, arena warmed at the batch size (benchmarks.gate_truth's API process held 6 GB
-    # after 7 such versions). Active versions are always kept; others stay within ``cache_bytes`` (the size of
-    # each is estimated when it is built: service.inference.session_cache), the least recently used going first.
-    def __init__(self, cache_bytes: int = 4 * 2**30) -> None:
+    # What a version costs the process: a whole-graph photo version about 0.8 GB (its own backbone and arena,
+    # warmed at the batch size), a head on a shared backbone a few MB at most (its graph; the backbone counts
+    # once, in ``backbones``). Active versions are always kept; others stay for pinned predictions and quick
+    # rollbacks while their ``Served.nbytes`` sum to at most ``cache_bytes``, the least recently used going first
+    # (the one just used always stays, however big: a pinned version is not rebuilt for every request).
+    def __init__(self, cache_bytes: int = 512 << 20) -> None:
         self._lock = threading.Lock()
         self._active: dict[str, Served] = {}
-        self._cache: SessionCache[tuple[str, int], Served] = SessionCache(cache_bytes)
+        self._cache: OrderedDict[tuple[str, int], Served] = OrderedDict()
+        self.cache_bytes = cache_bytes
+        self.backbones = BackbonePool()
 
     def active(self, classifier: str) -> Served | None:
         return self._active.get(classifier)
@@ -158,12 +340,40 @@ class ServingState:
         """Make an already built session the active one for its classifier."""
         with self._lock:
             self._active[served.classifier] = served
-            self._cache.put((served.classifier, served.version), served)
+            self._remember(served)
         log.info("serving %s version %d", served.classifier, served.version)
 
     def cached(self, classifier: str, version: int) -> Served | None:
-        return self._cache.get((classifier, version))
+        with self._lock:
+            served = self._cache.get((classifier, version))
+            if served is not None:
+                self._cache.move_to_end((classifier, version))
+            return served
 
-    def remember(self, served: Served, nbytes: int | None = None) -> None:
-        """Keep a built version; ``nbytes``: what its session holds (estimated by whoever built it)."""
-        self._cache.put((served.classifier, served.version), served, nbytes)
+    def remember(self, served: Served) -> None:
+        with self._lock:
+            self._remember(served)
+
+    def cached_versions(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._cache)
+
+    def inactive_bytes(self) -> int:
+        with self._lock:
+            return self._inactive_bytes()
+
+    def _inactive_bytes(self) -> int:
+        return sum(s.nbytes for s in self._cache.values() if self._active.get(s.classifier) is not s)
+
+    def _remember(self, served: Served) -> None:
+        self._cache[(served.classifier, served.version)] = served
+        self._cache.move_to_end((served.classifier, served.version))
+        over = self._inactive_bytes() - self.cache_bytes
+        for key in list(self._cache)[:-1]:  # least recently used first; active versions and the newest stay
+            if over <= 0:
+                break
+            old = self._cache[key]
+            if self._active.get(old.classifier) is old:
+                continue
+            del self._cache[key]
+            over -= old.nbytes

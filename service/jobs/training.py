@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from model_core.checkpoint import load_bundle, save_bundle
 from model_core.config import NetworkSpec, TrainConfig
 from model_core.data import Experience
-from model_core.export import ExportError, Novelty, NoveltyExportError, export_onnx
+from model_core.export import ExportError, Novelty, NoveltyExportError, export_head, export_onnx
 from model_core.export_frozen import OnnxFeatures
 from model_core.learner import Learner, LearnResult
 from model_core.novelty import fit_novelty, novelty_module
@@ -41,6 +41,7 @@ from service.storage.base import ArtifactStore, arrays_to_bytes, bytes_to_arrays
 
 log = logging.getLogger("engram.worker")
 EVAL_FILE = "eval.npz"  # the version's regression suite: x, label, task for every task so far
+MODEL_FILE, HEAD_FILE = "model.onnx", "head.onnx"  # a whole graph; or the head on a shared backbone (references)
 THROTTLE = 0.5  # seconds between progress writes and cancel checks
 FINISH_PATIENCE = 120.0  # seconds a failed job waits for the database to record why it failed
 FEATURE_CACHES = 4  # classifiers whose frozen-backbone features a worker keeps between jobs
@@ -91,8 +92,12 @@ class JobRunner:
         max_steps: int = TrainConfig.max_iterations,
         on_stage: Callable[[str], None] | None = None,
         novelty: bool = True,
+        shared_backbone: bool = True,
     ) -> None:
-        self.novelty = novelty  # export each version's novelty score where it has class models
+        self.novelty = novelty
+        # Store a frozen backbone's graph once in the artifact store and only the head in each version (the
+        # manifest references the backbone by sha256); False: the whole graph in each version's model.onnx.
+        self.shared_backbone = shared_backbone  # export each version's novelty score where it has class models
         self.sessions = sessions
         self.store = store
         self.device = device
@@ -242,6 +247,8 @@ class Exported:
     max_abs_diff: float | None
     error: str | None
     novelty: dict[str, Any] | None = None  # kind, threshold and known rate; None: the version has no class models
+    backbone: bytes = b""  # set when ``onnx`` is only the head: the shared backbone graph it reads the features of
+    backbone_digest: str | None = None
 
 
 class JobRun:
@@ -289,6 +296,8 @@ class JobRun:
             clf = s.get(Classifier, job.classifier_id)
             assert clf is not None
             job.parent = clf.active_version  # lineage: the version active when the job starts
+            if job.started_at is not None:  # the wait between the learn request and a worker taking the job
+                self.times["queued"] = max(0.0, (job.started_at - job.created_at).total_seconds())
             s.commit()
             parent = get_version(s, clf, clf.active_version) if clf.active_version is not None else None
             return JobSpec(
@@ -375,17 +384,28 @@ class JobRun:
             novelty = Novelty(module, fit_novelty(learner, module, x, known_rate), known_rate)
         about = json.loads(novelty.metadata()) if novelty else None
         check = torch.from_numpy(suite["x"][:64])
+        backbone, digest = b"", None
+        split = learner.frozen_backbone and self.runner.shared_backbone
+
+        def run(novelty: Novelty | None) -> tuple[bytes, float]:
+            nonlocal backbone, digest
+            if split:
+                head = export_head(learner, check, cache_dir=self.runner.cache_dir, novelty=novelty)
+                backbone, digest = head.backbone, head.backbone_digest
+                return head.head, head.max_abs_diff
+            whole = export_onnx(learner, check, cache_dir=self.runner.cache_dir, novelty=novelty)
+            return whole.onnx, whole.max_abs_diff
+
         try:
             try:
-                exported = export_onnx(learner, check, cache_dir=self.runner.cache_dir, novelty=novelty)
+                onnx_bytes, diff = run(novelty)
             except NoveltyExportError as exc:  # the classifier still serves, without novelty; the report says why
                 about = {"error": str(exc)}
-                exported = export_onnx(learner, check, cache_dir=self.runner.cache_dir)
-            onnx_bytes, diff = exported.onnx, exported.max_abs_diff
+                onnx_bytes, diff = run(None)
         except ExportError as exc:
             err = str(exc)
         self.times["export"] = time.perf_counter() - t3
-        return Exported(onnx_bytes, diff, err, about)
+        return Exported(onnx_bytes, diff, err, about, backbone, digest)
 
     def gate(
         self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores
@@ -415,11 +435,20 @@ class JobRun:
         if folder.exists():  # this job's own leftover (a retried task): never a published version's folder
             self.store.remove(self.store.relative(folder))
         extra = {EVAL_FILE: arrays_to_bytes(suite)}
-        if exported.onnx:
-            extra["model.onnx"] = exported.onnx
+        references: dict[str, dict[str, Any]] = {}
+        if exported.onnx and exported.backbone:  # the head only; the backbone once in the store, by sha256
+            t = time.perf_counter()
+            sha = self.store.put_content(exported.backbone)  # before the bundle that references it is published
+            self.times["backbone-store"] = time.perf_counter() - t
+            references["backbone"] = {"sha256": sha, "size": len(exported.backbone), "kind": "onnx-backbone",
+                                      "digest": exported.backbone_digest, "input": "input", "output": "features"}  # fmt: skip
+            extra[HEAD_FILE] = exported.onnx
+        elif exported.onnx:
+            extra[MODEL_FILE] = exported.onnx
         save_bundle(folder, learner, {"name": spec.strategy, "params": result.params},
                     parent=None if spec.parent_number is None else f"v{spec.parent_number}",
-                    metadata={"job_id": self.job_id, "report": report}, extra_files=extra)  # fmt: skip
+                    metadata={"job_id": self.job_id, "report": report}, extra_files=extra,
+                    references=references)  # fmt: skip
         self.store.publish(folder)  # an object store uploads it here, before any row names it
         return folder
 

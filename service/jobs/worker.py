@@ -29,6 +29,7 @@ from service.domain.job_status import LIVE
 from service.jobs.host import make_runner, run_with_heartbeat
 from service.jobs.queue import TASK_NAME, libpq_url, uses_procrastinate
 from service.persistence.models import Job
+from service.persistence.notify import JobBell
 from service.persistence.registry import claim_job, claim_next_job, end_job
 from service.settings import Settings
 
@@ -45,18 +46,22 @@ def run_worker(
     see ``service.jobs.host.make_runner`` (None in production; the crash tests' fault injection)."""
     stop = stop or threading.Event()
     engine, sessions, runner, worker_id = make_runner(settings, on_stage)
+    bell = JobBell(settings.run_dir)  # rung by the API as it queues a job: no poll interval to wait out
     log.info("worker %s ready (device %s)", worker_id, settings.device)
     done = 0
-    while not stop.is_set() and (max_jobs is None or done < max_jobs):
-        with sessions() as s:
-            job_id = claim_next_job(s, worker_id)
-        if job_id is None:
-            stop.wait(settings.worker_poll_seconds)
-            continue
-        log.info("worker %s took job %s", worker_id, job_id)
-        run_with_heartbeat(runner, sessions, job_id, settings.heartbeat_seconds)
-        done += 1
-    engine.dispose()
+    try:
+        while not stop.is_set() and (max_jobs is None or done < max_jobs):
+            with sessions() as s:
+                job_id = claim_next_job(s, worker_id)
+            if job_id is None:
+                bell.wait(settings.worker_poll_seconds)
+                continue
+            log.info("worker %s took job %s", worker_id, job_id)
+            run_with_heartbeat(runner, sessions, job_id, settings.heartbeat_seconds)
+            done += 1
+    finally:
+        bell.close()
+        engine.dispose()
     return done
 
 

@@ -10,6 +10,9 @@ backoff) or a notification missed meanwhile is caught by the next poll. SQLite d
 Migration 0004 makes it NOTIFY ``engram_jobs`` (payload: the job id) when a job's visible state changes; a
 process streaming that job's events (``JobWatch``) reads the job when told, and reads it every few seconds
 only as the fallback.
+
+On SQLite there is no NOTIFY: ``JobBell`` and ``ring`` wake the polling worker through a Unix datagram socket
+when the API queues a job, so a job starts within milliseconds rather than within ``ENGRAM_WORKER_POLL_SECONDS``.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
@@ -138,3 +145,62 @@ class JobWatch:
             streams = [w for j, ws in self._streams.items() if not job_id or j == job_id for w in ws]
         for wakeup in streams:
             wakeup.notify()
+
+
+class JobBell:
+    """Instant job pick-up on SQLite, where there is no NOTIFY: each polling worker binds a Unix datagram socket in
+    ``folder`` (``<data dir>/run``) and waits on it between polls; the API rings every socket there when it queues
+    a job (``ring``). A ring lost or never heard (another host, a full socket buffer) costs one poll interval, as
+    before; where the socket cannot be bound (no AF_UNIX, a path too long) the worker just polls."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / f"worker-{os.getpid()}.sock"
+        self._sock: socket.socket | None = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.path.unlink(missing_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.bind(str(self.path))
+            sock.setblocking(False)
+            self._sock = sock
+        except (OSError, AttributeError) as exc:
+            log.info("job bell unavailable (%s); the worker polls", exc)
+
+    def wait(self, timeout: float) -> bool:
+        """Until rung or ``timeout`` seconds have passed; True if rung. Drains every ring queued meanwhile."""
+        if self._sock is None:
+            time.sleep(timeout)
+            return False
+        ready, _, _ = select.select([self._sock], [], [], timeout)
+        rung = False
+        while True:
+            try:
+                self._sock.recv(64)
+                rung = True
+            except (BlockingIOError, InterruptedError):
+                return rung or bool(ready)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self.path.unlink(missing_ok=True)
+
+
+def ring(folder: Path) -> None:
+    """Wake every worker waiting on a ``JobBell`` in ``folder``; sockets of dead workers are removed."""
+    try:
+        paths = list(folder.glob("worker-*.sock"))
+    except OSError:
+        return
+    if not paths or not hasattr(socket, "AF_UNIX"):
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for path in paths:
+            try:
+                sock.sendto(b"j", str(path))
+            except (ConnectionRefusedError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # its worker is gone
+            except OSError:
+                pass  # a full buffer: the worker has rings queued already

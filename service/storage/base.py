@@ -9,6 +9,9 @@
     <root>/jobs/<job id>/train.npz      the job's training samples (preprocessed arrays, not uploads);
                                         deleted when the job ends if its retention is "discard"
     <root>/jobs/<job id>/eval.npz       the job's evaluation samples, copied into the version's bundle
+    <root>/content/sha256/<hex>         content stored once and shared by the versions whose manifests reference
+                                        it by sha256 (``put_content``, ``content_path``): a frozen backbone's
+                                        graph; never modified, never deleted by the store
 
 Every write goes to a temporary name, is fsynced, and is renamed into place. Callers see the small
 ``ArtifactStore`` protocol (here); ``service.storage.files.FileArtifactStore`` implements it on a path that
@@ -19,6 +22,7 @@ local cache. ``service.storage.open_store`` picks one.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +30,8 @@ import numpy as np
 
 Arrays = dict[str, np.ndarray]
 BUNDLE_PREFIX = "j-"
+CONTENT_DIR = "content/sha256"  # content referenced by sha256 from versions' manifests, stored once
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ArtifactStore(Protocol):
@@ -55,6 +61,17 @@ class ArtifactStore(Protocol):
         """A local folder holding the artifact named ``relative``."""
         ...
 
+    def put_content(self, data: bytes) -> str:
+        """Store ``data`` once under its sha256 (a no-op when it is already there) and return the hex digest:
+        what a version's manifest references (``model_core.checkpoint.Manifest.references``). Call it before
+        publishing a bundle that references the content."""
+        ...
+
+    def content_path(self, sha256: str) -> Path:
+        """A local file holding the content with this sha256, checked against it (FileNotFoundError when the
+        store has none)."""
+        ...
+
     def write_arrays(self, job_id: str, name: str, arrays: Arrays) -> None: ...
 
     def read_arrays(self, job_id: str, name: str) -> Arrays | None: ...
@@ -64,7 +81,11 @@ class ArtifactStore(Protocol):
         ...
 
 
-BUNDLE_PREFIX = "j-"
+def content_relative(sha256: str) -> str:
+    """The store-relative name of content addressed by ``sha256`` (refused unless 64 lowercase hex digits)."""
+    if not SHA256_HEX.fullmatch(sha256):
+        raise ValueError(f"not a sha256 hex digest: {sha256[:80]!r}")
+    return f"{CONTENT_DIR}/{sha256}"
 
 
 def bundle_job_id(folder: str) -> str | None:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
-from model_core.files import write_atomic
-from service.storage.base import BUNDLE_PREFIX, Arrays, arrays_to_bytes, bundle_job_id, bytes_to_arrays
+from model_core.files import sha256_file, write_atomic
+from service.storage.base import (
+    BUNDLE_PREFIX,
+    Arrays,
+    arrays_to_bytes,
+    bundle_job_id,
+    bytes_to_arrays,
+    content_relative,
+)
 
 
 class FileArtifactStore:
@@ -41,6 +49,24 @@ class FileArtifactStore:
         if self.root not in p.parents:
             raise ValueError("artifact path escapes the store")
         return p
+
+    def put_content(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.root / content_relative(digest)
+        if not path.exists():  # same name, same bytes: a concurrent writer's rename is as good as ours
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)
+        return digest
+
+    def content_path(self, sha256: str) -> Path:
+        path = self.root / content_relative(sha256)
+        if not path.is_file():
+            raise FileNotFoundError(f"content {sha256} is not in the artifact store at {self.root}")
+        return path
+
+    def verify_content(self, sha256: str) -> bool:
+        """Whether the stored content still hashes to its name (a check for operators and tests)."""
+        return sha256_file(self.content_path(sha256)) == sha256
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id

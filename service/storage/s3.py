@@ -5,6 +5,9 @@ Selected by ``ENGRAM_ARTIFACTS_URL=s3://bucket/prefix``. Keys mirror the filesys
     <prefix>/classifiers/<name>/j-<job>/<file>       a bundle's files (manifest.json, weights, model.onnx...)
     <prefix>/classifiers/<name>/j-<job>/.complete    written last: the list of files, sizes and sha256
     <prefix>/jobs/<job id>/<name>.npz                staged training and evaluation arrays (one PUT each)
+    <prefix>/content/sha256/<hex>                    content referenced by sha256 from versions' manifests
+                                                     (a frozen backbone's graph), stored once; cached locally
+                                                     under the same name once downloaded and checked
 
 The worker and ONNX Runtime read bundles from local folders, so ``ENGRAM_ARTIFACTS_DIR`` (default
 ``<data dir>/artifacts``) becomes this host's cache: the worker writes a bundle there with
@@ -24,6 +27,7 @@ Credentials, region and endpoint come from boto3's usual sources (``AWS_ACCESS_K
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,7 +40,14 @@ import boto3
 from botocore.exceptions import ClientError
 
 from model_core.files import sha256_file
-from service.storage.base import BUNDLE_PREFIX, Arrays, arrays_to_bytes, bundle_job_id, bytes_to_arrays
+from service.storage.base import (
+    BUNDLE_PREFIX,
+    Arrays,
+    arrays_to_bytes,
+    bundle_job_id,
+    bytes_to_arrays,
+    content_relative,
+)
 
 MARKER = ".complete"
 _MISSING = ("404", "NoSuchKey", "NotFound")
@@ -179,6 +190,47 @@ class S3ArtifactStore:
             keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if keys:
                 self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    # --- content addressed by sha256 ---------------------------------------------------------------
+
+    def put_content(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        key = self._key(content_relative(digest))
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+            return digest  # stored before (by this or another worker): content never changes under its name
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
+        try:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as exc:  # another writer got there first, with the same bytes
+            if str(exc.response.get("Error", {}).get("Code")) not in ("PreconditionFailed", "412",
+                                                                       "ConditionalRequestConflict"):  # fmt: skip
+                raise
+        return digest
+
+    def content_path(self, sha256: str) -> Path:
+        """The content's local copy, downloaded and checked against its sha256 on first use."""
+        relative = content_relative(sha256)
+        local = self.cache / relative
+        if local.is_file():
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.parent / f".{local.name}.tmp-{uuid.uuid4().hex}"
+        try:
+            try:
+                self.s3.download_file(self.bucket, self._key(relative), str(tmp))
+            except ClientError as exc:
+                if _missing(exc):
+                    raise FileNotFoundError(f"content {sha256} is not in s3://{self.bucket}/{self.prefix}") from None
+                raise
+            if sha256_file(tmp) != sha256:
+                raise OSError(f"content {sha256} downloaded from the store does not match its sha256")
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return local
 
     # --- staged job arrays --------------------------------------------------------------------------
 

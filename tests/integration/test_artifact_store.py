@@ -139,3 +139,35 @@ def test_s3_half_uploaded_bundle_is_never_served(s3_env: dict[str, str], tmp_pat
 def test_s3_url_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
         open_store(tmp_path, "s3:/no-bucket")
+
+
+def test_content_is_stored_once_by_sha256_and_read_back_checked_from_another_store(opener: Opener) -> None:
+    import hashlib
+
+    a, b = opener(), opener()
+    data = os.urandom(200_000)
+    sha = a.put_content(data)
+    assert sha == hashlib.sha256(data).hexdigest()
+    assert a.put_content(data) == sha  # a second put of the same bytes is a no-op, not an error
+    assert b.content_path(sha).read_bytes() == data  # another host reads it (S3: downloaded once, checked)
+    assert b.content_path(sha) == b.content_path(sha)
+    relative = write_bundle(a, "pets", "job9")  # bundles and the orphan sweep's listing never see the content
+    assert [r for r, _ in b.bundle_folders()] == [relative]
+    with pytest.raises(FileNotFoundError):
+        b.content_path("0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        b.content_path("../../etc/passwd")
+
+
+def test_content_that_does_not_match_its_sha256_is_refused_by_the_s3_store(s3_env: dict[str, str], tmp_path: Path) -> None:
+    import boto3
+
+    bucket = new_bucket(s3_env)
+    store = open_store(tmp_path / "a", f"s3://{bucket}/p")
+    sha = store.put_content(b"the backbone")
+    boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], region_name=s3_env["AWS_REGION"],
+                 aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+                 ).put_object(Bucket=bucket, Key=f"p/content/sha256/{sha}", Body=b"something else")  # fmt: skip
+    with pytest.raises(OSError, match="does not match"):
+        open_store(tmp_path / "b", f"s3://{bucket}/p").content_path(sha)
+    assert not list((tmp_path / "b" / "content" / "sha256").iterdir())  # nothing half-checked is left to read

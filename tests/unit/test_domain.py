@@ -39,7 +39,7 @@ def test_a_request_from_a_newer_schema_is_refused_with_the_reason() -> None:
 
 class _FakeServed:
     def __init__(self, classifier: str, version: int) -> None:
-        self.classifier, self.version = classifier, version
+        self.classifier, self.version, self.nbytes = classifier, version, 0
 
 
 class _WatchedEvent(threading.Event):
@@ -64,7 +64,7 @@ def test_concurrent_loads_of_one_version_build_once_and_a_failure_backs_off(
     release = threading.Event()
     flights: list[_WatchedEvent] = []
 
-    def held_load(classifier: str, version: int, folder: Path, network: dict[str, Any], options: Any) -> Any:
+    def held_load(classifier: str, version: int, folder: Path, network: dict[str, Any], options: Any, *_: Any) -> Any:
         builds.append(version)
         assert release.wait(30), "the test never released the load"
         if fail["now"]:
