@@ -98,7 +98,7 @@ class BackboneChoice(Strict):
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"name": "timm/efficientnet_lite0", "weights": "package", "train": "frozen", "resolution": 224},
-        {"name": "torchvision/resnet18", "weights": "file", "file": "/srv/weights/resnet18.safetensors"},
+        {"name": "torchvision/resnet18", "weights": "file", "file": "resnet18.safetensors"},
     ]})  # fmt: skip
 
     name: str = Field(
@@ -110,7 +110,8 @@ class BackboneChoice(Strict):
         f"may not download and they are not cached); none for {_BUILTIN_TEXT}",
     )  # fmt: skip
     file: str | None = Field(default=None, min_length=1, max_length=4096,
-                             description="weights 'file': a safetensors or torch state-dict file on the server")  # fmt: skip
+                             description="weights 'file': a safetensors or torch state-dict file, by its path "
+                             "relative to the server's weights directory (ENGRAM_WEIGHTS_DIR)")  # fmt: skip
     train: Literal["frozen", "last", "all"] | None = Field(
         default=None, description="what of the backbone trains; default frozen with pretrained weights, else all")
     resolution: Annotated[int, Field(ge=16, le=1024), JsonInt] | None = Field(

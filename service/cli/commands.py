@@ -235,7 +235,7 @@ def register(sub: Any) -> None:
     p.add_argument("--backbone", help="mlp, cnn, resnet18, timm/<model> or torchvision/<model> (default by input size; "
                    "pretrained names use their packaged or cached weights, frozen)")  # fmt: skip
     p.add_argument("--weights", choices=["none", "package", "file", "download"], help="where the backbone's weights come from")
-    p.add_argument("--weights-file", metavar="PATH", help="a safetensors or torch state-dict file on the server")
+    p.add_argument("--weights-file", metavar="PATH", help="a safetensors or torch state-dict file in the server's weights directory (relative path)")
     p.add_argument("--train", choices=["frozen", "last", "all"], help="what of the backbone trains")
     p.add_argument("--resolution", type=int, metavar="PX", help="px images are resized to in the model (pretrained)")
     p.add_argument("--manual-approval", action="store_true", help="wait for an admin before promoting")
