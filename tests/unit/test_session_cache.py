@@ -1,37 +1,23 @@
-"""The pinned-version session cache: bounded in bytes, least recently used out first, never rebuilt per request
-while what is in use fits."""
+"""The pinned-version session cache (ServingState): bounded in bytes, never rebuilt per request while what is in
+use fits. The eviction order and the active versions' place are tested in tests/unit/test_shared_backbone.py."""
 
 from __future__ import annotations
 
-from service.inference.session_cache import SessionCache
+from service.inference.sessions import ServingState
 
 
-def test_entries_leave_least_recently_used_first_once_over_the_budget() -> None:
-    cache: SessionCache[str, int] = SessionCache(max_bytes=100)
-    for key in "abc":
-        cache.put(key, ord(key), 40)
-    assert "a" not in cache and len(cache) == 2 and cache.bytes == 80
-    assert cache.get("b") == ord("b")  # b is now the most recent: c goes next
-    cache.put("d", 0, 40)
-    assert "c" not in cache and "b" in cache and "d" in cache
+class _Fake:
+    def __init__(self, classifier: str, version: int, nbytes: int) -> None:
+        self.classifier, self.version, self.nbytes = classifier, version, nbytes
 
 
 def test_a_cycle_that_fits_is_never_evicted() -> None:
     """Six small versions cycled in turn: a count-bounded cache of four evicted on every request."""
-    cache: SessionCache[int, str] = SessionCache(max_bytes=6 * 300_000)
+    state = ServingState(cache_bytes=6 * 300_000)
     misses = 0
     for _ in range(3):
         for v in range(6):
-            if cache.get(v) is None:
+            if state.cached("c", v) is None:
                 misses += 1
-                cache.put(v, f"session {v}", 300_000)
+                state.remember(_Fake("c", v, 300_000))  # type: ignore[arg-type]
     assert misses == 6
-
-
-def test_the_newest_entry_is_kept_whatever_its_size_and_a_swap_keeps_its_size() -> None:
-    cache: SessionCache[str, str] = SessionCache(max_bytes=10)
-    cache.put("small", "s", 5)
-    cache.put("huge", "h", 1000)
-    assert len(cache) == 1 and cache.get("huge") == "h"
-    cache.put("huge", "h")  # re-added without a size (a swap): the recorded one counts
-    assert cache.bytes == 1000

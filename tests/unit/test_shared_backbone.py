@@ -84,7 +84,7 @@ def test_a_version_holds_its_head_only_and_serves_what_torch_computes(digits: Sp
     decoded = torch.from_numpy(parse_items(items, served[0].fmt, "inputs", 10**6))
 
     async def both() -> list[tuple[np.ndarray, int]]:  # concurrent requests to two versions: one backbone run
-        return list(await asyncio.gather(*(s.batcher.submit(items) for s in served)))
+        return list(await asyncio.gather(*(s.batcher.submit(decoded.numpy()) for s in served)))
 
     results = asyncio.run(both())
     for (rows, run_rows), learner in zip(results, (first, second), strict=True):
