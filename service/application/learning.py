@@ -90,7 +90,7 @@ class LearningService:
         self.store.write_arrays(job_id, "train", {"x": train_x, "label": train_y})
         self.store.write_arrays(job_id, "eval", {"x": ev_x, "label": ev_labels})
         # A classifier's first job naming no strategy (nor parameters, which belong to one): the worker chooses
-        # among the candidates by their scores on this job's data (service.jobs.choice)
+        # among the candidates by their scores on this job's data (service.jobs.training_choice)
         choose = req.strategy is None and previous is None and not req.params and len(default_candidates(network)) > 1
         request = JobRequest(req.options, params, dict(req.gate or {}), {"train": len(train_x), "eval": len(ev_x)},
                              sorted(set(labels.tolist())), choose).to_stored()  # fmt: skip

@@ -1,7 +1,7 @@
 """The default strategy of a classifier's first job, chosen from how the candidates score on the job's own data.
 
 Pure Python over each candidate's per-sample correctness, so it is tested without training anything; the
-worker trains the candidates (``service.jobs.choice``). The candidates are the exemplar-free strategies that
+worker trains the candidates (``service.jobs.training_choice``). The candidates are the exemplar-free strategies that
 can add classes (``model_core.strategy_specs.default_candidates``, read from the specs' metadata, so a new head
 takes part without a change here); a candidate that refuses the classifier or its data is listed with why.
 

@@ -35,7 +35,7 @@ from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluat
 from service.domain.gate_advice import JobFacts
 from service.domain.new_task import nearest_mean_accuracy
 from service.domain.unknowns import UnknownSettings
-from service.jobs.choice import choose
+from service.jobs.training_choice import choose
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
 from service.retry import backoff
@@ -348,7 +348,7 @@ class JobRun:
         self, spec: JobSpec, learner: Learner, train: dict[str, np.ndarray], suite: dict[str, np.ndarray]
     ) -> tuple[JobSpec, tuple[Learner, LearnResult] | None, dict[str, Any]]:
         """A classifier's first job naming no strategy: choose among the candidates by their scores on the job's
-        data (service.jobs.choice) and record the winner as the job's strategy. Returns the job's spec with it, the
+        data (service.jobs.training_choice) and record the winner as the job's strategy. Returns the job's spec with it, the
         winner's learner and result where they can be kept as trained (else None: train it), and the report."""
         t0 = time.perf_counter()
         held_x, held_y = task_slice(suite, spec.task)
