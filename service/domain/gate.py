@@ -42,6 +42,7 @@ next step (``service.domain.gate_advice``). These explain; the verdict stays per
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -443,10 +444,11 @@ def _per_class(
     generator = has_generator(SPECS[inputs.strategy])
     forgotten = [r for r in rows if r["forgotten"]]
     old = [r for r in rows if r["before"] is not None]
+    per_task = Counter(o["task"] for o in old)  # counted once: not a pass over the old classes per forgotten one
     for r in forgotten:
         # the classes the parent chose among when it judged the replay: every old class, or the task's own
-        rivals = [o for o in old if inputs.scenario == "class-incremental" or o["task"] == r["task"]]
-        r["lost_by"] = lost_by(r, generator, chance=1 / len(rivals))
+        rivals = len(old) if inputs.scenario == "class-incremental" else per_task[r["task"]]
+        r["lost_by"] = lost_by(r, generator, chance=1 / rivals)
     step = next_step(inputs.strategy, inputs.retention, cannot_add, forgotten, new_failed, inputs.facts,
                      inputs.diagnostics)  # fmt: skip
     return {

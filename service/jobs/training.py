@@ -337,7 +337,7 @@ class JobRun:
 
     def score_parent(self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str]) -> ParentScores:
         """The parent's accuracy per task, before the learner changes."""
-        slices = {t: task_slice(suite, t) for t in task_names}
+        slices = task_slices(suite, task_names)
         units = len(learner.labels)
         predicted = {t: predictions(learner, *slices[t], t, units).after if t in learner.task_names else None
                      for t in task_names}  # fmt: skip
@@ -561,6 +561,19 @@ def merge_suite(suite: dict[str, np.ndarray], new_eval: dict[str, np.ndarray], t
     if not suite:
         return added
     return {k: np.concatenate([suite[k], added[k]]) for k in added}  # numpy widens string dtypes
+
+
+def task_slices(suite: dict[str, np.ndarray], tasks: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (x, labels) of its evaluation samples} in one pass over the suite (one comparison of the whole suite
+    per task would grow with tasks x samples, faster than linearly in the classes learnt)."""
+    if not tasks:
+        return {}
+    names, inverse = np.unique(suite["task"].astype(str), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
+    rows = {str(n): order[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+    empty = np.zeros(0, dtype=int)
+    return {t: (suite["x"][rows.get(t, empty)], suite["label"][rows.get(t, empty)]) for t in tasks}
 
 
 def task_slice(suite: dict[str, np.ndarray], task: str) -> tuple[np.ndarray, np.ndarray]:
