@@ -2,6 +2,7 @@
 
     python -m benchmarks.class_growth [--classes 1000] [--per-task 50] [--dim 64] [--per-class 20]
         [--strategies class_models,generative_replay,...] [--measure-every 200] [--requests 200] [--json FILE]
+        [--iterations N]
 
 Starts ``engram serve`` (embedded SQLite, one local worker, CPU) on a fresh data folder and teaches one
 class-incremental classifier of ``dim``-value vectors per strategy a generated stream, over HTTP, one job
@@ -11,7 +12,8 @@ The gate runs as it always does, but with tolerance 1 and floor 0, so every task
 goes on: this measures cost, not quality. Prints, per strategy and task: the worker's seconds to learn (the
 ``train`` stage) and to gate; and every ``measure_every`` classes: predict latency p50/p99 (one vector a
 request) at 1 and 32 concurrent clients, and the version bundle's and its ONNX graph's size on disk.
-The strategies default to ``model_core.strategy_specs.default_candidates`` (those that refuse vectors say so).
+``--iterations N`` fixes the optimiser steps of strategies that take them (a shorter run; the default budget
+grows with the classes seen up to ``TrainConfig.max_iterations``). The strategies default to ``model_core.strategy_specs.default_candidates`` (those that refuse vectors say so).
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def run(url: str, data: Path, strategy: str, x: np.ndarray, y: np.ndarray, args:
         keep = (y >= start) & (y < start + args.per_task)
         samples = [{"label": f"c{int(lab)}", "vector": v.tolist()} for v, lab in zip(x[keep], y[keep], strict=True)]
         r = c.post(f"/v1/classifiers/{name}/learn", json={"task": f"t{t}", "strategy": strategy,
-                                                            "retention": "discard", "samples": samples})  # fmt: skip
+                                                            "retention": "discard", "samples": samples,
+                                                            **args.options})  # fmt: skip
         if r.status_code != 202:
             print(f"  {strategy}: refused: {r.json().get('detail')}", flush=True)
             return rows
@@ -112,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure-every", type=int, default=200)
     parser.add_argument("--requests", type=int, default=200, help="predict requests per latency figure")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--iterations", type=int, help="fixed optimiser steps a task (default: the budget from the data)")
     args = parser.parse_args(argv)
+    args.options = {"options": {"iterations": args.iterations}} if args.iterations else {}
     x, y = stream(args.classes, args.dim, args.per_class)
     print(f"stream: {args.classes} classes of {args.dim}-value Gaussian blobs, {args.per_class} samples a class, "
           f"tasks of {args.per_task}", flush=True)  # fmt: skip

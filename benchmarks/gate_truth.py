@@ -149,6 +149,8 @@ def _predict(c: httpx.Client, name: str, rows: list[tuple[str, str]]) -> tuple[l
     out, version = [], -1
     for i in range(0, len(rows), 256):
         r = c.post(f"/v1/classifiers/{name}/predict", json={"inputs": [{"image_b64": b} for _, b in rows[i : i + 256]]})
+        if r.status_code == 409:  # no version promoted yet: nothing is served
+            return [], -1
         r.raise_for_status()
         body = r.json()
         out += body["predictions"]
@@ -165,7 +167,7 @@ def served_scores(
     novelty or every class is learned). The unlearned classes are sent only when the version serves novelty."""
     known_rows = [(lab, b) for lab, b in test if lab in classes]
     known, version = _predict(c, name, known_rows)
-    acc = sum(p["label"] == lab for p, (lab, _) in zip(known, known_rows, strict=True)) / max(len(known_rows), 1)
+    acc = sum(p["label"] == lab for p, (lab, _) in zip(known, known_rows, strict=False)) / max(len(known_rows), 1)
     unknown_rows = [(lab, b) for lab, b in test if lab not in classes]
     if not known or known[0]["novelty"] is None or not unknown_rows:
         return acc, version, None

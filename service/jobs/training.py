@@ -366,7 +366,9 @@ class JobRun:
             s.commit()
         self.times["choose"] = time.perf_counter() - t0
         kept = None if picked.learner is None or picked.result is None else (picked.learner, picked.result)
-        return replace(spec, strategy=picked.strategy), kept, picked.report
+        # the winner runs with its own defaults (the stored parameters were the measured default's, checked at submit)
+        request = replace(spec.request, params={})
+        return replace(spec, strategy=picked.strategy, request=request), kept, picked.report
 
     def config(self, spec: JobSpec) -> TrainConfig:
         """The job's training configuration: its options, bounded by this worker's step limit."""
