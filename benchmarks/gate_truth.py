@@ -2,11 +2,13 @@
 
     python -m benchmarks.gate_truth [--streams digits-5x2,digits-10x1,mnist-5x2,cifar-5x2,cifar-10x1]
         [--strategies joint,replay,generative_replay,naive,ewc,lwf] [--test-per-class N] [--seed N] [--json FILE]
-        [--per-class N] [--shuffle-first]
+        [--per-class N] [--shuffle-first] [--rename OLD:NEW]
 
 Few-shot: ``--per-class N`` sends only N samples of each class (seeded), the gate holding out its 20% of them;
 ``digits-2x5`` / ``mnist-2x5`` are tasks of 5 classes. ``--shuffle-first`` shuffles the first task's labels
-(a deliberately broken candidate: the gate should reject it, and the stream goes on from nothing). The
+(a deliberately broken candidate: the gate should reject it, and the stream goes on from nothing).
+``--rename cat:kitty`` keeps half of class ``cat``'s training samples in its task and sends the other half as
+``kitty`` in a last task of its own (an old class under another name: the gate should refuse it). The
 table's ``default`` row names what the first job chose and its candidates' scores.
 
 Starts ``engram serve`` (embedded SQLite, one local worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh
@@ -103,6 +105,15 @@ def few_shot(stream: Stream, per_class: int, seed: int) -> Stream:
             taken[lab] += 1
             kept.append(stream.train[i])
     stream.train = kept
+    return stream
+
+
+def renamed(stream: Stream, old: str, new: str) -> Stream:
+    """Half of ``old``'s training samples sent again as ``new``, in a last task of its own."""
+    mine = [i for i, (lab, _) in enumerate(stream.train) if lab == old]
+    again = set(mine[1::2])
+    stream.train = [(new, b) if i in again else (lab, b) for i, (lab, b) in enumerate(stream.train)]
+    stream.tasks = [*stream.tasks, [new]]
     return stream
 
 
@@ -317,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--per-class", type=int, help="few-shot: send only this many samples of each class")
     parser.add_argument("--shuffle-first", action="store_true", help="shuffle the first task's labels")
+    parser.add_argument("--rename", help="OLD:NEW: half of OLD's samples sent again as NEW in a last task")
     args = parser.parse_args(argv)
     extra = {"options": json.loads(args.options)} if json.loads(args.options) else {}
     results: list[dict[str, Any]] = []
@@ -329,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.per_class:
                 stream = few_shot(stream, args.per_class, args.seed)
                 stream.name = f"{stream.name}-{args.per_class}pc"
+            if args.rename:
+                stream = renamed(stream, *args.rename.split(":"))
             print(f"{stream_name}: tasks {stream.tasks}", flush=True)
             for strategy in args.strategies.split(","):
                 results.append(run_one(c, stream, strategy, extra, args.shuffle_first))
