@@ -6,8 +6,8 @@ Scoring samples: the job's own held-out split (the gate's evaluation samples) wh
 together (stratified), each sample scored once by candidates trained without it.
 
 Cheap by construction: closed-form candidates (no gradient steps) train in seconds; a candidate that trains by
-gradient steps is scored after at most ``CHOICE_STEPS`` (its validation plateau may stop it sooner), which the
-report marks ``capped``. A closed-form winner scored on the held-out split is the job's candidate as trained
+gradient steps is scored after at most ``CHOICE_STEPS`` in all (split over the folds when cross-validating; its
+validation plateau may stop it sooner), which the report marks ``capped``. A closed-form winner scored on the held-out split is the job's candidate as trained
 (nothing is trained twice); any other winner is trained again on the job's samples with its full budget.
 """
 
@@ -29,7 +29,7 @@ from service.domain.strategy_choice import Trial, pick
 
 SMALL_EVAL = 100  # held-out samples below which the choice cross-validates
 FOLDS = 3
-CHOICE_STEPS = 100  # the most optimiser steps a gradient candidate trains while being scored
+CHOICE_STEPS = 100  # the most optimiser steps a gradient candidate trains while being scored (over all folds)
 
 
 @dataclass
@@ -68,7 +68,7 @@ def choose(
     trials, kept = [], {}
     for name in default_candidates(network):
         gradient = create_strategy(name).gradient_steps
-        cfg = _capped(config) if gradient else config
+        cfg = _capped(config, CHOICE_STEPS // len(splits)) if gradient else config
         correct = np.zeros(len(x), dtype=bool)
         scored = np.zeros(len(x), dtype=bool)
         start, steps, error = time.perf_counter(), 0, None
@@ -110,11 +110,11 @@ def choose(
     return Choice(chosen, report)
 
 
-def _capped(config: TrainConfig) -> TrainConfig:
-    """The job's training configuration with at most CHOICE_STEPS optimiser steps."""
+def _capped(config: TrainConfig, steps: int) -> TrainConfig:
+    """The job's training configuration with at most ``steps`` optimiser steps."""
     if config.iterations is not None:
-        return replace(config, iterations=min(config.iterations, CHOICE_STEPS))
-    return replace(config, max_iterations=min(config.max_iterations, CHOICE_STEPS))
+        return replace(config, iterations=min(config.iterations, steps))
+    return replace(config, max_iterations=min(config.max_iterations, steps))
 
 
 def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -13,10 +13,10 @@ import pytest
 from sklearn.datasets import load_digits
 
 from model_core.strategy_specs import default_candidates
-from tests.e2e.conftest import Server, auth
-from tests.e2e.support import digit_vectors, finished, learn
+from tests.e2e.conftest import Server, auth, wait_job
+from tests.e2e.support import digit_vectors, learn
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1800)
 
 
 def _create(c: Any, name: str, **extra: object) -> None:
@@ -35,6 +35,11 @@ def _few(per_class: int, classes: tuple[int, ...], seed: int = 0, shuffle: float
     for i, j in zip(mixed, rng.permutation(mixed), strict=True):
         labels[i] = str(int(d.target[idx[j]]))
     return [{"label": lab, "vector": (d.data[i] / 16).tolist()} for lab, i in zip(labels, idx, strict=True)]
+
+
+def finished(c: Any, job_id: str) -> dict[str, Any]:
+    """The job once ended; the first job trains every candidate, minutes on a loaded 2-core machine."""
+    return dict(wait_job(c, job_id, timeout=900))
 
 
 def _new_row(job: dict[str, Any]) -> dict[str, Any]:
