@@ -47,6 +47,10 @@ def pick(trials: Sequence[Trial], prior: str) -> tuple[str | None, str]:
     best = max(scored, key=lambda t: (t.score or 0.0, t.strategy == prior))
     default = next((t for t in scored if t.strategy == prior), None)
     if default is None or best is default:
+        tied = [t.strategy for t in scored if t is not best and t.score == best.score]
+        if tied:
+            return best.strategy, (f"{best.strategy} tied with {', '.join(tied)} at {best.score:.4f}: the measured "
+                                   "default for this input is kept")  # fmt: skip
         lead = "" if len(scored) == 1 else f" (next: {_runner_up(scored, best)})"
         return best.strategy, f"highest score {best.score:.4f}{lead}"
     assert best.correct is not None and default.correct is not None

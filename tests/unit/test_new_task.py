@@ -63,4 +63,6 @@ def test_the_pick_keeps_the_measured_default_unless_the_samples_resolve_a_lead()
     chosen, why = pick([trial("a", 181), trial("b", 180)], prior="b")
     assert chosen == "b" and "within one standard error" in why
     assert pick([trial("a", 0, error="refuses"), trial("b", 100)], prior="a")[0] == "b"
+    assert pick([trial("a", 200), trial("b", 200)], prior="b") == ("b", "b tied with a at 1.0000: the measured default "
+                                                                   "for this input is kept")  # fmt: skip
     assert pick([trial("a", 0, error="refuses")], prior="a")[0] is None
