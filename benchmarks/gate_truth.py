@@ -2,6 +2,14 @@
 
     python -m benchmarks.gate_truth [--streams digits-5x2,digits-10x1,mnist-5x2,cifar-5x2,cifar-10x1]
         [--strategies joint,replay,generative_replay,naive,ewc,lwf] [--test-per-class N] [--seed N] [--json FILE]
+        [--per-class N] [--shuffle-first] [--rename OLD:NEW]
+
+Few-shot: ``--per-class N`` sends only N samples of each class (seeded), the gate holding out its 20% of them;
+``digits-2x5`` / ``mnist-2x5`` are tasks of 5 classes. ``--shuffle-first`` shuffles the first task's labels
+(a deliberately broken candidate: the gate should reject it, and the stream goes on from nothing).
+``--rename cat:kitty`` keeps half of class ``cat``'s training samples in its task and sends the other half as
+``kitty`` in a last task of its own (an old class under another name: the gate should refuse it). The
+table's ``default`` row names what the first job chose and its candidates' scores.
 
 Starts ``engram serve`` (embedded SQLite, one local worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh
 data folder and, for each stream and strategy, creates a class-incremental classifier with the service's
@@ -85,6 +93,30 @@ def _grey(name: str, images: np.ndarray, labels: np.ndarray, per_task: int, seed
                   [items[i] for i in train], [items[i] for i in test])  # fmt: skip
 
 
+def few_shot(stream: Stream, per_class: int, seed: int) -> Stream:
+    """The stream with only ``per_class`` training samples of each class (a seeded choice)."""
+    rng = np.random.default_rng(seed + 11)
+    order = rng.permutation(len(stream.train))
+    taken: Counter[str] = Counter()
+    kept = []
+    for i in order:
+        lab = stream.train[i][0]
+        if taken[lab] < per_class:
+            taken[lab] += 1
+            kept.append(stream.train[i])
+    stream.train = kept
+    return stream
+
+
+def renamed(stream: Stream, old: str, new: str) -> Stream:
+    """Half of ``old``'s training samples sent again as ``new``, in a last task of its own."""
+    mine = [i for i, (lab, _) in enumerate(stream.train) if lab == old]
+    again = set(mine[1::2])
+    stream.train = [(new, b) if i in again else (lab, b) for i, (lab, b) in enumerate(stream.train)]
+    stream.tasks = [*stream.tasks, [new]]
+    return stream
+
+
 def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream | str:
     """The stream, or why it cannot be run here."""
     kind, _, shape = name.partition("-")
@@ -128,6 +160,8 @@ def _predict(c: httpx.Client, name: str, rows: list[tuple[str, str]]) -> tuple[l
     out, version = [], -1
     for i in range(0, len(rows), 256):
         r = c.post(f"/v1/classifiers/{name}/predict", json={"inputs": [{"image_b64": b} for _, b in rows[i : i + 256]]})
+        if r.status_code == 409:  # no version promoted yet: nothing is served
+            return [], -1
         r.raise_for_status()
         body = r.json()
         out += body["predictions"]
@@ -144,7 +178,7 @@ def served_scores(
     novelty or every class is learned). The unlearned classes are sent only when the version serves novelty."""
     known_rows = [(lab, b) for lab, b in test if lab in classes]
     known, version = _predict(c, name, known_rows)
-    acc = sum(p["label"] == lab for p, (lab, _) in zip(known, known_rows, strict=True)) / max(len(known_rows), 1)
+    acc = sum(p["label"] == lab for p, (lab, _) in zip(known, known_rows, strict=False)) / max(len(known_rows), 1)
     unknown_rows = [(lab, b) for lab, b in test if lab not in classes]
     if not known or known[0]["novelty"] is None or not unknown_rows:
         return acc, version, None
@@ -165,7 +199,9 @@ def served_scores(
     )
 
 
-def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any]) -> dict[str, Any]:
+def run_one(
+    c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any], shuffle_first: bool = False
+) -> dict[str, Any]:
     name = f"{stream.name}-{strategy}".replace("_", "-")
     r = c.post("/v1/classifiers", json={"name": name, "input": stream.input})
     r.raise_for_status()
@@ -175,6 +211,9 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
     seen: set[str] = set()
     for t, classes in enumerate(stream.tasks, 1):
         samples = [{"label": lab, "image_b64": b} for lab, b in stream.train if lab in classes]
+        if shuffle_first and t == 1:  # a broken first job: its labels shuffled across its samples
+            perm = np.random.default_rng(7).permutation(len(samples))
+            samples = [{**s, "label": samples[j]["label"]} for s, j in zip(samples, perm, strict=True)]
         body = {"task": f"t{t}", "retention": retention, "samples": samples, **extra}
         if strategy != "default":
             body["strategy"] = strategy
@@ -200,14 +239,49 @@ def run_one(c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any
                "failures": report.get("failures"), "causes": [x.get("cause") for x in report.get("tasks", [])
                                                                  if x.get("before") is not None],
                "error": job.get("error"), "novelty": novelty,
-               "gate": {k: report.get(k) for k in ("tasks", "classes", "confused_pairs", "confusion_note", "new_class_bias")}}  # fmt: skip
+               "gate": {k: report.get(k) for k in ("tasks", "classes", "confused_pairs", "confusion_note", "new_class_bias",
+                                                   "renamed_classes", "strategy_choice")}}  # fmt: skip
         out["tasks"].append(row)
-        out["resolved"] = job.get("strategy")  # what "default" became
+        out["resolved"] = out.get("resolved") if job["status"] != "promoted" and out.get("resolved") else job.get(
+            "strategy")  # what "default" became
+        if report.get("strategy_choice"):
+            out["choice"] = report["strategy_choice"]
+        new_row = next((x for x in report.get("tasks", []) if x.get("new")), {})
+        row["floor"], row["floor_source"] = new_row.get("floor"), new_row.get("floor_source")
         mark = {"promoted": "P", "rejected": "R"}.get(job["status"], "F")
         print(f"  {stream.name} {strategy} task {t} {classes}: {mark} served v{version} acc {acc:.3f} "
-              f"({row['worker_s']} s worker, gate {row['gate_s']} s, {row['steps']} steps, {row['stopped']})"
+              f"({row['worker_s']} s worker, gate {row['gate_s']} s, {row['steps']} steps, {row['stopped']}; "
+              f"new task {new_row.get('after')} floor {row['floor']} from {_floor_from(row['floor_source'])})"
               + (f" {row['failures'] or row['error']}" if mark != "P" else ""), flush=True)  # fmt: skip
     return out
+
+
+def _floor_from(source: dict[str, Any] | None) -> str:
+    if not source:
+        return "?"
+    if source.get("rule") != "data":
+        return str(source.get("rule"))
+    return f"chance {source['chance']} / nearest mean {source['reference']}"
+
+
+def print_choices(results: list[dict[str, Any]]) -> None:
+    """What each stream's first job chose, its candidates' scores, and the exemplar-free strategies' final accuracy."""
+    rows = [r for r in results if r.get("choice")]
+    if not rows:
+        return
+    free = {n for n, s in SPECS.items() if not s.stores_data and s.adds_classes and not s.needs_tasks}
+    print("\n| stream | first job chose | candidates' scores (first job) | why | final accuracy per exemplar-free "
+          "strategy | best |")
+    print("|---|---|---|---|---|---|")
+    for res in rows:
+        ch = res["choice"]
+        scores = ", ".join(f"{t['strategy']} {t['score'] if t['score'] is not None else 'refused'}"
+                           + (" (capped)" if t.get("capped") else "") for t in ch["candidates"])  # fmt: skip
+        finals = {r["strategy"]: r["tasks"][-1]["served_accuracy"] for r in results
+                  if r["stream"] == res["stream"] and r["strategy"] in free}  # fmt: skip
+        best = max(finals.items(), key=lambda kv: kv[1]) if finals else ("-", float("nan"))
+        print(f"| {res['stream']} | {ch['chosen']} (final {res['tasks'][-1]['served_accuracy']:.3f}) | {scores} | "
+              f"{ch['why']} | {', '.join(f'{k} {v:.3f}' for k, v in finals.items())} | {best[0]} {best[1]:.3f} |")
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
@@ -252,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--options", default="{}", help='learn-request options as JSON, e.g. {"iterations": 300}')
     parser.add_argument("--seed", type=int, default=0, help="0: classes in order; N: shuffled (and split) with seed N")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--per-class", type=int, help="few-shot: send only this many samples of each class")
+    parser.add_argument("--shuffle-first", action="store_true", help="shuffle the first task's labels")
+    parser.add_argument("--rename", help="OLD:NEW: half of OLD's samples sent again as NEW in a last task")
     args = parser.parse_args(argv)
     extra = {"options": json.loads(args.options)} if json.loads(args.options) else {}
     results: list[dict[str, Any]] = []
@@ -261,12 +338,18 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(stream, str):
                 print(f"skipping {stream_name}: {stream}")
                 continue
+            if args.per_class:
+                stream = few_shot(stream, args.per_class, args.seed)
+                stream.name = f"{stream.name}-{args.per_class}pc"
+            if args.rename:
+                stream = renamed(stream, *args.rename.split(":"))
             print(f"{stream_name}: tasks {stream.tasks}", flush=True)
             for strategy in args.strategies.split(","):
-                results.append(run_one(c, stream, strategy, extra))
+                results.append(run_one(c, stream, strategy, extra, args.shuffle_first))
                 if args.json:
                     args.json.write_text(json.dumps(results, indent=1))
     print_table(results)
+    print_choices(results)
     print_novelty_table(results)
     return 0
 

@@ -313,6 +313,16 @@ def default_strategy(network: Mapping[str, Any], previous: str | None = None) ->
     return "class_models" if 0 < numel <= CLASS_MODELS_MAX_INPUT else "generative_replay"
 
 
+def default_candidates(network: Mapping[str, Any]) -> list[str]:
+    """The strategies a classifier's first job chooses among when it names none (service.domain.strategy_choice):
+    every strategy that keeps no sample, adds classes to one shared head and needs no task identities, read from
+    the specs, so a new exemplar-free head takes part by being registered. Task-incremental classifiers: none
+    (their first job gets ``default_strategy``)."""
+    if network.get("scenario") == "task-incremental":
+        return []
+    return [n for n, s in SPECS.items() if not s.stores_data and s.adds_classes and not s.needs_tasks]
+
+
 def class_models_refusal(strategy: str) -> str:
     """Why ``strategy`` cannot learn on a classifier whose classes are class models (its head has no weights a
     gradient strategy could train); the API refuses up front with it, the learner refuses with it too."""

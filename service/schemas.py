@@ -72,7 +72,8 @@ class VectorInput(Strict):
 
 class GateSettings(Strict):
     tolerance: float | None = Field(default=None, ge=0, le=1, description="max accuracy drop per old task")
-    new_task_floor: float | None = Field(default=None, ge=0, le=1, description="min accuracy on the new task")
+    new_task_floor: float | None = Field(default=None, ge=0, le=1, description="min accuracy on the new task; "
+                                         "unset: read from the job's data (chance and a nearest-class-mean reference)")
     holdout: float | None = Field(default=None, gt=0, lt=1, description="share of each class held out for evaluation")
     manual_approval: bool | None = Field(default=None, description="wait for an admin instead of promoting")
 
@@ -222,7 +223,8 @@ class InputView(Out):
 
 class GateView(Out):
     tolerance: float | None = Field(description="max accuracy drop per old task; null: sized by the evaluation set")
-    new_task_floor: float
+    new_task_floor: float | None = Field(description="min accuracy on a new task; null: read from each job's data "
+                                         "(chance and a nearest-class-mean reference; the report's floor_source)")
     manual_approval: bool
     holdout: float
 

@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from model_core.strategy_specs import SPECS, class_models_refusal, default_strategy, task_network_refusal
+from model_core.strategy_specs import (
+    SPECS,
+    class_models_refusal,
+    default_candidates,
+    default_strategy,
+    task_network_refusal,
+)
 from service.application.metrics import Metrics
 from service.application.views import job_view
 from service.domain.commands import JobRequest, Learn
@@ -86,8 +92,11 @@ class LearningService:
         # Stage the arrays first: a job row never exists without its data.
         self.store.write_arrays(job_id, "train", {"x": train_x, "label": train_y})
         self.store.write_arrays(job_id, "eval", {"x": ev_x, "label": ev_labels})
+        # A classifier's first job naming no strategy (nor parameters, which belong to one): the worker chooses
+        # among the candidates by their scores on this job's data (service.jobs.training_choice)
+        choose = req.strategy is None and previous is None and not req.params and len(default_candidates(network)) > 1
         request = JobRequest(req.options, params, dict(req.gate or {}), {"train": len(train_x), "eval": len(ev_x)},
-                             sorted(set(labels.tolist()))).to_stored()  # fmt: skip
+                             sorted(set(labels.tolist())), choose).to_stored()  # fmt: skip
         try:
             with self.sessions() as s:
                 clf = registry.get_classifier(s, name)

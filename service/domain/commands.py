@@ -66,6 +66,10 @@ class JobRequest:
     gate: dict[str, Any]  # gate overrides
     samples: dict[str, int]  # {"train": n, "eval": n}
     classes: list[str]
+    # The worker chooses the strategy among default_candidates by their scores on this job's data (the job's
+    # strategy column holds the input's measured default until then): a classifier's first job naming none.
+    # Read as False from rows stored without it (an older worker ignores it and runs the measured default).
+    choose: bool = False
 
     def to_stored(self) -> dict[str, Any]:
         return {"schema": JOB_REQUEST_SCHEMA, **asdict(self)}
@@ -80,4 +84,5 @@ class JobRequest:
         opts = stored.get("options", {})
         options = TrainOptions(**{k: opts[k] for k in ("iterations", "batch_size", "lr", "seed") if k in opts})
         return cls(options, dict(stored.get("params") or {}), dict(stored.get("gate") or {}),
-                   dict(stored.get("samples") or {}), list(stored.get("classes") or []))  # fmt: skip
+                   dict(stored.get("samples") or {}), list(stored.get("classes") or []),
+                   bool(stored.get("choose", False)))  # fmt: skip

@@ -25,8 +25,12 @@ Pure Python over per-sample correctness, so it is tested without training anythi
   trade, not forgetting, as far as the other side gained from it (given the parent's predictions too).
   Without predictions (or in task-incremental learning, where a task's samples are ranked within its own
   head) the regression is the drop.
-- The new task must reach ``new_task_floor``, judged as the old tasks' tolerance is: an accuracy the evaluation
-  set cannot tell from the floor (the floor within its 95% interval) is not called below it.
+- The new task must reach its floor, judged as the old tasks' tolerance is: an accuracy the evaluation
+  set cannot tell from the floor (the floor within its 95% interval) is not called below it. The floor is the
+  user's ``new_task_floor``, else read from the job's data: chance for its classes and a nearest-class-mean
+  reference fitted on the same samples (``service.domain.new_task``); the task's row says which (``floor_source``).
+- A new class the candidate cannot tell from an old one, as two copies of one class would be (an old class sent
+  again under another name), fails the job with the pair named (``renamed_classes``; ``service.domain.new_task``).
 - The ONNX export must load and match torch (max abs difference within 1e-4).
 
 Given each task's labels, the report also has a row per class (before, after, the same size-aware
@@ -38,6 +42,7 @@ next step (``service.domain.gate_advice``). These explain; the verdict stays per
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +51,7 @@ import numpy as np
 
 from model_core.strategy_specs import SPECS, suggestion_for_new_classes
 from service.domain.gate_advice import JobFacts, has_generator, lost_by, next_step
+from service.domain.new_task import confusion_counts, new_task_floor, renamed_failure, renamed_pairs
 
 DEFAULT_MIN_TOLERANCE = 0.08
 
@@ -53,7 +59,7 @@ DEFAULT_MIN_TOLERANCE = 0.08
 @dataclass(frozen=True)
 class GateConfig:
     tolerance: float | None = None  # None: size-aware default per task (see module doc)
-    new_task_floor: float = 0.7
+    new_task_floor: float | None = None  # None: from chance and a reference fitted on the job's data (new_task.py)
     manual_approval: bool = False
     holdout: float = 0.2  # share of each class carved out as evaluation set when none is given
 
@@ -119,19 +125,27 @@ class Confusion:
     def measure(cls, predictions: Mapping[str, TaskPredictions], new: Sequence[str]) -> Confusion:
         labels = np.concatenate([p.labels.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
         after = np.concatenate([p.after.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
-        news = [n for n in new if (labels == n).any()]
-        olds = sorted(set(labels.tolist()) - set(new))
-        rate = {(t, p): float(np.mean(after[labels == t] == p)) for t in (*olds, *news) for p in (*olds, *news)
-                if (t in news) != (p in news)}  # fmt: skip
-        reverse = {c: sum(rate[n, c] for n in news) for c in olds}
-        pairs = [{"old": c, "new": n, "old_as_new": round(rate[c, n], 4), "new_as_old": round(rate[n, c], 4)}
-                 for c in olds for n in news if rate[c, n] >= PAIR_MIN and (after[labels == c] == n).sum() >= 2]  # fmt: skip
-        pairs.sort(key=lambda r: -r["old_as_new"])
+        # one confusion matrix over every sample (O(N + K^2)), not one pass over the samples per class pair
+        classes, counts = confusion_counts(labels, after)
+        index = {c: i for i, c in enumerate(classes)}
+        totals = counts.sum(1)
+        news = [n for n in new if n in index and totals[index[n]] > 0]
+        olds = sorted(c for c in classes if totals[index[c]] > 0 and c not in set(new))
+
+        def rate(t: str, p: str) -> float:
+            return float(counts[index[t], index[p]] / totals[index[t]])
+
+        reverse = {c: sum(rate(n, c) for n in news) for c in olds}
+        pairs: list[dict[str, Any]] = [
+            {"old": c, "new": n, "old_as_new": round(rate(c, n), 4), "new_as_old": round(rate(n, c), 4)}
+            for c in olds for n in news if rate(c, n) >= PAIR_MIN and counts[index[c], index[n]] >= 2]  # fmt: skip
+        pairs.sort(key=lambda r: -float(r["old_as_new"]))
+        new_set = list(new)
         lost, owed = 0.0, 0.0  # over every old sample: given to a new class while right among the old; its reverse
         for p in predictions.values():
             lab, after_old = p.labels.astype(str), p.after_old.astype(str)
-            old = ~np.isin(lab, list(new))
-            lost += float(np.sum(old & (after_old == lab) & np.isin(p.after.astype(str), list(new))))
+            old = ~np.isin(lab, new_set)
+            lost += float(np.sum(old & (after_old == lab) & np.isin(p.after.astype(str), new_set)))
             owed += float(sum(reverse.get(c, 0.0) for c in lab[old].tolist()))
         bias = 1.0 if lost == 0 else (math.inf if owed == 0 else lost / owed)
         gained: dict[tuple[str, str], float] = {}
@@ -139,11 +153,13 @@ class Confusion:
             if p.before is None:
                 continue
             lab, before, after_old = p.labels.astype(str), p.before.astype(str), p.after_old.astype(str)
-            for d in set(lab.tolist()) - set(new):
-                mine = lab == d
-                for c in set(before[mine & (before != d)].tolist()):
-                    gain = float(np.mean((before == c) & (after_old == d) & mine) / np.mean(mine))
-                    gained[c, d] = gained.get(c, 0.0) + gain
+            old = ~np.isin(lab, new_set)
+            size = {str(d): int(k) for d, k in zip(*np.unique(lab[old], return_counts=True), strict=True)}  # per d
+            moved = old & (before != lab)  # samples of d the parent gave to another class c
+            kept = moved & (after_old == lab)  # ... that the candidate now gets right among the old classes
+            won = _pair_counts(lab[kept], before[kept])
+            for d, c in _pair_counts(lab[moved], before[moved]):
+                gained[c, d] = gained.get((c, d), 0.0) + won.get((d, c), 0) / size[d]
         return cls(frozenset(new), reverse, pairs, bias, gained)
 
     def split(self, before: float, pred: TaskPredictions, keep: np.ndarray | None = None) -> dict[str, Any]:
@@ -170,11 +186,19 @@ class Confusion:
             forgetting -= min(traded, forgetting)
         lost = float(np.mean(right_old & np.isin(after, list(self.new))))
         reverse = float(np.mean([self.reverse.get(c, 0.0) for c in lab]))
+        mine = set(lab.tolist())
         allowed = lost / max(self.bias, 1.0)
         regression = forgetting + lost - allowed
         return {"forgetting": round(forgetting, 4), "lost_to_new": round(lost, 4), "reverse": round(reverse, 4),
                 "allowed": round(allowed, 4), "regression": round(regression, 4),
-                "pairs": [p for p in self.pairs if p["old"] in set(lab.tolist())]}  # fmt: skip
+                "pairs": [p for p in self.pairs if p["old"] in mine]}  # fmt: skip
+
+
+def _pair_counts(a: np.ndarray, b: np.ndarray) -> dict[tuple[str, str], int]:
+    """{(a_i, b_i): how many i}, in one pass."""
+    pairs, counts = np.unique(np.stack([a.astype(str), b.astype(str)], 1), axis=0, return_counts=True) if len(a) else (
+        np.zeros((0, 2), str), np.zeros(0, int))
+    return {(str(x), str(y)): int(k) for (x, y), k in zip(pairs, counts, strict=True)}
 
 
 def cause(drop: float, parts: Mapping[str, Any] | None, tol: float) -> str | None:
@@ -253,6 +277,10 @@ class GateInputs:
     diagnostics: Mapping[str, Any] = field(default_factory=dict)
     facts: JobFacts = field(default_factory=JobFacts)
     predictions: Mapping[str, TaskPredictions] | None = None
+    # The new task's floor from the data (service.domain.new_task): the classes the candidate chooses among for
+    # the new task's samples, and a nearest-class-mean reference's accuracy on them; None: not measured.
+    chance_classes: int | None = None
+    reference: float | None = None
 
 
 def evaluate(cfg: GateConfig, inputs: GateInputs) -> dict[str, Any]:
@@ -268,6 +296,8 @@ def evaluate(cfg: GateConfig, inputs: GateInputs) -> dict[str, Any]:
     onnx_ok = inputs.onnx_error is None
     if not onnx_ok:
         failures.append(f"ONNX export: {inputs.onnx_error}")
+    renamed = _renamed(inputs)
+    failures += [renamed_failure(p) for p in renamed]
     old = [r for r in rows if r.get("before") is not None]
     report: dict[str, Any] = {
         "passed": not failures,
@@ -281,6 +311,7 @@ def evaluate(cfg: GateConfig, inputs: GateInputs) -> dict[str, Any]:
         "confused_pairs": [] if confusion is None else confusion.pairs[:PAIRS_SHOWN],
         "new_class_bias": None if confusion is None or math.isinf(confusion.bias) else round(confusion.bias, 3),
         "confusion_note": confusion_note(old),
+        "renamed_classes": renamed,
     }
     spec = SPECS[inputs.strategy]
     cannot_add = inputs.scenario == "class-incremental" and bool(inputs.added_classes) and not spec.adds_classes
@@ -311,12 +342,35 @@ def _task_row(
     if before_c is not None and name != inputs.new_task:
         return _old_task_row(cfg, inputs, confusion, row, before_c, after_c)
     upper = min(1.0, after + halfwidth(after, n))
-    ok = upper >= cfg.new_task_floor
-    row.update(before=None, floor=cfg.new_task_floor, upper95=round(upper, 4), passed=ok)
+    floor = new_task_floor(cfg.new_task_floor, inputs.chance_classes, inputs.reference)
+    ok = upper >= floor.value
+    row.update(before=None, floor=floor.value, floor_source=floor.source, upper95=round(upper, 4), passed=ok)
     if ok:
         return row, None
     return row, (f"new task {name!r}: accuracy {after:.3f} (95% up to {upper:.3f} on {n} samples) is "
-                 f"below the floor {cfg.new_task_floor:.3f}")  # fmt: skip
+                 f"below the floor {floor.value:.3f} ({_floor_text(floor.source)})")  # fmt: skip
+
+
+def _floor_text(source: Mapping[str, Any]) -> str:
+    """Where a new task's floor came from, in words."""
+    if source["rule"] == "setting":
+        return "the new_task_floor setting"
+    if source["rule"] == "fixed":
+        return f"fixed: {source['why']}"
+    ref = source["reference"]
+    return (f"chance {source['chance']:.3f} over {source['classes']} classes"
+            + ("" if ref is None else f", a nearest class mean on the same samples {ref:.3f}"))
+
+
+def _renamed(inputs: GateInputs) -> list[dict[str, Any]]:
+    """New classes the candidate cannot tell from an old one (service.domain.new_task.renamed_pairs): class-IL
+    jobs that added classes beside old ones, given the predictions."""
+    if inputs.scenario != "class-incremental" or not inputs.predictions or not inputs.added_classes:
+        return []
+    preds = list(inputs.predictions.values())
+    labels = np.concatenate([p.labels.astype(str) for p in preds])
+    after = np.concatenate([p.after.astype(str) for p in preds])
+    return renamed_pairs(labels, after, inputs.added_classes)
 
 
 def _old_task_row(
@@ -390,10 +444,11 @@ def _per_class(
     generator = has_generator(SPECS[inputs.strategy])
     forgotten = [r for r in rows if r["forgotten"]]
     old = [r for r in rows if r["before"] is not None]
+    per_task = Counter(o["task"] for o in old)  # counted once: not a pass over the old classes per forgotten one
     for r in forgotten:
         # the classes the parent chose among when it judged the replay: every old class, or the task's own
-        rivals = [o for o in old if inputs.scenario == "class-incremental" or o["task"] == r["task"]]
-        r["lost_by"] = lost_by(r, generator, chance=1 / len(rivals))
+        rivals = len(old) if inputs.scenario == "class-incremental" else per_task[r["task"]]
+        r["lost_by"] = lost_by(r, generator, chance=1 / rivals)
     step = next_step(inputs.strategy, inputs.retention, cannot_add, forgotten, new_failed, inputs.facts,
                      inputs.diagnostics)  # fmt: skip
     return {

@@ -11,7 +11,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ from service.domain.commands import JobRequest
 from service.domain.errors import PointerMoved
 from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluate
 from service.domain.gate_advice import JobFacts
+from service.domain.new_task import nearest_mean_accuracy
 from service.domain.unknowns import UnknownSettings
+from service.jobs.training_choice import choose
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
 from service.retry import backoff
@@ -269,11 +271,16 @@ class JobRun:
         t_parent = time.perf_counter()
         parent = self.score_parent(learner, suite, task_names)  # part of the gate's time
         parent_seconds = time.perf_counter() - t_parent
-        result = self.train(spec, learner, train)
+        chosen: tuple[Learner, LearnResult] | None = None
+        choice: dict[str, Any] | None = None
+        if spec.request.choose and spec.parent_dir is None:
+            spec, chosen, choice = self.choose_strategy(spec, learner, train, suite)
+        learner, result = chosen if chosen is not None else (learner, self.train(spec, learner, train))
         self.runner._set_status(self.job_id, "evaluating")
         candidate = self.score_candidate(learner, result, parent, parent_seconds)
         exported = self.export(learner, suite, spec.known_rate)
-        cfg, report = self.gate(spec, learner, candidate, exported, parent)
+        cfg, report = self.gate(spec, learner, candidate, exported, parent, train)
+        report["strategy_choice"] = choice
         t_save = time.perf_counter()
         # Publishing, crash-safe at every instant: (1) the bundle goes to a folder named by this job, not by a
         # version number, so a worker that dies before (2) leaves a folder nobody collides with (the next
@@ -339,19 +346,49 @@ class JobRun:
 
     def score_parent(self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str]) -> ParentScores:
         """The parent's accuracy per task, before the learner changes."""
-        slices = {t: task_slice(suite, t) for t in task_names}
+        slices = task_slices(suite, task_names)
         units = len(learner.labels)
         predicted = {t: predictions(learner, *slices[t], t, units).after if t in learner.task_names else None
                      for t in task_names}  # fmt: skip
         correct = {t: None if p is None else p == slices[t][1].astype(str) for t, p in predicted.items()}
         return ParentScores(slices, units, predicted, correct)
 
+    def choose_strategy(
+        self, spec: JobSpec, learner: Learner, train: dict[str, np.ndarray], suite: dict[str, np.ndarray]
+    ) -> tuple[JobSpec, tuple[Learner, LearnResult] | None, dict[str, Any]]:
+        """A classifier's first job naming no strategy: choose among the candidates by their scores on the job's
+        data (service.jobs.training_choice) and record the winner as the job's strategy. Returns the job's spec with it, the
+        winner's learner and result where they can be kept as trained (else None: train it), and the report."""
+        t0 = time.perf_counter()
+        held_x, held_y = task_slice(suite, spec.task)
+
+        def share(fresh: Learner) -> None:  # the job's frozen-feature cache and backend, for every candidate
+            fresh.feature_cache, fresh.feature_fn = learner.feature_cache, learner.feature_fn
+
+        _, should_cancel = self.runner._callbacks(self.job_id, {})
+        picked = choose(spec.network, spec.request.options.seed, train, {"x": held_x, "label": held_y},
+                        self.config(spec), lambda x, y: experience(spec.task, x, y), share, should_cancel)  # fmt: skip
+        with self.runner.sessions() as s:
+            job = s.get(Job, self.job_id)
+            assert job is not None
+            job.strategy = picked.strategy
+            s.commit()
+        self.times["choose"] = time.perf_counter() - t0
+        kept = None if picked.learner is None or picked.result is None else (picked.learner, picked.result)
+        # the winner runs with its own defaults (the stored parameters were the measured default's, checked at submit)
+        request = replace(spec.request, params={})
+        return replace(spec, strategy=picked.strategy, request=request), kept, picked.report
+
+    def config(self, spec: JobSpec) -> TrainConfig:
+        """The job's training configuration: its options, bounded by this worker's step limit."""
+        options = spec.request.options
+        return TrainConfig(iterations=options.iterations, batch_size=options.batch_size, lr=options.lr,
+                           seed=options.seed, device=self.runner.device, max_iterations=self.runner.max_steps)  # fmt: skip
+
     def train(self, spec: JobSpec, learner: Learner, train: dict[str, np.ndarray]) -> LearnResult:
         """Learn the job's task with its strategy; progress and cancel checks go to the job's row."""
         t1 = time.perf_counter()
-        options = spec.request.options
-        config = TrainConfig(iterations=options.iterations, batch_size=options.batch_size, lr=options.lr,
-                             seed=options.seed, device=self.runner.device, max_iterations=self.runner.max_steps)  # fmt: skip
+        config = self.config(spec)
         stages: dict[str, float] = {}
         progress, should_cancel = self.runner._callbacks(self.job_id, stages)
         exp = experience(spec.task, train["x"], train["label"])
@@ -408,9 +445,13 @@ class JobRun:
         return Exported(onnx_bytes, diff, err, about, backbone, digest)
 
     def gate(
-        self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores
-    ) -> tuple[GateConfig, dict[str, Any]]:
+        self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores,
+        train: dict[str, np.ndarray],
+    ) -> tuple[GateConfig, dict[str, Any]]:  # fmt: skip
         """The gate's configuration (the classifier's, overridden by the request) and its report."""
+        t0 = time.perf_counter()
+        chance_classes, reference = new_task_reference(learner, spec.task, train, parent.slices)
+        self.times["gate"] = self.times.get("gate", 0.0) + time.perf_counter() - t0
         result = candidate.result
         training = result.train.summary()  # steps, budget and why training stopped: for the advice and the report
         cfg = GateConfig.from_dict(spec.gate_defaults).merged(spec.request.gate)
@@ -419,7 +460,7 @@ class JobRun:
             added_classes=result.new_labels, tasks=candidate.rows, onnx_diff=exported.max_abs_diff,
             onnx_error=exported.error, labels={t: parent.slices[t][1] for t in parent.slices},
             diagnostics=result.diagnostics, facts=JobFacts(result.params, result.train.steps, spec.network, training),
-            predictions=candidate.predicted,
+            predictions=candidate.predicted, chance_classes=chance_classes, reference=reference,
         )  # fmt: skip
         report = evaluate(cfg, inputs)
         report["training"] = training
@@ -503,6 +544,37 @@ class JobRun:
         return job_status
 
 
+def new_task_reference(
+    learner: Learner, task: str, train: dict[str, np.ndarray], slices: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> tuple[int, float | None]:
+    """(the classes the candidate chooses among for ``task``'s samples, a nearest-class-mean reference's accuracy
+    on the task's evaluation samples): the means from the job's training samples, and in class-incremental learning
+    from the regression suite's samples of every other class too, on the inputs the head sees (frozen-backbone
+    features, or the raw input). See service.domain.new_task."""
+    if learner.scenario == "task-incremental":
+        classes = len(learner.task(task).units)
+        others = [slices[task]] if task in slices else []
+    else:
+        classes = len(learner.labels)
+        others = [s for t, s in slices.items() if t != task]
+    if task not in slices:
+        return classes, None
+    taught = set(train["label"].astype(str).tolist())
+    xs, ys = [train["x"]], [train["label"].astype(str)]
+    for x, y in others:
+        keep = ~np.isin(y.astype(str), list(taught))
+        xs.append(x[keep])
+        ys.append(y[keep].astype(str))
+    test_x, test_y = slices[task]
+
+    def inputs(x: np.ndarray) -> np.ndarray:
+        if not learner.frozen_backbone or len(x) == 0:
+            return x.reshape(len(x), -1)
+        return learner.features(torch.from_numpy(x.astype(np.float32))).numpy()
+
+    return classes, nearest_mean_accuracy(inputs(np.concatenate(xs)), np.concatenate(ys), inputs(test_x), test_y)
+
+
 def hold_reason(parent: int | None, active: int | None) -> str | None:
     """Why a candidate that passed its gate is not auto-promoted: the version it trained from is no longer
     the active one (an admin rolled back or promoted another while it trained). None: promote it."""
@@ -520,6 +592,19 @@ def merge_suite(suite: dict[str, np.ndarray], new_eval: dict[str, np.ndarray], t
     if not suite:
         return added
     return {k: np.concatenate([suite[k], added[k]]) for k in added}  # numpy widens string dtypes
+
+
+def task_slices(suite: dict[str, np.ndarray], tasks: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (x, labels) of its evaluation samples} in one pass over the suite (one comparison of the whole suite
+    per task would grow with tasks x samples, faster than linearly in the classes learnt)."""
+    if not tasks:
+        return {}
+    names, inverse = np.unique(suite["task"].astype(str), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
+    rows = {str(n): order[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+    empty = np.zeros(0, dtype=int)
+    return {t: (suite["x"][rows.get(t, empty)], suite["label"][rows.get(t, empty)]) for t in tasks}
 
 
 def task_slice(suite: dict[str, np.ndarray], task: str) -> tuple[np.ndarray, np.ndarray]:
