@@ -65,7 +65,8 @@ def choose(
         x, y = np.concatenate([train["x"], held_out["x"]]), np.concatenate([train["label"], held_out["label"]]).astype(str)
         is_eval = np.arange(len(x)) >= len(train["x"])
         splits = [(~is_eval, is_eval)]
-    trials, kept = [], {}
+    trials: list[Trial] = []
+    kept: dict[str, tuple[Learner, LearnResult]] = {}
     # Closed-form candidates first; a gradient candidate is scored only when none of them can learn this job: its
     # score after a capped budget says little about how it ends, and training it would make every first job cost
     # what a gradient strategy costs (tens of seconds on 2 cores) where a closed-form head takes seconds
