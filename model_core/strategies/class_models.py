@@ -48,7 +48,7 @@ MIN_SAMPLES = 10  # samples a new class needs: its mean is an average of at leas
 MAX_INPUT_DIM = 4096  # raw-input values a from-scratch network's class models may span (64x64 grey)
 HOLDOUT = 0.2  # share of each class of a job held out to choose the shrinkage and the rank
 MIN_HELD_OUT = 10  # held-out rows below which the previous choice is kept
-PSEUDO_COUNTS = (0.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, math.inf)  # k of a_c = k / (k + n_c)
+PSEUDO_COUNTS = (0.0, 10.0, 30.0, 100.0, 300.0, math.inf)  # k of a_c = k / (k + n_c)
 RANKS = (16, 32, 64)  # served principal directions per class (never D or more)
 DEFAULT_PSEUDO = 10.0  # k before any held-out choice (a job too small to hold any out)
 
