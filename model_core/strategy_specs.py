@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-FRACTIONS = frozenset({"hard_weight", "prune"})  # parameters that are shares, from 0 to 1
-OPTIONAL_NUMBERS = frozenset({"ridge"})  # numbers > 0 whose null default means "chosen from the data"
+FRACTIONS = frozenset({"hard_weight", "prune", "shrinkage"})  # parameters that are shares, from 0 to 1
+# numbers (> 0, or a share from 0 to 1 when in FRACTIONS) whose null default means "chosen from the data"
+OPTIONAL_NUMBERS = frozenset({"ridge", "shrinkage"})
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class StrategySpec:
             if (value is None and default is None) or (type(value) is int and value >= 1):
                 return None
             return "must be a whole number >= 1" + (" or null" if default is None else "")
-        positive = "temperature" in key or key in OPTIONAL_NUMBERS
+        positive = "temperature" in key or (key in OPTIONAL_NUMBERS and key not in FRACTIONS)
         number = isinstance(value, int | float) and not isinstance(value, bool)
         finite = number and (isinstance(value, int) or math.isfinite(value))  # a huge int overflows isfinite
         if not finite or value < 0 or (positive and value == 0):
@@ -211,17 +212,17 @@ SPECS: dict[str, StrategySpec] = {
         ),
         StrategySpec(
             "class_models",
-            summary="classifies by per-class generative models (PPCA mixtures) fitted once and frozen; stores no samples",
+            summary="classifies by per-class Gaussians from running statistics, each covariance shrunk toward the "
+            "pooled one; learns new classes and more samples of known ones; stores no samples",
             defaults={
-                # At most this many mixture components per class (k-means clusters), fewer when the class has
-                # under 4 samples per principal direction for each; null: 8 on a raw input (digits of a class
-                # come in several styles: mnist-5k 0.957 with up to 8, 0.938 with 1), 1 on frozen pretrained
-                # features (already one cluster per class: cifar10-mini 0.750 with 1, 0.669 with up to 8).
-                "components": None,
-                # Principal directions per component; null: chosen from the dimension and the samples of the
-                # first classes fitted (model_core.strategies.class_models.choose_rank).
+                # Share of the pooled within-class covariance in every class's (0: each class its own covariance,
+                # 1: the pooled one, linear discriminant analysis); null: a_c = k / (k + n_c), the pseudo-count k
+                # chosen on held-out samples of each job (model_core.strategies.class_models).
+                "shrinkage": None,
+                # Principal directions each class's covariance is served with; null: chosen on held-out samples
+                # of each job among 16, 32 and 64 (fewer than the dimension).
                 "rank": None,
-                # Floor of each component's noise variance, as a share of its mean per-dimension variance; it
+                # Floor of each class's noise variance, as a share of its mean per-dimension variance; it
                 # also regularises: 0.3 is best or near it on 8x8 digits, mnist-5k and cifar10-mini features
                 # (0.991, 0.957, 0.750; with 0.01: 0.989, 0.933, 0.750).
                 "variance_floor": 0.3,

@@ -96,3 +96,55 @@ def test_no_capture_unless_asked_and_no_novelty_without_class_models(server: Ser
     r = c.post("/v1/classifiers/quiet/predict", json=far, headers=auth("predict")).json()
     assert r["predictions"][0]["known"] is False
     assert c.get("/v1/classifiers/quiet/unknowns", headers=auth("learn")).json()["items"] == []
+
+
+def _drift(images: np.ndarray) -> np.ndarray:
+    """A class whose look drifts: strokes moved two pixels right and fainter (8x8 digits, values 0..16)."""
+    return np.roll(images, 2, axis=-1) * 0.6
+
+
+def _accuracy(c: httpx.Client, name: str, images: np.ndarray, label: str) -> float:
+    return float(np.mean([p["label"] == label for p in _predict(c, name, images)["predictions"]]))
+
+
+def test_flagged_inputs_labelled_with_a_known_class_are_learnt_end_to_end(
+    server: Server, digits: tuple[np.ndarray, ...], tmp_path: Path
+) -> None:
+    """The unknowns loop with fixes of a known class: drifted zeros are flagged and captured, exported, sorted
+    into the known class's folder and learnt (the default class_models merges them into the class's statistics);
+    then a direct batch of more drifted zeros, as samples, raises the class's accuracy again or keeps it."""
+    x_tr, y_tr, x_te, y_te = digits
+    c = server.client()
+    r = c.post("/v1/classifiers", headers=auth("admin"), json={
+        "name": "drifting", "input": {"kind": "image", "channels": 1, "height": 8, "width": 8},
+        "unknowns": {"capture": True, "capture_max": 60}})  # fmt: skip
+    assert r.status_code == 201, r.text
+    job = finished(c, learn(c, "drifting", {"task": "low", "samples": samples(x_tr, y_tr, KNOWN)}))
+    assert job["status"] == "promoted", job
+    zeros_tr, zeros_te = _drift(x_tr[y_tr == 0]), _drift(x_te[y_te == 0])
+    before = _accuracy(c, "drifting", zeros_te, "0")
+    flagged = [p for p in _predict(c, "drifting", zeros_tr[:60])["predictions"] if p["known"] is False]
+    assert len(flagged) >= 20, len(flagged)  # the drifted zeros are far from every class as it was learnt
+
+    out = engram(server, "unknowns", "export", "drifting", str(tmp_path / "sort-me"), role="learn")
+    assert out.returncode == 0, out.stderr
+    exported = sorted((tmp_path / "sort-me" / "unsorted").glob("*.png"))
+    assert len(exported) == len(flagged)
+    (tmp_path / "sort-me" / "0").mkdir()  # a person looks at them: they are all zeros, a known class
+    for f in exported:
+        f.rename(tmp_path / "sort-me" / "0" / f.name)
+    (tmp_path / "sort-me" / "unsorted").rmdir()
+    out = engram(server, "learn", "drifting", str(tmp_path / "sort-me"), "--task", "fixes", role="learn")
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = finished(c, re.findall(r"queued job (\S+)", out.stdout)[0])
+    assert job["status"] == "promoted", job
+    middle = _accuracy(c, "drifting", zeros_te, "0")
+    assert middle > before + 0.2, (before, middle)
+
+    body = {"task": "more-zeros", "samples": samples(zeros_tr[60:], y_tr[y_tr == 0][60:], (0,))}
+    job = finished(c, learn(c, "drifting", body))
+    assert job["status"] == "promoted", job
+    after = _accuracy(c, "drifting", zeros_te, "0")
+    assert after >= middle - 0.02, (middle, after)
+    known = _accuracy(c, "drifting", x_te[y_te == 1], "1")
+    assert known > 0.9  # the other classes hold
