@@ -49,8 +49,19 @@ class _WithNovelty(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(x)
-        logits = self.model(x)  # the classifier's own forward, whatever its heads read
+        logits = self.model.served(self.model(x))  # the classifier's own forward, whatever its heads read
         return logits, self.novelty(features, x, logits)
+
+
+class _Served(torch.nn.Module):
+    """(B, *shape) -> the served logits: the classifier's forward times its calibration scale."""
+
+    def __init__(self, model: IncrementalClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.served(self.model(x))
 
 
 @dataclass(frozen=True)
@@ -99,7 +110,7 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         program = torch.onnx.export(
-            model if novelty is None else _WithNovelty(model, novelty.module.eval()),
+            _Served(model) if novelty is None else _WithNovelty(model, novelty.module.eval()),
             (example,),
             None,
             dynamo=True,

@@ -3,8 +3,8 @@
 Tracing a pretrained backbone through the exporter takes tens of seconds on a CPU, and with a frozen backbone
 every version of a classifier shares the same one. So the backbone (with the in-graph resizing and
 normalisation) is exported once and kept in a cache folder under a digest of its spec and weights; each
-version's head is written directly as ONNX (one Gemm per head block, or a class-model block's quadratic forms,
-concatenated, exactly as ``IncrementalClassifier.forward_head`` computes it) and joined to the cached backbone
+version's head is written directly as ONNX (one Gemm per head block, after the random-feature expansion's Gemm
+and Relu when the head has one, or a class-model block's quadratic forms, concatenated, exactly as ``IncrementalClassifier.forward_head`` computes it) and joined to the cached backbone
 into one graph.
 The result is a whole model, input (B, *shape) -> logits (B, U), parity-checked like any other export.
 """
@@ -24,8 +24,10 @@ from torch import Tensor, nn
 from model_core.files import write_atomic
 from model_core.learner import Learner
 from model_core.networks.gaussian_head import GaussianHead, onnx_nodes
+from model_core.networks.random_features import ExpandedLinear, expansion_of
 
 FEATURES = "features"
+EXPANDED = "expansion.out"  # the random features (B, width) that ``ExpandedLinear`` blocks read
 
 
 class _Features(nn.Module):
@@ -88,6 +90,13 @@ def export_frozen(
     backbone = onnx.load_from_string(backbone_graph(learner, input_name, cache_dir))
     nodes, inits, outs = [], [], []
     opset = max((o.version for o in backbone.opset_import if o.domain in ("", "ai.onnx")), default=18)
+    expansion = expansion_of(learner.model.heads)
+    if expansion is not None:  # the random features, once for every block that reads them
+        inits += [numpy_helper.from_array(expansion.weight.detach().cpu().float().numpy(), "expansion.weight"),
+                  numpy_helper.from_array(expansion.bias.detach().cpu().float().numpy(), "expansion.bias")]  # fmt: skip
+        nodes += [helper.make_node("Gemm", [FEATURES, "expansion.weight", "expansion.bias"], ["expansion.linear"],
+                                   transB=1),
+                  helper.make_node("Relu", ["expansion.linear"], [EXPANDED])]  # fmt: skip
     for i, head in enumerate(learner.model.heads):
         if isinstance(head, GaussianHead):  # per-class log-likelihoods (the class_models strategy)
             head_nodes, head_inits = onnx_nodes(head, FEATURES, f"head{i}.out", f"head{i}", opset)
@@ -99,10 +108,14 @@ def export_frozen(
         b = head.bias.detach().cpu().float().numpy()  # type: ignore[operator]
         inits += [numpy_helper.from_array(np.ascontiguousarray(w), f"head{i}.weight"),
                   numpy_helper.from_array(b, f"head{i}.bias")]  # fmt: skip
-        nodes.append(helper.make_node("Gemm", [FEATURES, f"head{i}.weight", f"head{i}.bias"], [f"head{i}.out"],
+        source = EXPANDED if isinstance(head, ExpandedLinear) else FEATURES
+        nodes.append(helper.make_node("Gemm", [source, f"head{i}.weight", f"head{i}.bias"], [f"head{i}.out"],
                                       transB=1))  # fmt: skip
         outs.append(f"head{i}.out")
-    nodes.append(helper.make_node("Concat", outs, [output_name], axis=1))
+    # the calibration temperature, folded in: served logits = raw logits * (1 / T) (model_core.calibration)
+    inits.append(numpy_helper.from_array(learner.model.logit_scale.detach().cpu().float().numpy(), "logit_scale"))
+    nodes += [helper.make_node("Concat", outs, ["raw_logits"], axis=1),
+              helper.make_node("Mul", ["raw_logits", "logit_scale"], [output_name])]  # fmt: skip
     outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])]
     if novelty is not None:
         from model_core.novelty import onnx_nodes as novelty_nodes

@@ -204,7 +204,17 @@ SPECS: dict[str, StrategySpec] = {
                 # Ridge strength relative to the mean eigenvalue of the feature Gram matrix; null chooses it
                 # for every solve by generalised cross-validation from the accumulated statistics.
                 "ridge": None,
+                # "random": ridge on a fixed seeded random projection of the features through a ReLU (RanPAC);
+                # "input": on the features as they are. Fixed by a classifier's first analytic job.
+                "features": "random",
+                # random features: the projection's width; null: 8 per input feature, at most 4,096 (its Gram
+                # matrix is width^2 float64: 128 MiB at 4,096, in memory and in each version's saved state)
+                "width": None,
+                # "classes": every class weighs the same whatever its sample count (the between-class part of
+                # the sums reweighted to the mean count, from the sums alone); "samples": every sample does
+                "balance": "classes",
             },
+            choices={"features": ("random", "input"), "balance": ("classes", "samples")},
         ),
         StrategySpec(
             "class_models",
