@@ -207,8 +207,9 @@ SPECS: dict[str, StrategySpec] = {
                 # "random": ridge on a fixed seeded random projection of the features through a ReLU (RanPAC);
                 # "input": on the features as they are. Fixed by a classifier's first analytic job.
                 "features": "random",
-                # random features: the projection's width; null: 8 per input feature, at most 4,096 (its Gram
-                # matrix is width^2 float64: 128 MiB at 4,096, in memory and in each version's saved state)
+                # random features: the projection's width; null: 4 per input feature, at most 2,048 (its Gram
+                # matrix is width^2 float64: 32 MiB at 2,048, 128 MiB at 4,096, in memory and in each version's
+                # saved state; its eigendecomposition, cubic in the width, is each job's solve)
                 "width": None,
                 # "classes": every class weighs the same whatever its sample count (the between-class part of
                 # the sums reweighted to the mean count, from the sums alone); "samples": every sample does
