@@ -21,13 +21,13 @@ def test_an_identity_classifier_learns_embeddings_with_the_analytic_default_and_
     r = client.post("/v1/classifiers", headers=auth("admin"),
                     json={"name": "embedded", "input": {"kind": "vector", "dim": 64}, "backbone": "identity"})  # fmt: skip
     assert r.status_code == 201, r.text
-    assert r.json()["backbone"]["name"] == "identity" and r.json()["backbone"]["train"] == "frozen"
+    assert r.json()["backbone"] == "identity"
     jobs = []
     for task, classes in (("low", (0, 1, 2, 3, 4)), ("high", (5, 6, 7, 8, 9))):
         body = {"task": task, "retention": "discard", "samples": digit_vectors(classes)}
         job_id = client.post("/v1/classifiers/embedded/learn", json=body, headers=auth("learn")).json()["job_id"]
         jobs.append(finished(client, job_id))
-    assert [j["status"] for j in jobs] == ["promoted", "promoted"], jobs
+    assert [j["status"] for j in jobs] == ["promoted", "promoted"], [j["report"]["failures"] for j in jobs]
     assert jobs[1]["strategy"] == "analytic"
     calibration = jobs[1]["report"]["calibration"]
     # fitted on the held-out samples of both tasks only (the gate's 20% of 1,797), never the ones trained on;
@@ -36,8 +36,12 @@ def test_an_identity_classifier_learns_embeddings_with_the_analytic_default_and_
     assert calibration["temperature"] > 0 and calibration["ece"] < 0.05 < calibration["ece_before"]
 
     samples = digit_vectors(tuple(range(10)))
-    preds = client.post("/v1/classifiers/embedded/predict", headers=auth("predict"),
-                        json={"inputs": [{"vector": s["vector"]} for s in samples]}).json()["predictions"]  # fmt: skip
+    preds = []
+    for i in range(0, len(samples), 256):
+        r = client.post("/v1/classifiers/embedded/predict", headers=auth("predict"),
+                        json={"inputs": [{"vector": s["vector"]} for s in samples[i : i + 256]]})  # fmt: skip
+        assert r.status_code == 200, r.text
+        preds += r.json()["predictions"]
     right = np.array([p["label"] == s["label"] for p, s in zip(preds, samples, strict=True)])
     scores = np.array([p["score"] for p in preds])
     assert right.mean() > 0.95
