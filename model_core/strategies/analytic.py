@@ -130,8 +130,8 @@ class Analytic(Strategy):
     def before_experience(self, ctx: TrainContext) -> None:
         if ctx.replays_inputs:
             raise ValueError(
-                "strategy 'analytic' needs a frozen backbone: a pretrained one (e.g. timm/efficientnet_lite0, train "
-                "'frozen'), or 'identity' when the inputs already are features; this classifier trains its backbone"
+                "strategy 'analytic' needs a frozen pretrained backbone (e.g. timm/efficientnet_lite0, train 'frozen'), "
+                "or backbone 'identity' when the inputs already are features; this classifier trains its backbone"
             )
         random = self.params["features"] == "random"
         have = expansion_of(ctx.model.heads)
