@@ -1,7 +1,8 @@
 """The verdict table: every stream through the real service, its defaults, its holdout and its gate.
 
-    python -m benchmarks.gate_truth [--streams digits-5x2,digits-10x1,mnist-5x2,cifar-5x2,cifar-10x1]
-        [--strategies joint,replay,generative_replay,naive,ewc,lwf] [--test-per-class N] [--seed N] [--json FILE]
+    python -m benchmarks.gate_truth [--streams digits-5x2,digits-10x1,mnist-5x2,cifar-5x2,cifar-10x1,cifar-5x2u,
+        banking77-8,banking77-20x1] [--strategies default,joint,replay,generative_replay,naive,ewc,lwf]
+        [--test-per-class N] [--seed N] [--backbone NAME] [--json FILE]
         [--per-class N] [--shuffle-first] [--rename OLD:NEW]
 
 Few-shot: ``--per-class N`` sends only N samples of each class (seeded), the gate holding out its 20% of them;
@@ -9,7 +10,9 @@ Few-shot: ``--per-class N`` sends only N samples of each class (seeded), the gat
 (a deliberately broken candidate: the gate should reject it, and the stream goes on from nothing).
 ``--rename cat:kitty`` keeps half of class ``cat``'s training samples in its task and sends the other half as
 ``kitty`` in a last task of its own (an old class under another name: the gate should refuse it). The
-table's ``default`` row names what the first job chose and its candidates' scores.
+table's ``default`` row names what the first job chose and its candidates' scores. The ``lr`` column is an
+offline logistic regression on the same inputs, fitted on every training sample of the stream's classes (all of
+them, also with ``--per-class``).
 
 Starts ``engram serve`` (embedded SQLite, one local worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh
 data folder and, for each stream and strategy, creates a class-incremental classifier with the service's
@@ -27,7 +30,19 @@ Streams (held-out samples are never sent to learn):
 - ``digits-5x2`` / ``digits-10x1``: scikit-learn's 8x8 digits as PNG, a seeded 30% of each class held out;
 - ``mnist-5x2``: ``../shared/data/mnist-5k`` (28x28), a seeded 30% of each class held out;
 - ``cifar-5x2`` / ``cifar-10x1``: ``../shared/data/cifar10-mini`` photos as JPEG, ``train/`` to learn,
-  ``test/`` to score.
+  ``test/`` to score; ``cifar-5x2u``: the same 5 tasks of 2 with 5x unequal sizes, the first task's classes
+  sent with their first 100 photos each, every later class with all of its (about 500);
+- ``banking77-8`` / ``banking77-20x1``: ``../shared/data/banking77`` utterances as 384-value sentence embeddings
+  (``benchmarks.embeddings``: all-MiniLM-L6-v2, computed once and cached outside the repository) sent as vectors
+  to a classifier that declares them features (backbone ``identity``; ``--backbone`` overrides it), 77 intents
+  in 8 tasks (10 a task, the last 7), or one intent a task for the first 20 intents; its ``test.csv`` to score.
+
+Beside every row: ``lr``, an offline logistic regression (scikit-learn, standardised inputs) on the same inputs
+fitted on every training sample of the stream's classes at once (the ceiling: the joint, non-incremental
+linear probe), for the streams whose inputs a linear probe reads as given (vectors, grey pixels; for photos, the
+frozen features the service computes are not fetched here: "-"); and ``ece``, the expected calibration error of
+the served score (the top softmax probability the API returns) on the held-out samples after the last task
+(``model_core.calibration.expected_calibration_error``), with the largest after any task.
 A stream whose data are absent is skipped with a line saying so. ``--seed N`` (default 0: the classes in their
 natural order, 0-9 and CIFAR-10's alphabetical order) shuffles the classes with seed N before they are cut into
 tasks, and seeds the held-out split of the grey streams: other tasks, other confusions between old and new.
@@ -58,8 +73,13 @@ from service.domain.job_status import TERMINAL
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 # "default": the request names no strategy, so the service picks the classifier's default (default_strategy)
 STRATEGIES = ("default", "joint", "replay", "generative_replay", "naive", "ewc", "lwf")
-STREAMS = ("digits-5x2", "digits-10x1", "mnist-5x2", "cifar-5x2", "cifar-10x1")
+STREAMS = ("digits-5x2", "digits-10x1", "mnist-5x2", "cifar-5x2", "cifar-10x1", "cifar-5x2u", "banking77-8",
+           "banking77-20x1")
+FIRST_TASK_PER_CLASS = 100  # cifar-5x2u: photos a class of the first task's classes (the others send all)
 KEEPS_DATA = {name for name, spec in SPECS.items() if spec.stores_data}  # sent with retention "keep"
+
+
+Payload = str | list[float]  # a base64 image, or a vector
 
 
 @dataclass
@@ -67,8 +87,15 @@ class Stream:
     name: str
     input: dict[str, Any]
     tasks: list[list[str]]  # class names of each task, in order
-    train: list[tuple[str, str]]  # (label, base64 image)
-    test: list[tuple[str, str]]
+    train: list[tuple[str, Payload]]  # (label, base64 image or vector)
+    test: list[tuple[str, Payload]]
+    backbone: str | None = None  # None: the service's default for the input
+    # (train x, train labels, test x, test labels) as a linear probe reads them; None: not available here
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def _field(payload: Payload) -> dict[str, Any]:
+    return {"vector": payload} if isinstance(payload, list) else {"image_b64": payload}
 
 
 def _png(pixels: np.ndarray) -> str:
@@ -88,9 +115,36 @@ def _grey(name: str, images: np.ndarray, labels: np.ndarray, per_task: int, seed
     train, test = stratified_split(labels, 0.3, seed=seed)
     items = [(str(int(labels[i])), _png(images[i])) for i in range(len(labels))]
     side = images.shape[1]
+    flat = images.reshape(len(images), -1).astype(np.float32)
     return Stream(name, {"kind": "image", "channels": 1, "height": side, "width": side},
                   _tasks([str(c) for c in range(10)], per_task, seed),
-                  [items[i] for i in train], [items[i] for i in test])  # fmt: skip
+                  [items[i] for i in train], [items[i] for i in test],
+                  arrays=(flat[train], labels[train].astype(str), flat[test], labels[test].astype(str)))  # fmt: skip
+
+
+def _banking77(name: str, per_task: int, first: int | None, seed: int) -> Stream | str:
+    from benchmarks.embeddings import banking77_arrays
+
+    try:
+        data = banking77_arrays()
+    except FileNotFoundError as exc:
+        return str(exc)
+    classes = [str(c) for c in data["classes"]]
+    if seed:
+        classes = [classes[i] for i in np.random.default_rng(seed).permutation(len(classes))]
+    classes = classes[:first] if first else classes
+    tasks = [classes[i : i + per_task] for i in range(0, len(classes), per_task)]
+    keep = set(classes)
+
+    def rows(x: np.ndarray, y: np.ndarray) -> list[tuple[str, Payload]]:
+        return [(str(data["classes"][k]), [float(v) for v in row]) for row, k in zip(x, y, strict=True)
+                if str(data["classes"][k]) in keep]  # fmt: skip
+
+    names = data["classes"].astype(str)
+    tr, te = np.isin(names[data["train_y"]], classes), np.isin(names[data["test_y"]], classes)
+    return Stream(name, {"kind": "vector", "dim": int(data["train_x"].shape[1])}, tasks,
+                  rows(data["train_x"], data["train_y"]), rows(data["test_x"], data["test_y"]), "identity",
+                  (data["train_x"][tr], names[data["train_y"][tr]], data["test_x"][te], names[data["test_y"][te]]))  # fmt: skip
 
 
 def few_shot(stream: Stream, per_class: int, seed: int) -> Stream:
@@ -120,8 +174,13 @@ def renamed(stream: Stream, old: str, new: str) -> Stream:
 def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream | str:
     """The stream, or why it cannot be run here."""
     kind, _, shape = name.partition("-")
-    per_task = int(shape.split("x")[1]) if "x" in shape else 2
-    if kind == "digits":
+    per_task = int(shape.split("x")[1].rstrip("u")) if "x" in shape else 2
+    if kind == "banking77":
+        got = _banking77(name, 1 if "x" in shape else 10, int(shape.split("x")[0]) if "x" in shape else None, seed)
+        if isinstance(got, str):
+            return got
+        stream = got
+    elif kind == "digits":
         images, labels = load_digits_arrays()
         stream = _grey(name, np.round(images * 255).astype(np.uint8), labels, per_task, seed)
     elif kind == "mnist":
@@ -140,13 +199,21 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
 
         train, test = folder("train"), folder("test")
         classes = sorted({label for label, _ in train})
-        stream = Stream(name, {"kind": "image", "channels": 3, "height": 32, "width": 32},
-                        _tasks(classes, per_task, seed), train, test)  # fmt: skip
+        tasks = _tasks(classes, per_task, seed)
+        if shape.endswith("u"):  # 5x unequal: the first task's classes with their first photos only
+            sent: Counter[str] = Counter()
+            kept_train: list[tuple[str, str]] = []
+            for lab, blob in train:
+                sent[lab] += 1
+                if lab not in tasks[0] or sent[lab] <= FIRST_TASK_PER_CLASS:
+                    kept_train.append((lab, blob))
+            train = kept_train
+        stream = Stream(name, {"kind": "image", "channels": 3, "height": 32, "width": 32}, tasks, train, test)
     else:
         return f"unknown stream {name!r}; known: {', '.join(STREAMS)}"
     if test_per_class:
         taken: Counter[str] = Counter()
-        kept: list[tuple[str, str]] = []
+        kept: list[tuple[str, Payload]] = []
         for lab, blob in stream.test:  # the first ``test_per_class`` of each class
             if taken[lab] < test_per_class:
                 taken[lab] += 1
@@ -155,11 +222,11 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
     return stream
 
 
-def _predict(c: httpx.Client, name: str, rows: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], int]:
-    """The served predictions of ``rows`` (label, base64 image) in requests of 256, and the version that served."""
+def _predict(c: httpx.Client, name: str, rows: list[tuple[str, Payload]]) -> tuple[list[dict[str, Any]], int]:
+    """The served predictions of ``rows`` (label, image or vector) in requests of 256, and the version that served."""
     out, version = [], -1
     for i in range(0, len(rows), 256):
-        r = c.post(f"/v1/classifiers/{name}/predict", json={"inputs": [{"image_b64": b} for _, b in rows[i : i + 256]]})
+        r = c.post(f"/v1/classifiers/{name}/predict", json={"inputs": [_field(b) for _, b in rows[i : i + 256]]})
         if r.status_code == 409:  # no version promoted yet: nothing is served
             return [], -1
         r.raise_for_status()
@@ -170,18 +237,23 @@ def _predict(c: httpx.Client, name: str, rows: list[tuple[str, str]]) -> tuple[l
 
 
 def served_scores(
-    c: httpx.Client, name: str, test: list[tuple[str, str]], classes: set[str]
-) -> tuple[float, int, dict[str, Any] | None]:
+    c: httpx.Client, name: str, test: list[tuple[str, Payload]], classes: set[str]
+) -> tuple[float, int, dict[str, Any] | None, float]:
     """(accuracy on held-out samples of ``classes``, the served version's number, its novelty on them against
     held-out samples of every class not yet learned: AUROC, known rate, unknown flagged, and beside it the AUROC
     of the served score, the maximum softmax probability as the API rounds it; None when the version serves no
-    novelty or every class is learned). The unlearned classes are sent only when the version serves novelty."""
+    novelty or every class is learned; and the served score's expected calibration error on the held-out samples
+    of ``classes``). The unlearned classes are sent only when the version serves novelty."""
+    from model_core.calibration import expected_calibration_error
+
     known_rows = [(lab, b) for lab, b in test if lab in classes]
     known, version = _predict(c, name, known_rows)
-    acc = sum(p["label"] == lab for p, (lab, _) in zip(known, known_rows, strict=False)) / max(len(known_rows), 1)
+    right = np.array([p["label"] == lab for p, (lab, _) in zip(known, known_rows, strict=False)], dtype=bool)
+    acc = float(right.sum()) / max(len(known_rows), 1)
+    ece = expected_calibration_error(np.array([p["score"] for p in known]), right) if known else float("nan")
     unknown_rows = [(lab, b) for lab, b in test if lab not in classes]
     if not known or known[0]["novelty"] is None or not unknown_rows:
-        return acc, version, None
+        return acc, version, None, ece
     unknown, _ = _predict(c, name, unknown_rows)
 
     def column(preds: list[dict[str, Any]], key: str, sign: float = 1.0) -> np.ndarray:
@@ -196,21 +268,39 @@ def served_scores(
             "known_rate": round(float(column(known, "known").mean()), 4),
             "unknown_flagged": round(1 - float(column(unknown, "known").mean()), 4),
         },
+        ece,
     )
+
+
+def logistic_ceiling(stream: Stream) -> float | None:
+    """Accuracy of an offline logistic regression on the stream's inputs (standardised), fitted on every training
+    sample of its classes at once, on its held-out samples; None when the stream has no arrays here."""
+    if stream.arrays is None:
+        return None
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, ytr, xte, yte = stream.arrays
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(xtr, ytr)
+    return round(float(probe.score(xte, yte)), 4)
 
 
 def run_one(
     c: httpx.Client, stream: Stream, strategy: str, extra: dict[str, Any], shuffle_first: bool = False
 ) -> dict[str, Any]:
     name = f"{stream.name}-{strategy}".replace("_", "-")
-    r = c.post("/v1/classifiers", json={"name": name, "input": stream.input})
+    create: dict[str, Any] = {"name": name, "input": stream.input}
+    if stream.backbone is not None:
+        create["backbone"] = stream.backbone
+    r = c.post("/v1/classifiers", json=create)
     r.raise_for_status()
     retention = "keep" if strategy in KEEPS_DATA else "discard"
     out: dict[str, Any] = {"stream": stream.name, "strategy": strategy, "backbone": r.json()["backbone"],
                            "order": stream.tasks, "tasks": []}  # fmt: skip
     seen: set[str] = set()
     for t, classes in enumerate(stream.tasks, 1):
-        samples = [{"label": lab, "image_b64": b} for lab, b in stream.train if lab in classes]
+        samples = [{"label": lab, **_field(b)} for lab, b in stream.train if lab in classes]
         if shuffle_first and t == 1:  # a broken first job: its labels shuffled across its samples
             perm = np.random.default_rng(7).permutation(len(samples))
             samples = [{**s, "label": samples[j]["label"]} for s, j in zip(samples, perm, strict=True)]
@@ -226,14 +316,15 @@ def run_one(
             job = c.get(f"/v1/jobs/{job['job_id']}").json()
         wall = time.perf_counter() - start
         seen |= set(classes)
-        acc, version, novelty = served_scores(c, name, stream.test, seen)
+        acc, version, novelty, ece = served_scores(c, name, stream.test, seen)
         if job["status"] == "promoted" and version != job["version"]:
             print(f"  (stale: the process that reported v{job['version']} promoted served v{version})")
         report = job.get("report") or {}
         seconds = job.get("seconds") or {}
         training = report.get("training") or {}
         row = {"task": t, "classes": classes, "status": job["status"], "served_version": version,
-               "served_accuracy": round(acc, 4), "wall_s": round(wall, 2),
+               "served_accuracy": round(acc, 4), "ece": round(ece, 4), "wall_s": round(wall, 2),
+               "calibration": report.get("calibration"),
                "worker_s": round(sum(v for k, v in seconds.items() if "." not in k), 2),
                "gate_s": seconds.get("gate"), "steps": training.get("steps"), "stopped": training.get("stopped"),
                "failures": report.get("failures"), "causes": [x.get("cause") for x in report.get("tasks", [])
@@ -249,7 +340,7 @@ def run_one(
         new_row = next((x for x in report.get("tasks", []) if x.get("new")), {})
         row["floor"], row["floor_source"] = new_row.get("floor"), new_row.get("floor_source")
         mark = {"promoted": "P", "rejected": "R"}.get(job["status"], "F")
-        print(f"  {stream.name} {strategy} task {t} {classes}: {mark} served v{version} acc {acc:.3f} "
+        print(f"  {stream.name} {strategy} task {t} {classes}: {mark} served v{version} acc {acc:.3f} ece {ece:.3f} "
               f"({row['worker_s']} s worker, gate {row['gate_s']} s, {row['steps']} steps, {row['stopped']}; "
               f"new task {new_row.get('after')} floor {row['floor']} from {_floor_from(row['floor_source'])})"
               + (f" {row['failures'] or row['error']}" if mark != "P" else ""), flush=True)  # fmt: skip
@@ -285,8 +376,9 @@ def print_choices(results: list[dict[str, Any]]) -> None:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    print("\n| stream | strategy | verdicts | served accuracy after each task | final | s/task (gate) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| stream | strategy | verdicts | served accuracy after each task | final | lr | ece final (max) | "
+          "s/task (gate) |")
+    print("|---|---|---|---|---|---|---|---|")
     for res in results:
         tasks = res["tasks"]
         marks = "".join({"promoted": "P", "rejected": "R"}.get(t["status"], "F") for t in tasks)
@@ -294,7 +386,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         sec = np.mean([t["worker_s"] for t in tasks])
         gate = np.mean([t["gate_s"] or 0 for t in tasks])
         name = res["strategy"] if res["strategy"] != "default" else f"default ({res.get('resolved')})"
-        print(f"| {res['stream']} | {name} | {marks} | {accs} | {tasks[-1]['served_accuracy']:.3f} | "
+        lr = "-" if res.get("lr") is None else f"{res['lr']:.3f}"
+        ece = f"{tasks[-1]['ece']:.3f} ({max(t['ece'] for t in tasks):.3f})"
+        print(f"| {res['stream']} | {name} | {marks} | {accs} | {tasks[-1]['served_accuracy']:.3f} | {lr} | {ece} | "
               f"{sec:.1f} ({gate:.1f}) |")  # fmt: skip
 
 
@@ -329,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, help="few-shot: send only this many samples of each class")
     parser.add_argument("--shuffle-first", action="store_true", help="shuffle the first task's labels")
     parser.add_argument("--rename", help="OLD:NEW: half of OLD's samples sent again as NEW in a last task")
+    parser.add_argument("--backbone", help="create every classifier with this backbone ('default': the service's "
+                        "default for the input; unset: each stream's own, identity for banking77)")
     args = parser.parse_args(argv)
     extra = {"options": json.loads(args.options)} if json.loads(args.options) else {}
     results: list[dict[str, Any]] = []
@@ -343,9 +439,13 @@ def main(argv: list[str] | None = None) -> int:
                 stream.name = f"{stream.name}-{args.per_class}pc"
             if args.rename:
                 stream = renamed(stream, *args.rename.split(":"))
+            if args.backbone:
+                stream.backbone = None if args.backbone == "default" else args.backbone
             print(f"{stream_name}: tasks {stream.tasks}", flush=True)
+            ceiling = logistic_ceiling(stream)
+            print(f"{stream_name}: offline logistic regression {ceiling}", flush=True)
             for strategy in args.strategies.split(","):
-                results.append(run_one(c, stream, strategy, extra, args.shuffle_first))
+                results.append({**run_one(c, stream, strategy, extra, args.shuffle_first), "lr": ceiling})
                 if args.json:
                     args.json.write_text(json.dumps(results, indent=1))
     print_table(results)

@@ -12,8 +12,11 @@ from typing import Any, Literal
 
 Scenario = Literal["class-incremental", "task-incremental"]
 SCENARIOS: tuple[Scenario, ...] = ("class-incremental", "task-incremental")
-BackboneName = Literal["mlp", "cnn", "resnet18"]
-BUILTIN_BACKBONES: tuple[BackboneName, ...] = ("mlp", "cnn", "resnet18")  # random init, trained by the job
+BackboneName = Literal["mlp", "cnn", "resnet18", "identity"]
+# Built in: random init, trained by the job ("mlp", "cnn", "resnet18"), or nothing to train: "identity" declares
+# that the inputs already are features (sentence embeddings, a pretrained model's outputs), flattened as given.
+BUILTIN_BACKBONES: tuple[BackboneName, ...] = ("mlp", "cnn", "resnet18", "identity")
+FEATURE_BACKBONES: tuple[BackboneName, ...] = ("identity",)  # frozen by construction: features are the input
 # Where a backbone's weights come from: "none" (random init), "package" (an installed registry package,
 # offline), "file" (a safetensors or torch state-dict file on the server), "download" (the framework's own
 # download into a cache dir, only when the host allows downloads; otherwise the cache must already hold it).
@@ -129,10 +132,13 @@ class BackboneSpec:
             raise ValueError(f"no installed package ships weights for {self.name!r}; packaged: {', '.join(PACKAGE_WEIGHTS)}")
         if (weights == "file") != bool(self.file):
             raise ValueError("weights 'file' needs 'file', the path of the weights file, and only it takes one")
-        train = self.train or ("all" if weights == "none" else "frozen")
+        train = self.train or ("all" if weights == "none" and self.name not in FEATURE_BACKBONES else "frozen")
         if train not in TRAINABLE_PARTS:
             raise ValueError(f"unknown train {train!r}; expected one of {', '.join(TRAINABLE_PARTS)}")
-        if builtin and train != "all":
+        if self.name in FEATURE_BACKBONES:
+            if train != "frozen":
+                raise ValueError(f"backbone {self.name!r} has nothing to train: its features are the input (train 'frozen')")
+        elif builtin and train != "all":
             raise ValueError(f"backbone {self.name!r} starts from random weights, so all of it trains (train 'all')")
         resolution = self.resolution
         if builtin and resolution is not None:
@@ -196,8 +202,8 @@ class NetworkSpec:
             raise ValueError(f"unknown scenario {self.scenario!r}; expected one of {SCENARIOS}")
         backbone = BackboneSpec.parse(self.backbone)
         object.__setattr__(self, "backbone", backbone)
-        if backbone.name != "mlp" and self.input.kind != "image":
-            raise ValueError(f"backbone {backbone.name!r} needs image input; use 'mlp' for vectors")
+        if backbone.name not in ("mlp", *FEATURE_BACKBONES) and self.input.kind != "image":
+            raise ValueError(f"backbone {backbone.name!r} needs image input; use 'mlp' or 'identity' for vectors")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

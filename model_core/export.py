@@ -49,8 +49,19 @@ class _WithNovelty(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.model.forward_features(x)
-        logits = self.model(x)  # the classifier's own forward, whatever its heads read
+        logits = self.model.served(self.model(x))  # the classifier's own forward, whatever its heads read
         return logits, self.novelty(features, x, logits)
+
+
+class _Served(torch.nn.Module):
+    """(B, *shape) -> the served logits: the classifier's forward times its calibration scale."""
+
+    def __init__(self, model: IncrementalClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.served(self.model(x))
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         program = torch.onnx.export(
-            model if novelty is None else _WithNovelty(model, novelty.module.eval()),
+            _Served(model) if novelty is None else _WithNovelty(model, novelty.module.eval()),
             (example,),
             None,
             dynamo=True,
@@ -171,7 +182,8 @@ def export_head(
 
 
 def head_parity(learner: Learner, onnx_bytes: bytes, features: torch.Tensor) -> float:
-    """Max |ONNX Runtime logits - torch logits| of the head graph on ``features``."""
+    """Max |ONNX Runtime logits - torch logits| of the head graph on ``features`` (the served logits, with the
+    calibration scale, over that scale where it enlarges them: as ``parity``)."""
     import onnxruntime as ort
 
     from model_core.graphs import FEATURES
@@ -179,8 +191,9 @@ def head_parity(learner: Learner, onnx_bytes: bytes, features: torch.Tensor) -> 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {FEATURES: features.float().numpy()})[0]
     with torch.no_grad():
-        want = learner.model.to("cpu").eval().forward_head(features.float()).float().numpy()
-    return float(np.max(np.abs(got - want))) if len(got) else 0.0
+        model = learner.model.to("cpu").eval()
+        want = model.served(model.forward_head(features.float())).float().numpy()
+    return float(np.max(np.abs(got - want))) / max(1.0, float(learner.model.logit_scale)) if len(got) else 0.0
 
 
 def _finish(
@@ -209,7 +222,8 @@ def _finish(
 
 
 def parity(learner: Learner, onnx_bytes: bytes, inputs: torch.Tensor) -> float:
-    """Max |ONNX Runtime logits - torch logits| on ``inputs`` (run as two batches, to use the dynamic axis)."""
+    """Max |ONNX Runtime logits - torch logits| on ``inputs`` (run as two batches, to use the dynamic axis), over
+    the calibration scale where it enlarges the logits."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -219,7 +233,9 @@ def parity(learner: Learner, onnx_bytes: bytes, inputs: torch.Tensor) -> float:
         [session.run([OUTPUT_NAME], {INPUT_NAME: part})[0] for part in (x[:half], x[half:]) if len(part)]
     )
     want = learner.logits(inputs.float(), device="cpu").numpy()
-    return float(np.max(np.abs(got - want)))
+    # the calibration scale multiplies both sides alike after the head: the tolerance is for the head's own logits
+    # (a ridge head's, near 0 and 1, get scaled by tens, and their float32 rounding with them)
+    return float(np.max(np.abs(got - want))) / max(1.0, float(learner.model.logit_scale))
 
 
 def novelty_parity(

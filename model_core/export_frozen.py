@@ -3,8 +3,9 @@
 Tracing a pretrained backbone through the exporter takes tens of seconds on a CPU, and with a frozen backbone
 every version of a classifier shares the same one. So the backbone (with the in-graph resizing and
 normalisation) is exported once and kept in a cache folder under a digest of its spec and weights; each
-version's head is written directly as ONNX (one Gemm per head block, or a class-model block's quadratic forms,
-concatenated, exactly as ``IncrementalClassifier.forward_head`` computes it: ``head_model``). The service stores
+version's head is written directly as ONNX (one Gemm per head block, after the random-feature expansion's Gemm
+and Relu when the head has one, or a class-model block's quadratic forms, concatenated, then the calibration
+temperature, exactly as ``IncrementalClassifier.forward_head`` computes it: ``head_model``). The service stores
 the backbone graph once in its artifact store, referenced by sha256 from each version's manifest, and each
 version's own ``head.onnx`` holds only the head (``model_core.export.export_head``); ``export_frozen`` joins
 both into one whole model, input (B, *shape) -> logits (B, U), for callers that want one file.
@@ -27,6 +28,9 @@ from model_core.files import write_atomic
 from model_core.graphs import FEATURES, compose
 from model_core.learner import Learner
 from model_core.networks.gaussian_head import GaussianHead, onnx_nodes
+from model_core.networks.random_features import ExpandedLinear, expansion_of
+
+EXPANDED = "expansion.out"  # the random features (B, width) that ``ExpandedLinear`` blocks read
 
 
 class _Features(nn.Module):
@@ -87,6 +91,13 @@ def head_model(learner: Learner, output_name: str, novelty: nn.Module | None = N
     from onnx import TensorProto, helper, numpy_helper
 
     nodes, inits, outs = [], [], []
+    expansion = expansion_of(learner.model.heads)
+    if expansion is not None:  # the random features, once for every block that reads them
+        inits += [numpy_helper.from_array(expansion.weight.detach().cpu().float().numpy(), "expansion.weight"),
+                  numpy_helper.from_array(expansion.bias.detach().cpu().float().numpy(), "expansion.bias")]  # fmt: skip
+        nodes += [helper.make_node("Gemm", [FEATURES, "expansion.weight", "expansion.bias"], ["expansion.linear"],
+                                   transB=1),
+                  helper.make_node("Relu", ["expansion.linear"], [EXPANDED])]  # fmt: skip
     for i, head in enumerate(learner.model.heads):
         if isinstance(head, GaussianHead):  # per-class log-likelihoods (the class_models strategy)
             head_nodes, head_inits = onnx_nodes(head, FEATURES, f"head{i}.out", f"head{i}", opset)
@@ -98,10 +109,14 @@ def head_model(learner: Learner, output_name: str, novelty: nn.Module | None = N
         b = head.bias.detach().cpu().float().numpy()  # type: ignore[operator]
         inits += [numpy_helper.from_array(np.ascontiguousarray(w), f"head{i}.weight"),
                   numpy_helper.from_array(b, f"head{i}.bias")]  # fmt: skip
-        nodes.append(helper.make_node("Gemm", [FEATURES, f"head{i}.weight", f"head{i}.bias"], [f"head{i}.out"],
+        source = EXPANDED if isinstance(head, ExpandedLinear) else FEATURES
+        nodes.append(helper.make_node("Gemm", [source, f"head{i}.weight", f"head{i}.bias"], [f"head{i}.out"],
                                       transB=1))  # fmt: skip
         outs.append(f"head{i}.out")
-    nodes.append(helper.make_node("Concat", outs, [output_name], axis=1))
+    # the calibration temperature, folded in: served logits = raw logits * (1 / T) (model_core.calibration)
+    inits.append(numpy_helper.from_array(learner.model.logit_scale.detach().cpu().float().numpy(), "logit_scale"))
+    nodes += [helper.make_node("Concat", outs, ["raw_logits"], axis=1),
+              helper.make_node("Mul", ["raw_logits", "logit_scale"], [output_name])]  # fmt: skip
     outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])]
     if novelty is not None:
         from model_core.novelty import onnx_nodes as novelty_nodes
@@ -149,7 +164,7 @@ def raw_input_model(learner: Learner, input_name: str, output_name: str, novelty
     """The whole graph of a classifier whose head blocks all read the raw input (``reads_raw_input``):
     ``input_name`` (B, *shape) flattened -> the class-model blocks -> ``output_name``; novelty from the logits
     (the only novelty such a version has: ``model_core.novelty.novelty_module``)."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     opset = 18
     nodes, inits, outs = [helper.make_node("Flatten", [input_name], [FEATURES], axis=1)], [], []
@@ -159,7 +174,9 @@ def raw_input_model(learner: Learner, input_name: str, output_name: str, novelty
         nodes += head_nodes
         inits += head_inits
         outs.append(f"head{i}.out")
-    nodes.append(helper.make_node("Concat", outs, [output_name], axis=1))
+    inits.append(numpy_helper.from_array(learner.model.logit_scale.detach().cpu().float().numpy(), "logit_scale"))
+    nodes += [helper.make_node("Concat", outs, ["raw_logits"], axis=1),
+              helper.make_node("Mul", ["raw_logits", "logit_scale"], [output_name])]  # the calibration temperature
     outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])]
     if novelty is not None:
         from model_core.novelty import onnx_nodes as novelty_nodes

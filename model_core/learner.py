@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,9 +249,33 @@ class Learner:
         else:
             forward = self.model
         self.model.to(dev).eval()
-        out = [forward(x[i : i + batch_size].to(dev).float()).float().cpu() for i in range(0, len(x), batch_size)]
+        out = [self.model.served(forward(x[i : i + batch_size].to(dev).float()).float()).cpu()
+               for i in range(0, len(x), batch_size)]  # fmt: skip
         self.model.to("cpu")
         return torch.cat(out) if out else torch.zeros(0, self.model.num_units)
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor, labels: Sequence[str], tasks: Sequence[str] | None = None) -> dict[str, float]:
+        """Fit the served score's temperature on held-out samples ``x`` with their labels (and, task-incremental,
+        each sample's task: its softmax runs over that task's units) and set it; returns the temperature, the
+        expected calibration error before and after (out of sample: model_core.calibration.calibration_report)."""
+        from model_core.calibration import calibration_report
+
+        self.model.logit_scale.fill_(1.0)
+        if len(x) == 0:  # nothing held out: the logits are served as they are
+            return {"temperature": 1.0, "ece_before": 0.0, "ece": 0.0, "samples": 0}
+        raw = self.logits(x)
+        index = {name: u for u, name in enumerate(self.labels)}
+        y = torch.tensor([index[str(lab)] for lab in labels], dtype=torch.long)
+        groups = None
+        if self.scenario == "task-incremental":
+            if tasks is None:
+                raise ValueError("a task-incremental classifier is calibrated within each sample's task")
+            units = {t.name: torch.tensor(t.units) for t in self.tasks}
+            groups = [units[str(t)] for t in tasks]
+        report = calibration_report(raw, y, groups)
+        self.model.logit_scale.fill_(1.0 / report["temperature"])
+        return report
 
     def predict(self, x: Tensor, task: str | None = None, device: str = "auto") -> list[str]:
         """Label of each input: over all units (class-IL) or within ``task``'s head (task-IL)."""

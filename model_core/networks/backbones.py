@@ -27,6 +27,19 @@ class MLP(nn.Module):
         return out
 
 
+class Identity(nn.Module):
+    """The inputs are the features (backbone ``identity``): flattened as given, nothing to train. Sentence
+    embeddings or a pretrained model's outputs then get the frozen-feature heads (``analytic``, ``class_models``
+    on features, novelty) and the per-job feature cache."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.feature_dim = in_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
 class SmallCNN(nn.Module):
     """Three 3x3 conv stages for small images (8x8 to 32x32), no batch norm.
 
@@ -81,7 +94,7 @@ class ResNet18(nn.Module):
 
 def create_backbone(
     spec: NetworkSpec, access: WeightsAccess | None = None, load_weights: bool = True
-) -> MLP | SmallCNN | ResNet18 | RegistryBackbone:
+) -> MLP | Identity | SmallCNN | ResNet18 | RegistryBackbone:
     """Build the backbone a spec names; its ``feature_dim`` attribute gives the output width.
 
     Registry backbones load their pretrained weights unless ``load_weights`` is False (a saved bundle
@@ -92,6 +105,8 @@ def create_backbone(
         return RegistryBackbone(spec, access, load_weights)
     if name == "mlp":
         return MLP(inp.numel, spec.hidden)
+    if name == "identity":
+        return Identity(inp.numel)
     if name == "cnn":
         return SmallCNN(inp.channels, spec.cnn_channels)
     return ResNet18(inp.channels, inp.height, inp.width)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from model_core.config import NetworkSpec, WeightsAccess
 from model_core.networks.backbones import Normalize, create_backbone
 from model_core.networks.gaussian_head import GaussianHead
+from model_core.networks.random_features import ExpandedLinear, RandomFeatures, expansion_of
 from model_core.networks.task_networks import TaskNetwork, restore_task_network
 
 
@@ -37,8 +38,14 @@ class HeadBlocks(nn.Module):
         if not self.heads:
             return features.new_zeros((features.shape[0], 0))
         outs = []
+        expansion = expansion_of(self.heads)
+        expanded = expansion(features) if expansion is not None else None  # (B, width), once for every block
         for head in self.heads:
-            if isinstance(head, GaussianHead) and head.reads_input:
+            if isinstance(head, ExpandedLinear):
+                if expanded is None:
+                    raise ValueError("a random-feature head block without the classifier's expansion")
+                outs.append(nn.functional.linear(expanded, head.weight, head.bias))
+            elif isinstance(head, GaussianHead) and head.reads_input:
                 if inputs is None:
                     raise ValueError("this head block reads the raw input; call the classifier on inputs")
                 outs.append(head(inputs))
@@ -48,12 +55,23 @@ class HeadBlocks(nn.Module):
 
     def restore_heads(self, state: Mapping[str, Tensor]) -> None:
         """Make every head block the kind a saved state dict holds (a ``GaussianHead`` where its buffers are
-        there; the network is rebuilt with Linear blocks), shaped to load that state."""
+        there, ``ExpandedLinear`` blocks where it holds a random-feature expansion; the network is rebuilt with
+        Linear blocks), shaped to load that state."""
+        width = next((v.shape[0] for k, v in state.items() if k.endswith(".expansion.weight")), None)
         for i in range(len(self.heads)):
             prefix = f"heads.{i}."
-            if f"{prefix}const" in state:
+            if f"{prefix}expansion.weight" in state:
+                dim = int(state[f"{prefix}expansion.weight"].shape[1])
+                self.heads[i] = ExpandedLinear(int(width or 0), self.head_sizes[i], RandomFeatures(dim, int(width or 0)))
+            elif width is not None and f"{prefix}const" not in state:  # every linear block reads the expansion
+                self.heads[i] = ExpandedLinear(int(width), self.head_sizes[i])
+            elif f"{prefix}const" in state:
                 self.heads[i] = GaussianHead.from_state({k[len(prefix) :]: v for k, v in state.items()
                                                          if k.startswith(prefix)})  # fmt: skip
+
+
+def _default_logit_scale(state: dict[str, Tensor], prefix: str, *_: object) -> None:
+    state.setdefault(f"{prefix}logit_scale", torch.ones(()))
 
 
 class IncrementalClassifier(HeadBlocks):
@@ -82,6 +100,10 @@ class IncrementalClassifier(HeadBlocks):
         # One network per task (packnet's owned weights, progressive columns), set by those strategies; None:
         # every task reads the backbone's features.
         self.task_network: TaskNetwork | None = None
+        # 1 / the version's calibration temperature (model_core.calibration): served logits are forward's times
+        # this; training never sees it. Versions saved before it existed load it as 1.
+        self.register_buffer("logit_scale", torch.ones(()))
+        self._register_load_state_dict_pre_hook(_default_logit_scale)  # type: ignore[no-untyped-call]
 
     def restore_heads(self, state: Mapping[str, Tensor]) -> None:
         """Head blocks, and the task network a saved state dict holds, shaped to load that state."""
@@ -101,6 +123,12 @@ class IncrementalClassifier(HeadBlocks):
         out: Tensor = self.backbone(self.normalize(x))
         return out
 
+    logit_scale: Tensor
+
+    def served(self, logits: Tensor) -> Tensor:
+        """The logits as served: ``forward``'s times the calibration scale (their softmax is the served score)."""
+        return logits * self.logit_scale.to(logits.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.task_network is None:
             return self.forward_head(self.forward_features(x), x)
@@ -111,8 +139,14 @@ class IncrementalClassifier(HeadBlocks):
         """Add ``n_new`` output units as a new block; existing units are untouched."""
         if n_new < 1:
             raise ValueError("expand_head needs n_new >= 1")
-        ref = next(self.backbone.parameters())
-        self.heads.append(_init_linear(self.feature_dim, n_new, generator).to(ref.device, ref.dtype))
+        ref = self.normalize.mean  # on the model's device (an ``identity`` backbone has no parameter)
+        expansion = expansion_of(self.heads)
+        if expansion is None:
+            self.heads.append(_init_linear(self.feature_dim, n_new, generator).to(ref.device, ref.dtype))
+            return
+        block = ExpandedLinear(expansion.width, n_new)  # reads the random features, as the other blocks do
+        block.load_state_dict(_init_linear(expansion.width, n_new, generator).state_dict(), strict=False)
+        self.heads.append(block.to(ref.device, ref.dtype))
 
 
 def _init_linear(in_features: int, out_features: int, generator: torch.Generator | None) -> nn.Linear:

@@ -187,11 +187,29 @@ def _pretrained(network: Mapping[str, Any], who: str) -> Step | None:
                 "and learn its tasks again", {"classifier": {"backbone": PACKAGE_WEIGHTS[0]}})  # fmt: skip
 
 
-def _more_steps(who: str, iterations: int | None, training: Mapping[str, Any] | None = None) -> Step:
+def _closed_form(strategy: str, who: str, params: Mapping[str, Any]) -> Step:
+    """What would help a head solved in closed form (no steps to add): for ``analytic``, the class balance where the
+    job weighed samples, random features where it read the features as they are (a new classifier: the sums are
+    kept in the features the first job chose); otherwise more samples of the lost classes, or better features."""
+    if strategy == "analytic" and params.get("balance") == "samples":
+        return Step(f"{who}: learn this task again with balance 'classes' (this job ran 'samples'), so every class "
+                    "weighs the same however many samples each task sends", {"params": {"balance": "classes"}})  # fmt: skip
+    if strategy == "analytic" and params.get("features") == "input":
+        return Step(f"{who}: start a new classifier and learn its tasks with features 'random' (this job ran 'input'): "
+                    "the ridge head on a random expansion of the features separates classes that a ridge on the "
+                    "features themselves confuses", {"params": {"features": "random"}})  # fmt: skip
+    return Step(f"{who}; this head is solved in closed form from the samples it was sent: send more samples of the "
+                "classes it lost and of those it confused them with (a task of classes already known adds them), or "
+                "use a backbone whose features tell them apart", None)  # fmt: skip
+
+
+def _more_steps(who: str, iterations: int | None, training: Mapping[str, Any] | None = None,
+                strategy: str = "", params: Mapping[str, Any] | None = None) -> Step:  # fmt: skip
     """More classifier steps, when they would help: the validation loss was still falling when training ended
-    (or how it ended is not known). Otherwise a sentence saying why more steps would not help, with no request."""
+    (or how it ended is not known). A head solved in closed form gets what would help it instead
+    (``_closed_form``); otherwise a sentence saying why more steps would not help, with no request."""
     if training is not None and training.get("stopped") == "closed-form":
-        return Step(f"{who}; this strategy solves its weights in closed form, so more steps cannot change them", None)
+        return _closed_form(strategy, who, {**SPECS[strategy].defaults, **(params or {})} if strategy in SPECS else {})
     if training is not None and not training.get("improving", True):
         best, steps = training.get("best_step"), training.get("steps")
         return Step(f"{who}; more steps would not help: its validation loss stopped improving at step {best} "
@@ -221,7 +239,8 @@ def next_step(
         return Step(f"'{strategy}' cannot add classes to one head and lost {_names(forgotten)}: "
                     f"learn this task with strategy {better!r}", {"strategy": better})  # fmt: skip
     if not forgotten:
-        return _more_steps("the new task missed its floor", facts.iterations, facts.training) if new_task_failed else None
+        return (_more_steps("the new task missed its floor", facts.iterations, facts.training, strategy, facts.params)
+                if new_task_failed else None)  # fmt: skip
     by_generator = [r for r in forgotten if r.get("lost_by") == "generator"]
     unmeasured = [r for r in forgotten if r.get("lost_by") is None]
     suspect = bool(by_generator or unmeasured)
@@ -249,4 +268,5 @@ def next_step(
         return step
     who = classifier
     return (_partitioned(strategy, facts.network, who) or _exemplars(strategy, retention, who)
-            or _pretrained(facts.network, who) or _more_steps(who, facts.iterations, facts.training))  # fmt: skip
+            or _pretrained(facts.network, who)
+            or _more_steps(who, facts.iterations, facts.training, strategy, facts.params))  # fmt: skip

@@ -251,6 +251,8 @@ class Exported:
     novelty: dict[str, Any] | None = None  # kind, threshold and known rate; None: the version has no class models
     backbone: bytes = b""  # set when ``onnx`` is only the head: the shared backbone graph it reads the features of
     backbone_digest: str | None = None
+    # the served score's temperature and its expected calibration error (model_core.calibration.calibration_report)
+    calibration: dict[str, float] | None = None
 
 
 class JobRun:
@@ -409,11 +411,15 @@ class JobRun:
         return Candidate(result, predicted, rows)
 
     def export(self, learner: Learner, suite: dict[str, np.ndarray], known_rate: float) -> Exported:
-        """The candidate as ONNX, checked against torch on the suite's first samples; a failure is the gate's.
-        Where the version has class models, its novelty score goes into the graph, its threshold calibrated on
+        """The candidate as ONNX, checked against torch on the suite's first samples; a failure is the gate's. Its
+        served score is calibrated first (a temperature in the graph, fitted on the suite's held-out samples). Where the version has class models, its novelty score goes into the graph, its threshold calibrated on
         every task's evaluation samples (held out from training) at the classifier's known rate."""
         t3 = time.perf_counter()
         onnx_bytes, diff, err = b"", None, None
+        # the served score's temperature, fitted on every task's evaluation samples (never trained on), before the
+        # novelty (which reads the served logits) is fitted
+        calibration = learner.calibrate(torch.from_numpy(suite["x"]), suite["label"].astype(str).tolist(),
+                                        suite["task"].astype(str).tolist())  # fmt: skip
         novelty = None
         module = novelty_module(learner) if self.runner.novelty else None
         if module is not None:
@@ -442,7 +448,7 @@ class JobRun:
         except ExportError as exc:
             err = str(exc)
         self.times["export"] = time.perf_counter() - t3
-        return Exported(onnx_bytes, diff, err, about, backbone, digest)
+        return Exported(onnx_bytes, diff, err, about, backbone, digest, calibration)
 
     def gate(
         self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores,
@@ -465,6 +471,7 @@ class JobRun:
         report = evaluate(cfg, inputs)
         report["training"] = training
         report["novelty"] = exported.novelty
+        report["calibration"] = exported.calibration
         return cfg, report
 
     def write_bundle(

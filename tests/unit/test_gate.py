@@ -539,3 +539,26 @@ def test_task_incremental_forgetting_with_shared_weights_names_a_partitioned_str
     assert task_il_advice("generative_replay", network)["next_step_request"] != {"strategy": better}
     # class-incremental keeps the existing advice: ewc cannot add classes, so replay
     assert advise(strategy="ewc", retention="keep")["next_step_request"] == {"strategy": "replay"}
+
+
+CLOSED_FORM = {"steps": 0, "stopped": "closed-form", "improving": False}
+
+
+@pytest.mark.parametrize(
+    ("params", "request_", "says"),
+    [
+        ({"balance": "samples"}, {"params": {"balance": "classes"}}, "balance 'classes' (this job ran 'samples')"),
+        ({"features": "input"}, {"params": {"features": "random"}}, "start a new classifier"),
+        ({}, None, "send more samples of the classes it lost"),
+    ],
+)
+def test_a_closed_form_head_is_advised_what_would_help_not_more_steps(
+    params: dict[str, Any], request_: dict[str, Any] | None, says: str
+) -> None:
+    facts = JobFacts({**SPECS["analytic"].defaults, **params}, 0, {"input": {"kind": "vector", "dim": 64},
+                     "backbone": {"name": "identity", "train": "frozen"}}, CLOSED_FORM)  # fmt: skip
+    report = gate(GateConfig(), "class-incremental", "analytic", "discard", "new", ["c"], LOST_B, 0.0, None,
+                  labels=LABELS, facts=facts)  # fmt: skip
+    assert report["passed"] is False
+    assert report["next_step_request"] == request_
+    assert says in report["next_step"] and "cannot change" not in report["next_step"]
