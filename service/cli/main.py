@@ -178,7 +178,7 @@ NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
 def missing_for(argv: list[str]) -> str | None:
     """Why this install cannot run the server command ``argv`` (naming the extra to install), or None."""
     command = argv[0] if argv else None
-    if command not in NEEDS:
+    if command not in NEEDS or "-h" in argv or "--help" in argv:  # a command's help needs none of it
         return None
     modules, extra = NEEDS[command]
     missing = [m for m in modules if not _installed(m)]
