@@ -30,7 +30,7 @@ def moto_s3(log_dir: Path) -> Iterator[dict[str, str]]:
     with open(log_dir / f"moto-{port}.log", "wb") as log:
         proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded 2-core machine running the suite in parallel
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"moto_server exited: {(log_dir / f'moto-{port}.log').read_text()[-2000:]}")
@@ -39,7 +39,7 @@ def moto_s3(log_dir: Path) -> Iterator[dict[str, str]]:
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not answer in 30 s") from None
+                    raise RuntimeError("moto_server did not answer in 120 s") from None
                 time.sleep(0.1)
         yield {"AWS_ENDPOINT_URL_S3": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip

@@ -162,7 +162,34 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 SERVER_COMMANDS = ("serve", "worker", "migrate", "export", "benchmark")
-SERVER_MODULES = ("torch", "litestar", "sqlalchemy", "onnxruntime")
+API_MODULES = ("litestar", "sqlalchemy", "onnxruntime")  # the `serve` extra: the API, no torch
+TRAINING_MODULES = ("torch", "sqlalchemy", "onnxruntime")  # the `worker` extra adds the training engine
+# What each server command needs, and the extra that installs it. `serve` starts a local worker unless
+# --no-worker is given (or ENGRAM_EMBEDDED_WORKER=false), so it needs the training modules too then.
+NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "serve": (API_MODULES, "serve"),
+    "migrate": (API_MODULES, "serve"),
+    "worker": (TRAINING_MODULES, "worker"),
+    "export": (TRAINING_MODULES, "worker"),
+    "benchmark": (TRAINING_MODULES, "worker"),
+}
+
+
+def missing_for(argv: list[str]) -> str | None:
+    """Why this install cannot run the server command ``argv`` (naming the extra to install), or None."""
+    command = argv[0] if argv else None
+    if command not in NEEDS or "-h" in argv or "--help" in argv:  # a command's help needs none of it
+        return None
+    modules, extra = NEEDS[command]
+    missing = [m for m in modules if not _installed(m)]
+    if missing:
+        return (f"engram {command} needs {', '.join(missing)}, which this install lacks: "
+                f"pip install 'engram[{extra}]', or pip install 'engram[server]' for everything")  # fmt: skip
+    if command == "serve" and "--no-worker" not in argv and Settings().embedded_worker and not _installed("torch"):
+        return ("engram serve starts a local training worker, which needs torch, and this install has none "
+                "(the `serve` extra is the API alone): pass --no-worker and run `engram worker` where "
+                "'engram[worker]' is installed, or pip install 'engram[server]'")  # fmt: skip
+    return None
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -177,11 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0] if argv else None
     if command in SERVER_COMMANDS:
         _configure_logging(verbose=True)
-        missing = [m for m in SERVER_MODULES if not _installed(m)]
-        if missing:
-            print(f"engram {command} runs the server, which this install lacks ({', '.join(missing)}): "
-                  "pip install 'engram[server]'", file=sys.stderr)  # fmt: skip
-            return 2
+    refusal = missing_for(argv)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     if command == "benchmark":  # the rest is the benchmark's own (argparse's REMAINDER refuses a leading --flag)
         from service.cli.benchmark import main as bench_main
 

@@ -9,6 +9,7 @@ exits by itself after ``IDLE_EXIT_S`` without a request, or when this process en
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import selectors
 import subprocess
@@ -25,6 +26,14 @@ from service.domain.errors import Invalid
 CHECK_TIMEOUT_S = 300.0  # importing torch and timm on a busy host, building, hashing, one forward pass
 IDLE_EXIT_S = 300.0  # the child's memory (torch, timm) is given back after this long without a check
 ANSWER = "engram-backbone-check: "  # model_core.backbone_check.ANSWER (not imported: it would be the only link)
+
+
+def _can_check() -> bool:
+    """Whether this install has torch for the checking child (located, never imported here)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:
+        return False
 
 
 class BackboneCheckFailed(RuntimeError):
@@ -95,6 +104,12 @@ class BackboneChecker:
         packaged = record_packaged(NetworkSpec.from_dict(network))  # installed and as published: no child
         if packaged is not None:
             return packaged.to_dict()
+        if not _can_check():
+            raise Invalid(
+                f"backbone: {backbone.get('name')!r} with weights {backbone.get('weights')!r} is checked by building "
+                "it, which needs torch, and this API was installed without it (the `serve` extra); use a packaged "
+                "backbone (timm/efficientnet_lite0 with weights 'package') or install 'engram[server]' on the API"
+            )
         answer = self.check({"network": network, "cache_dir": str(cache_dir), "allow_download": allow_download,
                              "files_dir": None if files_dir is None else str(files_dir)})  # fmt: skip
         if "error" in answer:

@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 
 from service.domain.job_status import TERMINAL
 
+READY_TIMEOUT_S = 180.0
 KEYS = {"admin": "adm-secret-1", "learn": "lrn-secret-2", "predict": "prd-secret-3"}
 
 
@@ -59,7 +60,9 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, *args:
     log_file = open(log, "wb")  # noqa: SIM115  (closed in stop_server)
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    # Generous: on a loaded 2-core machine running the suite in parallel a server's imports alone can take a
+    # minute; a server that starts sooner is answered sooner.
+    deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log_file.close()
@@ -73,7 +76,7 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, *args:
     proc.kill()
     proc.wait()
     log_file.close()
-    raise RuntimeError("server did not become ready in 60 s")
+    raise RuntimeError(f"server did not become ready in {READY_TIMEOUT_S:.0f} s")
 
 
 def stop_server(server: Server) -> None:

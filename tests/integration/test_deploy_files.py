@@ -43,8 +43,47 @@ def test_dockerfile_passes_hadolint() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _stages() -> dict[str, list[str]]:
+    """The Dockerfile's instructions by stage name (``FROM ... AS name``), continuation lines joined."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            current = stages.setdefault(line.split()[-1], [])
+        elif line and not line.startswith("#"):
+            current.append(line)
+    return stages
+
+
+def _last(stage: list[str], instruction: str) -> str:
+    return next(line for line in reversed(stage) if line.startswith(instruction + " "))[len(instruction) + 1 :]
+
+
 def test_dockerfile_runs_engram_as_a_non_root_user() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    assert 'ENTRYPOINT ["engram"]' in text and "USER 10001" in text and "HEALTHCHECK" in text
-    cmd = next(line for line in text.splitlines() if line.startswith("CMD "))[len("CMD ") :]
-    assert build_parser().parse_args(yaml.safe_load(cmd)).command == "serve"
+    stages = _stages()
+    assert list(stages)[-1] == "all"  # `docker build .` with no target: the one-host image, as before
+    for name in ("api", "worker"):
+        assert _last(stages[name], "ENTRYPOINT") == '["engram"]' and _last(stages[name], "USER") == "10001", name
+    assert stages["all"] == [line for line in stages["all"] if not line.startswith("USER")]  # inherits the worker's
+    parser = build_parser()
+    assert parser.parse_args(yaml.safe_load(_last(stages["all"], "CMD"))).command == "serve"
+    assert "HEALTHCHECK" in " ".join(stages["all"])
+
+
+def test_each_role_has_a_target_installing_its_own_extra_and_running_its_command() -> None:
+    """The API image installs the `serve` extra (no torch) and serves without a local worker; the worker image
+    installs the `worker` extra and runs `engram worker`; compose builds each service from its role's target."""
+    stages = _stages()
+    installs = {name: " ".join(line for line in lines if "uv pip install" in line) for name, lines in stages.items()}
+    assert "-e '.[serve]'" in installs["api"] and "torch" not in installs["api"]
+    assert "-e '.[worker]'" in installs["worker"]
+    parser = build_parser()
+    api = parser.parse_args(yaml.safe_load(_last(stages["api"], "CMD")))
+    assert api.command == "serve" and api.no_worker is True and api.host == "0.0.0.0"
+    assert parser.parse_args(yaml.safe_load(_last(stages["worker"], "CMD"))).command == "worker"
+    assert _last(stages["worker"], "HEALTHCHECK") == "NONE"  # no HTTP port in a worker
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name, target in (("migrate", "api"), ("api-a", "api"), ("api-b", "api"), ("worker", "worker")):
+        assert services[name]["build"]["target"] == target, name
+        assert target in stages

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_ONLY = ("torch", "torchvision", "onnx", "onnxruntime", "litestar", "sqlalchemy", "alembic", "procrastinate",
@@ -32,12 +33,33 @@ def _name(requirement: str) -> str:
     return re.split(r"[\\[=<>~! ;]", requirement, maxsplit=1)[0].lower()
 
 
+def _extra(project: dict[str, Any], extra: str) -> set[str]:
+    """The names an extra installs, its references to the project's other extras (``engram[serve]``) expanded."""
+    names: set[str] = set()
+    for requirement in project["optional-dependencies"][extra]:
+        if _name(requirement) == project["name"]:
+            for inner in requirement.split("[", 1)[1].split("]", 1)[0].split(","):
+                names |= _extra(project, inner.strip())
+        else:
+            names.add(_name(requirement))
+    return names
+
+
 def test_the_base_install_is_the_client_and_pulls_nothing_of_the_server() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     base = {_name(r) for r in project["dependencies"]}
     assert not base & set(SERVER_ONLY), base & set(SERVER_ONLY)
-    server = {_name(r) for r in project["optional-dependencies"]["server"]}
-    assert {"torch", "litestar", "sqlalchemy", "onnxruntime"} <= server
+    server = _extra(project, "server")
+    assert {"torch", "litestar", "sqlalchemy", "onnxruntime", "timm"} <= server
+
+
+def test_each_role_has_its_own_extra_and_the_api_s_holds_no_torch() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    serve, worker, server = (_extra(project, e) for e in ("serve", "worker", "server"))
+    assert not serve & {"torch", "torchvision", "timm", "scikit-learn", "onnxscript"}, serve
+    assert {"litestar", "uvicorn", "sqlalchemy", "alembic", "procrastinate", "onnxruntime", "onnx", "pillow"} <= serve
+    assert {"torch", "torchvision", "timm", "onnx"} <= worker and serve <= worker
+    assert server == serve | worker
 
 
 def test_the_client_and_its_commands_import_without_the_server() -> None:

@@ -1,0 +1,228 @@
+"""An int8 frozen backbone: static QDQ quantization with ONNX Runtime's own tools, and the check that decides
+whether it may serve.
+
+The frozen backbone's graph (``model_core.export_frozen.backbone_graph``: in-graph resize and normalisation,
+then the network, (B, C, H, W) in [0, 1] -> (B, D) features) is quantized once, calibrated on real images,
+and stored under a digest of the fp32 graph, the calibration images and every quantization setting, so the
+same int8 graph is found again and a change to any of them gives another one.
+
+Calibration set: the samples of the classifier's first learn job (at most ``QuantConfig.calibration_samples``
+of them, spread over its classes). They are real photos of what the classifier will serve, nothing needs
+shipping (the project's photo sets may not be copied into the package, and a set shipped for every deployment
+would be another domain than a user's), and they are at hand when the backbone is first needed. A poor
+calibration is caught by ``check_int8`` on the evaluation set, which then keeps fp32 and says why.
+
+EfficientNet-Lite was designed for this: ReLU6 activations bound every range, so min-max calibration on a
+few hundred images fixes the scales, and no squeeze-excite layer sits between convolutions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model_core.files import write_atomic
+
+FEATURES = "features"  # the backbone graph's output (model_core.export_frozen.FEATURES)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How a backbone is quantized; every field is part of the int8 graph's digest."""
+
+    per_channel: bool = True  # one weight scale per output channel: depthwise convolutions need it
+    activations: str = "uint8"  # x86's int8 kernels (VNNI, AMX) take u8 activations with s8 weights
+    weights: str = "int8"
+    method: str = "minmax"  # ReLU6 bounds the activations, so their min and max are the right range
+    reduce_range: bool = False  # 7-bit weights: for x86 without VNNI, whose u8 x s8 pair sums can saturate
+    quantize_bias: bool = True  # False keeps biases float (no int32 overflow where a weight scale is tiny)
+    calibration_samples: int = 256  # at most this many images fix the ranges (the rest are not read)
+    calibration_batch: int = 32
+    op_types: tuple[str, ...] = ()  # the operators to quantize; () is every one the quantizer supports
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    """What ``quantize_backbone`` wrote, and from what."""
+
+    path: Path  # the int8 graph
+    digest: str  # of the fp32 graph, the calibration images and the config (names the cached file)
+    fp32_sha256: str
+    calibration_sha256: str
+    calibration_samples: int
+    config: QuantConfig
+    fp32_bytes: int
+    int8_bytes: int
+    seconds: float  # quantizing, calibration passes included (0 when found in the cache)
+    cached: bool
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclass(frozen=True)
+class QuantCheck:
+    """The int8 and fp32 graphs compared through one head on one evaluation set, and the decision."""
+
+    samples: int
+    agreement: float  # fraction of samples whose top-1 class is the same from both graphs
+    accuracy_fp32: float
+    accuracy_int8: float
+    max_disagreement: float  # the tolerance rule's two bounds, as applied
+    max_accuracy_drop: float
+    serve_int8: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return str(ort.__version__)
+
+
+def _spread(images: np.ndarray, n: int) -> np.ndarray:
+    """At most ``n`` of ``images``, evenly spaced (a job's samples come grouped by class)."""
+    if len(images) <= n:
+        return images
+    picked: np.ndarray = images[np.linspace(0, len(images) - 1, n).round().astype(int)]
+    return picked
+
+
+def quantization_digest(fp32: bytes, calibration: np.ndarray, config: QuantConfig) -> str:
+    """A digest of everything the int8 graph depends on, ONNX Runtime's version included (its quantizer)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(hashlib.sha256(fp32).digest())
+    h.update(hashlib.sha256(np.ascontiguousarray(calibration, dtype=np.float32).tobytes()).digest())
+    h.update(str(calibration.shape).encode())
+    h.update(json.dumps({**asdict(config), "onnxruntime": _ort_version()}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+class _Batches:
+    """The calibration images as ONNX Runtime's CalibrationDataReader wants them: one feed dict per call."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch: int) -> None:
+        self._it: Iterator[dict[str, np.ndarray]] = (
+            {input_name: images[i : i + batch]} for i in range(0, len(images), batch)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def quantize_backbone(
+    fp32_path: Path, calibration_images: np.ndarray, out_dir: Path, config: QuantConfig = QuantConfig()
+) -> QuantReport:
+    """The int8 (QDQ) version of the backbone graph at ``fp32_path``, calibrated on ``calibration_images``
+    ((N, C, H, W) float32 in [0, 1], the graph's own input), written to ``out_dir/backbone-int8-<digest>.onnx``
+    (or found there, when the same graph, images and config were quantized before)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    started = time.perf_counter()
+    fp32 = Path(fp32_path).read_bytes()
+    calibration = _spread(np.ascontiguousarray(calibration_images, dtype=np.float32), config.calibration_samples)
+    if calibration.ndim < 2 or len(calibration) == 0:
+        raise ValueError(f"calibration needs at least one image, got an array of shape {calibration_images.shape}")
+    digest = quantization_digest(fp32, calibration, config)
+    out = Path(out_dir) / f"backbone-int8-{digest}.onnx"
+    report = dict(digest=digest, fp32_sha256=hashlib.sha256(fp32).hexdigest(),
+                  calibration_sha256=hashlib.sha256(calibration.tobytes()).hexdigest(),
+                  calibration_samples=len(calibration), config=config, fp32_bytes=len(fp32))  # fmt: skip
+    if out.exists():
+        return QuantReport(path=out, int8_bytes=out.stat().st_size, seconds=0.0, cached=True, **report)  # type: ignore[arg-type]
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}  # fmt: skip
+    input_name = _input_name(fp32)
+    with tempfile.TemporaryDirectory(prefix="engram-quant-") as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        # Shape inference and graph fusions first, as ONNX Runtime's quantization guide asks: a Conv fused
+        # with its BatchNormalization and Clip quantizes as one operator.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        quantize_static(
+            str(prepared), str(quantized), _Batches(input_name, calibration, config.calibration_batch),
+            quant_format=QuantFormat.QDQ, activation_type=types[config.activations],
+            weight_type=types[config.weights], per_channel=config.per_channel, reduce_range=config.reduce_range,
+            calibrate_method=methods[config.method], op_types_to_quantize=list(config.op_types) or None,
+            extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": config.quantize_bias},
+        )  # fmt: skip
+        data = quantized.read_bytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, data)  # a temporary name, then renamed: readers never see half a file
+    return QuantReport(path=out, int8_bytes=len(data), seconds=time.perf_counter() - started, cached=False, **report)  # type: ignore[arg-type]
+
+
+def _input_name(graph: bytes) -> str:
+    import onnx
+
+    model = onnx.load_from_string(graph)
+    inits = {i.name for i in model.graph.initializer}
+    return str(next(i.name for i in model.graph.input if i.name not in inits))
+
+
+def features(graph: Path | bytes, images: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
+    """(N, D) float32 features of ``images`` ((N, C, H, W) in [0, 1]) through the backbone graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: one per core
+    model = str(graph) if isinstance(graph, Path) else graph
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    return np.concatenate([session.run([FEATURES], {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
+
+
+# The tolerance rule's defaults. The accuracy bound is the issue's own bar for int8 (final accuracy within
+# 0.005 of fp32), widened to one sample on a small evaluation set, where one flipped photo is more than that.
+# The disagreement bound: the top-1 classes of the two graphs may differ on at most this fraction of the
+# evaluation samples (measured on cifar10-mini with the analytic head: docs/guides/int8-backbone.md).
+MAX_ACCURACY_DROP = 0.005
+MAX_DISAGREEMENT = 0.05
+
+
+def check_int8(
+    labels: np.ndarray,
+    fp32_predictions: np.ndarray,
+    int8_predictions: np.ndarray,
+    max_accuracy_drop: float = MAX_ACCURACY_DROP,
+    max_disagreement: float = MAX_DISAGREEMENT,
+) -> QuantCheck:
+    """Whether the int8 graph may serve: the same head (learned from each graph's own features) predicted
+    the evaluation samples ``labels`` as ``fp32_predictions`` and ``int8_predictions`` ((N,) class indices).
+
+    int8 serves only if its accuracy is at most ``max_accuracy_drop`` (or one sample, if more) below fp32's and
+    the two disagree on at most ``max_disagreement`` of the samples; otherwise fp32 serves, and ``reason`` says
+    which bound was passed and by how much."""
+    labels, a, b = (np.asarray(v).reshape(-1) for v in (labels, fp32_predictions, int8_predictions))
+    if not len(labels) == len(a) == len(b) or len(labels) == 0:
+        raise ValueError(f"labels and predictions must be the same non-zero length, got {len(labels)}, {len(a)}, {len(b)}")
+    n = len(labels)
+    agreement = float((a == b).mean())
+    acc_fp32, acc_int8 = float((a == labels).mean()), float((b == labels).mean())
+    allowed_drop = max(max_accuracy_drop, 1.0 / n) if max_accuracy_drop > 0 else 0.0
+    drop, disagreement = acc_fp32 - acc_int8, 1.0 - agreement
+    problems = []
+    if drop > allowed_drop + 1e-12:
+        problems.append(f"int8 accuracy {acc_int8:.4f} is {drop:.4f} below fp32's {acc_fp32:.4f} (at most {allowed_drop:.4f} allowed)")
+    if disagreement > max_disagreement + 1e-12:
+        problems.append(f"the int8 and fp32 graphs disagree on {disagreement:.4f} of {n} samples (at most {max_disagreement:.4f} allowed)")
+    if problems:
+        reason = "fp32 serves: " + "; ".join(problems)
+    else:
+        reason = (f"int8 serves: accuracy {acc_int8:.4f} against fp32's {acc_fp32:.4f}, top-1 agreement {agreement:.4f} "
+                  f"on {n} samples, within the tolerance (drop <= {allowed_drop:.4f}, disagreement <= {max_disagreement:.4f})")  # fmt: skip
+    return QuantCheck(n, agreement, acc_fp32, acc_int8, max_disagreement, allowed_drop, not problems, reason)

@@ -1,0 +1,141 @@
+"""model_core.quantize: the int8 backbone (static QDQ with ONNX Runtime's quantizer), its digest and cache, and the
+tolerance rule that decides between int8 and fp32.
+
+The real-photo tests export the packaged EfficientNet-Lite0 at 96 px (the quantizer's cost grows with the
+resolution; the graph is the same) and use cifar10-mini; they skip, saying why, when the photos are absent.
+Cost: a few minutes on 2 cores (one export, two quantizations, six feature passes over 100 photos).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model_core.quantize import QuantConfig, check_int8, features, quantization_digest, quantize_backbone
+
+CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-mini"
+
+
+def tiny_graph(path: Path) -> Path:
+    """(B, 3, 8, 8) -> Conv 3x3 -> Clip(0, 6) -> GlobalAveragePool -> Flatten -> "features" (B, 4)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c", "lo", "hi"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["features"]),
+    ]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b"),
+             numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")]  # fmt: skip
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10  # what ONNX Runtime 1.31 reads (onnx 1.23 writes 14 by default)
+    onnx.save_model(model, path)
+    return path
+
+
+def test_the_rule_serves_int8_only_within_both_bounds_and_says_why() -> None:
+    labels = np.array([0, 1, 2, 3] * 50)  # 200 samples
+    same = check_int8(labels, labels, labels)
+    assert same.serve_int8 and same.agreement == 1.0 and same.reason.startswith("int8 serves")
+    flipped = labels.copy()
+    flipped[:20] = (flipped[:20] + 1) % 4  # 10% wrong and disagreeing
+    worse = check_int8(labels, labels, flipped)
+    assert not worse.serve_int8 and worse.accuracy_int8 == pytest.approx(0.9)
+    assert "0.9000 is 0.1000 below fp32's 1.0000" in worse.reason and "disagree on 0.1000" in worse.reason
+    # One flipped photo of 200 is 0.005: within the accuracy bound, and a disagreement of 0.005
+    one = labels.copy()
+    one[0] = 1
+    assert check_int8(labels, labels, one).serve_int8
+    # Equal accuracy, but the graphs disagree on many samples: fp32, naming the disagreement only
+    a, b = labels.copy(), labels.copy()
+    a[:30], b[30:60] = (a[:30] + 1) % 4, (b[30:60] + 1) % 4
+    differ = check_int8(labels, a, b)
+    assert differ.accuracy_int8 == differ.accuracy_fp32 and not differ.serve_int8
+    assert "disagree on 0.3000" in differ.reason and "below fp32" not in differ.reason
+    # A tolerance of zero: any difference selects fp32
+    zero = check_int8(labels, labels, one, max_accuracy_drop=0.0, max_disagreement=0.0)
+    assert not zero.serve_int8 and zero.reason.startswith("fp32 serves")
+    with pytest.raises(ValueError, match="same non-zero length"):
+        check_int8(labels, labels, labels[:10])
+
+
+def test_the_digest_covers_the_graph_the_calibration_and_the_config(tmp_path: Path) -> None:
+    fp32 = tiny_graph(tmp_path / "fp32.onnx")
+    calib = np.random.default_rng(1).uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
+    first = quantize_backbone(fp32, calib, tmp_path / "cache")
+    assert first.path.exists() and not first.cached and first.path.name == f"backbone-int8-{first.digest}.onnx"
+    again = quantize_backbone(fp32, calib, tmp_path / "cache")
+    assert again.cached and again.digest == first.digest and again.path == first.path
+    data = fp32.read_bytes()
+    digests = {
+        first.digest,
+        quantization_digest(data, calib[:8], QuantConfig()),
+        quantization_digest(data, calib, QuantConfig(per_channel=False)),
+        quantization_digest(data, calib, QuantConfig(method="percentile")),
+        quantization_digest(data + b" ", calib, QuantConfig()),
+    }
+    assert len(digests) == 5
+    out = features(first.path, calib)
+    assert out.shape == (16, 4) and np.isfinite(out).all()
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(first.path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    with pytest.raises(ValueError, match="at least one image"):
+        quantize_backbone(fp32, calib[:0], tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The packaged photo backbone (96 px) exported alone, cifar10-mini photos (10 classes; 10 a class to learn,
+    10 to evaluate), the fp32 features and the analytic head's test predictions from them."""
+    if not (CIFAR / "train").is_dir():
+        pytest.skip(f"the cifar10-mini photos are not at {CIFAR}; these tests need them (see shared/data/README.md)")
+    from benchmarks.int8_backbone import analytic_head, head_predict
+    from model_core.config import BackboneSpec, InputSpec, NetworkSpec
+    from model_core.export_frozen import backbone_graph
+    from model_core.learner import Learner
+    from model_core.probe import photo_folder
+
+    tmp = tmp_path_factory.mktemp("int8")
+    spec = NetworkSpec(InputSpec("image", 3, 32, 32), backbone=BackboneSpec("timm/efficientnet_lite0", resolution=96))
+    fp32 = tmp / "fp32.onnx"
+    fp32.write_bytes(backbone_graph(Learner.create(spec), "input", None))
+    train_x, train_y = photo_folder(CIFAR / "train", 10)
+    test_x, test_y = photo_folder(CIFAR / "test", 10)
+    train, test = train_x.numpy(), test_x.numpy()
+    w = analytic_head(features(fp32, train, threads=1), train_y)
+    return {"fp32": fp32, "dir": tmp, "train": train, "train_y": train_y, "test": test, "test_y": test_y,
+            "fp32_pred": head_predict(w, features(fp32, test, threads=1))}  # fmt: skip
+
+
+def _int8_predictions(photos: dict[str, object], calibration: np.ndarray) -> np.ndarray:
+    from benchmarks.int8_backbone import analytic_head, head_predict
+
+    report = quantize_backbone(photos["fp32"], calibration, photos["dir"])  # type: ignore[arg-type]
+    train, test = photos["train"], photos["test"]
+    w = analytic_head(features(report.path, train, threads=1), photos["train_y"])  # type: ignore[arg-type]
+    return head_predict(w, features(report.path, test, threads=1))  # type: ignore[arg-type]
+
+
+def test_real_calibration_beats_a_broken_one_and_a_disagreeing_int8_selects_fp32(photos: dict[str, object]) -> None:
+    """Calibrated on real photos, the int8 graph runs and its head agrees with fp32's far more often than when
+    calibrated on black images (every activation range that of one constant image, so real photos saturate
+    them); where the graphs disagree beyond the tolerance, fp32 is selected and the reason names the figures."""
+    train, labels, fp32 = photos["train"], photos["test_y"], photos["fp32_pred"]
+    assert isinstance(train, np.ndarray)
+    real = check_int8(labels, fp32, _int8_predictions(photos, train[::4]))  # type: ignore[arg-type]
+    broken = check_int8(labels, fp32, _int8_predictions(photos, np.zeros_like(train[:8])))  # type: ignore[arg-type]
+    assert real.accuracy_fp32 > 0.4  # the head learned something (10 classes: chance is 0.1)
+    assert real.agreement > broken.agreement + 0.2, (real.reason, broken.reason)
+    assert not broken.serve_int8 and broken.reason.startswith("fp32 serves") and "disagree" in broken.reason
+    strict = check_int8(labels, fp32, _int8_predictions(photos, train[::4]), max_accuracy_drop=0.0, max_disagreement=0.0)  # type: ignore[arg-type]
+    assert strict.serve_int8 == (real.agreement == 1.0 and real.accuracy_int8 >= real.accuracy_fp32)
+    assert strict.reason.startswith("int8 serves" if strict.serve_int8 else "fp32 serves")
