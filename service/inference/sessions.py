@@ -32,8 +32,7 @@ import onnxruntime as ort
 
 from model_core.graphs import FEATURES
 from service.inference.batching import MicroBatcher
-from service.inference.binary import BinaryBatch, ImageFiles, NpyBatch
-from service.inference.inputs import InputFormat, parse_items, softmax
+from service.inference.inputs import InputFormat, softmax
 from service.settings import Settings
 
 log = logging.getLogger("engram.serving")
@@ -117,12 +116,6 @@ def array_bytes(row: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(row), allow_pickle=False)
     return buf.getvalue()
-
-
-def parse_inputs(items: list[Any] | BinaryBatch, fmt: InputFormat, max_pixels: int) -> np.ndarray:
-    if isinstance(items, NpyBatch | ImageFiles):  # POST .../predict/binary (service.inference.binary)
-        return items.rows(fmt, max_pixels)
-    return parse_items(items, fmt, "inputs", max_pixels)
 
 
 def session_options(options: ServingOptions, arena: bool = True) -> ort.SessionOptions:
