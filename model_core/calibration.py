@@ -49,7 +49,7 @@ def nll(logits: Tensor, y: Tensor, temperature: float) -> float:
 
 def fit_temperature(logits: Tensor, y: Tensor, groups: Sequence[Tensor] | None = None) -> float:
     """The temperature T minimising the held-out NLL of ``y`` under softmax(logits / T): golden-section search on
-    log T (the NLL is convex in 1 / T). ``groups``: per row, the units its softmax runs over (task-incremental)."""
+    log T (the NLL is convex in 1 / T); 1 when the minimum lies at an end of ``LOG_T_RANGE`` (no minimum: see below). ``groups``: per row, the units its softmax runs over (task-incremental)."""
     z, pos = _masked(logits, groups, y)
     if len(z) == 0 or z.shape[1] < 2:
         return 1.0
@@ -70,7 +70,12 @@ def fit_temperature(logits: Tensor, y: Tensor, groups: Sequence[Tensor] | None =
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
             fb = f(b)
-    return float(np.exp((lo + hi) / 2))
+    log_t = (lo + hi) / 2
+    if min(log_t - LOG_T_RANGE[0], LOG_T_RANGE[1] - log_t) < 1e-3:
+        # the search ran to an end of its range: the held-out NLL has no minimum (every sample right, so any
+        # sharpening lowers it, or every one wrong): they do not determine a temperature; the scores stay as they are
+        return 1.0
+    return float(np.exp(log_t))
 
 
 def expected_calibration_error(scores: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:

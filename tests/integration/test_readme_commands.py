@@ -29,6 +29,12 @@ FLAG_RE = re.compile(r"(?<!\S)--[a-z][a-z0-9-]*")
 # Every benchmark the README runs, with why a real run is out of reach here ("" where one runs below).
 BENCHMARKS = {
     "binary_bench": "starts engram serve, trains a model and drives HTTP load: minutes",
+    "class_growth": "teaches a real server up to 1,000 classes: tens of minutes",
+    "decode_isolation": "starts engram serve and sends 256 MP image requests beside tiny ones: a minute",
+    "embeddings": "embeds banking77 with the sentence encoder (the bench extra): minutes",
+    "int8_backbone": "quantizes EfficientNet-Lite0 and embeds cifar10-mini photos twice: minutes",
+    "ort_options": "times a backbone graph under three session options: a minute",
+    "shared_backbone": "starts engram serve and teaches photo classifiers: minutes",
     "continual": "",  # test_continual_writes_its_json
     "export_parity": "trains and exports an MLP, a CNN and a ResNet-18: a minute of CPU",
     "gate_truth": "teaches every stream to a real server: minutes, and mnist-5k photos",

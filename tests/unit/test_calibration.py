@@ -65,3 +65,14 @@ def test_calibration_is_fitted_on_the_held_out_samples_only_and_served_in_the_gr
     y = torch.tensor([index[v] for v in held_y])
     scores, right = top_scores(torch.from_numpy(served), y)
     assert expected_calibration_error(scores, right) < 0.05  # in sample here; out of sample: report["ece"]
+
+
+def test_held_out_samples_that_determine_no_temperature_leave_the_scores_as_they_are() -> None:
+    """Every held-out sample right with a margin: any sharpening lowers their NLL, which then has no minimum (the
+    search would run to its end and saturate every served score at 1.0); the temperature stays 1."""
+    from model_core.calibration import fit_temperature
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.5, 0.0], [0.0, 2.5]])
+    assert fit_temperature(logits, torch.tensor([0, 1, 0, 1])) == 1.0
+    mixed = torch.tensor([0, 1, 1, 1])  # one wrong: a minimum exists, and it softens the scores
+    assert fit_temperature(logits, mixed) > 1.0
