@@ -7,7 +7,6 @@ digits as 64-dim vectors; every job but the first names ``class_models`` (closed
 from __future__ import annotations
 
 import json
-
 from typing import Any
 
 import numpy as np
