@@ -126,8 +126,13 @@ def memory(classifiers: int, versions: int) -> None:
                 classes = CLASSES[:2] if v == 1 else (CLASSES[v],)
                 before = rss_mb(proc.pid)
                 job, _ = learn(c, name, photo_samples(classes), f"t{v}")
-                if job["status"] != "promoted":
-                    raise SystemExit(f"{name} version {v}: job {job['status']}: {job.get('error') or job.get('report')}")
+                if job["status"] == "rejected":  # 12 photos a class leave the gate 2 held out a class: the benchmark
+                    # measures what versions cost to serve, so an admin promotes a rejected one (said in the output)
+                    c.post(f"/v1/classifiers/{name}/versions/{job['version']}/promote",
+                           json={"force": True, "reason": "memory benchmark"}).raise_for_status()  # fmt: skip
+                    print(f"{name} version {v}: rejected by the gate (2 held-out photos a class), promoted with force")
+                elif job["status"] != "promoted":
+                    raise SystemExit(f"{name} version {v}: job {job['status']}: {job.get('error')}")
                 for pinned in range(1, v + 1):  # the serving process now holds every version of the classifier
                     assert predict(c, name, inputs, pinned)["version"] == pinned
                 assert predict(c, name, inputs)["version"] == v
