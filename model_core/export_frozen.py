@@ -82,6 +82,27 @@ def backbone_graph(learner: Learner, input_name: str, cache_dir: Path | None) ->
     return data
 
 
+def _served_outputs(learner: Learner, nodes: list[Any], inits: list[Any], outs: list[str], output_name: str,
+                    novelty: nn.Module | None, opset: int) -> list[Any]:  # fmt: skip
+    """Append to ``nodes``/``inits`` what follows the head blocks' outputs ``outs``: their concatenation, the
+    calibration temperature folded in (served logits = raw logits * (1 / T), model_core.calibration), and with
+    ``novelty`` its score from the features and the served logits; returns the graph's outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits.append(numpy_helper.from_array(learner.model.logit_scale.detach().cpu().float().numpy(), "logit_scale"))
+    nodes += [helper.make_node("Concat", outs, ["raw_logits"], axis=1),
+              helper.make_node("Mul", ["raw_logits", "logit_scale"], [output_name])]  # fmt: skip
+    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])]
+    if novelty is not None:
+        from model_core.novelty import onnx_nodes as novelty_nodes
+
+        more_nodes, more_inits = novelty_nodes(novelty, FEATURES, output_name, "novelty", opset)
+        nodes += more_nodes
+        inits += more_inits
+        outputs.append(helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["batch"]))
+    return outputs
+
+
 def head_model(learner: Learner, output_name: str, novelty: nn.Module | None = None, *, opset: int = 18,
                ir_version: int = 10, opset_imports: list[Any] | None = None) -> Any:  # fmt: skip
     """The head's graph: ``features`` (B, feature_dim) -> ``output_name`` (B, U), and with ``novelty``
@@ -113,18 +134,7 @@ def head_model(learner: Learner, output_name: str, novelty: nn.Module | None = N
         nodes.append(helper.make_node("Gemm", [source, f"head{i}.weight", f"head{i}.bias"], [f"head{i}.out"],
                                       transB=1))  # fmt: skip
         outs.append(f"head{i}.out")
-    # the calibration temperature, folded in: served logits = raw logits * (1 / T) (model_core.calibration)
-    inits.append(numpy_helper.from_array(learner.model.logit_scale.detach().cpu().float().numpy(), "logit_scale"))
-    nodes += [helper.make_node("Concat", outs, ["raw_logits"], axis=1),
-              helper.make_node("Mul", ["raw_logits", "logit_scale"], [output_name])]  # fmt: skip
-    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])]
-    if novelty is not None:
-        from model_core.novelty import onnx_nodes as novelty_nodes
-
-        more_nodes, more_inits = novelty_nodes(novelty, FEATURES, output_name, "novelty", opset)
-        nodes += more_nodes
-        inits += more_inits
-        outputs.append(helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["batch"]))
+    outputs = _served_outputs(learner, nodes, inits, outs, output_name, novelty, opset)
     graph = helper.make_graph(
         nodes, "head", [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["batch", learner.model.feature_dim])],
         outputs, inits,
@@ -164,7 +174,7 @@ def raw_input_model(learner: Learner, input_name: str, output_name: str, novelty
     """The whole graph of a classifier whose head blocks all read the raw input (``reads_raw_input``):
     ``input_name`` (B, *shape) flattened -> the class-model blocks -> ``output_name``; novelty from the logits
     (the only novelty such a version has: ``model_core.novelty.novelty_module``)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     opset = 18
     nodes, inits, outs = [helper.make_node("Flatten", [input_name], [FEATURES], axis=1)], [], []
@@ -174,17 +184,7 @@ def raw_input_model(learner: Learner, input_name: str, output_name: str, novelty
         nodes += head_nodes
         inits += head_inits
         outs.append(f"head{i}.out")
-    inits.append(numpy_helper.from_array(learner.model.logit_scale.detach().cpu().float().numpy(), "logit_scale"))
-    nodes += [helper.make_node("Concat", outs, ["raw_logits"], axis=1),
-              helper.make_node("Mul", ["raw_logits", "logit_scale"], [output_name])]  # the calibration temperature
-    outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", learner.model.num_units])]
-    if novelty is not None:
-        from model_core.novelty import onnx_nodes as novelty_nodes
-
-        more_nodes, more_inits = novelty_nodes(novelty, FEATURES, output_name, "novelty", opset)
-        nodes += more_nodes
-        inits += more_inits
-        outputs.append(helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["batch"]))
+    outputs = _served_outputs(learner, nodes, inits, outs, output_name, novelty, opset)
     shape: list[str | int | None] = ["batch", *learner.spec.input.shape]
     graph = helper.make_graph(nodes, "raw-heads", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
                               outputs, inits)  # fmt: skip
