@@ -355,6 +355,13 @@ def _floor_from(source: dict[str, Any] | None) -> str:
     return f"chance {source['chance']} / nearest mean {source['reference']}"
 
 
+def _trial_score(trial: dict[str, Any]) -> str:
+    """A candidate's score, or why it has none: refused by the job, or not scored (a closed-form one applied)."""
+    if trial["score"] is not None:
+        return str(trial["score"])
+    return "not scored" if str(trial.get("error") or "").startswith("not scored") else "refused"
+
+
 def print_choices(results: list[dict[str, Any]]) -> None:
     """What each stream's first job chose, its candidates' scores, and the exemplar-free strategies' final accuracy."""
     rows = [r for r in results if r.get("choice")]
@@ -366,7 +373,7 @@ def print_choices(results: list[dict[str, Any]]) -> None:
     print("|---|---|---|---|---|---|")
     for res in rows:
         ch = res["choice"]
-        scores = ", ".join(f"{t['strategy']} {t['score'] if t['score'] is not None else 'refused'}"
+        scores = ", ".join(f"{t['strategy']} {_trial_score(t)}"
                            + (" (capped)" if t.get("capped") else "") for t in ch["candidates"])  # fmt: skip
         finals = {r["strategy"]: r["tasks"][-1]["served_accuracy"] for r in results
                   if r["stream"] == res["stream"] and r["strategy"] in free}  # fmt: skip
