@@ -26,10 +26,14 @@ from service.schemas import (
     AuditView,
     CapturedInputs,
     ClassifierView,
+    DeleteResult,
     JobView,
     Prediction,
     PredictResult,
+    PruneResult,
     Ranked,
+    RetentionView,
+    StorageUsage,
     VersionView,
 )
 
@@ -271,3 +275,24 @@ class EngramClient:
 
     def audit(self, name: str) -> list[AuditEntry]:
         return [_read(AuditEntry, a) for a in self._call("GET", f"/v1/classifiers/{name}/audit")]
+
+    # lifecycle: retention, prune, delete, sizes
+    def prune(self, name: str, dry_run: bool = False) -> PruneResult:
+        params = {"dry_run": "true" if dry_run else "false"}
+        return _read(PruneResult, self._call("POST", f"/v1/classifiers/{name}/prune", params=params))
+
+    def delete_classifier(self, name: str) -> DeleteResult:
+        return _read(DeleteResult, self._call("DELETE", f"/v1/classifiers/{name}"))
+
+    def retention(self, name: str) -> RetentionView:
+        return _read(RetentionView, self._call("GET", f"/v1/classifiers/{name}/retention"))
+
+    def set_retention(self, name: str, keep_ancestors: int | None = None, keep_days: float | None = None) -> RetentionView:
+        body = {k: v for k, v in {"keep_ancestors": keep_ancestors, "keep_days": keep_days}.items() if v is not None}
+        return _read(RetentionView, self._call("PUT", f"/v1/classifiers/{name}/retention", json=body))
+
+    def reset_retention(self, name: str) -> RetentionView:
+        return _read(RetentionView, self._call("DELETE", f"/v1/classifiers/{name}/retention"))
+
+    def storage(self) -> dict[str, StorageUsage]:
+        return {k: _read(StorageUsage, v) for k, v in self._call("GET", "/v1/storage").items()}

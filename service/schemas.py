@@ -206,7 +206,7 @@ class RollbackRequest(Strict):
 # (tests/e2e/test_fuzz.py) then fails on a field the document does not list or a listed one that is
 # missing. The application builds plain dicts; these models only describe them.
 
-VersionStatus = Literal["candidate", "active", "rejected", "retired"]
+VersionStatus = Literal["candidate", "active", "rejected", "retired", "pruned"]
 
 
 class Out(BaseModel):
@@ -317,7 +317,7 @@ class StrategyView(Out):
 
 
 class AuditView(Out):
-    action: str = Field(description="promote, rollback or auto-promote")
+    action: str = Field(description="promote, rollback, auto-promote, or prune (to_version: the version pruned)")
     actor: str = Field(description="role and key fingerprint (never the key), or 'worker'")
     from_version: int | None
     to_version: int
@@ -339,6 +339,75 @@ class CapturedInputs(Out):
     classifier: str
     capture: bool = Field(description="whether the classifier captures inputs flagged unknown")
     items: list[CapturedInput] = Field(description="oldest first; deleted once exported (DELETE) or expired")
+
+
+class RetentionRequest(Strict):
+    """A classifier's own retention policy (docs/operations/lifecycle.md); a field left out takes the deployment's
+    default."""
+
+    keep_ancestors: int | None = Field(default=None, ge=0, le=10_000,
+                                       description="the active version's nearest ancestors kept")  # fmt: skip
+    keep_days: float | None = Field(default=None, ge=0, le=100_000,
+                                    description="versions active, or created, within this many days are kept")  # fmt: skip
+
+
+class RetentionView(Out):
+    classifier: str
+    keep_ancestors: int
+    keep_days: float
+    own: bool = Field(description="the classifier's own policy; false: the deployment's default")
+
+
+class PrunedVersion(Out):
+    version: int
+    status: VersionStatus = Field(description="its status before it was pruned")
+    bytes: int = Field(description="its bundle's own files")
+
+
+class KeptVersion(Out):
+    version: int
+    status: VersionStatus
+    reason: str = Field(description="the policy's rule that keeps it")
+
+
+class ContentCollected(Out):
+    removed: list[str] = Field(description="sha256 of the content no kept version references any more, deleted")
+    bytes: int
+    deferred: str | None = Field(description="why nothing was collected now (a job is live...); a later prune does")
+
+
+class PruneResult(Out):
+    classifier: str
+    dry_run: bool = Field(description="true: what a prune would do; nothing was changed")
+    policy: dict[str, float]
+    pruned: list[PrunedVersion]
+    kept: list[KeptVersion]
+    content: ContentCollected
+    bytes_freed: int
+
+
+class DeleteResult(Out):
+    classifier: str
+    versions: int = Field(description="versions deleted (rows; their bundles went with them)")
+    jobs: int = Field(description="jobs deleted, with their staged arrays")
+    content: ContentCollected
+    bytes_freed: int
+
+
+class StorageUsage(Out):
+    versions: int = Field(description="bytes of its kept versions' own files")
+    content: int = Field(description="bytes of the content they reference, each once (shared content counts in "
+                         "each classifier that references it)")
+    total: int
+    count: int = Field(description="kept versions")
+
+
+class LifecycleEventView(Out):
+    classifier: str
+    action: str = Field(description="prune, delete, import or restore")
+    actor: str
+    detail: dict[str, Any]
+    at: dt.datetime
 
 
 class CapturedDeleted(Out):

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     allow_downloads: bool = False  # whether this host may download pretrained weights; off: cached or packaged only
     # The only place a backbone's weights "file" may be (a path relative to it; default: the weights cache dir)
     weights_dir: Path | None = None
+    # The retention default of classifiers without a policy of their own (docs/operations/lifecycle.md): a prune keeps
+    # the active version's nearest ancestors, this many
+    retention_keep_ancestors: int = Field(default=3, ge=0)
+    # and every version active, or created, within this many days (service.domain.retention)
+    retention_keep_days: float = Field(default=30.0, ge=0)
 
     @field_validator("api_keys")
     @classmethod

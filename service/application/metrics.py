@@ -45,6 +45,10 @@ class Metrics:
                                            ["classifier", "version"], registry=r)  # fmt: skip
         self.captured_inputs = Counter("engram_captured_inputs_total", "inputs flagged unknown and kept (capture)",
                                        ["classifier"], registry=r)  # fmt: skip
+        self.store_bytes = Gauge("engram_store_bytes",
+                                 "artifact-store bytes per classifier: its kept versions' own files (part=versions) and "
+                                 "the content they reference, each once (part=content; shared content counts in each "
+                                 "classifier that references it)", ["classifier", "part"], registry=r)  # fmt: skip
         self.requests = Counter("engram_http_requests_total", "HTTP requests", ["method", "status"], registry=r)
 
     def observe_job(self, classifier: str, status: str, seconds: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
-"""The application layer behind the HTTP controllers, as four services with one job each:
+"""The application layer behind the HTTP controllers, as five services with one job each:
 
 - ``classifiers`` (``service.application.classifiers``): create, list, read; the readiness ping;
 - ``learning`` (``service.application.learning``): validate and queue learn jobs; read, cancel and reap jobs;
 - ``versions`` (``service.application.versions``): versions, audit, promotion and rollback (compare-and-set);
-- ``serving`` (``service.application.serving``): which version this replica serves, loading it, predict.
+- ``serving`` (``service.application.serving``): which version this replica serves, loading it, predict;
+- ``lifecycle`` (``service.application.lifecycle``): retention and prune, deleting a classifier, store sizes.
 
 They take the application's own command types (``service.domain.commands``), never the HTTP schemas, and raise
 the domain errors of ``service.domain.errors``. They hold the transactions and reach the database only through
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from model_core.strategy_specs import SPECS
 from service.application.classifiers import ClassifierService
 from service.application.learning import LearningService, stratified_holdout
+from service.application.lifecycle import LifecycleService
 from service.application.metrics import Metrics
 from service.application.serving import ServingService
 from service.application.versions import VersionService
@@ -49,6 +51,7 @@ class EngramService:
         self.serving = ServingService(settings, sessions, store, state, self.metrics)
         self.learning = LearningService(settings, sessions, store, self.metrics, follow=self.serving.follow)
         self.versions = VersionService(sessions, store, self.serving)
+        self.lifecycle = LifecycleService(settings, sessions, store, self.serving, self.metrics)
 
     @staticmethod
     def strategies() -> dict[str, Any]:

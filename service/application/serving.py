@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.application.metrics import Metrics
 from service.domain.commands import Predict
-from service.domain.errors import Conflict, Invalid, Unavailable
+from service.domain.errors import Conflict, Gone, Invalid, Unavailable
 from service.domain.unknowns import UnknownSettings
 from service.inference.decoding import DecodeLimits, Decoder
 from service.inference.sessions import Served, ServingOptions, ServingState, array_bytes, load_served
@@ -218,10 +218,26 @@ class ServingService:
             self.state.swap(served)
             return True
 
+    def forget(self, classifier: str) -> None:
+        """Stop serving a deleted classifier on this replica (other replicas notice at their next sync)."""
+        with self._lock:
+            self._generations.pop(classifier, None)
+            self._unknowns.pop(classifier, None)
+            for key in [k for k in self._failures if k[0] == classifier]:
+                del self._failures[key]
+            self._pointers_seen = {k: v for k, v in self._pointers_seen.items() if k != classifier}
+            self.state.forget(classifier)
+
+    def forget_version(self, classifier: str, version: int) -> None:
+        """Drop a pruned version's cached session on this replica."""
+        self.state.forget(classifier, version)
+
     def _follow(self, classifier_id: int | None) -> None:
         moved: list[tuple[VersionRef, int]] = []
         with self.sessions() as s:
             rows = registry.active_pointers(s, classifier_id)
+            unpointed = set(self.state.active_versions()) - {clf.name for clf, _, _ in rows}
+            gone = unpointed - {c.name for c in registry.list_classifiers(s)} if classifier_id is None and unpointed else set()
             with self._lock:
                 for clf, v, generation in rows:
                     if generation < self._generations.get(clf.name, -1):
@@ -232,6 +248,8 @@ class ServingService:
                         self._generations[clf.name] = generation  # same version, newer move (e.g. back and forth)
                     else:
                         moved.append((version_ref(self.store, clf, v), generation))
+        for name in gone:  # deleted (on another replica): served here no longer
+            self.forget(name)
         pointers = {clf.name: v.number for clf, v, _ in rows}
         self._pointers_seen = pointers if classifier_id is None else {**self._pointers_seen, **pointers}
         now = time.monotonic()
@@ -314,4 +332,7 @@ class ServingService:
             number = version if version is not None else clf.active_version
             if number is None:
                 raise Conflict(f"classifier {name!r} has no active version yet; learn something first")
-            return version_ref(self.store, clf, registry.get_version(s, clf, number))
+            v = registry.get_version(s, clf, number)
+            if v.status == "pruned":
+                raise Gone(f"version {number} of {name!r} was pruned by the retention policy: its files are gone")
+            return version_ref(self.store, clf, v)

@@ -18,7 +18,7 @@ from model_core.files import sha256_file, write_atomic
 from model_core.graphs import compose
 from service.application.serving import ServingService, version_ref
 from service.application.views import audit_view, version_view
-from service.domain.errors import Conflict, Invalid, NotFound
+from service.domain.errors import Conflict, Gone, Invalid, NotFound
 from service.inference.sessions import HEAD_FILE, MODEL_FILE, read_references
 from service.persistence import registry
 from service.persistence.models import Classifier, Version
@@ -34,6 +34,13 @@ def audit_reason(reason: str | None) -> str | None:
     if len(text) > MAX_REASON:
         raise Invalid(f"reason has {len(text)} characters; at most {MAX_REASON}")
     return text or None
+
+
+def refuse_pruned(name: str, v: Version) -> None:
+    """Gone (410) for a version the retention policy pruned: its row stays, its files do not."""
+    if v.status == "pruned":
+        raise Gone(f"version {v.number} of {name!r} was pruned by the retention policy: its files are gone, so it "
+                   "cannot be served, promoted or rolled back to (its report and lineage remain)")
 
 
 class VersionService:
@@ -56,6 +63,7 @@ class VersionService:
         the backbone and the head joined (made once per version, kept in this host's cache)."""
         with self.sessions() as s:
             v = registry.get_version(s, registry.get_classifier(s, name), number)
+            refuse_pruned(name, v)
             folder = self.store.path(v.artifact)
         refs = read_references(folder)
         if "backbone" not in refs or not (folder / HEAD_FILE).exists():
@@ -102,6 +110,7 @@ class VersionService:
         reason = audit_reason(reason)
 
         def check(v: Version) -> bool:
+            refuse_pruned(name, v)
             if v.status == "rejected" and not (force and reason):
                 raise Conflict(f"version {number} was rejected by the gate; promoting it needs force=true and a reason")
             return v.status == "rejected"  # forced
@@ -118,6 +127,7 @@ class VersionService:
             return number
 
         def check(v: Version) -> bool:
+            refuse_pruned(name, v)
             if v.status in ("rejected", "candidate"):
                 raise Conflict(f"version {v.number} was never promoted ({v.status}); promote it instead")
             return False

@@ -168,13 +168,75 @@ def _unknowns_export(args: argparse.Namespace) -> int:
 
 
 def _versions(args: argparse.Namespace) -> int:
+    words = args.words
+    if len(words) == 2 and words[0] == "prune":
+        return _prune(args, words[1])
+    if len(words) != 1:
+        raise SystemExit("usage: engram versions NAME | engram versions prune NAME [--dry-run]")
+    if args.dry_run:
+        raise SystemExit("--dry-run goes with 'engram versions prune NAME'")
     with _client(args) as c:
-        rows = c.versions(args.name)
+        rows = c.versions(words[0])
     table = Table("version", "status", "parent", "strategy", "classes", "avg acc", "BWT")
     for v in rows:
         r = v.report
         table.add_row(str(v.version), v.status, str(v.parent), v.strategy, str(len(v.classes)),
                       f"{r.get('average_accuracy', 0):.3f}", "" if r.get("bwt") is None else f"{r['bwt']:+.3f}")  # fmt: skip
+    console.print(table)
+    return 0
+
+
+def _prune(args: argparse.Namespace, name: str) -> int:
+    with _client(args) as c:
+        result = c.prune(name, dry_run=args.dry_run)
+    verb = "would prune" if result.dry_run else "pruned"
+    table = Table("version", "status", "kept?", "why / bytes")
+    for k in result.kept:
+        table.add_row(str(k.version), k.status, "kept", k.reason)
+    for p in result.pruned:
+        table.add_row(str(p.version), p.status, verb, f"{p.bytes:,} bytes")
+    console.print(table)
+    content = result.content
+    if content.deferred:
+        console.print(f"content not collected now: {escape(content.deferred)}")
+    else:
+        console.print(f"content no kept version references: {len(content.removed)} "
+                      f"{'to remove' if result.dry_run else 'removed'}")  # fmt: skip
+    console.print(f"{name}: {verb} {len(result.pruned)} version(s), {result.bytes_freed:,} bytes"
+                  + (" (dry run: nothing changed)" if result.dry_run else ""))  # fmt: skip
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    if args.yes != args.name:
+        raise SystemExit(f"deleting {args.name!r} removes every version, job and captured input of it for good: "
+                         f"confirm with --yes {args.name}")  # fmt: skip
+    with _client(args) as c:
+        r = c.delete_classifier(args.name)
+    console.print(f"deleted {args.name}: {r.versions} version(s), {r.jobs} job(s), {r.bytes_freed:,} bytes freed")
+    return 0
+
+
+def _retention(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        if args.default:
+            r = c.reset_retention(args.name)
+        elif args.keep_ancestors is not None or args.keep_days is not None:
+            r = c.set_retention(args.name, args.keep_ancestors, args.keep_days)
+        else:
+            r = c.retention(args.name)
+    console.print(f"{r.classifier}: keeps the active version, its {r.keep_ancestors} nearest ancestors and every "
+                  f"version active or created in the last {r.keep_days:g} days "
+                  f"({'its own policy' if r.own else 'the deployment default'})")  # fmt: skip
+    return 0
+
+
+def _storage(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.storage()
+    table = Table("classifier", "kept versions", "version bytes", "content bytes", "total")
+    for name, u in sorted(rows.items()):
+        table.add_row(name, str(u.count), f"{u.versions:,}", f"{u.content:,}", f"{u.total:,}")
     console.print(table)
     return 0
 
@@ -243,6 +305,15 @@ def register(sub: Any) -> None:
                    "'engram unknowns export' (refuses jobs with retention discard)")  # fmt: skip
     p.add_argument("--known-rate", type=float, help="share of held-out known samples calibrated as known (0.95)")
     add("list", _list, "list classifiers", clfs)
+    p = add("delete", _delete, "delete a classifier with its versions, jobs and captured inputs (admin)", clfs)
+    p.add_argument("name")
+    p.add_argument("--yes", metavar="NAME", help="the classifier's name again, to confirm")
+    p = add("retention", _retention, "show or set the classifier's retention policy (what a prune keeps)", clfs)
+    p.add_argument("name")
+    p.add_argument("--keep-ancestors", type=int, metavar="N", help="keep the active version's N nearest ancestors")
+    p.add_argument("--keep-days", type=float, metavar="D", help="keep every version active or created in D days")
+    p.add_argument("--default", action="store_true", help="go back to the deployment's default")
+    add("storage", _storage, "artifact-store bytes per classifier")
     p = add("learn", _learn, "learn a task from an ImageFolder-style folder (one subfolder per class)")
     p.add_argument("name")
     p.add_argument("folder")
@@ -263,8 +334,9 @@ def register(sub: Any) -> None:
             unknowns)  # fmt: skip
     p.add_argument("name")
     p.add_argument("folder")
-    p = add("versions", _versions, "list a classifier's versions")
-    p.add_argument("name")
+    p = add("versions", _versions, "list a classifier's versions; 'versions prune NAME' applies its retention policy")
+    p.add_argument("words", nargs="+", metavar="[prune] NAME")
+    p.add_argument("--dry-run", action="store_true", help="with prune: show what would go, change nothing")
     p = add("promote", _promote, "make a version active")
     p.add_argument("name")
     p.add_argument("version", type=int)

@@ -1,5 +1,5 @@
-"""The ``engram`` command: the server's commands (serve, worker, migrate, export, benchmark; the ``server``
-extra) and, from ``service.cli.commands``, the client's (learn, predict, jobs, versions...; the base install).
+"""The ``engram`` command: the server's commands (serve, worker, migrate, export, import, backup, restore,
+benchmark; the ``server`` extra) and, from ``service.cli.commands``, the client's (learn, predict, jobs, versions...; the base install).
 """
 
 from __future__ import annotations
@@ -34,17 +34,6 @@ def _strategies(_: argparse.Namespace) -> int:
             f"{name}: {spec.summary}; parameters {json.dumps(spec.defaults)}"
             + (f"  [{'; '.join(notes)}]" if notes else "")
         )
-    return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from model_core.checkpoint import load_bundle
-    from model_core.export import export_onnx
-
-    learner, _ = load_bundle(args.bundle)
-    result = export_onnx(learner)
-    Path(args.output).write_bytes(result.onnx)
-    print(f"wrote {args.output} ({len(result.onnx)} bytes); max |onnx - torch| = {result.max_abs_diff:.2e}")
     return 0
 
 
@@ -161,7 +150,7 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-SERVER_COMMANDS = ("serve", "worker", "migrate", "export", "benchmark")
+SERVER_COMMANDS = ("serve", "worker", "migrate", "export", "import", "backup", "restore", "benchmark")
 API_MODULES = ("litestar", "sqlalchemy", "onnxruntime")  # the `serve` extra: the API, no torch
 TRAINING_MODULES = ("torch", "sqlalchemy", "onnxruntime")  # the `worker` extra adds the training engine
 # What each server command needs, and the extra that installs it. `serve` starts a local worker unless
@@ -170,7 +159,10 @@ NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "serve": (API_MODULES, "serve"),
     "migrate": (API_MODULES, "serve"),
     "worker": (TRAINING_MODULES, "worker"),
-    "export": (TRAINING_MODULES, "worker"),
+    "export": (API_MODULES, "serve"),  # an archive; a bundle's ONNX export needs torch (service.cli.archive)
+    "import": (API_MODULES, "serve"),
+    "backup": (API_MODULES, "serve"),
+    "restore": (API_MODULES, "serve"),
     "benchmark": (TRAINING_MODULES, "worker"),
 }
 
@@ -248,10 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("strategies", help="list the learning strategies and their parameters").set_defaults(
         func=_strategies
     )
-    exp = sub.add_parser("export", help="export a checkpoint bundle to ONNX (with a parity check)")
-    exp.add_argument("bundle")
-    exp.add_argument("output")
-    exp.set_defaults(func=_export)
+    from service.cli.archive import register as register_archive
+
+    register_archive(sub, _settings)  # export, import, backup, restore
     bench = sub.add_parser("benchmark", help="run the continual-learning benchmark (python -m benchmarks.continual)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=lambda a: 2)  # main() hands "benchmark ..." to service.cli.benchmark before parsing

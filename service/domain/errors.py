@@ -26,6 +26,10 @@ class PointerMoved(Conflict):
         )
 
 
+class Gone(LookupError):
+    """It existed, and was removed on purpose: a version pruned by the retention policy (410)."""
+
+
 class Invalid(ValueError):
     """Well-formed JSON that cannot be acted on (422)."""
 

@@ -36,6 +36,7 @@ from service.settings import Settings
 from service.storage import open_store
 
 log = logging.getLogger("engram.app")
+STORE_SIZES_EVERY_S = 60.0  # how often the store's bytes per classifier are read for /metrics (bundles are cached)
 
 
 class EngramRequest(Request[Any, Any, Any]):
@@ -102,6 +103,8 @@ async def _background(app: Litestar) -> None:
             if ticks % max(1, round(2.0 / settings.serving_poll_seconds)) == 0:
                 await anyio.to_thread.run_sync(service.learning.reap)
                 await anyio.to_thread.run_sync(service.learning.observe_finished_jobs)
+            if ticks % max(1, round(STORE_SIZES_EVERY_S / settings.serving_poll_seconds)) == 0:
+                await anyio.to_thread.run_sync(service.lifecycle.refresh_usage)  # engram_store_bytes
         except Exception:
             log.exception("background sync failed; retrying")
         ticks += 1

@@ -12,7 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from service.domain.errors import Conflict, Invalid, NotFound, PointerMoved, Unavailable
+from service.domain.errors import Conflict, Gone, Invalid, NotFound, PointerMoved, Unavailable
 from service.http.auth import AuthError
 from service.inference.binary import Undecodable, Unfit
 from service.inference.decoding import TooMuchToDecode
@@ -87,6 +87,7 @@ def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     AuthError: _auth,
     NotFound: lambda r, e: problem(r, 404, str(e)),
+    Gone: lambda r, e: problem(r, 410, str(e)),
     Conflict: lambda r, e: problem(r, 409, str(e)),
     PointerMoved: _moved,
     Unavailable: _unavailable,

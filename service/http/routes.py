@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from litestar import Request, Response, Router, delete, get, post
+from litestar import Request, Response, Router, delete, get, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import FormMultiDict
 from litestar.exceptions import ClientException, HTTPException, SerializationException
@@ -43,15 +43,21 @@ from service.schemas import (
     CapturedInputs,
     ClassifierCreate,
     ClassifierView,
+    DeleteResult,
     Health,
     JobEvent,
     JobView,
     LearnRequest,
+    LifecycleEventView,
     PredictRequest,
     PredictResult,
     PromoteRequest,
+    PruneResult,
     Ready,
+    RetentionRequest,
+    RetentionView,
     RollbackRequest,
+    StorageUsage,
     StrategyView,
     Unready,
     VersionView,
@@ -71,7 +77,7 @@ def guard_answers(handler: HTTPRouteHandler) -> HTTPRouteHandler:
     """Add to ``handler``'s documented answers the problems ``guard_v1`` can give before it runs: 401 on
     every operation, 403 unless its role is predict (which every key has), 415 on a POST."""
     role = handler.opt.get("role", "admin")
-    codes = [401, *([403] if role != "predict" else []), *([415] if "POST" in handler.http_methods else [])]
+    codes = [401, *([403] if role != "predict" else []), *([415] if {"POST", "PUT"} & set(handler.http_methods) else [])]
     handler.responses = dict(sorted({**(handler.responses or {}), **problem_answers(*codes)}.items()))
     return handler
 
@@ -91,7 +97,7 @@ JSON = ("application/json",)
 def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: a POST with a body must say it is JSON (or, where ``opt['content_types']`` allows, a
     multipart form); a body sent as text/plain or a urlencoded form gets 415 instead of being parsed."""
-    if connection.scope.get("method") != "POST":
+    if connection.scope.get("method") not in ("POST", "PUT"):
         return
     headers = connection.headers
     ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -302,6 +308,53 @@ def delete_captured(
     return svc(request).classifiers.delete_captured(name, through)
 
 
+# --- lifecycle: retention, prune, delete, sizes (service.application.lifecycle) ------------------------------
+
+
+@delete("/classifiers/{name:str}", opt={"role": "admin"}, status_code=200, sync_to_thread=True,
+        responses=answers(200, DeleteResult, "The classifier is gone, with its versions, jobs and captured inputs",
+                          400, 404, 409))  # fmt: skip
+def delete_classifier(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
+    return svc(request).lifecycle.delete(name, request.state.actor)
+
+
+@post("/classifiers/{name:str}/prune", opt={"role": "admin"}, status_code=200, sync_to_thread=True,
+      responses=answers(200, PruneResult, "The versions pruned (or, with dry_run, that would be) and kept, and why",
+                        400, 404))  # fmt: skip
+def prune(request: Request[Any, Any, Any], name: str, dry_run: bool = False) -> dict[str, Any]:
+    return svc(request).lifecycle.prune(name, request.state.actor, dry_run)
+
+
+@get("/classifiers/{name:str}/retention", opt={"role": "learn"}, sync_to_thread=True,
+     responses=answers(200, RetentionView, "The retention policy a prune applies", 400, 404))  # fmt: skip
+def get_retention(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
+    return svc(request).lifecycle.retention(name)
+
+
+@put("/classifiers/{name:str}/retention", opt={"role": "admin", "body_required": True}, sync_to_thread=True,
+     responses=answers(200, RetentionView, "The classifier's own policy, now in force", 400, 404, 422))  # fmt: skip
+def set_retention(request: Request[Any, Any, Any], name: str, data: RetentionRequest) -> dict[str, Any]:
+    return svc(request).lifecycle.set_retention(name, data.model_dump(exclude_none=True))
+
+
+@delete("/classifiers/{name:str}/retention", opt={"role": "admin"}, status_code=200, sync_to_thread=True,
+        responses=answers(200, RetentionView, "The deployment's default, now in force", 400, 404))  # fmt: skip
+def reset_retention(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
+    return svc(request).lifecycle.set_retention(name, None)
+
+
+@get("/storage", opt={"role": "learn"}, sync_to_thread=True,
+     responses=answers(200, dict[str, StorageUsage], "Artifact-store bytes per classifier"))  # fmt: skip
+def storage(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return svc(request).lifecycle.refresh_usage()
+
+
+@get("/lifecycle", opt={"role": "admin"}, sync_to_thread=True,
+     responses=answers(200, list[LifecycleEventView], "Prunes, deletions, imports and restores, newest first"))  # fmt: skip
+def lifecycle_events(request: Request[Any, Any, Any], classifier: str | None = None) -> list[dict[str, Any]]:
+    return svc(request).lifecycle.events(classifier)
+
+
 @get("/healthz", sync_to_thread=False, responses=answers(200, Health, "The process is up"))
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -327,7 +380,8 @@ V1 = Router(
     route_handlers=[guard_answers(h) for h in (
         strategies, create_classifier, list_classifiers, get_classifier, learn, get_job, cancel_job, job_events,
         predict, predict_binary, list_versions, get_version, get_onnx, promote, rollback, audit, captured,
-        delete_captured,
+        delete_captured, delete_classifier, prune, get_retention, set_retention, reset_retention, storage,
+        lifecycle_events,
     )],
 )  # fmt: skip
 ROUTES = [V1, healthz, readyz]

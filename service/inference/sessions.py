@@ -336,6 +336,15 @@ class ServingState:
             self._remember(served)
         log.info("serving %s version %d", served.classifier, served.version)
 
+    def forget(self, classifier: str, version: int | None = None) -> None:
+        """Drop a deleted classifier's sessions (``version`` None), or one pruned version's cached session."""
+        with self._lock:
+            if version is None:
+                self._active.pop(classifier, None)
+            for key in [k for k in self._cache if k[0] == classifier and version in (None, k[1])]:
+                if self._active.get(classifier) is not self._cache[key]:
+                    del self._cache[key]
+
     def cached(self, classifier: str, version: int) -> Served | None:
         with self._lock:
             served = self._cache.get((classifier, version))

@@ -57,6 +57,8 @@ class Classifier(Base):
     unknowns: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     active_version: Mapped[int | None] = mapped_column(Integer, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # the classifier's retention policy (service.domain.retention); None: the deployment's default
+    retention: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class Version(Base):
@@ -65,7 +67,7 @@ class Version(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     classifier_id: Mapped[int] = mapped_column(ForeignKey("classifiers.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # candidate, active, rejected, retired
+    status: Mapped[str] = mapped_column(String(16))  # candidate, active, rejected, retired, pruned (files gone)
     parent: Mapped[int | None] = mapped_column(Integer, default=None)
     strategy: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]]
@@ -116,12 +118,25 @@ class AuditEntry(Base):
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     classifier_id: Mapped[int] = mapped_column(ForeignKey("classifiers.id"), index=True)
-    action: Mapped[str] = mapped_column(String(32))  # promote, rollback, auto-promote
+    action: Mapped[str] = mapped_column(String(32))  # promote, rollback, auto-promote, prune
     actor: Mapped[str] = mapped_column(String(64))  # role and key fingerprint, never the key
     from_version: Mapped[int | None] = mapped_column(Integer, default=None)
     to_version: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LifecycleEvent(Base):
+    """A prune, deletion, import or restore, by classifier name: the deployment's record, which outlives a deleted
+    classifier (whose own audit rows go with it)."""
+
+    __tablename__ = "lifecycle_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    classifier: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(32))  # prune, delete, import, restore
+    actor: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]]  # what was pruned, deleted or restored, and the bytes it freed
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -16,9 +16,9 @@ from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.domain.errors import Conflict, NotFound, PointerMoved
-from service.domain.job_status import ACTIVE
-from service.persistence.models import AuditEntry, CapturedInput, Classifier, Job, Version, utcnow
+from service.domain.errors import Conflict, Gone, NotFound, PointerMoved
+from service.domain.job_status import ACTIVE, LIVE
+from service.persistence.models import AuditEntry, CapturedInput, Classifier, Job, LifecycleEvent, Version, utcnow
 
 __all__ = ["Conflict", "NotFound", "PointerMoved"]  # re-exported: older imports name this module
 
@@ -119,7 +119,9 @@ def set_active(
             raise Conflict(f"version {target.number} of {clf.name!r} is already active")
         raise PointerMoved(clf.name, expected, current)
     # The pointer row is now locked by this transaction: the status flips below cannot interleave with
-    # another move of the same classifier.
+    # another move of the same classifier, nor with a prune of it (``lock_classifier``), whose marks are read now.
+    if s.scalar(select(Version.status).where(Version.id == target.id)) == "pruned":
+        raise Gone(f"version {target.number} of {clf.name!r} was pruned by the retention policy: its files are gone")
     if expected is not None:
         s.execute(update(Version).where(Version.classifier_id == clf.id, Version.number == expected)
                   .values(status="retired").execution_options(synchronize_session=False))  # fmt: skip
@@ -271,3 +273,78 @@ def delete_captured(s: Session, clf: Classifier, through_id: int) -> int:
     result = s.execute(delete(CapturedInput).where(CapturedInput.classifier_id == clf.id,
                                                    CapturedInput.id <= through_id))  # fmt: skip
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- lifecycle: retention, deletion, archives (service.application.lifecycle, service.application.archive) -----
+
+
+def lock_classifier(s: Session, clf: Classifier) -> None:
+    """Take the classifier's row lock for the rest of the caller's transaction (PostgreSQL: a row lock; SQLite: the
+    database's write lock), as a pointer move's compare-and-set does: a prune and a move of one classifier never
+    interleave."""
+    s.execute(update(Classifier).where(Classifier.id == clf.id).values(active_version=Classifier.active_version)
+              .execution_options(synchronize_session=False))  # fmt: skip
+
+
+def pointer_moves(s: Session, clf: Classifier) -> list[AuditEntry]:
+    """The audit entries that moved ``clf``'s pointer (promote, rollback, auto-promote), oldest first."""
+    return list(s.scalars(select(AuditEntry).where(AuditEntry.classifier_id == clf.id,
+                                                    AuditEntry.action.in_(("promote", "rollback", "auto-promote")))
+                          .order_by(AuditEntry.id)))  # fmt: skip
+
+
+def live_jobs(s: Session, clf: Classifier | None = None) -> list[Job]:
+    """Jobs not ended yet (queued, running, evaluating): of ``clf``, or of every classifier."""
+    query = select(Job).where(Job.status.in_(LIVE))
+    if clf is not None:
+        query = query.where(Job.classifier_id == clf.id)
+    return list(s.scalars(query.order_by(Job.created_at)))
+
+
+def mark_pruned(s: Session, clf: Classifier, number: int, status: str, actor: str, reason: str) -> bool:
+    """Mark a version pruned if its status is still ``status`` and it is not active, with its audit entry; False
+    when it changed meanwhile (kept then). Call under ``lock_classifier``."""
+    moved = s.execute(update(Version).where(Version.classifier_id == clf.id, Version.number == number,
+                                            Version.status == status, Version.status != "active")
+                      .values(status="pruned").execution_options(synchronize_session=False))  # fmt: skip
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    s.add(AuditEntry(classifier_id=clf.id, action="prune", actor=actor, from_version=None, to_version=number,
+                     reason=reason, forced=False))  # fmt: skip
+    return True
+
+
+def kept_versions(s: Session) -> list[tuple[str, Version]]:
+    """Every version whose files are kept (not pruned), of every classifier, with its classifier's name."""
+    rows = s.execute(select(Classifier.name, Version).join(Version, Version.classifier_id == Classifier.id)
+                     .where(Version.status != "pruned").order_by(Classifier.name, Version.number)).all()  # fmt: skip
+    return [(name, v) for name, v in rows]
+
+
+def delete_classifier(s: Session, clf: Classifier) -> list[str]:
+    """Delete the classifier's rows: captured inputs, audit, versions, jobs, then itself (the caller commits).
+    Returns its jobs' ids (their staged arrays go next). ``Conflict`` while a job of it is live."""
+    live = live_jobs(s, clf)
+    if live:
+        raise Conflict(f"classifier {clf.name!r} has a job that has not ended ({live[0].id}, {live[0].status}); "
+                       "cancel it or wait for it, then delete")  # fmt: skip
+    job_ids = list(s.scalars(select(Job.id).where(Job.classifier_id == clf.id)))
+    for table in (CapturedInput, AuditEntry, Version, Job):
+        s.execute(delete(table).where(table.classifier_id == clf.id))
+    s.execute(delete(Classifier).where(Classifier.id == clf.id))
+    return job_ids
+
+
+def add_event(s: Session, classifier: str, action: str, actor: str, detail: dict[str, Any]) -> LifecycleEvent:
+    """Record a prune, deletion, import or restore in the deployment's lifecycle log (the caller commits)."""
+    event = LifecycleEvent(classifier=classifier, action=action, actor=actor, detail=detail)
+    s.add(event)
+    return event
+
+
+def list_events(s: Session, classifier: str | None = None, limit: int = 200) -> list[LifecycleEvent]:
+    """The lifecycle log, newest first: of one classifier name, or of every one."""
+    query = select(LifecycleEvent)
+    if classifier is not None:
+        query = query.where(LifecycleEvent.classifier == classifier)
+    return list(s.scalars(query.order_by(LifecycleEvent.id.desc()).limit(limit)))

@@ -11,7 +11,9 @@
     <root>/jobs/<job id>/eval.npz       the job's evaluation samples, copied into the version's bundle
     <root>/content/sha256/<hex>         content stored once and shared by the versions whose manifests reference
                                         it by sha256 (``put_content``, ``content_path``): a frozen backbone's
-                                        graph; never modified, never deleted by the store
+                                        graph, evaluation samples...; never modified; deleted only by the
+                                        lifecycle's collection once no kept version references it
+                                        (``service.application.lifecycle``)
 
 Every write goes to a temporary name, is fsynced, and is renamed into place. Callers see the small
 ``ArtifactStore`` protocol (here); ``service.storage.files.FileArtifactStore`` implements it on a path that
@@ -72,6 +74,26 @@ class ArtifactStore(Protocol):
         store has none)."""
         ...
 
+    def list_content(self) -> list[str]:
+        """The sha256 of every piece of content in the store (what the lifecycle's collection weighs)."""
+        ...
+
+    def remove_content(self, sha256: str) -> None:
+        """Delete the content with this sha256 (and its local copy); a no-op when it is not there."""
+        ...
+
+    def remove_classifier(self, classifier: str) -> None:
+        """Delete every bundle folder of ``classifier`` (a deleted classifier), and this host's copies of them."""
+        ...
+
+    def bundle_bytes(self, relative: str) -> int:
+        """The bytes of the bundle named ``relative`` in the store, its own files only (0 when it is gone)."""
+        ...
+
+    def read_manifest(self, relative: str) -> dict[str, object]:
+        """The bundle's ``manifest.json``, parsed, read without fetching the rest of the bundle."""
+        ...
+
     def write_arrays(self, job_id: str, name: str, arrays: Arrays) -> None: ...
 
     def read_arrays(self, job_id: str, name: str) -> Arrays | None: ...
@@ -79,6 +101,20 @@ class ArtifactStore(Protocol):
     def delete_job(self, job_id: str) -> None:
         """Remove everything staged for a job (its training samples)."""
         ...
+
+
+def references_of(manifest: dict[str, object]) -> dict[str, dict[str, object]]:
+    """A manifest's ``references`` (role -> {"sha256", "size", ...}), every one checked to name a sha256; {} for a
+    bundle written before references existed. Callers walk them by role generically, never by a role's name."""
+    refs = manifest.get("references") or {}
+    if not isinstance(refs, dict):
+        raise ValueError("the manifest's references are not an object")
+    out: dict[str, dict[str, object]] = {}
+    for role, ref in refs.items():
+        if not isinstance(ref, dict) or not isinstance(ref.get("sha256"), str) or not SHA256_HEX.fullmatch(ref["sha256"]):
+            raise ValueError(f"the manifest's reference {role!r} names no sha256")
+        out[str(role)] = ref
+    return out
 
 
 def content_relative(sha256: str) -> str:

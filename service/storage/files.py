@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
 from model_core.files import sha256_file, write_atomic
 from service.storage.base import (
     BUNDLE_PREFIX,
+    CONTENT_DIR,
+    SHA256_HEX,
     Arrays,
     arrays_to_bytes,
     bundle_job_id,
     bytes_to_arrays,
     content_relative,
 )
+
+MANIFEST = "manifest.json"
 
 
 class FileArtifactStore:
@@ -67,6 +72,27 @@ class FileArtifactStore:
     def verify_content(self, sha256: str) -> bool:
         """Whether the stored content still hashes to its name (a check for operators and tests)."""
         return sha256_file(self.content_path(sha256)) == sha256
+
+    def list_content(self) -> list[str]:
+        folder = self.root / CONTENT_DIR
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and SHA256_HEX.fullmatch(p.name)) if folder.is_dir() else []
+
+    def remove_content(self, sha256: str) -> None:
+        (self.root / content_relative(sha256)).unlink(missing_ok=True)
+
+    def remove_classifier(self, classifier: str) -> None:
+        folder = self.path(f"classifiers/{classifier}")
+        if folder.parent != self.root / "classifiers":
+            raise ValueError(f"not a classifier's folder: {classifier!r}")
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def bundle_bytes(self, relative: str) -> int:
+        folder = self.path(relative)
+        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+    def read_manifest(self, relative: str) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.path(relative) / MANIFEST).read_text())
+        return data
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id

@@ -42,6 +42,8 @@ from botocore.exceptions import ClientError
 from model_core.files import sha256_file
 from service.storage.base import (
     BUNDLE_PREFIX,
+    CONTENT_DIR,
+    SHA256_HEX,
     Arrays,
     arrays_to_bytes,
     bundle_job_id,
@@ -231,6 +233,46 @@ class S3ArtifactStore:
         finally:
             tmp.unlink(missing_ok=True)
         return local
+
+    def list_content(self) -> list[str]:
+        prefix = self._key(CONTENT_DIR) + "/"
+        names = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+        return sorted(n for n in names if SHA256_HEX.fullmatch(n))
+
+    def remove_content(self, sha256: str) -> None:
+        relative = content_relative(sha256)
+        self.s3.delete_object(Bucket=self.bucket, Key=self._key(relative))
+        (self.cache / relative).unlink(missing_ok=True)
+
+    # --- a classifier's bundles, as a whole -------------------------------------------------------
+
+    def remove_classifier(self, classifier: str) -> None:
+        """Every bundle of ``classifier``: the markers first (so none counts as published any more), then the rest."""
+        relative = self._check(f"classifiers/{classifier}")
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(relative) + "/"):
+            markers = [{"Key": o["Key"]} for o in page.get("Contents", []) if o["Key"].endswith("/" + MARKER)]
+            if markers:
+                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": markers, "Quiet": True})
+        self._delete_prefix(self._key(relative) + "/")
+        shutil.rmtree(self.cache / relative, ignore_errors=True)
+
+    def bundle_bytes(self, relative: str) -> int:
+        marker = self._marker(self._check(relative))
+        return sum(int(f["size"]) for f in marker["files"].values()) if marker else 0
+
+    def read_manifest(self, relative: str) -> dict[str, Any]:
+        local = self.cache / self._check(relative) / "manifest.json"
+        if local.is_file():
+            data: dict[str, Any] = json.loads(local.read_text())
+            return data
+        if self._marker(relative) is None:
+            raise FileNotFoundError(f"bundle {relative} is not in s3://{self.bucket}/{self.prefix} (or not complete)")
+        obj = self.s3.get_object(Bucket=self.bucket, Key=self._key(f"{relative}/manifest.json"))
+        data = json.loads(obj["Body"].read())
+        return data
 
     # --- staged job arrays --------------------------------------------------------------------------
 
