@@ -356,12 +356,13 @@ def _restore(
             if store.put_content(blob.read_bytes()) != blob.name:
                 raise ArchiveError(f"content {blob.name} changed while it was restored")
         with sessions() as s:
-            for rec in records:
-                _insert(s, rec, artifacts, actor, action, index)
-            if action == "restore":
+            if action == "restore":  # the backed-up deployment's lifecycle log, before this restore's own events
                 for e in index.get("events", []):
                     s.add(LifecycleEvent(classifier=e["classifier"], action=e["action"], actor=e["actor"],
                                          detail=e["detail"], at=_when(e["at"])))  # fmt: skip
+                s.flush()
+            for rec in records:
+                _insert(s, rec, artifacts, actor, action, index)
             s.commit()
     except BaseException:
         for relative in written:

@@ -168,6 +168,7 @@ class LifecycleService:
         """Delete the content no kept version of any classifier references (``leaving``: bundles just pruned or
         deleted, whose references tell the sizes freed). Deferred while any job is live, or when a kept
         version's manifest cannot be read: then nothing is deleted, and a later prune collects it."""
+        leaving = list(leaving)
         sizes: dict[str, int] = {}
         for artifact in leaving:
             for ref in self._bundle(artifact)[1].values():
@@ -177,7 +178,7 @@ class LifecycleService:
                 return {"removed": [], "bytes": 0, "deferred": "a job is running: content is collected by a later "
                         "prune once none is"}  # fmt: skip
             stored = set(self.store.list_content())
-            kept_rows = [v.artifact for _, v in registry.kept_versions(s)]
+            kept_rows = [v.artifact for _, v in registry.kept_versions(s) if v.artifact not in leaving]  # dry run
         referenced: set[str] = set()
         try:
             for artifact in kept_rows:

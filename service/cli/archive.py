@@ -45,7 +45,7 @@ def export(args: argparse.Namespace, settings: Settings) -> int:
     engine, sessions, store = _open(settings)
     try:
         summary = export_archive(sessions, store, Path(args.file), [args.name] if args.name else None)
-    except (ArchiveError, NotFound, OSError) as exc:
+    except (ArchiveError, NotFound, Exception) as exc:  # e.g. the store lost a file: no archive is left behind
         return _refused("export" if args.name else "backup", exc)
     finally:
         engine.dispose()

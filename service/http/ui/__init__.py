@@ -1,7 +1,8 @@
 """The dashboard at /ui: server-rendered pages over the same application service as the API.
 
 Pages are read-only and open, like /docs; promote and rollback ask for an admin key and a reason in the
-form, checked exactly as the API checks a bearer key, and are audited the same way.
+form, checked exactly as the API checks a bearer key, and are audited the same way; deleting a classifier asks for
+an admin key and its name typed again.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def _back(name: str, **params: str | int | None) -> Redirect:
 
 
 @get("/", sync_to_thread=True)
-def index(request: Request[Any, Any, Any]) -> Template:
-    return Template("index.html", context={"classifiers": svc(request).classifiers.list_classifiers()})
+def index(request: Request[Any, Any, Any], message: str | None = None) -> Template:
+    service = svc(request)
+    return Template("index.html", context={"classifiers": service.classifiers.list_classifiers(),
+                                           "usage": service.lifecycle.usage(), "message": message})  # fmt: skip
 
 
 @get("/classifiers/{name:str}", sync_to_thread=True)
@@ -54,6 +57,7 @@ def classifier_page(
         "clf": clf, "versions": versions, "selected": selected, "jobs": service.learning.recent_jobs(name),
         "matrix": service.versions.lineage_matrix(name, selected["version"]) if selected else None,
         "message": message, "error": error, "series": service.serving.unknown_rate.series(name),
+        "usage": service.lifecycle.usage().get(name), "retention": service.lifecycle.retention(name),
     }  # fmt: skip
     return Template("classifier.html", context=context)
 
@@ -112,6 +116,20 @@ def promote_form(request: Request[Any, Any, Any], name: str, number: VersionNumb
     return _back(name, message=f"v{v['version']} is active")
 
 
+@post("/classifiers/{name:str}/delete", sync_to_thread=True)
+def delete_form(request: Request[Any, Any, Any], name: str, data: Form) -> Redirect:
+    """Delete the classifier: an admin key, and its name typed again as the confirmation."""
+    try:
+        actor = _actor(request, data.get("key", ""))
+        if (data.get("confirm") or "").strip() != name:
+            raise ValueError(f"type the classifier's name, {name}, to confirm")
+        result = svc(request).lifecycle.delete(name, actor)
+    except (AuthError, LookupError, RuntimeError, ValueError) as exc:
+        return _back(name, error=f"deletion refused: {getattr(exc, 'detail', exc)}")
+    done = f"deleted {name} ({result['versions']} versions, {result['bytes_freed']:,} bytes freed)"
+    return Redirect(f"/ui?message={quote(done)}", status_code=303)
+
+
 # The dashboard's pages load only its own script (htmx) and styles (inline ones among them), and may not be framed:
 # its admin forms cannot be overlaid by another site (clickjacking).
 SECURITY_HEADERS = [
@@ -124,7 +142,8 @@ SECURITY_HEADERS = [
 ]  # fmt: skip
 UI = Router(
     path="/ui",
-    route_handlers=[index, classifier_page, jobs_fragment, unknown_rate_fragment, rollback_form, promote_form],
+    route_handlers=[index, classifier_page, jobs_fragment, unknown_rate_fragment, rollback_form, promote_form,
+                    delete_form],
     include_in_schema=False,
     response_headers=SECURITY_HEADERS,
 )
