@@ -122,6 +122,8 @@ PROBLEMS = {
     404: "No such classifier, version or job.",
     409: "The current state forbids this; `detail` says why. A promotion or rollback that lost a race to "
     "another pointer move also names `active_version`, the version active now.",
+    410: "The version was pruned by the classifier's retention policy: its row and report remain, its files are "
+    "gone, so it cannot be served, promoted or rolled back to.",
     413: "The request body is over the size limit (ENGRAM_MAX_BODY_BYTES).",
     415: "The body's Content-Type is not one this operation reads (application/json; learn also takes "
     "multipart/form-data; predict/binary takes application/x-npy, application/octet-stream or multipart/form-data).",

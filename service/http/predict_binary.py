@@ -85,7 +85,7 @@ class BinaryPredictOperation(Operation):
 @post("/classifiers/{name:str}/predict/binary",
       opt={"role": "predict", "content_types": BINARY_TYPES, "body_required": True, "body_bound": "predict"},
       status_code=200, operation_class=BinaryPredictOperation,
-      responses=answers(200, PredictResult, "One prediction per row or file, in order", 400, 404, 409, 413, 422))  # fmt: skip
+      responses=answers(200, PredictResult, "One prediction per row or file, in order", 400, 404, 409, 410, 413, 422))  # fmt: skip
 async def predict_binary(
     request: Request[Any, Any, Any],
     name: str,

@@ -245,7 +245,7 @@ async def job_events(request: Request[Any, Any, Any], job_id: str) -> ServerSent
 
 @post("/classifiers/{name:str}/predict", opt={"role": "predict", "body_required": True, "body_bound": "predict"},
       status_code=200,
-      responses=answers(200, PredictResult, "One prediction per input", 400, 404, 409, 413, 422, 503))  # fmt: skip
+      responses=answers(200, PredictResult, "One prediction per input", 400, 404, 409, 410, 413, 422, 503))  # fmt: skip
 async def predict(request: Request[Any, Any, Any], name: str, data: PredictRequest) -> dict[str, Any]:
     return await svc(request).serving.predict(name, to_predict(data))
 
@@ -263,7 +263,7 @@ def get_version(request: Request[Any, Any, Any], name: str, number: VersionNumbe
 
 
 @get("/classifiers/{name:str}/versions/{number:int}/model.onnx", opt={"role": "learn"}, sync_to_thread=True,
-     responses=answers(200, bytes, "The version's ONNX model", 400, 404, 422,
+     responses=answers(200, bytes, "The version's ONNX model", 400, 404, 410, 422,
                        media_type="application/octet-stream"))  # fmt: skip
 def get_onnx(request: Request[Any, Any, Any], name: str, number: VersionNumber) -> File:
     path = svc(request).versions.onnx_path(name, number)
@@ -272,7 +272,7 @@ def get_onnx(request: Request[Any, Any, Any], name: str, number: VersionNumber) 
 
 @post("/classifiers/{name:str}/versions/{number:int}/promote", opt={"role": "admin"}, status_code=200,
       sync_to_thread=True,
-      responses=answers(200, VersionView, "The version, now active", 400, 404, 409, 413, 422, 503))  # fmt: skip
+      responses=answers(200, VersionView, "The version, now active", 400, 404, 409, 410, 413, 422, 503))  # fmt: skip
 def promote(
     request: Request[Any, Any, Any], name: str, number: VersionNumber, data: PromoteRequest | None = None
 ) -> dict[str, Any]:
@@ -282,7 +282,7 @@ def promote(
 
 @post("/classifiers/{name:str}/rollback", opt={"role": "admin"}, status_code=200, sync_to_thread=True,
       responses=answers(200, VersionView, "The version rolled back to, now active",
-                        400, 404, 409, 413, 422, 503))  # fmt: skip
+                        400, 404, 409, 410, 413, 422, 503))  # fmt: skip
 def rollback(request: Request[Any, Any, Any], name: str, data: RollbackRequest | None = None) -> dict[str, Any]:
     data = data or RollbackRequest()
     return svc(request).versions.rollback(name, data.to_version, request.state.actor, data.reason)
@@ -350,7 +350,8 @@ def storage(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/lifecycle", opt={"role": "admin"}, sync_to_thread=True,
-     responses=answers(200, list[LifecycleEventView], "Prunes, deletions, imports and restores, newest first"))  # fmt: skip
+     responses=answers(200, list[LifecycleEventView], "Prunes, deletions, imports and restores, newest first",
+                       400))  # fmt: skip
 def lifecycle_events(request: Request[Any, Any, Any], classifier: str | None = None) -> list[dict[str, Any]]:
     return svc(request).lifecycle.events(classifier)
 
