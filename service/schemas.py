@@ -345,7 +345,7 @@ class RetentionRequest(Strict):
     """A classifier's own retention policy (docs/operations/lifecycle.md); a field left out takes the deployment's
     default."""
 
-    keep_ancestors: int | None = Field(default=None, ge=0, le=10_000,
+    keep_ancestors: Annotated[int | None, JsonInt] = Field(default=None, ge=0, le=10_000,
                                        description="the active version's nearest ancestors kept")  # fmt: skip
     keep_days: float | None = Field(default=None, ge=0, le=100_000,
                                     description="versions active, or created, within this many days are kept")  # fmt: skip

@@ -320,7 +320,7 @@ def delete_classifier(request: Request[Any, Any, Any], name: str) -> dict[str, A
 
 @post("/classifiers/{name:str}/prune", opt={"role": "admin"}, status_code=200, sync_to_thread=True,
       responses=answers(200, PruneResult, "The versions pruned (or, with dry_run, that would be) and kept, and why",
-                        400, 404))  # fmt: skip
+                        400, 404, 422))  # fmt: skip
 def prune(request: Request[Any, Any, Any], name: str, dry_run: bool = False) -> dict[str, Any]:
     return svc(request).lifecycle.prune(name, request.state.actor, dry_run)
 
@@ -351,7 +351,7 @@ def storage(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 @get("/lifecycle", opt={"role": "admin"}, sync_to_thread=True,
      responses=answers(200, list[LifecycleEventView], "Prunes, deletions, imports and restores, newest first",
-                       400))  # fmt: skip
+                       400, 422))  # fmt: skip
 def lifecycle_events(request: Request[Any, Any, Any], classifier: str | None = None) -> list[dict[str, Any]]:
     return svc(request).lifecycle.events(classifier)
 
