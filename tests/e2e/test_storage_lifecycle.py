@@ -34,7 +34,7 @@ from service.storage.base import ArtifactStore
 from service.storage.files import FileArtifactStore
 from service.storage.s3 import S3ArtifactStore
 from tests.conftest import throwaway_pg
-from tests.e2e.conftest import Server, auth, start_server, stop_server, wait_job
+from tests.e2e.conftest import KEYS, Server, auth, start_server, stop_server, wait_job
 from tests.e2e.support import PROBE, blobs, create, learn, problem
 from tests.s3_server import moto_s3, new_bucket
 
@@ -241,6 +241,9 @@ def test_prune_delete_export_import_backup_restore(deployments: tuple[Deployment
                                     "options": TRAINS_A_WHILE})  # fmt: skip
         problem(c.delete("/v1/classifiers/other", headers=auth("admin")), 409, "job")
         assert c.get("/v1/classifiers/other", headers=auth("learn")).status_code == 200
+        # and content is not collected while a job may be writing a version that references it
+        r = c.post("/v1/classifiers/pr/prune", params={"dry_run": "true"}, headers=auth("admin"))
+        assert r.status_code == 200 and "job" in r.json()["content"]["deferred"], r.text
         assert c.post(f"/v1/jobs/{job_id}/cancel", headers=auth("learn")).status_code == 200
         assert wait_job(c, job_id)["status"] == "cancelled"
 
@@ -301,14 +304,24 @@ def test_prune_delete_export_import_backup_restore(deployments: tuple[Deployment
         assert {**copy, "classifier": "pr"} == before["pr"]
         audit = c.get("/v1/classifiers/pr-copy/audit", headers=auth("learn")).json()
         assert [a["action"] for a in audit][-1] == "prune" and len(audit) >= 4
+
+        # The dashboard's delete: an admin key and the name typed again.
+        form = {"key": KEYS["admin"], "confirm": "pr"}
+        r = c.post("/ui/classifiers/pr-copy/delete", data=form, follow_redirects=False)
+        assert r.status_code == 303 and "deletion%20refused" in r.headers["location"], r.headers
+        r = c.post("/ui/classifiers/pr-copy/delete", data={**form, "key": KEYS["learn"], "confirm": "pr-copy"},
+                   follow_redirects=False)  # fmt: skip
+        assert r.status_code == 303 and "deletion%20refused" in r.headers["location"], r.headers
+        r = c.post("/ui/classifiers/pr-copy/delete", data={**form, "confirm": "pr-copy"}, follow_redirects=True)
+        assert r.status_code == 200 and "deleted pr-copy" in r.text
+        problem(c.get("/v1/classifiers/pr-copy", headers=auth("learn")), 404)
+        assert served(c, "pr") == before["pr"]  # the classifier it was copied from is untouched
     finally:
         stop_server(srv_b)
 
 
 def a_cli(srv: Server, *args: str) -> subprocess.CompletedProcess[str]:
     """The client side of ``engram`` against ``srv`` with the admin key."""
-    from tests.e2e.conftest import KEYS
-
     env = {**os.environ, "ENGRAM_URL": srv.url, "ENGRAM_KEY": KEYS["admin"], "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "service.cli.main", *args], env=env, capture_output=True, text=True,
                           timeout=300, check=False)  # fmt: skip
