@@ -35,7 +35,7 @@ __all__ = ["EngramService", "Invalid", "classifier_view", "stratified_holdout", 
 
 
 class EngramService:
-    """The four application services over one database, artifact store and serving state."""
+    """The five application services over one database, artifact store and serving state."""
 
     def __init__(
         self,
