@@ -110,3 +110,18 @@ def test_onnx_encoder_equals_torch_and_learning_features_equal_served_ones(expor
     shared = SharedBackbone("x", path, InputFormat.from_network(_network()), ServingOptions(1, 4, 0.0, 1))
     served = shared._features(x)  # the batcher's runs of 4, each cut to its longest message
     assert np.abs(learnt - want).max() < 1e-5 and np.abs(served - learnt).max() < 1e-5
+
+
+def test_the_api_tokenizes_without_torch() -> None:
+    """What the API runs for a message (the tokenizer, the input parsing, the shared backbone's batching) imports
+    no torch: the `serve` extra has none."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import model_core.text, service.inference.inputs, service.inference.sessions; "
+            "from service.inference.inputs import InputFormat, parse_items; "
+            f"fmt = InputFormat.from_network({_network()!r}); parse_items([{{'text': 'hi'}}], fmt, 'inputs', 0); "
+            "bad = [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules]; "
+            "assert not bad, bad")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
