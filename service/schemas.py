@@ -135,6 +135,7 @@ class ClassifierCreate(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"name": "digits", "input": {"kind": "image", "channels": 1, "height": 8, "width": 8}},
         {"name": "sensors", "input": {"kind": "vector", "dim": 4}, "scenario": "task-incremental"},
+        {"name": "inbox", "input": {"kind": "text"}, "unknowns": {"capture": True}},
     ]})  # fmt: skip
 
     name: str = Field(pattern=NAME)

@@ -125,3 +125,22 @@ def test_the_api_tokenizes_without_torch() -> None:
             "assert not bad, bad")  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_batch_mixing_kinds_is_refused_naming_the_item() -> None:
+    """Text sent to a vector or image classifier, or a vector beside a message, is refused by item, not ignored."""
+    from service.inference.decoding import DecodeLimits, Decoder
+    from service.inference.inputs import InputError, InputFormat, parse_items
+
+    vectors = InputFormat(InputSpec("vector", dim=2))
+    with pytest.raises(InputError) as err:
+        parse_items([{"vector": [1.0, 2.0]}, {"vector": [1.0, 2.0], "text": "hi"}], vectors, "inputs", 0)
+    assert err.value.index == 1 and "'text'" in err.value.reason
+    images = InputFormat(InputSpec("image", channels=1, height=8, width=8))
+    with pytest.raises(InputError) as err:
+        Decoder(DecodeLimits(1 << 20, 1 << 22, 1 << 16, 1)).plan([{"text": "hi", "image_b64": "aGk="}], images)
+    assert err.value.index == 0 and "'text'" in err.value.reason
+    text = InputFormat.from_network(_network())
+    with pytest.raises(InputError) as err:
+        parse_items([{"text": "hi"}, {"text": "hi"}, {"image_b64": "aGk="}], text, "samples", 0)
+    assert err.value.index == 2 and "takes text" in err.value.reason
