@@ -76,8 +76,8 @@ class VectorInput(Strict):
 
 class TextInput(Strict):
     kind: Literal["text"]
-    max_tokens: Annotated[int, JsonInt] | None = Field(
-        default=None, ge=8, le=512, description="tokens a message may have, [CLS] and [SEP] included; a longer "
+    max_tokens: Annotated[int, Field(ge=8, le=512), JsonInt] | None = Field(
+        default=None, description="tokens a message may have, [CLS] and [SEP] included; a longer "
         "message is refused (422), never cut. Default 128, the length all-MiniLM-L6-v2 was trained at")
 
 
