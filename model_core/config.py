@@ -26,10 +26,17 @@ WEIGHTS_SOURCES: tuple[WeightsSource, ...] = ("none", "package", "file", "downlo
 # follows it ("last"), or everything ("all"). The head always trains.
 TrainablePart = Literal["frozen", "last", "all"]
 TRAINABLE_PARTS: tuple[TrainablePart, ...] = ("frozen", "last", "all")
-# Registry prefixes of pretrained backbones: "timm/<timm model name>" and "torchvision/<model name>".
-REGISTRIES = ("timm", "torchvision")
+# Registry prefixes of pretrained backbones: "timm/<timm model name>", "torchvision/<model name>" and the
+# sentence encoders of TEXT_ENCODERS ("sentence-transformers/<model>").
+REGISTRIES = ("timm", "torchvision", "sentence-transformers")
+# Sentence encoders a text classifier can use (model_core.text describes each: its package, files, sizes).
+TEXT_ENCODERS = ("sentence-transformers/all-MiniLM-L6-v2",)
 # Backbones whose weights ship in an installed package (the offline default source).
-PACKAGE_WEIGHTS = ("timm/efficientnet_lite0",)
+PACKAGE_WEIGHTS = ("timm/efficientnet_lite0", *TEXT_ENCODERS)
+# Tokens a text input is cut at when none is declared: the length all-MiniLM-L6-v2 was trained at (its
+# sentence-transformers config allows 256, and its position table 512: declare up to MAX_TOKENS).
+DEFAULT_MAX_TOKENS = 128
+MAX_TOKENS = 512
 # Side, in pixels, that a registry backbone resizes its input to (inside the graph) when none is given.
 DEFAULT_RESOLUTION = 224
 
@@ -38,14 +45,18 @@ DEFAULT_RESOLUTION = 224
 class InputSpec:
     """What one model input looks like, before the batch axis.
 
-    Images are float32 in [0, 1], laid out (C, H, W); vectors are float32 (D,).
+    Images are float32 in [0, 1], laid out (C, H, W); vectors are float32 (D,); text is its token ids
+    (max_tokens,) as float32 (exact: vocabularies are far below 2**24), [CLS] first, [SEP] last, padded with
+    0 ([PAD]) to max_tokens. The tokenizer (model_core.text) makes them from the message in the API process,
+    the same code at learn and predict time; the encoder graph casts them back to integers.
     """
 
-    kind: Literal["image", "vector"]
+    kind: Literal["image", "vector", "text"]
     channels: int = 1  # images only
     height: int = 0  # images only, pixels
     width: int = 0  # images only, pixels
     dim: int = 0  # vectors only
+    max_tokens: int = 0  # text only: tokens a message may have, [CLS] and [SEP] included (0: DEFAULT_MAX_TOKENS)
 
     def __post_init__(self) -> None:
         if self.kind == "image":
@@ -56,14 +67,21 @@ class InputSpec:
         elif self.kind == "vector":
             if self.dim < 1:
                 raise ValueError("a vector input needs dim >= 1")
+        elif self.kind == "text":
+            if self.max_tokens == 0:
+                object.__setattr__(self, "max_tokens", DEFAULT_MAX_TOKENS)
+            if not 8 <= self.max_tokens <= MAX_TOKENS:
+                raise ValueError(f"a text input needs max_tokens between 8 and {MAX_TOKENS}")
         else:
-            raise ValueError(f"unknown input kind {self.kind!r}; expected 'image' or 'vector'")
+            raise ValueError(f"unknown input kind {self.kind!r}; expected 'image', 'vector' or 'text'")
 
     @property
     def shape(self) -> tuple[int, ...]:
         """Shape of one sample, without the batch axis."""
         if self.kind == "image":
             return (self.channels, self.height, self.width)
+        if self.kind == "text":
+            return (self.max_tokens,)
         return (self.dim,)
 
     @property
@@ -115,6 +133,7 @@ class BackboneSpec:
     mean: tuple[float, ...] | None = None  # per RGB channel, of the pretrained weights' training data
     std: tuple[float, ...] | None = None
     input_size: tuple[int, ...] | None = None  # (C, H, W) the weights were trained at
+    tokenizer: str | None = None  # sentence encoders: sha256 of the tokenizer file (model_core.text)
 
     def __post_init__(self) -> None:
         registry, _, model = self.name.partition("/")
@@ -143,7 +162,14 @@ class BackboneSpec:
         resolution = self.resolution
         if builtin and resolution is not None:
             raise ValueError(f"backbone {self.name!r} works at the declared image size; 'resolution' is for registry backbones")
-        if not builtin:
+        if self.name in TEXT_ENCODERS:
+            if resolution is not None:
+                raise ValueError(f"backbone {self.name!r} reads text; 'resolution' is for image backbones")
+            if weights != "package" or train != "frozen":
+                raise ValueError(f"backbone {self.name!r} runs frozen with its packaged weights (weights 'package', train 'frozen')")
+        elif registry == "sentence-transformers":
+            raise ValueError(f"unknown sentence encoder {self.name!r}; available: {', '.join(TEXT_ENCODERS)}")
+        elif not builtin:
             resolution = resolution or DEFAULT_RESOLUTION
             if not 16 <= resolution <= 1024:
                 raise ValueError(f"resolution must be between 16 and 1024 pixels, got {resolution}")
@@ -153,6 +179,11 @@ class BackboneSpec:
     @property
     def builtin(self) -> bool:
         return self.name in BUILTIN_BACKBONES
+
+    @property
+    def text(self) -> bool:
+        """A sentence encoder: token ids in, one embedding a message out."""
+        return self.name in TEXT_ENCODERS
 
     @property
     def pretrained(self) -> bool:
@@ -202,7 +233,10 @@ class NetworkSpec:
             raise ValueError(f"unknown scenario {self.scenario!r}; expected one of {SCENARIOS}")
         backbone = BackboneSpec.parse(self.backbone)
         object.__setattr__(self, "backbone", backbone)
-        if backbone.name not in ("mlp", *FEATURE_BACKBONES) and self.input.kind != "image":
+        if (self.input.kind == "text") != backbone.text:
+            raise ValueError(f"text input needs a sentence encoder backbone ({', '.join(TEXT_ENCODERS)})"
+                             if self.input.kind == "text" else f"backbone {backbone.name!r} reads text; declare input kind 'text'")
+        if not backbone.text and backbone.name not in ("mlp", *FEATURE_BACKBONES) and self.input.kind != "image":
             raise ValueError(f"backbone {backbone.name!r} needs image input; use 'mlp' or 'identity' for vectors")
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,6 +272,8 @@ def default_backbone(spec: InputSpec) -> str:
       with weights from an installed package (nothing downloaded). A few hundred photos cannot train a
       network from scratch, and frozen pretrained features are what replay and the analytic head build on.
     """
+    if spec.kind == "text":  # the one sentence encoder packaged (model_core.text)
+        return TEXT_ENCODERS[0]
     if spec.kind == "vector":
         return "mlp"
     if spec.channels == 1 and max(spec.height, spec.width) <= 32:

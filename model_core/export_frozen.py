@@ -29,6 +29,7 @@ from model_core.graphs import FEATURES, compose
 from model_core.learner import Learner
 from model_core.networks.gaussian_head import GaussianHead, onnx_nodes
 from model_core.networks.random_features import ExpandedLinear, expansion_of
+from model_core.text import trim_padding
 
 EXPANDED = "expansion.out"  # the random features (B, width) that ``ExpandedLinear`` blocks read
 
@@ -64,11 +65,16 @@ def backbone_graph(learner: Learner, input_name: str, cache_dir: Path | None) ->
         return path.read_bytes()
     model = _Features(learner).eval()
     example = torch.rand(2, *learner.spec.input.shape, generator=torch.Generator().manual_seed(0))
+    axes: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1 << 20)}
+    if learner.spec.input.kind == "text":  # token ids; the sequence axis is dynamic (callers trim the padding)
+        example = torch.randint(1, 1000, (2, learner.spec.input.max_tokens), generator=torch.Generator().manual_seed(0))
+        example = example.float()
+        axes[1] = torch.export.Dim("tokens", min=1, max=learner.spec.input.max_tokens)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         program = torch.onnx.export(
             model, (example,), None, dynamo=True, input_names=[input_name], output_names=[FEATURES],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},), verbose=False,
+            dynamic_shapes=(axes,), verbose=False,
         )  # fmt: skip
     assert program is not None
     import onnx
@@ -209,11 +215,22 @@ class OnnxFeatures:
         graph = backbone_graph(learner, "input", cache_dir)
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.batch_size = batch_size
+        self.text = learner.spec.input.kind == "text"
 
     def __call__(self, x: Tensor) -> Tensor:
         """(N, *input_shape) -> (N, feature_dim), float32 on the cpu."""
-        parts = [
-            self.session.run([FEATURES], {"input": x[i : i + self.batch_size].float().cpu().numpy()})[0]
-            for i in range(0, len(x), self.batch_size)
-        ]
-        return torch.from_numpy(np.concatenate(parts))
+        rows = x.float().cpu().numpy()
+        order = np.arange(len(rows))
+        if self.text:  # messages of like length batched together, each batch cut to its longest (exact)
+            order = np.argsort(-(rows != 0).sum(axis=1), kind="stable")
+        parts = []
+        for i in range(0, len(rows), self.batch_size):
+            batch = rows[order[i : i + self.batch_size]]
+            parts.append(self.session.run([FEATURES], {"input": trim_padding(batch) if self.text else batch})[0])
+        out = np.empty((len(rows), self.feature_dim(parts)), dtype=np.float32)
+        if len(rows):
+            out[order] = np.concatenate(parts)
+        return torch.from_numpy(out)
+
+    def feature_dim(self, parts: list[np.ndarray]) -> int:
+        return int(parts[0].shape[1]) if parts else int(self.session.get_outputs()[0].shape[1])

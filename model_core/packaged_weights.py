@@ -53,6 +53,8 @@ def record_packaged(spec: NetworkSpec) -> NetworkSpec | None:
     """``spec`` with its packaged weights' sha256 and preprocessing recorded, as ``resolve_network_spec``
     records them; None when the backbone is not a packaged one or the file is missing or not as published."""
     bb = spec.backbone
+    if bb.text:
+        return _record_text_encoder(spec)
     entry, path = PACKAGED.get(bb.name), packaged_file(bb.name)
     if bb.weights != "package" or entry is None or path is None:
         return None
@@ -61,4 +63,20 @@ def record_packaged(spec: NetworkSpec) -> NetworkSpec | None:
     recorded = dataclasses.replace(
         bb, sha256=entry.sha256, mean=bb.mean or entry.mean, std=bb.std or entry.std, input_size=entry.input_size
     )
+    return dataclasses.replace(spec, backbone=recorded)
+
+
+def _record_text_encoder(spec: NetworkSpec) -> NetworkSpec | None:
+    """A sentence encoder's spec with its weights' and tokenizer's sha256 recorded (model_core.text), or None
+    when the package is missing or a file is not as published."""
+    from model_core.text import TEXT_ENCODER_INFO
+    from model_core.text import package_file as text_file
+
+    bb = spec.backbone
+    info, weights, tokenizer = TEXT_ENCODER_INFO[bb.name], text_file(bb.name, "weights"), text_file(bb.name, "tokenizer")
+    if weights is None or tokenizer is None:
+        return None
+    if sha256_file(weights) != info.weights_sha256 or sha256_file(tokenizer) != info.tokenizer_sha256:
+        return None
+    recorded = dataclasses.replace(bb, sha256=info.weights_sha256, tokenizer=info.tokenizer_sha256)
     return dataclasses.replace(spec, backbone=recorded)

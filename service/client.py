@@ -46,7 +46,7 @@ Classifier = ClassifierView
 Version = VersionView
 AuditEntry = AuditView
 __all__ = ["TERMINAL", "AuditEntry", "Classifier", "EngramClient", "EngramError", "Job", "PredictResult", "Prediction",
-           "Ranked", "Version", "read_image_folder"]  # fmt: skip
+           "Ranked", "Version", "read_image_folder", "read_messages"]  # fmt: skip
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -80,6 +80,46 @@ def read_image_folder(folder: str | Path) -> list[tuple[str, bytes]]:
                 out.append((class_dir.name, f.read_bytes()))
     if not out:
         raise EngramError(0, f"{root} has no class subfolders with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return out
+
+
+MESSAGE_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+
+
+def read_messages(path: str | Path, labelled: bool = True) -> list[dict[str, str]]:
+    """A CSV file with a header naming ``text`` and ``label`` columns (others ignored), or JSON Lines of
+    ``{"text": ..., "label": ...}`` -> learn samples. ``labelled=False``: only ``text`` is read (predict)."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise EngramError(0, f"{p} is not a file")
+    want = ("text", "label") if labelled else ("text",)
+    rows: list[dict[str, Any]] = []
+    try:
+        if p.suffix.lower() == ".csv":
+            with p.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                missing = [c for c in want if c not in (reader.fieldnames or [])]
+                if missing:
+                    raise EngramError(0, f"{p}: the header has no {', '.join(missing)} column (columns: text,label)")
+                rows = list(reader)
+        else:
+            for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        raise EngramError(0, f"{p} line {n}: not a JSON object") from None
+    except UnicodeDecodeError:
+        raise EngramError(0, f"{p} is not UTF-8 text") from None
+    out = []
+    for n, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or any(not isinstance(row.get(c), str) or not row[c].strip() for c in want):
+            raise EngramError(0, f"{p} row {n}: needs {' and '.join(repr(c) for c in want)}, each a non-empty string")
+        out.append({c: str(row[c]) for c in want})
+    if not out:
+        raise EngramError(0, f"{p} has no messages")
     return out
 
 
@@ -161,6 +201,13 @@ class EngramClient:
         samples = [{"label": label, "image_b64": b64(data)} for label, data in read_image_folder(folder)]
         return self.learn(name, task, strategy, samples, retention, **extra)
 
+    def learn_messages(self, name: str, messages: str | Path | list[dict[str, str]], task: str,
+                       strategy: str | None = None, retention: str = "keep", **extra: Any) -> Job:  # fmt: skip
+        """A text classifier learns messages: a CSV (columns text,label) or JSON Lines file, or a list of
+        ``{"text": ..., "label": ...}``."""
+        samples = messages if isinstance(messages, list) else read_messages(messages)
+        return self.learn(name, task, strategy, samples, retention, **extra)
+
     def job(self, job_id: str) -> Job:
         return _read(Job, self._call("GET", f"/v1/jobs/{job_id}"))
 
@@ -213,6 +260,11 @@ class EngramClient:
             body["version"] = version
         return _read(PredictResult, self._call("POST", f"/v1/classifiers/{name}/predict", json=body))
 
+    def predict_texts(self, name: str, texts: Sequence[str], top_k: int = 1, task: str | None = None,
+                      version: int | None = None) -> PredictResult:  # fmt: skip
+        """Messages to a text classifier: one prediction each, in order."""
+        return self.predict(name, [{"text": t} for t in texts], top_k, task, version)
+
     def predict_files(self, name: str, paths: Sequence[str | Path], **kwargs: Any) -> PredictResult:
         """Image files, sent as they are (multipart, no base64)."""
         return self.predict_images(name, [Path(p).read_bytes() for p in paths], **kwargs)
@@ -259,8 +311,12 @@ class EngramClient:
 
     def export_unknowns(self, name: str, folder: str | Path) -> tuple[Path, int]:
         """Write the captured inputs into ``folder``/unsorted (PNG images, or .npy vectors) and delete them on the
-        server once written: (the folder, how many). Sort the files into one subfolder per class to learn them."""
+        server once written: (the folder, how many). Sort the files into one subfolder per class to learn them.
+        Messages go to ``folder``/unknowns.csv instead (columns text,label,novelty,version; label empty): fill in
+        the labels and learn the file (``learn_messages``)."""
         captured = self.unknowns(name)
+        if captured.items and captured.items[0].text is not None:
+            return self._export_messages(name, captured, Path(folder))
         out = Path(folder) / "unsorted"
         out.mkdir(parents=True, exist_ok=True)
         for item in captured.items:
@@ -271,6 +327,21 @@ class EngramClient:
                 np.save(out / f"{stem}.npy", np.asarray(item.vector, dtype=np.float32))
         if captured.items:
             self.delete_unknowns(name, captured.items[-1].id)
+        return out, len(captured.items)
+
+    def _export_messages(self, name: str, captured: CapturedInputs, folder: Path) -> tuple[Path, int]:
+        import csv
+
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / "unknowns.csv"
+        new = not out.exists()
+        with out.open("a", newline="", encoding="utf-8") as f:  # appended: an earlier export's rows stay
+            w = csv.writer(f)
+            if new:
+                w.writerow(["text", "label", "novelty", "version"])
+            for item in captured.items:
+                w.writerow([item.text, "", item.novelty, item.version])
+        self.delete_unknowns(name, captured.items[-1].id)
         return out, len(captured.items)
 
     def audit(self, name: str) -> list[AuditEntry]:

@@ -30,8 +30,12 @@ _ITEM: dict[str, Any] = {
     "properties": {
         "image_b64": {"type": "string", "contentEncoding": "base64", "description": "an encoded image (PNG, JPEG...)"},
         "vector": {"type": "array", "items": {"type": "number"}, "description": "exactly the classifier's dim"},
+        "text": {"type": "string", "minLength": 1, "maxLength": 20_000,
+                 "description": "text classifiers: the message (at most the classifier's max_tokens tokens, "
+                                "[CLS] and [SEP] included; longer ones are refused, never cut; no control "
+                                "characters but tab and newlines; not only whitespace)"},
     },
-    "anyOf": [{"required": ["image_b64"]}, {"required": ["vector"]}],
+    "anyOf": [{"required": ["image_b64"]}, {"required": ["vector"]}, {"required": ["text"]}],
     "additionalProperties": False,  # service.inference.inputs refuses unknown fields, naming the item
 }
 _SAMPLE: dict[str, Any] = {
@@ -70,6 +74,13 @@ class VectorInput(Strict):
     dim: Annotated[int, JsonInt] = Field(ge=1, le=100_000)
 
 
+class TextInput(Strict):
+    kind: Literal["text"]
+    max_tokens: Annotated[int, Field(ge=8, le=512), JsonInt] | None = Field(
+        default=None, description="tokens a message may have, [CLS] and [SEP] included; a longer "
+        "message is refused (422), never cut. Default 128, the length all-MiniLM-L6-v2 was trained at")
+
+
 class GateSettings(Strict):
     tolerance: float | None = Field(default=None, ge=0, le=1, description="max accuracy drop per old task")
     new_task_floor: float | None = Field(default=None, ge=0, le=1, description="min accuracy on the new task; "
@@ -104,7 +115,8 @@ class BackboneChoice(Strict):
 
     name: str = Field(
         pattern=BACKBONE_NAME,
-        description=f"{_BUILTIN_TEXT}, 'timm/<timm model name>' or 'torchvision/<torchvision model name>'",
+        description=f"{_BUILTIN_TEXT}, 'timm/<timm model name>', 'torchvision/<torchvision model name>' or, for "
+        "text, 'sentence-transformers/all-MiniLM-L6-v2' (the default for text, packaged weights, frozen)",
     )
     weights: Literal["none", "package", "file", "download"] | None = Field(
         default=None, description="default: package if one ships them, else download (refused when the host "
@@ -123,10 +135,11 @@ class ClassifierCreate(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"name": "digits", "input": {"kind": "image", "channels": 1, "height": 8, "width": 8}},
         {"name": "sensors", "input": {"kind": "vector", "dim": 4}, "scenario": "task-incremental"},
+        {"name": "inbox", "input": {"kind": "text"}, "unknowns": {"capture": True}},
     ]})  # fmt: skip
 
     name: str = Field(pattern=NAME)
-    input: Annotated[ImageInput | VectorInput, Field(discriminator="kind")]
+    input: Annotated[ImageInput | VectorInput | TextInput, Field(discriminator="kind")]
     scenario: Literal["class-incremental", "task-incremental"] = "class-incremental"
     backbone: Annotated[str, Field(pattern=BACKBONE_NAME)] | BackboneChoice | None = Field(
         default=None, description=f"a name ({_BUILTIN_TEXT}, timm/<model>, torchvision/<model>; default by input "
@@ -214,11 +227,12 @@ class Out(BaseModel):
 
 
 class InputView(Out):
-    kind: Literal["image", "vector"]
+    kind: Literal["image", "vector", "text"]
     channels: int = Field(description="images: 1 (grey) or 3 (RGB)")
-    height: int = Field(description="images only (0 for vectors)")
-    width: int = Field(description="images only (0 for vectors)")
-    dim: int = Field(description="vectors only (0 for images)")
+    height: int = Field(description="images only (0 otherwise)")
+    width: int = Field(description="images only (0 otherwise)")
+    dim: int = Field(description="vectors only (0 otherwise)")
+    max_tokens: int = Field(description="text only: tokens a message may have (0 otherwise)")
 
 
 class GateView(Out):
@@ -333,6 +347,7 @@ class CapturedInput(Out):
     created_at: dt.datetime
     image_b64: str | None = Field(default=None, description="images: the input as a PNG, base64")
     vector: list[float] | None = Field(default=None, description="vectors: the input")
+    text: str | None = Field(default=None, description="text: the message, as it was sent")
 
 
 class CapturedInputs(Out):

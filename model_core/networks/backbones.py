@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from model_core.config import NetworkSpec, WeightsAccess
 from model_core.networks.pretrained import RegistryBackbone
+from model_core.networks.text_encoder import TextEncoder
 
 
 class MLP(nn.Module):
@@ -94,13 +95,15 @@ class ResNet18(nn.Module):
 
 def create_backbone(
     spec: NetworkSpec, access: WeightsAccess | None = None, load_weights: bool = True
-) -> MLP | Identity | SmallCNN | ResNet18 | RegistryBackbone:
+) -> MLP | Identity | SmallCNN | ResNet18 | RegistryBackbone | TextEncoder:
     """Build the backbone a spec names; its ``feature_dim`` attribute gives the output width.
 
     Registry backbones load their pretrained weights unless ``load_weights`` is False (a saved bundle
     supplies every weight itself); ``access`` says where downloads are cached and whether they may happen.
     """
     inp, name = spec.input, spec.backbone.name
+    if spec.backbone.text:
+        return TextEncoder(spec, load_weights)
     if not spec.backbone.builtin:
         return RegistryBackbone(spec, access, load_weights)
     if name == "mlp":

@@ -64,7 +64,7 @@ class ClassifierService:
 
     def captured(self, name: str) -> dict[str, Any]:
         """The classifier's captured inputs, oldest first, each as a learn sample's input (``image_b64``, a PNG,
-        or ``vector``) with the version that flagged it and its novelty."""
+        ``vector``, or ``text``) with the version that flagged it and its novelty."""
         with self.sessions() as s:
             clf = registry.get_classifier(s, name)
             settings = UnknownSettings.from_dict(clf.unknowns)
@@ -74,6 +74,10 @@ class ClassifierService:
             kind = clf.network["input"]["kind"]
         items = []
         for row in rows:
+            if kind == "text":  # kept as the message's UTF-8 text (service.application.serving)
+                items.append({"id": row.id, "version": row.version, "novelty": row.novelty,
+                              "created_at": row.created_at, "text": bytes(row.data).decode()})  # fmt: skip
+                continue
             x = np.load(io.BytesIO(row.data), allow_pickle=False)
             value = {"image_b64": base64.b64encode(image_png(x)).decode()} if kind == "image" else {
                 "vector": [float(v) for v in x.reshape(-1)]}  # fmt: skip

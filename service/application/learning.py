@@ -22,6 +22,7 @@ from model_core.strategy_specs import (
     default_strategy,
     task_network_refusal,
 )
+from model_core.text import package_file
 from service.application.metrics import Metrics
 from service.application.views import job_view
 from service.domain.commands import JobRequest, Learn
@@ -79,7 +80,9 @@ class LearningService:
             raise Invalid("samples is empty: send at least one labelled sample per class")
         if len(req.samples) > self.settings.max_batch_items:
             raise Invalid(f"samples has {len(req.samples)} items; the limit is {self.settings.max_batch_items}")
-        fmt = InputFormat.from_network(network)
+        fmt = InputFormat.from_network(network, self.store.content_path)
+        if fmt.tokenizer is not None:  # stored once, by sha256: every API replica then tokenizes with the same file
+            self._store_tokenizer(network)
         labels = self._labels(req.samples, "samples")
         x = parse_items(req.samples, fmt, "samples", self.settings.max_image_pixels)
         if network["scenario"] == "task-incremental":
@@ -112,6 +115,18 @@ class LearningService:
         if not uses_procrastinate(self.settings.db_url):
             ring(self.settings.run_dir)  # wake the polling worker now (procrastinate's worker is NOTIFYed)
         return view
+
+    def _store_tokenizer(self, network: dict[str, Any]) -> None:
+        """Put a text classifier's tokenizer file in the artifact store (a no-op when it is there already)."""
+        sha = network["backbone"].get("tokenizer")
+        try:
+            self.store.content_path(sha)
+            return
+        except FileNotFoundError:
+            pass
+        path = package_file(network["backbone"]["name"], "tokenizer")
+        if path is not None:
+            self.store.put_content(path.read_bytes())
 
     def _classifier_state(
         self, name: str

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.application.metrics import Metrics
@@ -288,7 +287,9 @@ class ServingService:
             unknown = self._count_unknowns(served, predictions)
             found = self._unknowns.get(name)
             if unknown and found is not None and found[1].capture:
-                await anyio.to_thread.run_sync(self._capture, served, found, rows, unknown, predictions)
+                kept = [str(cmd.inputs[i]["text"]).encode() for i in unknown] if served.fmt.input.kind == "text" else \
+                    [array_bytes(rows[i]) for i in unknown]  # fmt: skip
+                await anyio.to_thread.run_sync(self._capture, served, found, kept, unknown, predictions)
         self.metrics.predict_seconds.labels(name, str(served.version)).observe(time.perf_counter() - start)
         self.metrics.batch_size.labels(name).observe(len(cmd.inputs))
         self.metrics.model_batch_rows.labels(name).observe(run_rows)
@@ -310,12 +311,13 @@ class ServingService:
         self.unknown_rate.record(served.classifier, served.version, len(predictions), len(unknown))
         return unknown
 
-    def _capture(self, served: Served, found: tuple[int, UnknownSettings], rows: np.ndarray, unknown: list[int],
+    def _capture(self, served: Served, found: tuple[int, UnknownSettings], data: list[bytes], unknown: list[int],
                  predictions: list[dict[str, Any]]) -> None:  # fmt: skip
-        """Keep the flagged inputs (as the model's input rows); a failure is logged, never the request's."""
+        """Keep the flagged inputs (the model's input rows as .npy, or a message's UTF-8 text, as sent); a failure
+        is logged, never the request's."""
         classifier_id, settings = found
         try:
-            kept = [(float(predictions[i]["novelty"]), array_bytes(rows[i])) for i in unknown]
+            kept = [(float(predictions[i]["novelty"]), d) for i, d in zip(unknown, data, strict=True)]
             with self.sessions() as s:
                 registry.add_captured(s, classifier_id, served.version, kept, settings.capture_max,
                                       settings.capture_max_age_hours)  # fmt: skip

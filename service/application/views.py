@@ -15,7 +15,7 @@ from service.persistence.models import AuditEntry, Classifier, Job, Version
 
 
 def classifier_view(c: Classifier) -> dict[str, Any]:
-    return {"name": c.name, "input": c.network["input"], "scenario": c.network["scenario"],
+    return {"name": c.name, "input": {**c.network["input"], "max_tokens": c.network["input"].get("max_tokens", 0)}, "scenario": c.network["scenario"],
             "backbone": BackboneSpec.parse(c.network["backbone"]).name, "gate": c.gate,
             "unknowns": UnknownSettings.from_dict(c.unknowns).to_dict(), "active_version": c.active_version,
             "created_at": c.created_at}  # fmt: skip

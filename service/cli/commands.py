@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from service.client import EngramClient, EngramError, Job
+from service.client import MESSAGE_SUFFIXES, EngramClient, EngramError, Job, read_messages
 
 console = Console()
 EXIT = {"promoted": 0, "passed": 0, "rejected": 3}  # learn's exit code by how the job ended; otherwise 1
@@ -44,7 +44,11 @@ def _backbone(args: argparse.Namespace) -> str | dict[str, Any] | None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    inp = args.image if args.image else {"kind": "vector", "dim": args.vector}
+    inp = args.image if args.image else {"kind": "vector", "dim": args.vector} if args.vector else {"kind": "text"}
+    if args.max_tokens is not None:
+        if not args.text:
+            raise SystemExit("--max-tokens is for --text classifiers")
+        inp["max_tokens"] = args.max_tokens
     gate = {"manual_approval": True} if args.manual_approval else None
     with _client(args) as c:
         unknowns: dict[str, Any] = {"capture": True} if args.capture_unknowns else {}
@@ -125,7 +129,10 @@ def _learn(args: argparse.Namespace) -> int:
     if args.iterations:
         extra["options"] = {"iterations": args.iterations}
     with _client(args) as c:
-        job = c.learn_folder(args.name, args.folder, args.task, args.strategy, args.retention, **extra)
+        if args.folder.lower().endswith(MESSAGE_SUFFIXES):  # messages of a text classifier
+            job = c.learn_messages(args.name, args.folder, args.task, args.strategy, args.retention, **extra)
+        else:
+            job = c.learn_folder(args.name, args.folder, args.task, args.strategy, args.retention, **extra)
         console.print(f"queued job {job.job_id}")
         columns = [TextColumn("{task.description:<12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("{task.fields[losses]}"), TimeElapsedColumn()]  # fmt: skip
@@ -148,6 +155,10 @@ def _learn(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.text is not None or args.text_file is not None:
+        return _predict_texts(args)
+    if not args.files:
+        raise SystemExit("give image files, --text MESSAGE or --text-file FILE")
     with _client(args) as c:
         result = c.predict_files(args.name, args.files, top_k=args.top_k, task=args.task, version=args.version)
     for path, p in zip(args.files, result.predictions, strict=True):
@@ -157,11 +168,34 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_texts(args: argparse.Namespace) -> int:
+    """Messages: --text (repeatable), or --text-file (one message a line, or a .csv/.jsonl with a text column)."""
+    texts = list(args.text or [])
+    if args.text_file:
+        path = str(args.text_file)
+        if path.lower().endswith(MESSAGE_SUFFIXES):
+            texts += [m["text"] for m in read_messages(path, labelled=False)]
+        else:
+            with open(path, encoding="utf-8") as f:
+                texts += [line.rstrip("\n") for line in f if line.strip()]
+    with _client(args) as c:
+        result = c.predict_texts(args.name, texts, top_k=args.top_k, task=args.task, version=args.version)
+    for text, p in zip(texts, result.predictions, strict=True):
+        others = ", ".join(f"{r.label} {r.score:.3f}" for r in p.top_k[1:])
+        flag = "" if p.known is not False else "  [unknown]"
+        console.print(f"{escape(text[:60])}: [bold]{escape(p.label)}[/] {p.score:.3f}{flag}" + (f"  ({escape(others)})" if others else ""),
+                      highlight=False)  # fmt: skip
+    console.print(f"(version {result.version})")
+    return 0
+
+
 def _unknowns_export(args: argparse.Namespace) -> int:
     with _client(args) as c:
         out, n = c.export_unknowns(args.name, args.folder)
     console.print(f"wrote {n} input(s) flagged unknown to {out} (deleted on the server)")
-    if n:
+    if n and out.suffix == ".csv":
+        console.print(f"fill in the label column of {out}, then: engram learn {args.name} {out} --task <task>")
+    elif n:
         console.print(f"sort them into {args.folder}/<class>/ folders (and delete {out}), then: "
                       f"engram learn {args.name} {args.folder} --task <task>")  # fmt: skip
     return 0
@@ -293,6 +327,8 @@ def register(sub: Any) -> None:
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--image", type=_image_input, metavar="CxHxW")
     kind.add_argument("--vector", type=int, metavar="DIM")
+    kind.add_argument("--text", action="store_true", help="messages (default encoder all-MiniLM-L6-v2, frozen)")
+    p.add_argument("--max-tokens", type=int, help="text: tokens a message may have (default 128; longer ones are refused)")
     p.add_argument("--scenario", default="class-incremental", choices=["class-incremental", "task-incremental"])
     p.add_argument("--backbone", help="mlp, cnn, resnet18, timm/<model> or torchvision/<model> (default by input size; "
                    "pretrained names use their packaged or cached weights, frozen)")  # fmt: skip
@@ -314,17 +350,20 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-days", type=float, metavar="D", help="keep every version active or created in D days")
     p.add_argument("--default", action="store_true", help="go back to the deployment's default")
     add("storage", _storage, "artifact-store bytes per classifier")
-    p = add("learn", _learn, "learn a task from an ImageFolder-style folder (one subfolder per class)")
+    p = add("learn", _learn, "learn a task from an ImageFolder-style folder (one subfolder per class), or from "
+            "messages: a .csv (columns text,label) or .jsonl file")  # fmt: skip
     p.add_argument("name")
-    p.add_argument("folder")
+    p.add_argument("folder", metavar="FOLDER_OR_FILE")
     p.add_argument("--task", required=True)
     p.add_argument("--strategy", help="default: the classifier's (its last strategy, else the one measured best for "
                    "its input; see GET /v1/strategies)")
     p.add_argument("--retention", default="keep", choices=["keep", "discard"])
     p.add_argument("--iterations", type=int)
-    p = add("predict", _predict, "predict image files")
+    p = add("predict", _predict, "predict image files, or messages (--text, --text-file)")
     p.add_argument("name")
-    p.add_argument("files", nargs="+")
+    p.add_argument("files", nargs="*")
+    p.add_argument("--text", action="append", metavar="MESSAGE", help="a message (repeatable)")
+    p.add_argument("--text-file", metavar="FILE", help="messages: one a line, or a .csv/.jsonl with a text column")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--task")
     p.add_argument("--version", type=int)

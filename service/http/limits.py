@@ -45,6 +45,8 @@ def set_predict_bound(connection: ASGIConnection[Any, Any, Any, Any], handler: B
     settings: Settings = connection.app.state.settings
     items, inp = settings.max_predict_items, served.fmt.input
     ctype = connection.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if inp.kind == "text":  # bounded by max_body_bytes and MAX_CHARS a message
+        return
     values = inp.dim if inp.kind == "vector" else inp.channels * inp.height * inp.width
     if ctype in NPY_TYPES:
         bound, what = items * values * 8 + OVERHEAD_BYTES, f".npy array of up to {items} float64 rows of {values} values"

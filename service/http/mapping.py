@@ -14,7 +14,7 @@ from service.schemas import ClassifierCreate, LearnRequest, PredictRequest
 
 def to_new_classifier(req: ClassifierCreate) -> NewClassifier:
     backbone = req.backbone.model_dump(exclude_none=True) if isinstance(req.backbone, BaseModel) else req.backbone
-    return NewClassifier(req.name, req.input.model_dump(), req.scenario, backbone,
+    return NewClassifier(req.name, {k: v for k, v in req.input.model_dump().items() if v is not None}, req.scenario, backbone,
                          req.gate.model_dump() if req.gate else None,
                          req.unknowns.model_dump() if req.unknowns else None)  # fmt: skip
 

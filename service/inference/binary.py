@@ -105,6 +105,8 @@ class NpyBatch(Sequence[np.ndarray]):
     def rows(self, fmt: InputFormat, max_pixels: int) -> np.ndarray:
         """(N, *shape) float32, or BodyError saying what does not fit."""
         a, want = self.array, fmt.shape
+        if fmt.input.kind == "text":
+            raise Unfit("this classifier takes text: send JSON inputs {\"text\": ...}")
         if a.shape[1:] != want:
             kind = f"{fmt.input.channels}x{fmt.input.height}x{fmt.input.width} images" if fmt.input.kind == "image" \
                 else f"vectors of {fmt.input.dim}"  # fmt: skip
@@ -142,6 +144,8 @@ class ImageFiles(Sequence[bytes]):
 
     def rows(self, fmt: InputFormat, max_pixels: int) -> np.ndarray:
         """(N, *shape) float32; InputError names the first file that does not decode."""
+        if fmt.input.kind == "text":
+            raise Unfit("this classifier takes text: send JSON inputs {\"text\": ...}")
         if fmt.input.kind != "image":
             raise Unfit(f"this classifier takes vectors of {fmt.input.dim}; send them as JSON or .npy")
         out = np.empty((len(self.files), *fmt.shape), dtype=np.float32)

