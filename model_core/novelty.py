@@ -131,7 +131,8 @@ class MahalanobisNovelty(_Novelty):
     """Surprise = 0.5 |P (z - mu_u)|^2 less 0.5 |P0 (z - mu_0)|^2 (relative Mahalanobis).
 
     Buffers: P (D, D) the within-class whitening, class means whitened (U, D), P0 (D, D) and mu_0 whitened (D,)
-    the background's. Computed in float64 (the distances are large and differences of them), like GaussianHead.
+    the background's. P z and P0 z in float32 (P and P0 are stored so), the distances from them in float64 (they
+    are large and differences of them), like GaussianHead.
     """
 
     kind = "mahalanobis"
@@ -148,10 +149,12 @@ class MahalanobisNovelty(_Novelty):
         self.register_buffer("mean0", mean0.double())
 
     def surprise(self, features: Tensor, inputs: Tensor, logits: Tensor) -> Tensor:
-        z = features.flatten(1).double()
-        a = z @ self.whiten.double().T  # (B, D)
+        # the whitenings in float32 (as stored and served: a float64 copy of two D x D matrices was most of what
+        # a photo version cost the serving process), the distances from them in float64
+        z = features.flatten(1).float()
+        a = (z @ self.whiten.T).double()  # (B, D)
         d2 = a.square().sum(1, keepdim=True) - 2.0 * (a @ self.means.T) + self.means.square().sum(1)  # (B, U)
-        b = z @ self.whiten0.double().T - self.mean0
+        b = (z @ self.whiten0.T).double() - self.mean0
         return 0.5 * (d2 - b.square().sum(1, keepdim=True))
 
 
@@ -339,18 +342,17 @@ def _mahalanobis_nodes(module: MahalanobisNovelty, features: str, out: str, opse
              _const("whiten0T", module.whiten0.T.cpu().numpy()), _const("mean0", module.mean0.cpu().numpy()),
              _const("minus2", np.array(-2.0)), _const("half", np.array(0.5))]  # fmt: skip
     d = TensorProto.DOUBLE
-    nodes = [
-        helper.make_node("Cast", [features], ["nov.z"], to=d),
-        helper.make_node("Cast", ["nov.whitenT"], ["nov.wT"], to=d),
-        helper.make_node("Cast", ["nov.whiten0T"], ["nov.w0T"], to=d),
-        helper.make_node("MatMul", ["nov.z", "nov.wT"], ["nov.a"]),  # (B, D)
+    nodes = [  # the whitening products in float32, as MahalanobisNovelty.surprise: no float64 copy of the matrices
+        helper.make_node("MatMul", [features, "nov.whitenT"], ["nov.a32"]),  # (B, D)
+        helper.make_node("Cast", ["nov.a32"], ["nov.a"], to=d),
         helper.make_node("Mul", ["nov.a", "nov.a"], ["nov.a2"]),
         _reduce("ReduceSum", "nov.a2", "nov.aa", opset, keepdims=1),  # (B, 1)
         helper.make_node("MatMul", ["nov.a", "nov.meansT"], ["nov.am"]),  # (B, U)
         helper.make_node("Mul", ["nov.am", "nov.minus2"], ["nov.am2"]),
         helper.make_node("Add", ["nov.aa", "nov.am2"], ["nov.d0"]),
         helper.make_node("Add", ["nov.d0", "nov.mean_sq"], ["nov.d2"]),
-        helper.make_node("MatMul", ["nov.z", "nov.w0T"], ["nov.b0"]),
+        helper.make_node("MatMul", [features, "nov.whiten0T"], ["nov.b032"]),
+        helper.make_node("Cast", ["nov.b032"], ["nov.b0"], to=d),
         helper.make_node("Sub", ["nov.b0", "nov.mean0"], ["nov.b"]),
         helper.make_node("Mul", ["nov.b", "nov.b"], ["nov.b2"]),
         _reduce("ReduceSum", "nov.b2", "nov.bb", opset, keepdims=1),  # (B, 1)
