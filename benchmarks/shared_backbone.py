@@ -149,6 +149,9 @@ def memory(classifiers: int, versions: int) -> None:
               f"({(end - start) / (classifiers * versions):.1f} MB a version on average)")  # fmt: skip
         print(f"shared content in the store: {len(shared)} file(s), "
               f"{sum(p.stat().st_size for p in shared) / 1e6:.1f} MB")  # fmt: skip
+        evicted = (data.parent / "serve.log").read_text(errors="replace").count("from the serving cache")
+        print(f"versions evicted from the serving cache (ENGRAM_SERVING_CACHE_MB="
+              f"{os.environ.get('ENGRAM_SERVING_CACHE_MB', 'default')}): {evicted}")  # fmt: skip
 
 
 def new_class(repeats: int) -> None:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from model_core.config import NetworkSpec, Scenario, TrainConfig
 from model_core.data import Experience
-from model_core.networks.classifier import IncrementalClassifier, create_network
+from model_core.networks.classifier import IncrementalClassifier, copy_sharing_frozen, create_network
 from model_core.networks.gaussian_head import GaussianHead
 from model_core.strategies import create_strategy
 from model_core.strategies.base import LabeledData, ProgressFn, Strategy
@@ -182,7 +182,7 @@ class Learner:
         self._check_task_strategy(strategy)
         if strategy in self.strategy_states:
             strat.load_state_dict(self.strategy_states[strategy])
-        snapshot = (copy.deepcopy(self.model), list(self.labels), copy.deepcopy(self.tasks))
+        snapshot = (copy_sharing_frozen(self.model), list(self.labels), copy.deepcopy(self.tasks))
         try:
             return self._learn(exp, strategy, strat, snapshot[0], config, progress, should_cancel)
         except BaseException:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model_core.config import Scenario, TrainConfig
-from model_core.networks.classifier import HeadBlocks, IncrementalClassifier
+from model_core.networks.classifier import HeadBlocks, IncrementalClassifier, copy_sharing_frozen
 from model_core.strategies.base import Batch, LabeledData, ProgressFn, Strategy, TrainContext
 
 REPORT_EVERY = 10  # optimiser steps between progress reports
@@ -183,7 +182,7 @@ def _context(
     device = resolve_device(config.device)
     model.to(device)
     if previous is not None:
-        previous = copy.deepcopy(previous).to(device).eval().requires_grad_(False)
+        previous = copy_sharing_frozen(previous).to(device).eval().requires_grad_(False)
     features = bool(getattr(model, "frozen_backbone", False))
     net: IncrementalClassifier = HeadView(model) if features else model  # type: ignore[assignment]
     if previous is not None and features:

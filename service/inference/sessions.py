@@ -119,13 +119,17 @@ def array_bytes(row: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def session_options(options: ServingOptions, arena: bool = True) -> ort.SessionOptions:
-    """The options every serving session gets. ``arena``: ONNX Runtime's memory arena, which keeps the largest
-    run's activations for the session's life; worth it for a backbone (its activations are reused every run),
-    not for a head graph (a few small tensors: allocating them costs less than an arena per version)."""
+def session_options(options: ServingOptions, head: bool = False) -> ort.SessionOptions:
+    """The options every serving session gets. ``head``: a version's head graph on a shared backbone (a few small
+    tensors per run, a few matrix products), which gets neither ONNX Runtime's memory arena (it keeps the largest
+    run's activations for the session's life: worth it for a backbone, whose activations are reused every run, not
+    an arena per version), nor pre-packed weights (a packed copy of every constant matrix beside the original:
+    twice the head's weights, 26 MB instead of 13 for an ``analytic`` photo head's novelty whitenings, for a
+    gemv that packing hardly speeds up), nor a thread pool of its own (one thread: a head's run is well under a
+    millisecond, less than waking a pool's threads; and a pool per version would be threads by the hundred)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.intra_op_num_threads = options.intra_op_threads()
+    opts.intra_op_num_threads = 1 if head else options.intra_op_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Worker threads spin while a run lasts (a photo backbone is ~100 small parallel ops: waking sleeping
@@ -134,9 +138,10 @@ def session_options(options: ServingOptions, arena: bool = True) -> ort.SessionO
     # to the HTTP event loop (python -m benchmarks.ort_options, docs/guides/shared-backbone.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
     opts.add_session_config_entry("session.force_spinning_stop", "1")
-    if not arena:
+    if head:
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     return opts
 
 
@@ -284,8 +289,9 @@ def load_served(
         if backbones is None or content is None:
             raise RuntimeError(f"{folder} references a shared backbone; load it with a BackbonePool and a store")
         backbone = backbones.get(str(refs["backbone"]["sha256"]), content, fmt, options)
+        before = rss_bytes()  # the head's own cost from here (the backbone's, built or not just now, is not its)
         path = folder / HEAD_FILE
-        session = ort.InferenceSession(str(path), session_options(options, arena=False),
+        session = ort.InferenceSession(str(path), session_options(options, head=True),
                                        providers=["CPUExecutionProvider"])  # fmt: skip
         width: tuple[int, ...] = (backbone.feature_dim,)
     else:
@@ -300,11 +306,15 @@ def load_served(
     feed = FEATURES if backbone is not None else "input"
     for n in sorted({1, options.max_batch}):  # warm up the shapes the batcher will use most
         session.run(outputs, {feed: np.zeros((n, *width), dtype=np.float32)})
-    nbytes = max(path.stat().st_size, rss_bytes() - before - (backbone.nbytes if backbone else 0))
+    # What keeping the version costs: what building and warming it grew the process by, never less than its graph
+    # file (its weights, which the session holds once: no packed copies for a head). Before, a head's estimate
+    # also took the shared backbone's cost off the growth (whether or not the backbone was built just then), so
+    # it was always the file's size, a third of what ONNX Runtime kept (the novelty matrices' float64 copies).
+    nbytes = max(path.stat().st_size, rss_bytes() - before)
     if backbone is not None:
         runner: MicroBatcher | HeadOnBackbone = HeadOnBackbone(backbone, HeadGraph(session, outputs, options.max_batch))
         return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], runner, novelty,
-                      max(nbytes, path.stat().st_size), backbone.sha256)  # fmt: skip
+                      nbytes, backbone.sha256)  # fmt: skip
     run = partial(_run_logits, session, options.max_batch, outputs)
     batcher = MicroBatcher(run, options.max_batch, options.max_wait)  # rows come decoded (service.inference.decoding)
     return Served(classifier, version, session, labels, tasks, fmt, network["scenario"], batcher, novelty, nbytes)
@@ -382,3 +392,5 @@ class ServingState:
                 continue
             del self._cache[key]
             over -= old.nbytes
+            log.info("evicted %s version %d from the serving cache (%.1f MB)", old.classifier, old.version,
+                     old.nbytes / 1e6)  # fmt: skip

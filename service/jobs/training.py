@@ -24,7 +24,7 @@ from model_core.checkpoint import load_bundle, save_bundle
 from model_core.config import NetworkSpec, TrainConfig
 from model_core.data import Experience
 from model_core.export import ExportError, Novelty, NoveltyExportError, export_head, export_onnx
-from model_core.export_frozen import OnnxFeatures
+from model_core.export_frozen import OnnxFeatures, backbone_digest
 from model_core.learner import Learner, LearnResult
 from model_core.novelty import fit_novelty, novelty_module
 from model_core.strategies.base import Progress, TrainingCancelled
@@ -47,6 +47,9 @@ MODEL_FILE, HEAD_FILE = "model.onnx", "head.onnx"  # a whole graph; or the head 
 THROTTLE = 0.5  # seconds between progress writes and cancel checks
 FINISH_PATIENCE = 120.0  # seconds a failed job waits for the database to record why it failed
 FEATURE_CACHES = 4  # classifiers whose frozen-backbone features a worker keeps between jobs
+# Frozen backbones whose ONNX Runtime session (``OnnxFeatures``) a worker keeps between jobs: building one for
+# EfficientNet-Lite0 costs 0.3-0.6 s, a third of a new photo class's job; each kept holds its graph and its arena.
+FEATURE_SESSIONS = 2
 
 
 def experience(task: str, x: np.ndarray, labels: np.ndarray) -> Experience:
@@ -110,6 +113,7 @@ class JobRunner:
         # shares its frozen backbone, so a job reuses the features of the regression suite (and of kept training
         # samples) that earlier jobs computed. The least recently used classifiers' features go first.
         self.features: OrderedDict[str, dict[bytes, torch.Tensor]] = OrderedDict()
+        self.feature_sessions: OrderedDict[str, OnnxFeatures] = OrderedDict()  # by backbone digest, LRU
 
     def run(self, job_id: str) -> None:
         with self.sessions() as s:
@@ -139,6 +143,16 @@ class JobRunner:
         while len(self.features) > FEATURE_CACHES:
             self.features.popitem(last=False)
         return cache
+
+    def _feature_session(self, learner: Learner) -> OnnxFeatures:
+        """The ONNX Runtime session computing ``learner``'s frozen-backbone features, built once per backbone
+        (by digest: the same spec and weights give the same graph) and kept for the next jobs."""
+        digest = backbone_digest(learner)
+        found = self.feature_sessions.pop(digest, None) or OnnxFeatures(learner, self.cache_dir)
+        self.feature_sessions[digest] = found
+        while len(self.feature_sessions) > FEATURE_SESSIONS:
+            self.feature_sessions.popitem(last=False)
+        return found
 
     def _finish(self, job_id: str, status: str, error: str) -> None:
         """End the job with its reason. A job that failed because the database went away cannot say so
@@ -344,7 +358,7 @@ class JobRun:
         if learner.frozen_backbone and resolve_device(self.runner.device).type == "cpu":
             # Features through ONNX Runtime on the backbone graph the versions serve (exported once, cached):
             # several times faster than eager torch on a CPU, and the head trains on what serving computes.
-            learner.feature_fn = OnnxFeatures(learner, self.runner.cache_dir)
+            learner.feature_fn = self.runner._feature_session(learner)
 
     def score_parent(self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str]) -> ParentScores:
         """The parent's accuracy per task, before the learner changes."""

@@ -140,3 +140,23 @@ def test_a_random_feature_head_reloads_and_exports_with_its_expansion(digits: Sp
     learner.learn(digits.train[2], "analytic", None, FAST)
     assert torch.equal(_head(loaded), _head(learner))
     assert export_onnx(loaded, x[:32]).max_abs_diff < 1e-4
+
+
+def test_the_ridge_from_g_s_range_alone_equals_the_full_eigendecomposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer samples than features (a photo classifier's first classes: G's rank is at most the sample count):
+    the solve projects G on its range (``_eigen``) instead of decomposing all of it, and chooses the same ridge
+    and the same weights, to float64 rounding, as the full eigendecomposition; balanced sums alike."""
+    from model_core.strategies import analytic
+
+    gen = torch.Generator().manual_seed(0)
+    h = torch.rand(70, 400, generator=gen, dtype=torch.float64) ** 3  # nonnegative, skewed, like pooled features
+    g, c = _sums(h, torch.arange(70) % 4, 4)
+    for gram, cross, n in ((g, c, 70), balanced_sums(g, c)):
+        s, _ = analytic._eigen(gram, n)
+        assert len(s) == n + analytic.OVERSAMPLE < gram.shape[0]  # the projected path ran
+        got, ridge = solve_ridge(gram, cross, n)
+        with monkeypatch.context() as m:
+            m.setattr(analytic, "_eigen", lambda gram, n: torch.linalg.eigh(gram))
+            want, want_ridge = solve_ridge(gram, cross, n)
+        assert ridge == want_ridge
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-9 * float(want.abs().max()))

@@ -89,3 +89,44 @@ def test_the_ambiguity_reads_the_logits_at_their_median_top_two_margin(digits: S
     fit_novelty(learner, module, known)
     top2 = learner.logits(known).double().topk(2, dim=1).values
     assert float(module.sharpness) == pytest.approx(1.0 / float((top2[:, 0] - top2[:, 1]).median()))
+
+
+def test_the_mahalanobis_score_on_the_samples_span_equals_the_full_one_and_onnx_agrees(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fewer samples than features (a photo classifier's first classes: 92 samples, 1,280 features): the score is
+    computed on the samples' span plus a multiple of the distance off it (``from_analytic``'s basis), with small
+    matrices, and gives the full-dimensional score's values; its ONNX nodes reproduce torch's."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from model_core import novelty as nv
+
+    gen = torch.Generator().manual_seed(0)
+    n, dim, units = 92, 1280, 3
+    h = torch.rand(n, dim, generator=gen, dtype=torch.float64) ** 2
+    y = torch.arange(n) % units
+    h[:, :8] += 0.5 * y[:, None]  # the classes apart in a few features
+    hb = torch.cat([h, torch.ones(n, 1, dtype=torch.float64)], 1)
+    state = {"gram": hb.T @ hb, "cross": hb.T @ torch.nn.functional.one_hot(y, units).double()}
+    low = nv.from_analytic(state, units)
+    assert low is not None and low.basis is not None and low.basis.shape[1] < dim // 2
+    with monkeypatch.context() as m:
+        m.setattr(nv, "_span", lambda *a: None)
+        full = nv.from_analytic(state, units)
+    assert full is not None and full.basis is None
+    probe = torch.cat([h[:20], torch.rand(20, dim, generator=gen, dtype=torch.float64)]).float()  # known, unknown
+    logits = torch.zeros(len(probe), units)
+    got, want = low.surprise(probe, probe, logits), full.surprise(probe, probe, logits)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+    nodes, inits = nv.onnx_nodes(low, "features", "logits", "novelty", 18)
+    graph = helper.make_graph(nodes, "novelty", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["B", dim]),
+                                                 helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", units])],
+                              [helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["B"])], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    served = session.run(["novelty"], {"features": probe.numpy(), "logits": logits.numpy()})[0]
+    np.testing.assert_allclose(served, low(probe, probe, logits).numpy(), rtol=1e-4, atol=1e-4)
+    assert len(model.SerializeToString()) < 2_000_000 < 8 * dim * dim  # the full score's two D x D float32 matrices
+    assert onnx.checker.check_model(model) is None
