@@ -1,6 +1,6 @@
 """Bytes a classifier's versions take in the artifact store, per version and in all, by layout.
 
-    python -m benchmarks.storage_growth photos [--tasks 5] [--size 128] [--per-class 100]
+    python -m benchmarks.storage_growth photos [--tasks 5] [--size 128] [--per-class 100] [--holdout 0.2]
     python -m benchmarks.storage_growth generated [--tasks 50]
 
 Each stream is taught once per layout, in this process (the application services on SQLite stage each learn
@@ -13,8 +13,9 @@ last), and the store is measured after every version:
 - ``shared content``: the default: also each task's evaluation samples once (images as their 8-bit pixels) and
   the strategy's large state tensors as content (``ENGRAM_SHARED_CONTENT``; docs/architecture/storage.md).
 
-``photos``: cifar10-mini, ``--tasks`` tasks of two classes, ``--per-class`` photos a class (a fifth held out
-for the gate), uploaded as JPEG to a ``3x<size>x<size>`` classifier with every default (the pretrained frozen
+``photos``: cifar10-mini, ``--tasks`` tasks of two classes, ``--per-class`` photos a class (``--holdout`` of them
+held out for the gate: the gate's default a fifth; 0.6 of 100 gives the 120 evaluation photos a task of the
+photo classifier issue 31 measured), uploaded as JPEG to a ``3x<size>x<size>`` classifier with every default (the pretrained frozen
 EfficientNet-Lite0, the analytic head). ``generated``: ``--tasks`` tasks of two classes of generated
 1x16x16 images (a seeded template per class plus noise, 30 a class), on the pixels as features (``identity``)
 with the analytic head on 256 random features: only the whole-graph layout is left out (no backbone to share).
@@ -75,7 +76,7 @@ def measure(artifacts: Path, seen: set[str], folder: Path) -> dict[str, int]:
 
 
 def teach(layout: str, stream: list[tuple[str, Samples]], network: dict[str, Any], params: dict[str, Any],
-          features: OrderedDict[str, Any]) -> Sizes:  # fmt: skip
+          features: OrderedDict[str, Any], holdout: float = 0.2) -> Sizes:  # fmt: skip
     """One stream through the job code in ``layout``, on a fresh data folder; the sizes after each version."""
     from service.application.services import EngramService
     from service.domain.commands import Learn, NewClassifier
@@ -98,7 +99,7 @@ def teach(layout: str, stream: list[tuple[str, Samples]], network: dict[str, Any
                            shared_content=content)  # fmt: skip
         runner.features = features  # the frozen features, computed once for every layout (same classifier id)
         service.classifiers.create_classifier(NewClassifier("c", network["input"], backbone=network.get("backbone"),
-                                                            gate={"tolerance": 1.0, "new_task_floor": 0.0}))  # fmt: skip
+                                                            gate={"tolerance": 1.0, "new_task_floor": 0.0, "holdout": holdout}))  # fmt: skip
         seen: set[str] = set()
         total = 0
         for task, samples in stream:
@@ -163,14 +164,15 @@ def table(runs: dict[str, Sizes], show: Callable[[int], bool]) -> None:
                   f"{half + 1}-{count}: {second / 1e6:.2f} MB ({second / first:.2f}x; 1.00 is linear growth)")
 
 
-def photos(tasks: int, size: int, per_class: int) -> None:
+def photos(tasks: int, size: int, per_class: int, holdout: float) -> None:
     if not (CIFAR / "train").is_dir():
         raise SystemExit(f"the cifar10-mini photos are not at {CIFAR} (see shared/data/README.md)")
-    print(f"# {tasks} tasks of 2 cifar10-mini classes, {per_class} photos a class, 3x{size}x{size}, the defaults")
+    print(f"# {tasks} tasks of 2 cifar10-mini classes, {per_class} photos a class ({holdout:.0%} held out for the gate), "
+          f"3x{size}x{size}, the defaults")
     stream = [(f"t{i + 1}", jpeg_samples(CLASSES[2 * i : 2 * i + 2], per_class)) for i in range(tasks)]
     network = {"input": {"kind": "image", "channels": 3, "height": size, "width": size}}
     features: OrderedDict[str, Any] = OrderedDict()
-    runs = {name: teach(name, stream, network, {}, features) for name in LAYOUTS}
+    runs = {name: teach(name, stream, network, {}, features, holdout) for name in LAYOUTS}
     table(runs, lambda v: True)
 
 
@@ -189,12 +191,13 @@ def main() -> None:
     p = sub.add_parser("photos", help="cifar10-mini photos, the default backbone and head")
     p.add_argument("--tasks", type=int, default=5)
     p.add_argument("--size", type=int, default=128, help="the classifier's image side, in pixels")
-    p.add_argument("--per-class", type=int, default=100, help="photos a class (a fifth held out for the gate)")
+    p.add_argument("--per-class", type=int, default=100, help="photos a class")
+    p.add_argument("--holdout", type=float, default=0.2, help="the share of each class held out for the gate")
     g = sub.add_parser("generated", help="generated images, many tasks")
     g.add_argument("--tasks", type=int, default=50)
     args = parser.parse_args()
     if args.stream == "photos":
-        photos(args.tasks, args.size, args.per_class)
+        photos(args.tasks, args.size, args.per_class, args.holdout)
     else:
         generated(args.tasks)
 
