@@ -186,7 +186,8 @@ def generated(tasks: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[:2]),  # with each stream's flags
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stream", required=True)
     p = sub.add_parser("photos", help="cifar10-mini photos, the default backbone and head")
     p.add_argument("--tasks", type=int, default=5)
