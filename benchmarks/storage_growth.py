@@ -1,6 +1,6 @@
 """Bytes a classifier's versions take in the artifact store, per version and in all, by layout.
 
-    python -m benchmarks.storage_growth photos [--tasks 5] [--size 128] [--per-class 100] [--holdout 0.2]
+    python -m benchmarks.storage_growth photos [--tasks 5] [--size 128] [--per-class 100] [--holdout 0.2] [--layouts all]
     python -m benchmarks.storage_growth generated [--tasks 50]
 
 Each stream is taught once per layout, in this process (the application services on SQLite stage each learn
@@ -164,7 +164,7 @@ def table(runs: dict[str, Sizes], show: Callable[[int], bool]) -> None:
                   f"{half + 1}-{count}: {second / 1e6:.2f} MB ({second / first:.2f}x; 1.00 is linear growth)")
 
 
-def photos(tasks: int, size: int, per_class: int, holdout: float) -> None:
+def photos(tasks: int, size: int, per_class: int, holdout: float, layouts: list[str]) -> None:
     if not (CIFAR / "train").is_dir():
         raise SystemExit(f"the cifar10-mini photos are not at {CIFAR} (see shared/data/README.md)")
     print(f"# {tasks} tasks of 2 cifar10-mini classes, {per_class} photos a class ({holdout:.0%} held out for the gate), "
@@ -172,7 +172,7 @@ def photos(tasks: int, size: int, per_class: int, holdout: float) -> None:
     stream = [(f"t{i + 1}", jpeg_samples(CLASSES[2 * i : 2 * i + 2], per_class)) for i in range(tasks)]
     network = {"input": {"kind": "image", "channels": 3, "height": size, "width": size}}
     features: OrderedDict[str, Any] = OrderedDict()
-    runs = {name: teach(name, stream, network, {}, features, holdout) for name in LAYOUTS}
+    runs = {name: teach(name, stream, network, {}, features, holdout) for name in layouts}
     table(runs, lambda v: True)
 
 
@@ -194,11 +194,16 @@ def main() -> None:
     p.add_argument("--size", type=int, default=128, help="the classifier's image side, in pixels")
     p.add_argument("--per-class", type=int, default=100, help="photos a class")
     p.add_argument("--holdout", type=float, default=0.2, help="the share of each class held out for the gate")
+    p.add_argument("--layouts", default="all", help=f"comma-separated, of: {', '.join(LAYOUTS)} (all: every one)")
     g = sub.add_parser("generated", help="generated images, many tasks")
     g.add_argument("--tasks", type=int, default=50)
     args = parser.parse_args()
     if args.stream == "photos":
-        photos(args.tasks, args.size, args.per_class, args.holdout)
+        layouts = list(LAYOUTS) if args.layouts == "all" else [n.strip() for n in args.layouts.split(",")]
+        unknown = [n for n in layouts if n not in LAYOUTS]
+        if unknown:
+            parser.error(f"--layouts: unknown {unknown}; choose among {', '.join(LAYOUTS)}")
+        photos(args.tasks, args.size, args.per_class, args.holdout, layouts)
     else:
         generated(args.tasks)
 
