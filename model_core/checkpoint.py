@@ -7,15 +7,18 @@
                          loaded from the spec's source and checked against the sha256, not copied into
                          every version
     state.pt             every strategy's state (tensors, lists, numbers, strings), keyed by strategy
-                         name; loads with torch.load(weights_only=True), no pickled objects
+                         name; loads with torch.load(weights_only=True), no pickled objects. Written with
+                         ``put_content``, its large tensors are content stored once by sha256 and state.pt
+                         holds placeholders naming their references (``model_core.state_content``)
     <extra files>        e.g. head.onnx (or, before shared backbones, model.onnx), written in the same atomic step
 
 The manifest also lists ``files`` (the sha256 of every file of the bundle but itself) and ``references``:
 content the version needs that is not in its folder but stored once for every version that shares it,
 named by sha256 (``{"backbone": {"sha256", "size", "kind", ...}}``: the frozen backbone's graph, see
-``model_core.export_frozen``). Where that content lives is the artifact store's business
-(``service.storage``); a reader fetches it by sha256 and checks it. Bundles written before either field
-have neither, and load as before.
+``model_core.export_frozen``; ``state/...``: large strategy state tensors; the service adds its own, e.g. each
+task's evaluation samples). Where that content lives is the artifact store's business (``service.storage``);
+a reader fetches it by sha256 and checks it. Bundles written before either field have neither, and load as
+before.
 
 A bundle is written into a temporary sibling folder, each file fsynced, then renamed into place, so a
 reader sees either nothing or the whole bundle; an existing bundle is never overwritten.
@@ -27,7 +30,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from model_core.config import NetworkSpec
 from model_core.files import sha256_file
 from model_core.learner import Learner, TaskInfo
 from model_core.networks.classifier import create_network
+from model_core.state_content import Put, has_placeholders, join_state, split_state
 
 FORMAT = "engram-bundle/1"
 MANIFEST, WEIGHTS, STATE = "manifest.json", "model.safetensors", "state.pt"
@@ -88,9 +92,12 @@ def save_bundle(
     metadata: Mapping[str, Any] | None = None,
     extra_files: Mapping[str, bytes] | None = None,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    put_content: Put | None = None,
 ) -> Manifest:
     """Write ``learner`` as a new bundle at ``path`` atomically; refuses to overwrite. ``references``: content
-    stored elsewhere by sha256 that the version needs (the manifest's ``references``)."""
+    stored elsewhere by sha256 that the version needs (the manifest's ``references``). ``put_content`` (the
+    artifact store's): large strategy state tensors go to content through it, referenced as ``state/...``;
+    None: every tensor in state.pt."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"bundle {path} already exists; bundles are immutable")
@@ -108,6 +115,13 @@ def save_bundle(
         external_backbone={"name": bb.name, "weights": bb.weights, "sha256": bb.sha256} if external else None,
         references={k: dict(v) for k, v in (references or {}).items()},
     )
+    states: dict[str, Any] = dict(learner.strategy_states)
+    if put_content is not None:  # stored before the bundle that references them is renamed into place
+        states, state_refs = split_state(states, put_content)
+        clash = set(state_refs) & set(manifest.references)
+        if clash:
+            raise ValueError(f"references {sorted(clash)} are given and also made from the strategy state")
+        manifest.references.update(state_refs)
     for role, ref in manifest.references.items():
         if not isinstance(ref.get("sha256"), str) or len(ref["sha256"]) != 64:
             raise ValueError(f"reference {role!r} has no sha256")
@@ -121,7 +135,7 @@ def save_bundle(
         with open(tmp / WEIGHTS, "rb+") as f:
             os.fsync(f.fileno())
         with open(tmp / STATE, "wb") as f:
-            torch.save(learner.strategy_states, f)
+            torch.save(states, f)
             f.flush()
             os.fsync(f.fileno())
         for name, data in (extra_files or {}).items():
@@ -149,8 +163,25 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest(**data)
 
 
-def load_bundle(path: str | Path) -> tuple[Learner, Manifest]:
-    """Rebuild the learner saved at ``path`` (weights and every strategy state) on the cpu."""
+def content_near(path: Path) -> Callable[[str], Path]:
+    """Content by sha256 in the ``content/sha256`` folder of the store holding the bundle at ``path`` (a
+    filesystem store's layout, ``<root>/classifiers/<name>/<bundle>``, or an S3 store's local cache)."""
+
+    def find(sha256: str) -> Path:
+        for parent in path.resolve().parents:
+            candidate = parent / "content" / "sha256" / sha256
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(f"bundle {path} references content {sha256}, which is not in a content/sha256 "
+                                "folder above it; load it with the artifact store's content_path")  # fmt: skip
+
+    return find
+
+
+def load_bundle(path: str | Path, content: Callable[[str], Path] | None = None) -> tuple[Learner, Manifest]:
+    """Rebuild the learner saved at ``path`` (weights and every strategy state) on the cpu. ``content``: a local
+    file of referenced content by sha256 (the artifact store's ``content_path``); by default the content folder
+    of the store the bundle is in."""
     path = Path(path)
     manifest = read_manifest(path)
     spec = NetworkSpec.from_dict(manifest.network)
@@ -168,5 +199,8 @@ def load_bundle(path: str | Path) -> tuple[Learner, Manifest]:
             raise ValueError(f"bundle {path}: weights do not fit the network ({(unexpected or missing)[0]!r})")
     model.eval()
     states = torch.load(path / STATE, weights_only=True, map_location="cpu")
+    if has_placeholders(states):
+        where = content or content_near(path)
+        states = join_state(states, manifest.references, lambda sha: where(sha).read_bytes())
     tasks = [TaskInfo(t["name"], list(t["units"])) for t in manifest.tasks]
     return Learner(spec, model, list(manifest.labels), tasks, dict(states)), manifest

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # A frozen backbone's graph stored once in the artifact store, each version holding only its head
     # (docs/guides/shared-backbone.md); off: every version's model.onnx holds the whole graph, as before
     shared_backbone: bool = True
+    # Each task's evaluation samples (images as their 8-bit pixels) and a strategy's large state tensors stored once
+    # as content that versions reference (docs/architecture/storage.md); off: in every version's folder, as before
+    shared_content: bool = True
     # Bytes of ONNX Runtime sessions this process keeps for versions that are not active (pinned predictions,
     # quick rollbacks), the least recently used going first; active versions and shared backbones never count
     serving_cache_mb: int = Field(default=512, ge=0)

@@ -35,14 +35,14 @@ from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluat
 from service.domain.gate_advice import JobFacts
 from service.domain.new_task import nearest_mean_accuracy
 from service.domain.unknowns import UnknownSettings
+from service.jobs.suite import EVAL_FILE, Ref, read_suite, suite_references
 from service.jobs.training_choice import choose
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
 from service.retry import backoff
-from service.storage.base import ArtifactStore, arrays_to_bytes, bytes_to_arrays
+from service.storage.base import ArtifactStore, arrays_to_bytes
 
 log = logging.getLogger("engram.worker")
-EVAL_FILE = "eval.npz"  # the version's regression suite: x, label, task for every task so far
 MODEL_FILE, HEAD_FILE = "model.onnx", "head.onnx"  # a whole graph; or the head on a shared backbone (references)
 THROTTLE = 0.5  # seconds between progress writes and cancel checks
 FINISH_PATIENCE = 120.0  # seconds a failed job waits for the database to record why it failed
@@ -98,11 +98,16 @@ class JobRunner:
         on_stage: Callable[[str], None] | None = None,
         novelty: bool = True,
         shared_backbone: bool = True,
+        shared_content: bool = True,
     ) -> None:
         self.novelty = novelty
         # Store a frozen backbone's graph once in the artifact store and only the head in each version (the
         # manifest references the backbone by sha256); False: the whole graph in each version's model.onnx.
         self.shared_backbone = shared_backbone  # export each version's novelty score where it has class models
+        # Each task's evaluation samples and the strategy's large state tensors stored once as content and referenced
+        # from the manifests (service.jobs.suite, model_core.state_content); False: every version's eval.npz and
+        # state.pt hold them all, as before. Either way, a parent of either layout loads.
+        self.shared_content = shared_content
         self.sessions = sessions
         self.store = store
         self.device = device
@@ -275,6 +280,11 @@ class JobRun:
     def __init__(self, runner: JobRunner, job_id: str) -> None:
         self.runner, self.store, self.job_id = runner, runner.store, job_id
         self.times: dict[str, float] = {}
+        # The parent's suite as segments stored once (service.jobs.suite): their references, or for a parent of
+        # the old layout (refs empty) its suite, to be split into segments; and this job's evaluation samples
+        self.parent_refs: list[Ref] = []
+        self.parent_suite: dict[str, np.ndarray] = {}
+        self.new_eval: dict[str, np.ndarray] = {}
 
     def run(self) -> None:
         t0 = time.perf_counter()
@@ -336,8 +346,11 @@ class JobRun:
         """The parent's whole learner state (weights and every strategy's state) and its regression suite; a
         new learner and an empty suite for a classifier's first version."""
         if spec.parent_dir is not None:
-            learner, _ = load_bundle(spec.parent_dir)
-            return learner, bytes_to_arrays((spec.parent_dir / EVAL_FILE).read_bytes())
+            learner, manifest = load_bundle(spec.parent_dir, self.store.content_path)
+            suite, self.parent_refs = read_suite(spec.parent_dir, manifest.references, self.store.content_path)
+            if not self.parent_refs:
+                self.parent_suite = suite
+            return learner, suite
         return Learner.create(NetworkSpec.from_dict(spec.network), seed=spec.request.options.seed), {}
 
     def merge_evaluation_sets(
@@ -348,6 +361,7 @@ class JobRun:
         new_eval = self.store.read_arrays(self.job_id, "eval")
         if train is None or new_eval is None:
             raise RuntimeError("the job's samples are gone from the artifact store")
+        self.new_eval = new_eval
         return train, merge_suite(suite, new_eval, spec.task)
 
     def choose_feature_backend(self, spec: JobSpec, learner: Learner) -> None:
@@ -496,8 +510,17 @@ class JobRun:
         folder = self.store.bundle_dir(spec.name, self.job_id)
         if folder.exists():  # this job's own leftover (a retried task): never a published version's folder
             self.store.remove(self.store.relative(folder))
-        extra = {EVAL_FILE: arrays_to_bytes(suite)}
         references: dict[str, dict[str, Any]] = {}
+        extra: dict[str, bytes] = {}
+        if self.runner.shared_content:  # each task's samples once in the store, referenced by sha256
+            t = time.perf_counter()
+            net = NetworkSpec.from_dict(spec.network)
+            scale = net.preprocessing.pixel_scale if net.input.kind == "image" else None
+            references.update(suite_references(self.store.put_content, self.parent_refs, self.parent_suite,
+                                               self.new_eval, spec.task, scale))  # fmt: skip
+            self.times["eval-store"] = time.perf_counter() - t
+        else:
+            extra[EVAL_FILE] = arrays_to_bytes(suite)
         if exported.onnx and exported.backbone:  # the head only; the backbone once in the store, by sha256
             t = time.perf_counter()
             sha = self.store.put_content(exported.backbone)  # before the bundle that references it is published
@@ -509,8 +532,8 @@ class JobRun:
             extra[MODEL_FILE] = exported.onnx
         save_bundle(folder, learner, {"name": spec.strategy, "params": result.params},
                     parent=None if spec.parent_number is None else f"v{spec.parent_number}",
-                    metadata={"job_id": self.job_id, "report": report}, extra_files=extra,
-                    references=references)  # fmt: skip
+                    metadata={"job_id": self.job_id, "report": report}, extra_files=extra, references=references,
+                    put_content=self.store.put_content if self.runner.shared_content else None)  # fmt: skip
         self.store.publish(folder)  # an object store uploads it here, before any row names it
         return folder
 

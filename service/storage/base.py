@@ -8,10 +8,12 @@
                                         (Older stores have ``v<N>`` folders; the rows name them.)
     <root>/jobs/<job id>/train.npz      the job's training samples (preprocessed arrays, not uploads);
                                         deleted when the job ends if its retention is "discard"
-    <root>/jobs/<job id>/eval.npz       the job's evaluation samples, copied into the version's bundle
+    <root>/jobs/<job id>/eval.npz       the job's evaluation samples, stored as content by the job (older
+                                        versions: copied into the bundle's eval.npz with every earlier task's)
     <root>/content/sha256/<hex>         content stored once and shared by the versions whose manifests reference
                                         it by sha256 (``put_content``, ``content_path``): a frozen backbone's
-                                        graph, evaluation samples...; never modified; deleted only by the
+                                        graph, each task's evaluation samples, large strategy state tensors
+                                        (docs/architecture/storage.md); never modified; deleted only by the
                                         lifecycle's collection once no kept version references it
                                         (``service.application.lifecycle``)
 

@@ -43,6 +43,7 @@ BENCHMARKS = {
     "pretrained_export": "exports and times EfficientNet-Lite0 at three resolutions: minutes",
     "serve_bench": "starts several servers and drives HTTP load against each: minutes",
     "sweeps": "3 seeds of every sweep on the 5-task stream: minutes",
+    "storage_growth": "teaches 5 photo tasks (or 50 generated) in three store layouts: minutes",
     "text_stream": "teaches banking77 messages to a real server through the CLI: tens of minutes",
     "workers_bench": "starts engram serve with 1, 2, 3 workers under load: minutes",
 }
