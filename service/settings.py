@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # A frozen backbone's graph stored once in the artifact store, each version holding only its head
     # (docs/guides/shared-backbone.md); off: every version's model.onnx holds the whole graph, as before
     shared_backbone: bool = True
+    # An int8 (static QDQ) version of a shared frozen photo backbone, quantized at a classifier's first job and
+    # learned from, served where a version's check finds it within the tolerance (docs/guides/int8-backbone.md);
+    # off: workers learn from fp32 and the API serves every version's fp32 backbone
+    int8_backbone: bool = True
     # Bytes of ONNX Runtime sessions this process keeps for versions that are not active (pinned predictions,
     # quick rollbacks), the least recently used going first; active versions and shared backbones never count
     serving_cache_mb: int = Field(default=512, ge=0)

@@ -93,5 +93,5 @@ def make_runner(
     sweep_orphans(sessions, store)
     runner = JobRunner(sessions, store, settings.device, cache_dir=(settings.data_dir / "cache").resolve(),
                        max_steps=settings.max_train_steps, on_stage=on_stage, novelty=settings.novelty,
-                       shared_backbone=settings.shared_backbone)  # fmt: skip
+                       shared_backbone=settings.shared_backbone, int8=settings.int8_backbone)  # fmt: skip
     return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
