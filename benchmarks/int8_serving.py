@@ -16,6 +16,7 @@ server's log. A version whose check kept fp32 serves fp32 in both: the benchmark
 ``--force`` (``ENGRAM_INT8_MAX_DISAGREEMENT=1``, ``ENGRAM_INT8_MAX_ACCURACY_DROP=1`` for the job) lets int8
 serve anyway, to measure its speed alone.
 
+Every job names the default photo strategy (``analytic``), so that no first job spends its time choosing one.
 Learning: the same classes are then taught again to two more classifiers, one on a server with int8 on and one
 with it off (each a first job, so the int8 one quantizes; both export the backbone first: that export is cached
 in the data folder by then), and the job's seconds per stage are printed per 1,000 training photos, with the
@@ -74,11 +75,11 @@ def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
 
-def learn(c: httpx.Client, name: str, classes: list[str], per_class: int) -> dict[str, Any]:
+def learn(c: httpx.Client, name: str, classes: list[str], per_class: int, strategy: str = "analytic") -> dict[str, Any]:
     r = c.post("/v1/classifiers", json={"name": name, "input": PHOTO})
     r.raise_for_status()
     samples = [{"label": lab, "image_b64": b64(p)} for lab, p in photos("train", classes, per_class)]
-    job = c.post(f"/v1/classifiers/{name}/learn", json={"task": "t1", "samples": samples}).json()
+    job = c.post(f"/v1/classifiers/{name}/learn", json={"task": "t1", "samples": samples, "strategy": strategy}).json()
     while job["status"] not in TERMINAL:
         time.sleep(0.5)
         job = c.get(f"/v1/jobs/{job['job_id']}").json()
