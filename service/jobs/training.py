@@ -358,7 +358,10 @@ class JobRun:
             learner.feature_fn = OnnxFeatures(learner, self.runner.cache_dir)
             if self.runner.int8 and self.runner.shared_backbone:
                 t = time.perf_counter()
-                self.int8 = plan_int8(learner, spec.parent_dir, train["x"], self.store, self.runner.cache_dir)
+                try:
+                    self.int8 = plan_int8(learner, spec.parent_dir, train["x"], self.store, self.runner.cache_dir)
+                except Exception:  # the job goes on with fp32 (the report has no int8 section); the log says why
+                    log.warning("job %s: no int8 backbone, learning from fp32:\n%s", self.job_id, traceback.format_exc())
                 self.times["int8-quantize"] = time.perf_counter() - t
             if self.int8 is not None:  # its own feature cache: int8 features never mix with fp32 ones
                 self.fp32_features = learner.feature_fn, learner.feature_cache
