@@ -332,6 +332,12 @@ def run_one(
                "error": job.get("error"), "novelty": novelty,
                "gate": {k: report.get(k) for k in ("tasks", "classes", "confused_pairs", "confusion_note", "new_class_bias",
                                                    "renamed_classes", "strategy_choice")}}  # fmt: skip
+        int8 = report.get("int8")  # the int8 backbone's check (service.jobs.int8); None when the job used fp32
+        row["int8"] = None if not int8 else {k: int8.get(k) for k in ("serve_int8", "agreement", "accuracy_fp32",
+                                                                      "accuracy_int8", "reason")}  # fmt: skip
+        row["seconds"] = seconds
+        if int8:
+            print(f"  int8: {int8.get('reason')}")
         out["tasks"].append(row)
         out["resolved"] = out.get("resolved") if job["status"] != "promoted" and out.get("resolved") else job.get(
             "strategy")  # what "default" became

@@ -207,12 +207,15 @@ class OnnxFeatures:
     on. Set as ``Learner.feature_fn`` by the worker.
     """
 
-    def __init__(self, learner: Learner, cache_dir: Path | None, threads: int = 0, batch_size: int = 64) -> None:
+    def __init__(self, learner: Learner, cache_dir: Path | None, threads: int = 0, batch_size: int = 64,
+                 graph: bytes | None = None) -> None:  # fmt: skip
+        """``graph``: another graph of the same backbone to run (e.g. its int8 version, model_core.quantize);
+        default the fp32 backbone graph, exported once into ``cache_dir``."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
-        graph = backbone_graph(learner, "input", cache_dir)
+        graph = graph if graph is not None else backbone_graph(learner, "input", cache_dir)
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.batch_size = batch_size
         self.text = learner.spec.input.kind == "text"

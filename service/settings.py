@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     # Each task's evaluation samples (images as their 8-bit pixels) and a strategy's large state tensors stored once
     # as content that versions reference (docs/architecture/storage.md); off: in every version's folder, as before
     shared_content: bool = True
+    # An int8 (static QDQ) version of a shared frozen photo backbone, quantized at a classifier's first job and
+    # learned from, served where a version's check finds it within the tolerance (docs/guides/int8-backbone.md);
+    # off: workers learn from fp32 and the API serves every version's fp32 backbone
+    int8_backbone: bool = False
+    # The tolerance int8 serves within (model_core.quantize.check_int8, on each version's evaluation samples): its
+    # accuracy at most this far below fp32's (widened to one sample on small sets), and top-1 disagreement at most
+    int8_max_accuracy_drop: float = Field(default=0.005, ge=0, le=1)
+    int8_max_disagreement: float = Field(default=0.05, ge=0, le=1)  # the fraction of samples int8 and fp32 may disagree on
     # Bytes of ONNX Runtime sessions this process keeps for versions that are not active (pinned predictions,
     # quick rollbacks), the least recently used going first; active versions and shared backbones never count
     serving_cache_mb: int = Field(default=512, ge=0)

@@ -49,11 +49,12 @@ class ServingOptions:
     max_wait: float  # seconds a batch waits for more requests before it runs
     max_image_pixels: int  # decoded images larger than this are refused
     spin: bool = True  # intra-op threads spin while a run lasts, and stop when it returns
+    int8: bool = True  # a version's int8 backbone serves where its check allowed it (docs/guides/int8-backbone.md)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServingOptions:
         return cls(settings.ort_threads, settings.batch_max_size, settings.batch_max_wait_ms / 1000,
-                   settings.max_image_pixels, settings.ort_spin)  # fmt: skip
+                   settings.max_image_pixels, settings.ort_spin, settings.int8_backbone)  # fmt: skip
 
     def intra_op_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -162,6 +163,13 @@ def read_references(folder: Path) -> dict[str, dict[str, Any]]:
         return {}
     refs = json.loads(path.read_text()).get("references") or {}
     return {str(k): dict(v) for k, v in refs.items()}
+
+
+def served_backbone(refs: dict[str, dict[str, Any]], options: ServingOptions) -> dict[str, Any]:
+    """The backbone reference a version's head runs on: its int8 graph where the job's check let it serve
+    (``serve``, service.jobs.int8) and this process allows int8, else its fp32 graph."""
+    int8 = refs.get("int8")
+    return int8 if options.int8 and int8 and int8.get("serve") else refs["backbone"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -288,7 +296,7 @@ def load_served(
     if "backbone" in refs and (folder / HEAD_FILE).exists():
         if backbones is None or content is None:
             raise RuntimeError(f"{folder} references a shared backbone; load it with a BackbonePool and a store")
-        backbone = backbones.get(str(refs["backbone"]["sha256"]), content, fmt, options)
+        backbone = backbones.get(str(served_backbone(refs, options)["sha256"]), content, fmt, options)
         before = rss_bytes()  # the head's own cost from here (the backbone's, built or not just now, is not its)
         path = folder / HEAD_FILE
         session = ort.InferenceSession(str(path), session_options(options, head=True),

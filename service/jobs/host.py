@@ -85,6 +85,7 @@ def make_runner(
     """What every worker needs: the database, a job runner on the artifact store, and its own id. Sweeps
     orphan bundles first, so a crash never leaves the store and the database disagreeing past a restart.
     ``on_stage``: told each stage a job reaches (``service.jobs.training.STAGES``); None in production."""
+    from service.jobs.int8 import Int8Tolerance
     from service.jobs.training import JobRunner  # torch is imported here, in the worker process only
 
     engine = make_engine(settings.db_url)
@@ -93,5 +94,7 @@ def make_runner(
     sweep_orphans(sessions, store)
     runner = JobRunner(sessions, store, settings.device, cache_dir=(settings.data_dir / "cache").resolve(),
                        max_steps=settings.max_train_steps, on_stage=on_stage, novelty=settings.novelty,
-                       shared_backbone=settings.shared_backbone, shared_content=settings.shared_content)  # fmt: skip
+                       shared_backbone=settings.shared_backbone, shared_content=settings.shared_content,
+                       int8=settings.int8_backbone,
+                       int8_tolerance=Int8Tolerance(settings.int8_max_accuracy_drop, settings.int8_max_disagreement))  # fmt: skip
     return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

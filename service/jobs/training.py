@@ -35,6 +35,7 @@ from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluat
 from service.domain.gate_advice import JobFacts
 from service.domain.new_task import nearest_mean_accuracy
 from service.domain.unknowns import UnknownSettings
+from service.jobs.int8 import INT8, TOLERANCE, Int8Backbone, Int8Tolerance, check_version, int8_features, plan_int8
 from service.jobs.suite import EVAL_FILE, Ref, read_suite, suite_references
 from service.jobs.training_choice import choose
 from service.persistence.models import Classifier, Job, Version, utcnow
@@ -99,8 +100,13 @@ class JobRunner:
         novelty: bool = True,
         shared_backbone: bool = True,
         shared_content: bool = True,
+        int8: bool = False,
+        int8_tolerance: Int8Tolerance = TOLERANCE,
     ) -> None:
         self.novelty = novelty
+        # A classifier on a shared frozen backbone learns from, and serves, an int8 version of it where that
+        # agrees with fp32 within ``int8_tolerance`` (service.jobs.int8, docs/guides/int8-backbone.md)
+        self.int8, self.int8_tolerance = int8, int8_tolerance
         # Store a frozen backbone's graph once in the artifact store and only the head in each version (the
         # manifest references the backbone by sha256); False: the whole graph in each version's model.onnx.
         self.shared_backbone = shared_backbone  # export each version's novelty score where it has class models
@@ -285,6 +291,8 @@ class JobRun:
         self.parent_refs: list[Ref] = []
         self.parent_suite: dict[str, np.ndarray] = {}
         self.new_eval: dict[str, np.ndarray] = {}
+        self.int8: Int8Backbone | None = None  # the int8 backbone graph this job learns from (service.jobs.int8)
+        self.fp32_features: tuple[Callable[[torch.Tensor], torch.Tensor], dict[bytes, torch.Tensor]] | None = None
 
     def run(self) -> None:
         t0 = time.perf_counter()
@@ -292,8 +300,8 @@ class JobRun:
         learner, suite = self.load_parent(spec)
         train, suite = self.merge_evaluation_sets(spec, suite)
         task_names = list(dict.fromkeys([*(str(t) for t in suite["task"])]))
-        self.choose_feature_backend(spec, learner)
-        self.times["load"] = time.perf_counter() - t0
+        self.choose_feature_backend(spec, learner, train)
+        self.times["load"] = time.perf_counter() - t0 - self.times.get("int8-quantize", 0.0)
         t_parent = time.perf_counter()
         parent = self.score_parent(learner, suite, task_names)  # part of the gate's time
         parent_seconds = time.perf_counter() - t_parent
@@ -307,6 +315,8 @@ class JobRun:
         exported = self.export(learner, suite, spec.known_rate)
         cfg, report = self.gate(spec, learner, candidate, exported, parent, train)
         report["strategy_choice"] = choice
+        if self.int8 is not None:
+            report[INT8] = self.check_int8(learner, parent, exported)
         t_save = time.perf_counter()
         # Publishing, crash-safe at every instant: (1) the bundle goes to a folder named by this job, not by a
         # version number, so a worker that dies before (2) leaves a folder nobody collides with (the next
@@ -364,8 +374,9 @@ class JobRun:
         self.new_eval = new_eval
         return train, merge_suite(suite, new_eval, spec.task)
 
-    def choose_feature_backend(self, spec: JobSpec, learner: Learner) -> None:
-        """A frozen backbone's features: cached between jobs, and computed by ONNX Runtime on a CPU."""
+    def choose_feature_backend(self, spec: JobSpec, learner: Learner, train: dict[str, np.ndarray]) -> None:
+        """A frozen backbone's features: cached between jobs, and computed by ONNX Runtime on a CPU (with its
+        int8 graph where the classifier has one, or gets one now: service.jobs.int8)."""
         if learner.frozen_backbone:
             backbone = json.dumps(spec.network.get("backbone"), sort_keys=True)
             learner.feature_cache = self.runner._features_of(f"{spec.classifier_id}:{backbone}")
@@ -373,6 +384,33 @@ class JobRun:
             # Features through ONNX Runtime on the backbone graph the versions serve (exported once, cached):
             # several times faster than eager torch on a CPU, and the head trains on what serving computes.
             learner.feature_fn = self.runner._feature_session(learner)
+            if self.runner.int8 and self.runner.shared_backbone:
+                t = time.perf_counter()
+                try:
+                    self.int8 = plan_int8(learner, spec.parent_dir, train["x"], self.store, self.runner.cache_dir)
+                except Exception:  # the job goes on with fp32 (the report has no int8 section); the log says why
+                    log.warning("job %s: no int8 backbone, learning from fp32:\n%s", self.job_id, traceback.format_exc())
+                self.times["int8-quantize"] = time.perf_counter() - t
+            if self.int8 is not None:  # its own feature cache: int8 features never mix with fp32 ones
+                self.fp32_features = learner.feature_fn, learner.feature_cache
+                learner.feature_cache = self.runner._features_of(f"{spec.classifier_id}:{backbone}:{self.int8.sha256}")
+                learner.feature_fn = int8_features(learner, self.int8)
+
+    def check_int8(self, learner: Learner, parent: ParentScores, exported: Exported) -> dict[str, Any]:
+        """The report's ``int8`` section: the version's head on the int8 and fp32 graphs' features of every
+        task's evaluation samples, and whether int8 serves (service.jobs.int8.check_version)."""
+        assert self.int8 is not None and self.fp32_features is not None
+        t = time.perf_counter()
+        units = len(learner.labels)
+        check = check_version(learner, parent.slices,
+                              lambda lr, x, y, task: predictions(lr, x, y, task, units).after,
+                              self.fp32_features, self.runner.int8_tolerance)  # fmt: skip
+        if not exported.backbone:  # no shared backbone to serve either graph from (a whole graph, or no export)
+            check["serve_int8"] = False
+            check["reason"] = "fp32 serves: the version has no head on a shared backbone"
+        self.int8.check = check
+        self.times["int8-check"] = time.perf_counter() - t
+        return {**check, "sha256": self.int8.sha256, "digest": self.int8.digest, "quantization": self.int8.quantization}
 
     def score_parent(self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str]) -> ParentScores:
         """The parent's accuracy per task, before the learner changes."""
@@ -528,6 +566,9 @@ class JobRun:
             references["backbone"] = {"sha256": sha, "size": len(exported.backbone), "kind": "onnx-backbone",
                                       "digest": exported.backbone_digest, "input": "input", "output": "features"}  # fmt: skip
             extra[HEAD_FILE] = exported.onnx
+            if self.int8 is not None:  # the int8 graph once too, whether this version serves it or not
+                self.store.put_content(self.int8.graph)
+                references[INT8] = self.int8.reference()
         elif exported.onnx:
             extra[MODEL_FILE] = exported.onnx
         save_bundle(folder, learner, {"name": spec.strategy, "params": result.params},
