@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,31 @@ def test_messages_learnt_from_a_csv_through_the_cli_then_predicted_flagged_expor
         got = client.predict_texts("inbox", ["can I get a refund for my order", "I lost my bank card"])
     assert [p.label for p in got.predictions] == ["refund", "lost_card"]
     assert c.get("/v1/classifiers/inbox/unknowns", headers=auth("learn")).json()["items"] == []
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_text_example_runs_as_written(server: Server, tmp_path: Path) -> None:
+    """The README's text block: its CSV written as the heredoc writes it, then each ``$E`` command as written."""
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S) if "--text" in b]
+    heredoc = re.search(r"cat > (\S+) <<'CSV'\n(.*?)\nCSV\n", block, re.S)
+    assert heredoc is not None, block
+    (tmp_path / heredoc.group(1)).write_text(heredoc.group(2) + "\n", encoding="utf-8")
+    commands = [shlex.split(line[3:], comments=True) for line in block.splitlines() if line.startswith("$E ")]
+    assert [cmd[:2] for cmd in commands] == [["classifiers", "create"], ["learn", "support"], ["predict", "support"]]
+    outputs = []
+    for cmd in commands:
+        # relative file names in the block are relative to where it runs
+        args = [str(tmp_path / a) if a == heredoc.group(1) else a for a in cmd]
+        out = engram(server, *args)
+        assert out.returncode == 0, out.stdout + out.stderr
+        outputs.append(out.stdout)
+    assert "promoted, version 1" in outputs[1], outputs[1]
+    answers = [line for line in outputs[2].splitlines() if line.strip()]
+    assert "lost_card" in outputs[2] and "exchange_rate" in outputs[2], outputs[2]
+    assert answers.index(next(a for a in answers if "lost_card" in a)) < answers.index(
+        next(a for a in answers if "exchange_rate" in a)), outputs[2]  # in the order asked
 
 
 BAD: list[tuple[Any, str]] = [
