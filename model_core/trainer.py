@@ -60,6 +60,7 @@ class HeadView(HeadBlocks):
         self.spec = model.spec
         self.feature_dim = model.feature_dim
         self.heads = model.heads  # shared, not copied: training the view trains the classifier
+        self.feature_mean, self.feature_scale = model.feature_mean, model.feature_scale  # the heads' standardisation
 
     def forward_features(self, x: Tensor) -> Tensor:
         return x
