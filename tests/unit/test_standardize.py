@@ -120,3 +120,19 @@ def test_a_version_saved_before_the_standardisation_loads_as_a_no_op(digits: Spl
     fresh.model.load_state_dict(old)
     x = digits.test[0].x
     assert torch.equal(fresh.logits(x, device="cpu"), learner.logits(x, device="cpu"))
+
+
+def test_an_analytic_head_solved_on_the_features_serves_the_same_logits_over_fitted_statistics() -> None:
+    """A ridge block written into a classifier whose plain blocks read standardised features (an earlier
+    gradient job fitted them) is expressed in those coordinates: the logits are those of the ridge itself."""
+    x, y, test = _embeddings(40, seed=4)
+    spec = NetworkSpec(InputSpec("vector", dim=16), backbone="identity")
+    exp = Experience("t", x, y, ("a", "b", "c", "d"))
+    plain, standardised = Learner.create(spec), Learner.create(spec)
+    mean, scale = fit_standardization(x)
+    standardised.model.feature_mean.copy_(mean)
+    standardised.model.feature_scale.copy_(scale)
+    for learner in (plain, standardised):
+        learner.learn(exp, "analytic", {"features": "input"}, FAST)
+    want, got = plain.logits(test, device="cpu"), standardised.logits(test, device="cpu")
+    assert torch.allclose(got, want, atol=1e-4 * float(want.abs().max()))
