@@ -132,8 +132,13 @@ def head_model(learner: Learner, output_name: str, novelty: nn.Module | None = N
             inits += head_inits
             outs.append(f"head{i}.out")
             continue
-        w = head.weight.detach().cpu().float().numpy()  # type: ignore[operator]
-        b = head.bias.detach().cpu().float().numpy()  # type: ignore[operator]
+        w = head.weight.detach().cpu().double().numpy()  # type: ignore[operator]
+        b = head.bias.detach().cpu().double().numpy()  # type: ignore[operator]
+        if not isinstance(head, ExpandedLinear):  # the features' standardisation folded in: W' = W / s, b' = b - W' m
+            mean = learner.model.feature_mean.detach().cpu().double().numpy()
+            w = w / learner.model.feature_scale.detach().cpu().double().numpy()
+            b = b - w @ mean
+        w, b = w.astype(np.float32), b.astype(np.float32)
         inits += [numpy_helper.from_array(np.ascontiguousarray(w), f"head{i}.weight"),
                   numpy_helper.from_array(b, f"head{i}.bias")]  # fmt: skip
         source = EXPANDED if isinstance(head, ExpandedLinear) else FEATURES

@@ -13,8 +13,11 @@ from torch import Tensor
 
 from model_core.config import NetworkSpec, Scenario, TrainConfig
 from model_core.data import Experience
+from model_core.networks.backbones import MLP
 from model_core.networks.classifier import IncrementalClassifier, copy_sharing_frozen, create_network
 from model_core.networks.gaussian_head import GaussianHead
+from model_core.networks.random_features import ExpandedLinear
+from model_core.networks.standardize import fit_standardization, is_fitted
 from model_core.strategies import create_strategy
 from model_core.strategies.base import LabeledData, ProgressFn, Strategy
 from model_core.strategy_specs import SPECS, class_models_refusal, needs_tasks_refusal
@@ -215,6 +218,8 @@ class Learner:
         if n_new:
             self.model.expand_head(n_new, torch.Generator().manual_seed(config.seed + 7))
         task_index = self.task_names.index(exp.task)
+        if previous is None and strat.gradient_steps and not SPECS[name].needs_tasks:
+            self._fit_standardization(exp, config)
         x = self.features(exp.x, device=config.device) if self.frozen_backbone else exp.x.float()
         data = LabeledData(
             x,
@@ -238,6 +243,26 @@ class Learner:
         self.strategy_states[name] = strat.state_dict()
         diagnostics = {k: _labelled(v, self.labels) for k, v in strat.diagnostics().items()}
         return LearnResult(name, dict(strat.params), new_labels, result, diagnostics)
+
+    @torch.no_grad()
+    def _fit_standardization(self, exp: Experience, config: TrainConfig) -> None:
+        """On a classifier's first gradient-trained job: standardise per dimension what its first trained layer
+        reads when that is features or vectors (``model_core.networks.standardize``): the Linear head blocks of a
+        frozen backbone, or the first layer of an ``mlp`` on vector input. Fitted once, then kept."""
+        model = self.model
+        if self.frozen_backbone:
+            if any(isinstance(h, ExpandedLinear | GaussianHead) for h in model.heads):
+                return  # blocks that read the features through their own sums, not a trained Linear
+            if not is_fitted(model.feature_mean, model.feature_scale):
+                mean, scale = fit_standardization(self.features(exp.x, device=config.device))
+                model.feature_mean.copy_(mean)
+                model.feature_scale.copy_(scale)
+            return
+        mlp = model.backbone
+        if isinstance(mlp, MLP) and self.spec.input.kind == "vector" and not is_fitted(mlp.in_mean, mlp.in_scale):
+            mean, scale = fit_standardization(model.normalize(exp.x.float()).flatten(1))
+            mlp.in_mean.copy_(mean)
+            mlp.in_scale.copy_(scale)
 
     @torch.no_grad()
     def logits(self, x: Tensor, batch_size: int = 512, device: str = "auto") -> Tensor:

@@ -59,6 +59,7 @@ class HeadView(HeadBlocks):
         self.spec = model.spec
         self.feature_dim = model.feature_dim
         self.heads = model.heads  # shared, not copied: training the view trains the classifier
+        self.feature_mean, self.feature_scale = model.feature_mean, model.feature_scale  # the heads' standardisation
 
     def forward_features(self, x: Tensor) -> Tensor:
         return x
@@ -97,6 +98,9 @@ MIN_STEPS = 200
 CHECKS = 20  # validation checks over a whole budget
 PATIENCE = 4  # checks without a better validation loss before stopping
 MIN_GAIN = 0.01  # relative improvement that counts as better
+# and absolute (mean cross-entropy, nats a row): a loss already near 0 keeps falling by a relative 1% a check for ever
+# (standardised inputs of well-separated classes), which is growing confidence, not learning
+MIN_ABS_GAIN = 1e-4
 VAL_SHARE, VAL_MAX, VAL_MIN = 0.1, 512, 20  # new-data rows held out: 10%, at most 512; none under 20
 
 
@@ -301,7 +305,7 @@ class _Validation:
         net.train()
         # better: fewer errors, or as few with a clearly lower loss (a falling loss alone, on rows already
         # right, is growing confidence and no reason to go on)
-        if self.best is None or errors < self.errors or (errors == self.errors and loss < self.best * (1 - MIN_GAIN)):
+        if self.best is None or errors < self.errors or (errors == self.errors and loss < min(self.best * (1 - MIN_GAIN), self.best - MIN_ABS_GAIN)):
             self.best, self.errors, self.best_step, self.stale = loss, errors, step, 0
             self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -11,7 +13,11 @@ from model_core.networks.text_encoder import TextEncoder
 
 
 class MLP(nn.Module):
-    """Flatten, then Linear+ReLU per hidden width."""
+    """Flatten, standardise per value (``in_mean``, ``in_scale``: a no-op until fitted, see
+    ``model_core.networks.standardize``), then Linear+ReLU per hidden width."""
+
+    in_mean: Tensor
+    in_scale: Tensor
 
     def __init__(self, in_features: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
@@ -22,10 +28,20 @@ class MLP(nn.Module):
             width = h
         self.body = nn.Sequential(*layers)
         self.feature_dim = width
+        self.register_buffer("in_mean", torch.zeros(in_features))  # (D,)
+        self.register_buffer("in_scale", torch.ones(in_features))  # (D,)
+        self._register_load_state_dict_pre_hook(functools.partial(_no_op_standardization, in_features))  # type: ignore[no-untyped-call]
 
     def forward(self, x: Tensor) -> Tensor:
+        x = (x.flatten(1) - self.in_mean.to(x.dtype)) / self.in_scale.to(x.dtype)
         out: Tensor = self.body(x)
         return out
+
+
+def _no_op_standardization(dim: int, state: dict[str, Tensor], prefix: str, *_: object) -> None:
+    """MLPs saved before the input standardisation read their input as it is."""
+    state.setdefault(f"{prefix}in_mean", torch.zeros(dim))
+    state.setdefault(f"{prefix}in_scale", torch.ones(dim))
 
 
 class Identity(nn.Module):

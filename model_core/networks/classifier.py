@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping, Sequence
 from typing import cast
 
@@ -39,6 +40,7 @@ class HeadBlocks(nn.Module):
         if not self.heads:
             return features.new_zeros((features.shape[0], 0))
         outs = []
+        linear_in = self.standardized(features)  # what the gradient-trained Linear blocks read
         expansion = expansion_of(self.heads)
         expanded = expansion(features) if expansion is not None else None  # (B, width), once for every block
         for head in self.heads:
@@ -50,9 +52,21 @@ class HeadBlocks(nn.Module):
                 if inputs is None:
                     raise ValueError("this head block reads the raw input; call the classifier on inputs")
                 outs.append(head(inputs))
-            else:
+            elif isinstance(head, GaussianHead):
                 outs.append(head(features))
+            else:
+                outs.append(head(linear_in))
         return torch.cat(outs, dim=1)
+
+    def standardized(self, features: Tensor) -> Tensor:
+        """(B, feature_dim) features as the plain Linear head blocks read them: standardised per dimension with the
+        statistics fitted on the classifier's first gradient-trained job (``feature_mean``, ``feature_scale``; 0 and
+        1, a no-op, until then). See ``model_core.networks.standardize``."""
+        mean: Tensor | None = getattr(self, "feature_mean", None)
+        scale: Tensor | None = getattr(self, "feature_scale", None)
+        if mean is None or scale is None:
+            return features
+        return (features - mean.to(features.dtype)) / scale.to(features.dtype)
 
     def restore_heads(self, state: Mapping[str, Tensor]) -> None:
         """Make every head block the kind a saved state dict holds (a ``GaussianHead`` where its buffers are
@@ -71,8 +85,11 @@ class HeadBlocks(nn.Module):
                                                          if k.startswith(prefix)})  # fmt: skip
 
 
-def _default_logit_scale(state: dict[str, Tensor], prefix: str, *_: object) -> None:
+def _default_buffers(feature_dim: int, state: dict[str, Tensor], prefix: str, *_: object) -> None:
+    """Versions saved before the calibration scale or the head's feature standardisation load them as no-ops."""
     state.setdefault(f"{prefix}logit_scale", torch.ones(()))
+    state.setdefault(f"{prefix}feature_mean", torch.zeros(feature_dim))
+    state.setdefault(f"{prefix}feature_scale", torch.ones(feature_dim))
 
 
 class IncrementalClassifier(HeadBlocks):
@@ -104,7 +121,11 @@ class IncrementalClassifier(HeadBlocks):
         # 1 / the version's calibration temperature (model_core.calibration): served logits are forward's times
         # this; training never sees it. Versions saved before it existed load it as 1.
         self.register_buffer("logit_scale", torch.ones(()))
-        self._register_load_state_dict_pre_hook(_default_logit_scale)  # type: ignore[no-untyped-call]
+        # Per-dimension standardisation of the features the plain Linear head blocks read (fitted on the first
+        # gradient-trained job of a frozen backbone's features; model_core.networks.standardize): (feature_dim,)
+        self.register_buffer("feature_mean", torch.zeros(self.feature_dim))
+        self.register_buffer("feature_scale", torch.ones(self.feature_dim))
+        self._register_load_state_dict_pre_hook(functools.partial(_default_buffers, self.feature_dim))  # type: ignore[no-untyped-call]
 
     def restore_heads(self, state: Mapping[str, Tensor]) -> None:
         """Head blocks, and the task network a saved state dict holds, shaped to load that state."""
@@ -125,6 +146,8 @@ class IncrementalClassifier(HeadBlocks):
         return out
 
     logit_scale: Tensor
+    feature_mean: Tensor
+    feature_scale: Tensor
 
     def served(self, logits: Tensor) -> Tensor:
         """The logits as served: ``forward``'s times the calibration scale (their softmax is the served score)."""

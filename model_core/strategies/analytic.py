@@ -230,8 +230,14 @@ class Analytic(Strategy):
                 if isinstance(linear, ExpandedLinear):
                     linear.expansion = expansion if i == 0 else None
                 block = weights[:, start : start + units].T.to(ref)
-                linear.weight.data = block[:, :-1].contiguous().clone()  # contiguous, as a saved one loads
-                linear.bias.data = block[:, -1].contiguous().clone()
+                w, b = block[:, :-1], block[:, -1]
+                mean, scale = getattr(ctx.model, "feature_mean", None), getattr(ctx.model, "feature_scale", None)
+                if not isinstance(linear, ExpandedLinear) and mean is not None and scale is not None:
+                    # a plain block reads standardised features (fitted by an earlier gradient job; else the
+                    # no-op): the ridge solved on the features themselves, expressed in those coordinates
+                    w, b = w * scale.to(w), b + w @ mean.to(w)
+                linear.weight.data = w.contiguous().clone()  # contiguous, as a saved one loads
+                linear.bias.data = b.contiguous().clone()
                 ctx.model.heads[i] = linear.to(ref.device)
                 start += units
 

@@ -160,3 +160,31 @@ def test_the_ridge_from_g_s_range_alone_equals_the_full_eigendecomposition(monke
             want, want_ridge = solve_ridge(gram, cross, n)
         assert ridge == want_ridge
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-9 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("features", ["input", "random"])
+def test_a_batch_of_drifted_samples_of_a_known_class_is_learnt_by_the_analytic_head(
+    features: str, digits: SplitBenchmark
+) -> None:
+    """The analytic default on features (``identity`` over 8x8 digits): 40 drifted zeros sent as a batch of only
+    that known class join its sums (no new unit), raise the drifted zeros' accuracy and keep the other classes."""
+    spec = NetworkSpec(InputSpec("vector", dim=64), backbone="identity")
+    flat = [Experience(e.task, e.x.flatten(1), e.y, e.classes) for e in (*digits.train[:3], *digits.test[:3])]
+    train, test = flat[:3], flat[3:]
+    learner = Learner.create(spec)
+    for exp in train:
+        learner.learn(exp, "analytic", {"features": features}, FAST)
+
+    def drift(x: torch.Tensor) -> torch.Tensor:  # the strokes shift right by 2 pixels and fade
+        return torch.roll(x.reshape(-1, 8, 8), shifts=2, dims=-1).flatten(1) * 0.6
+
+    zeros = torch.nonzero(train[0].y == 0).flatten()
+    test_zeros = test[0].x[test[0].y == 0]
+    drifted = Experience("t0", drift(test_zeros), torch.zeros(len(test_zeros), dtype=torch.long), train[0].classes)
+    others = test
+    before, kept_before = learner.accuracy(drifted), sum(learner.accuracy(e) for e in others) / 3
+    result = learner.learn(Experience("more zeros", drift(train[0].x[zeros[:40]]), torch.zeros(40, dtype=torch.long),
+                                      ("0",)), "analytic", {"features": features}, FAST)  # fmt: skip
+    assert result.new_labels == [] and learner.model.num_units == 6
+    assert learner.accuracy(drifted) > before + 0.2, (before, learner.accuracy(drifted))
+    assert sum(learner.accuracy(e) for e in others) / 3 >= kept_before - 0.03
