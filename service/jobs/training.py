@@ -47,6 +47,11 @@ MODEL_FILE, HEAD_FILE = "model.onnx", "head.onnx"  # a whole graph; or the head 
 THROTTLE = 0.5  # seconds between progress writes and cancel checks
 FINISH_PATIENCE = 120.0  # seconds a failed job waits for the database to record why it failed
 FEATURE_CACHES = 4  # classifiers whose frozen-backbone features a worker keeps between jobs
+# Suite samples the served score's temperature and the novelty threshold are fitted on (a seeded uniform subsample
+# beyond it). Each fit reads every sample's logits over every class, and the suite grows with the classes, so on
+# the whole suite they would cost classes^2 per job (the temperature's search: ~190 passes); two scalars and a
+# 95% quantile need no more than this (benchmarks.class_growth).
+CALIBRATION_SAMPLES = 2048
 
 
 def experience(task: str, x: np.ndarray, labels: np.ndarray) -> Experience:
@@ -416,14 +421,15 @@ class JobRun:
         every task's evaluation samples (held out from training) at the classifier's known rate."""
         t3 = time.perf_counter()
         onnx_bytes, diff, err = b"", None, None
-        # the served score's temperature, fitted on every task's evaluation samples (never trained on), before the
-        # novelty (which reads the served logits) is fitted
-        calibration = learner.calibrate(torch.from_numpy(suite["x"]), suite["label"].astype(str).tolist(),
-                                        suite["task"].astype(str).tolist())  # fmt: skip
+        # the served score's temperature, fitted on every task's evaluation samples (never trained on; at most
+        # CALIBRATION_SAMPLES of them), before the novelty (which reads the served logits) is fitted
+        fit = calibration_rows(len(suite["x"]))
+        calibration = learner.calibrate(torch.from_numpy(suite["x"][fit]), suite["label"][fit].astype(str).tolist(),
+                                        suite["task"][fit].astype(str).tolist())  # fmt: skip
         novelty = None
         module = novelty_module(learner) if self.runner.novelty else None
         if module is not None:
-            x = torch.from_numpy(suite["x"])
+            x = torch.from_numpy(suite["x"][fit])
             novelty = Novelty(module, fit_novelty(learner, module, x, known_rate), known_rate)
         about = json.loads(novelty.metadata()) if novelty else None
         check = torch.from_numpy(suite["x"][:64])
@@ -590,6 +596,14 @@ def hold_reason(parent: int | None, active: int | None) -> str | None:
     now = "no version" if active is None else f"v{active}"
     return (f"trained from {'scratch' if parent is None else f'v{parent}'}; {now} was made active while it trained, "
             "so it was not auto-promoted over that decision; an admin may still promote it")  # fmt: skip
+
+
+def calibration_rows(n: int, cap: int = CALIBRATION_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Row indices of the suite's samples the calibrations fit on: all ``n`` in order, or a seeded uniform ``cap``
+    of them (sorted) when there are more."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
 
 
 def merge_suite(suite: dict[str, np.ndarray], new_eval: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
