@@ -7,7 +7,8 @@ faster than linearly in the classes learnt.
 
 Runs the stages of ``service.jobs.training.JobRun`` one after the other on one learner, without the HTTP API, the
 database or the artifact store (``benchmarks.class_growth`` measures those, through the service): scoring the
-parent on the regression suite (``parent``), learning the task (``train``), scoring the candidate (``candidate``),
+parent on the regression suite (``parent``: the labels its version stored for its own suite, checked on a few
+rows, and a prediction of this job's new rows only), learning the task (``train``), scoring the candidate (``candidate``),
 the new task's nearest-class-mean reference (``reference``), the served score's temperature (``calibrate``) and the
 novelty threshold (``novelty``) on the suite's calibration rows (``service.jobs.training.calibration_rows``), the
 gate's report (``evaluate``), and at the ``--measure`` points the ONNX export with its parity check (``export``).
@@ -37,12 +38,14 @@ from model_core.novelty import fit_novelty, novelty_module
 from service.domain.gate import GateConfig, GateInputs, evaluate
 from service.domain.gate_advice import JobFacts
 from service.jobs.training import (
+    SERVED,
     calibration_rows,
     experience,
     merge_suite,
     new_task_reference,
+    parent_scores,
     predictions,
-    task_slices,
+    with_served,
 )
 
 HELD_OUT = 4  # samples of each class in the regression suite (20% of 20)
@@ -51,11 +54,12 @@ STAGES = ("parent", "train", "candidate", "reference", "calibrate", "novelty", "
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     x, y = stream(args.classes, args.dim, args.per_class)
-    spec = NetworkSpec(input=InputSpec(kind="vector", dim=args.dim), backbone=args.backbone or "mlp")
+    spec = NetworkSpec(input=InputSpec(kind="vector", dim=args.dim), backbone=args.backbone or "mlp")  # type: ignore[arg-type]
     learner = Learner.create(spec, 0)
     config = TrainConfig(iterations=args.iterations)
     rng = np.random.default_rng(0)
     suite: dict[str, np.ndarray] = {}
+    served: np.ndarray | None = None  # the last candidate's labels for its suite (stored with its version)
     rows = []
     for t, start in enumerate(range(0, args.classes, args.per_task), 1):
         keep = (y >= start) & (y < start + args.per_task)
@@ -68,18 +72,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         names = list(dict.fromkeys(suite["task"].astype(str)))
         sec: dict[str, float] = {}
         t0 = time.perf_counter()
-        slices, units = task_slices(suite, names), len(learner.labels)
-        parent = {n: predictions(learner, *slices[n], n, units).after if n in learner.task_names else None
-                  for n in names}  # fmt: skip
+        scores = parent_scores(learner, suite, names, served)  # the stored labels of the parent's suite, checked
+        slices, units, parent = scores.slices, scores.units, scores.predicted
         sec["parent"] = since(t0)
         t0 = time.perf_counter()
         result = learner.learn(experience(task, train["x"], train["label"]), args.strategy, {}, config)
         sec["train"] = since(t0)
         t0 = time.perf_counter()
         predicted = {n: predictions(learner, *slices[n], n, units, parent[n]) for n in slices}
-        tasks = [(n, None if parent[n] is None else parent[n] == slices[n][1].astype(str), p.after == p.labels)
-                 for n, p in predicted.items()]  # fmt: skip
+        tasks = [(n, scores.correct[n], np.asarray(p.after == p.labels)) for n, p in predicted.items()]
         sec["candidate"] = since(t0)
+        served = with_served(suite, predicted)[SERVED]
         t0 = time.perf_counter()
         chance, reference = new_task_reference(learner, task, train, slices)
         sec["reference"] = since(t0)

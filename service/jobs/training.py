@@ -42,7 +42,11 @@ from service.retry import backoff
 from service.storage.base import ArtifactStore, arrays_to_bytes, bytes_to_arrays
 
 log = logging.getLogger("engram.worker")
-EVAL_FILE = "eval.npz"  # the version's regression suite: x, label, task for every task so far
+EVAL_FILE = "eval.npz"  # the version's regression suite: x, label, task for every task so far (and SERVED)
+# The version's own labels for every row of its suite (over every class it knows), stored with it so that the next
+# job scores its parent by reading them rather than by a pass over every class for every sample (classes^2 per job)
+SERVED = "served"
+CHECKED_ROWS = 32  # cached parent labels recomputed as a check; any difference recomputes them all
 MODEL_FILE, HEAD_FILE = "model.onnx", "head.onnx"  # a whole graph; or the head on a shared backbone (references)
 THROTTLE = 0.5  # seconds between progress writes and cancel checks
 FINISH_PATIENCE = 120.0  # seconds a failed job waits for the database to record why it failed
@@ -271,12 +275,13 @@ class JobRun:
         t0 = time.perf_counter()
         spec = self.start()
         learner, suite = self.load_parent(spec)
+        served = suite.pop(SERVED, None)  # the parent's labels for its suite's rows (None: a bundle without them)
         train, suite = self.merge_evaluation_sets(spec, suite)
         task_names = list(dict.fromkeys([*(str(t) for t in suite["task"])]))
         self.choose_feature_backend(spec, learner)
         self.times["load"] = time.perf_counter() - t0
         t_parent = time.perf_counter()
-        parent = self.score_parent(learner, suite, task_names)  # part of the gate's time
+        parent = self.score_parent(learner, suite, task_names, served)  # part of the gate's time
         parent_seconds = time.perf_counter() - t_parent
         chosen: tuple[Learner, LearnResult] | None = None
         choice: dict[str, Any] | None = None
@@ -294,7 +299,7 @@ class JobRun:
         # worker start sweeps it); (2) the version row is committed, numbered then; (3) the pointer moves by
         # compare-and-set from the parent this job trained from, or the candidate is held.
         self.runner.stage("trained")
-        folder = self.write_bundle(spec, learner, result, exported, suite, report)
+        folder = self.write_bundle(spec, learner, result, exported, with_served(suite, candidate.predicted), report)
         self.runner.stage("bundle-written")
         number = self.commit_version(spec, learner, result, report, folder)
         self.runner.stage("row-committed")
@@ -351,14 +356,11 @@ class JobRun:
             # several times faster than eager torch on a CPU, and the head trains on what serving computes.
             learner.feature_fn = OnnxFeatures(learner, self.runner.cache_dir)
 
-    def score_parent(self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str]) -> ParentScores:
-        """The parent's accuracy per task, before the learner changes."""
-        slices = task_slices(suite, task_names)
-        units = len(learner.labels)
-        predicted = {t: predictions(learner, *slices[t], t, units).after if t in learner.task_names else None
-                     for t in task_names}  # fmt: skip
-        correct = {t: None if p is None else p == slices[t][1].astype(str) for t, p in predicted.items()}
-        return ParentScores(slices, units, predicted, correct)
+    def score_parent(
+        self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str], served: np.ndarray | None = None
+    ) -> ParentScores:
+        """The parent's accuracy per task, before the learner changes (``parent_scores``)."""
+        return parent_scores(learner, suite, task_names, served)
 
     def choose_strategy(
         self, spec: JobSpec, learner: Learner, train: dict[str, np.ndarray], suite: dict[str, np.ndarray]
@@ -615,17 +617,73 @@ def merge_suite(suite: dict[str, np.ndarray], new_eval: dict[str, np.ndarray], t
     return {k: np.concatenate([suite[k], added[k]]) for k in added}  # numpy widens string dtypes
 
 
-def task_slices(suite: dict[str, np.ndarray], tasks: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{task: (x, labels) of its evaluation samples} in one pass over the suite (one comparison of the whole suite
-    per task would grow with tasks x samples, faster than linearly in the classes learnt)."""
+def parent_scores(
+    learner: Learner, suite: dict[str, np.ndarray], task_names: list[str], served: np.ndarray | None = None
+) -> ParentScores:
+    """The parent's accuracy per task, before the learner changes. ``served``: the parent's labels for the first
+    rows of ``suite`` (its own suite, stored with it); only the rows after them are predicted."""
+    slices = task_slices(suite, task_names)
+    units = len(learner.labels)
+    if served is not None and not parent_labels_hold(learner, suite, served, units):
+        served = None
+    rows = task_rows(suite["task"], task_names) if served is not None else {}
+    predicted: dict[str, np.ndarray | None] = {}
+    for t in task_names:
+        if t not in learner.task_names:
+            predicted[t] = None
+        elif served is None:
+            predicted[t] = predictions(learner, *slices[t], t, units).after
+        else:
+            known = rows[t] < len(served)  # rows of the parent's own suite; the rest are this job's
+            labels = np.empty(len(known), dtype=object)
+            labels[known] = served[rows[t][known]]
+            x, y = slices[t]
+            labels[~known] = predictions(learner, x[~known], y[~known], t, units).after
+            predicted[t] = labels.astype(str)
+    correct = {t: None if p is None else p == slices[t][1].astype(str) for t, p in predicted.items()}
+    return ParentScores(slices, units, predicted, correct)
+
+
+def task_rows(suite_tasks: np.ndarray, tasks: list[str]) -> dict[str, np.ndarray]:
+    """{task: its rows of the suite, in order} in one pass over the suite (one comparison of the whole suite per
+    task would grow with tasks x samples, faster than linearly in the classes learnt)."""
     if not tasks:
         return {}
-    names, inverse = np.unique(suite["task"].astype(str), return_inverse=True)
+    names, inverse = np.unique(suite_tasks.astype(str), return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
     rows = {str(n): order[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
     empty = np.zeros(0, dtype=int)
-    return {t: (suite["x"][rows.get(t, empty)], suite["label"][rows.get(t, empty)]) for t in tasks}
+    return {t: rows.get(t, empty) for t in tasks}
+
+
+def task_slices(suite: dict[str, np.ndarray], tasks: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (x, labels) of its evaluation samples}, in suite order (``task_rows``)."""
+    return {t: (suite["x"][r], suite["label"][r]) for t, r in task_rows(suite["task"], tasks).items()}
+
+
+def with_served(suite: dict[str, np.ndarray], predicted: dict[str, TaskPredictions]) -> dict[str, np.ndarray]:
+    """The suite with the candidate's own label for each of its rows (``SERVED``), for the next job to read."""
+    served = np.full(len(suite["x"]), "", dtype=object)
+    for t, r in task_rows(suite["task"], list(predicted)).items():
+        served[r] = predicted[t].after
+    return {**suite, SERVED: served.astype(str)}
+
+
+def parent_labels_hold(learner: Learner, suite: dict[str, np.ndarray], served: np.ndarray, units: int) -> bool:
+    """Whether the stored labels are this parent's: they cover no more rows than the suite, and the parent gives
+    the same labels to ``CHECKED_ROWS`` seeded rows of them (per task: task-incremental labels are within one)."""
+    if len(served) > len(suite["x"]) or len(served) == 0:
+        return False
+    rows = np.random.default_rng(0).choice(len(served), min(CHECKED_ROWS, len(served)), replace=False)
+    for t in np.unique(suite["task"][rows].astype(str)):
+        mine = rows[suite["task"][rows].astype(str) == t]
+        if t not in learner.task_names:
+            continue
+        got = predictions(learner, suite["x"][mine], suite["label"][mine], str(t), units).after
+        if not np.array_equal(got.astype(str), served[mine].astype(str)):
+            return False
+    return True
 
 
 def task_slice(suite: dict[str, np.ndarray], task: str) -> tuple[np.ndarray, np.ndarray]:
