@@ -2,7 +2,7 @@
 
     python -m benchmarks.class_growth [--classes 1000] [--per-task 50] [--dim 64] [--per-class 20]
         [--strategies class_models,generative_replay,...] [--measure-every 200] [--requests 200] [--json FILE]
-        [--iterations N]
+        [--iterations N] [--backbone identity] [--threads N]
 
 Starts ``engram serve`` (embedded SQLite, one local worker, CPU) on a fresh data folder and teaches one
 class-incremental classifier of ``dim``-value vectors per strategy a generated stream, over HTTP, one job
@@ -13,7 +13,11 @@ goes on: this measures cost, not quality. Prints, per strategy and task: the wor
 ``train`` stage) and to gate; and every ``measure_every`` classes: predict latency p50/p99 (one vector a
 request) at 1 and 32 concurrent clients, and the version bundle's and its ONNX graph's size on disk.
 ``--iterations N`` fixes the optimiser steps of strategies that take them (a shorter run; the default budget
-grows with the classes seen up to ``TrainConfig.max_iterations``). The strategies default to ``model_core.strategy_specs.default_candidates`` (those that refuse vectors say so).
+grows with the classes seen up to ``TrainConfig.max_iterations``). The strategies default to
+``model_core.strategy_specs.default_candidates`` (those that refuse the classifier say so: ``analytic`` needs
+``--backbone identity``, the vectors declared as features, as the banking77 stream sends them). ``--threads N``
+starts the server with ``OMP_NUM_THREADS=N`` (torch's threads in its worker): on a shared machine, 1 keeps the
+worker's small matrix operations from waiting on threads the other work holds.
 """
 
 from __future__ import annotations
@@ -69,8 +73,11 @@ def size_mb(path: Path) -> float:
 def run(url: str, data: Path, strategy: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
     name = f"growth-{strategy}".replace("_", "-")
     c = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=600)
-    r = c.post("/v1/classifiers", json={"name": name, "input": {"kind": "vector", "dim": args.dim},
-                                        "gate": {"tolerance": 1.0, "new_task_floor": 0.0}})  # fmt: skip
+    create: dict[str, Any] = {"name": name, "input": {"kind": "vector", "dim": args.dim},
+                              "gate": {"tolerance": 1.0, "new_task_floor": 0.0}}  # fmt: skip
+    if args.backbone:
+        create["backbone"] = args.backbone
+    r = c.post("/v1/classifiers", json=create)
     r.raise_for_status()
     rows = []
     for t, start in enumerate(range(0, args.classes, args.per_task), 1):
@@ -93,10 +100,13 @@ def run(url: str, data: Path, strategy: str, x: np.ndarray, y: np.ndarray, args:
         learnt = start + args.per_task
         row: dict[str, Any] = {"strategy": strategy, "classes": learnt, "learn_s": sec.get("train"),
                                "gate_s": sec.get("gate"), "export_s": sec.get("export"),
-                               "worker_s": round(sum(v for k, v in sec.items() if "." not in k), 2)}  # fmt: skip
+                               "worker_s": round(sum(v for k, v in sec.items() if "." not in k), 2),
+                               "seconds": sec}  # fmt: skip
         if learnt % args.measure_every == 0 or learnt >= args.classes:
             folder = artifact_dir(data, name, job["version"])
-            row.update(bundle_mb=round(size_mb(folder), 2), onnx_mb=round((folder / "model.onnx").stat().st_size / 1e6, 2))
+            # the whole graph, or the head on a frozen backbone (identity: the vectors are the features) stored once
+            graph = next(f for f in (folder / "model.onnx", folder / "head.onnx") if f.exists())
+            row.update(bundle_mb=round(size_mb(folder), 2), onnx_mb=round(graph.stat().st_size / 1e6, 2))
             for clients in (1, 32):
                 p50, p99 = latency(url, name, x, clients, args.requests)
                 row[f"p50_ms_{clients}"], row[f"p99_ms_{clients}"] = round(p50, 1), round(p99, 1)
@@ -116,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200, help="predict requests per latency figure")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--iterations", type=int, help="fixed optimiser steps a task (default: the budget from the data)")
+    parser.add_argument("--threads", type=int, help="torch threads of the server's worker (OMP_NUM_THREADS)")
+    parser.add_argument("--backbone", help="create the classifiers with this backbone (default: the service's for "
+                        "vectors, the MLP; 'identity': the vectors are features, which analytic needs)")
     args = parser.parse_args(argv)
     args.options = {"options": {"iterations": args.iterations}} if args.iterations else {}
     x, y = stream(args.classes, args.dim, args.per_class)
@@ -126,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         port, data = free_port(), Path(tmp) / "data"
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "ENGRAM_API_KEYS": f"admin:{ADMIN}"}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
         with open(Path(tmp) / "serve.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "service.cli.main", "serve", "--data-dir", str(data),
                                      "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip

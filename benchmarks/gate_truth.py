@@ -9,7 +9,9 @@ Few-shot: ``--per-class N`` sends only N samples of each class (seeded), the gat
 ``digits-2x5`` / ``mnist-2x5`` are tasks of 5 classes. ``--shuffle-first`` shuffles the first task's labels
 (a deliberately broken candidate: the gate should reject it, and the stream goes on from nothing).
 ``--rename cat:kitty`` keeps half of class ``cat``'s training samples in its task and sends the other half as
-``kitty`` in a last task of its own (an old class under another name: the gate should refuse it). The
+``kitty`` in a last task of its own (an old class under another name: the gate should refuse it);
+``--rename cat:kitty:automobile`` sends ``kitty`` beside ``automobile``, taken out of its own task (a new, easy
+class in the same job). The
 table's ``default`` row names what the first job chose and its candidates' scores. The ``lr`` column is an
 offline logistic regression on the same inputs, fitted on every training sample of the stream's classes (all of
 them, also with ``--per-class``).
@@ -162,12 +164,16 @@ def few_shot(stream: Stream, per_class: int, seed: int) -> Stream:
     return stream
 
 
-def renamed(stream: Stream, old: str, new: str) -> Stream:
-    """Half of ``old``'s training samples sent again as ``new``, in a last task of its own."""
+def renamed(stream: Stream, old: str, new: str, beside: str | None = None) -> Stream:
+    """Half of ``old``'s training samples sent again as ``new``, in a last task of its own, or beside class
+    ``beside`` (taken out of its own task: a new class the last task adds too)."""
     mine = [i for i, (lab, _) in enumerate(stream.train) if lab == old]
     again = set(mine[1::2])
     stream.train = [(new, b) if i in again else (lab, b) for i, (lab, b) in enumerate(stream.train)]
-    stream.tasks = [*stream.tasks, [new]]
+    if beside is None:
+        stream.tasks = [*stream.tasks, [new]]
+    else:
+        stream.tasks = [kept for t in stream.tasks if (kept := [c for c in t if c != beside])] + [[new, beside]]
     return stream
 
 
@@ -435,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--per-class", type=int, help="few-shot: send only this many samples of each class")
     parser.add_argument("--shuffle-first", action="store_true", help="shuffle the first task's labels")
-    parser.add_argument("--rename", help="OLD:NEW: half of OLD's samples sent again as NEW in a last task")
+    parser.add_argument("--rename", help="OLD:NEW[:BESIDE]: half of OLD's samples sent again as NEW in a last task "
+                        "(beside class BESIDE, moved there from its own task)")
     parser.add_argument("--backbone", help="create every classifier with this backbone ('default': the service's "
                         "default for the input; unset: each stream's own, identity for banking77)")
     args = parser.parse_args(argv)

@@ -41,9 +41,14 @@ from service.jobs.training_choice import choose
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
 from service.retry import backoff
-from service.storage.base import ArtifactStore, arrays_to_bytes
+from service.storage.base import ArtifactStore, arrays_to_bytes, bytes_to_arrays
 
 log = logging.getLogger("engram.worker")
+# The version's own labels for every row of its suite (over every class it knows), stored with it so that the next
+# job scores its parent by reading them rather than by a pass over every class for every sample (classes^2 per job)
+SERVED = "served"
+SERVED_FILE = "served.npz"  # SERVED in a version's own folder (its suite is content: service.jobs.suite)
+CHECKED_ROWS = 32  # cached parent labels recomputed as a check; any difference recomputes them all
 MODEL_FILE, HEAD_FILE = "model.onnx", "head.onnx"  # a whole graph; or the head on a shared backbone (references)
 THROTTLE = 0.5  # seconds between progress writes and cancel checks
 FINISH_PATIENCE = 120.0  # seconds a failed job waits for the database to record why it failed
@@ -51,6 +56,11 @@ FEATURE_CACHES = 4  # classifiers whose frozen-backbone features a worker keeps 
 # Frozen backbones whose ONNX Runtime session (``OnnxFeatures``) a worker keeps between jobs: building one for
 # EfficientNet-Lite0 costs 0.3-0.6 s, a third of a new photo class's job; each kept holds its graph and its arena.
 FEATURE_SESSIONS = 2
+# Suite samples the served score's temperature and the novelty threshold are fitted on (a seeded uniform subsample
+# beyond it). Each fit reads every sample's logits over every class, and the suite grows with the classes, so on
+# the whole suite they would cost classes^2 per job (the temperature's search: ~190 passes); two scalars and a
+# 95% quantile need no more than this (benchmarks.class_growth).
+CALIBRATION_SAMPLES = 2048
 
 
 def experience(task: str, x: np.ndarray, labels: np.ndarray) -> Experience:
@@ -298,12 +308,13 @@ class JobRun:
         t0 = time.perf_counter()
         spec = self.start()
         learner, suite = self.load_parent(spec)
+        served = suite.pop(SERVED, None)  # the parent's labels for its suite's rows (None: a bundle without them)
         train, suite = self.merge_evaluation_sets(spec, suite)
         task_names = list(dict.fromkeys([*(str(t) for t in suite["task"])]))
         self.choose_feature_backend(spec, learner, train)
         self.times["load"] = time.perf_counter() - t0 - self.times.get("int8-quantize", 0.0)
         t_parent = time.perf_counter()
-        parent = self.score_parent(learner, suite, task_names)  # part of the gate's time
+        parent = self.score_parent(learner, suite, task_names, served)  # part of the gate's time
         parent_seconds = time.perf_counter() - t_parent
         chosen: tuple[Learner, LearnResult] | None = None
         choice: dict[str, Any] | None = None
@@ -323,7 +334,7 @@ class JobRun:
         # worker start sweeps it); (2) the version row is committed, numbered then; (3) the pointer moves by
         # compare-and-set from the parent this job trained from, or the candidate is held.
         self.runner.stage("trained")
-        folder = self.write_bundle(spec, learner, result, exported, suite, report)
+        folder = self.write_bundle(spec, learner, result, exported, with_served(suite, candidate.predicted), report)
         self.runner.stage("bundle-written")
         number = self.commit_version(spec, learner, result, report, folder)
         self.runner.stage("row-committed")
@@ -358,6 +369,8 @@ class JobRun:
         if spec.parent_dir is not None:
             learner, manifest = load_bundle(spec.parent_dir, self.store.content_path)
             suite, self.parent_refs = read_suite(spec.parent_dir, manifest.references, self.store.content_path)
+            if (spec.parent_dir / SERVED_FILE).exists():  # the parent's own labels for its suite's rows
+                suite[SERVED] = bytes_to_arrays((spec.parent_dir / SERVED_FILE).read_bytes())[SERVED]
             if not self.parent_refs:
                 self.parent_suite = suite
             return learner, suite
@@ -412,14 +425,11 @@ class JobRun:
         self.times["int8-check"] = time.perf_counter() - t
         return {**check, "sha256": self.int8.sha256, "digest": self.int8.digest, "quantization": self.int8.quantization}
 
-    def score_parent(self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str]) -> ParentScores:
-        """The parent's accuracy per task, before the learner changes."""
-        slices = task_slices(suite, task_names)
-        units = len(learner.labels)
-        predicted = {t: predictions(learner, *slices[t], t, units).after if t in learner.task_names else None
-                     for t in task_names}  # fmt: skip
-        correct = {t: None if p is None else p == slices[t][1].astype(str) for t, p in predicted.items()}
-        return ParentScores(slices, units, predicted, correct)
+    def score_parent(
+        self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str], served: np.ndarray | None = None
+    ) -> ParentScores:
+        """The parent's accuracy per task, before the learner changes (``parent_scores``)."""
+        return parent_scores(learner, suite, task_names, served)
 
     def choose_strategy(
         self, spec: JobSpec, learner: Learner, train: dict[str, np.ndarray], suite: dict[str, np.ndarray]
@@ -482,14 +492,15 @@ class JobRun:
         every task's evaluation samples (held out from training) at the classifier's known rate."""
         t3 = time.perf_counter()
         onnx_bytes, diff, err = b"", None, None
-        # the served score's temperature, fitted on every task's evaluation samples (never trained on), before the
-        # novelty (which reads the served logits) is fitted
-        calibration = learner.calibrate(torch.from_numpy(suite["x"]), suite["label"].astype(str).tolist(),
-                                        suite["task"].astype(str).tolist())  # fmt: skip
+        # the served score's temperature, fitted on every task's evaluation samples (never trained on; at most
+        # CALIBRATION_SAMPLES of them), before the novelty (which reads the served logits) is fitted
+        fit = calibration_rows(len(suite["x"]))
+        calibration = learner.calibrate(torch.from_numpy(suite["x"][fit]), suite["label"][fit].astype(str).tolist(),
+                                        suite["task"][fit].astype(str).tolist())  # fmt: skip
         novelty = None
         module = novelty_module(learner) if self.runner.novelty else None
         if module is not None:
-            x = torch.from_numpy(suite["x"])
+            x = torch.from_numpy(suite["x"][fit])
             novelty = Novelty(module, fit_novelty(learner, module, x, known_rate), known_rate)
         about = json.loads(novelty.metadata()) if novelty else None
         check = torch.from_numpy(suite["x"][:64])
@@ -552,6 +563,8 @@ class JobRun:
         extra: dict[str, bytes] = {}
         if self.runner.shared_content:  # each task's samples once in the store, referenced by sha256
             t = time.perf_counter()
+            if SERVED in suite:  # the version's own labels for its suite: its own, in its folder
+                extra[SERVED_FILE] = arrays_to_bytes({SERVED: suite[SERVED]})
             net = NetworkSpec.from_dict(spec.network)
             scale = net.preprocessing.pixel_scale if net.input.kind == "image" else None
             references.update(suite_references(self.store.put_content, self.parent_refs, self.parent_suite,
@@ -670,6 +683,14 @@ def hold_reason(parent: int | None, active: int | None) -> str | None:
             "so it was not auto-promoted over that decision; an admin may still promote it")  # fmt: skip
 
 
+def calibration_rows(n: int, cap: int = CALIBRATION_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Row indices of the suite's samples the calibrations fit on: all ``n`` in order, or a seeded uniform ``cap``
+    of them (sorted) when there are more."""
+    if n <= cap:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+
+
 def merge_suite(suite: dict[str, np.ndarray], new_eval: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
     """The parent's regression suite plus this job's evaluation samples under ``task``."""
     n = len(new_eval["x"])
@@ -679,17 +700,73 @@ def merge_suite(suite: dict[str, np.ndarray], new_eval: dict[str, np.ndarray], t
     return {k: np.concatenate([suite[k], added[k]]) for k in added}  # numpy widens string dtypes
 
 
-def task_slices(suite: dict[str, np.ndarray], tasks: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{task: (x, labels) of its evaluation samples} in one pass over the suite (one comparison of the whole suite
-    per task would grow with tasks x samples, faster than linearly in the classes learnt)."""
+def parent_scores(
+    learner: Learner, suite: dict[str, np.ndarray], task_names: list[str], served: np.ndarray | None = None
+) -> ParentScores:
+    """The parent's accuracy per task, before the learner changes. ``served``: the parent's labels for the first
+    rows of ``suite`` (its own suite, stored with it); only the rows after them are predicted."""
+    slices = task_slices(suite, task_names)
+    units = len(learner.labels)
+    if served is not None and not parent_labels_hold(learner, suite, served, units):
+        served = None
+    rows = task_rows(suite["task"], task_names) if served is not None else {}
+    predicted: dict[str, np.ndarray | None] = {}
+    for t in task_names:
+        if t not in learner.task_names:
+            predicted[t] = None
+        elif served is None:
+            predicted[t] = predictions(learner, *slices[t], t, units).after
+        else:
+            known = rows[t] < len(served)  # rows of the parent's own suite; the rest are this job's
+            labels = np.empty(len(known), dtype=object)
+            labels[known] = served[rows[t][known]]
+            x, y = slices[t]
+            labels[~known] = predictions(learner, x[~known], y[~known], t, units).after
+            predicted[t] = labels.astype(str)
+    correct = {t: None if p is None else p == slices[t][1].astype(str) for t, p in predicted.items()}
+    return ParentScores(slices, units, predicted, correct)
+
+
+def task_rows(suite_tasks: np.ndarray, tasks: list[str]) -> dict[str, np.ndarray]:
+    """{task: its rows of the suite, in order} in one pass over the suite (one comparison of the whole suite per
+    task would grow with tasks x samples, faster than linearly in the classes learnt)."""
     if not tasks:
         return {}
-    names, inverse = np.unique(suite["task"].astype(str), return_inverse=True)
+    names, inverse = np.unique(suite_tasks.astype(str), return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
     rows = {str(n): order[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
     empty = np.zeros(0, dtype=int)
-    return {t: (suite["x"][rows.get(t, empty)], suite["label"][rows.get(t, empty)]) for t in tasks}
+    return {t: rows.get(t, empty) for t in tasks}
+
+
+def task_slices(suite: dict[str, np.ndarray], tasks: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (x, labels) of its evaluation samples}, in suite order (``task_rows``)."""
+    return {t: (suite["x"][r], suite["label"][r]) for t, r in task_rows(suite["task"], tasks).items()}
+
+
+def with_served(suite: dict[str, np.ndarray], predicted: dict[str, TaskPredictions]) -> dict[str, np.ndarray]:
+    """The suite with the candidate's own label for each of its rows (``SERVED``), for the next job to read."""
+    served = np.full(len(suite["x"]), "", dtype=object)
+    for t, r in task_rows(suite["task"], list(predicted)).items():
+        served[r] = predicted[t].after
+    return {**suite, SERVED: served.astype(str)}
+
+
+def parent_labels_hold(learner: Learner, suite: dict[str, np.ndarray], served: np.ndarray, units: int) -> bool:
+    """Whether the stored labels are this parent's: they cover no more rows than the suite, and the parent gives
+    the same labels to ``CHECKED_ROWS`` seeded rows of them (per task: task-incremental labels are within one)."""
+    if len(served) > len(suite["x"]) or len(served) == 0:
+        return False
+    rows = np.random.default_rng(0).choice(len(served), min(CHECKED_ROWS, len(served)), replace=False)
+    for t in np.unique(suite["task"][rows].astype(str)):
+        mine = rows[suite["task"][rows].astype(str) == t]
+        if t not in learner.task_names:
+            continue
+        got = predictions(learner, suite["x"][mine], suite["label"][mine], str(t), units).after
+        if not np.array_equal(got.astype(str), served[mine].astype(str)):
+            return False
+    return True
 
 
 def task_slice(suite: dict[str, np.ndarray], task: str) -> tuple[np.ndarray, np.ndarray]:

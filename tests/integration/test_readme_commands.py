@@ -40,6 +40,7 @@ BENCHMARKS = {
     "continual": "",  # test_continual_writes_its_json
     "export_parity": "trains and exports an MLP, a CNN and a ResNet-18: a minute of CPU",
     "gate_truth": "teaches every stream to a real server: minutes, and mnist-5k photos",
+    "job_stages": "runs each stage of a learning job in process as a classifier grows to 1,000 classes: minutes",
     "learn_speed": "starts engram serve and trains through it: minutes (photos with --photos)",
     "novelty": "fits two strategies on three streams, photos through the pretrained backbone: minutes",
     "pretrained_export": "exports and times EfficientNet-Lite0 at three resolutions: minutes",
