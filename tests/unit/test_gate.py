@@ -562,3 +562,21 @@ def test_a_closed_form_head_is_advised_what_would_help_not_more_steps(
     assert report["passed"] is False
     assert report["next_step_request"] == request_
     assert says in report["next_step"] and "cannot change" not in report["next_step"]
+
+
+def test_a_floor_from_the_data_also_asks_the_new_task_to_be_clearly_off_chance() -> None:
+    """A shuffled first job of 5 classes scoring 0.35 on 20 held-out samples reaches the data's floor (0.4) within
+    its 95% interval, but its interval also holds chance (0.2): rejected, saying so. 0.6 on the same 20 samples is
+    clearly off chance and promoted; a user's new_task_floor judges by the floor alone, as before."""
+
+    def new_task(right: int, n: int, cfg: GateConfig | None = None) -> dict[str, Any]:
+        return gate(cfg or GateConfig(), "class-incremental", "analytic", "keep", "new", ["a", "b", "c", "d", "e"],
+                    [("new", None, correct(right, n))], 0.0, None, chance_classes=5, reference=0.3)  # fmt: skip
+
+    shuffled = new_task(7, 20)
+    row = shuffled["tasks"][0]
+    assert row["upper95"] >= row["floor"] and row["lower95"] < 0.2
+    assert shuffled["passed"] is False and "cannot be told from chance 0.200" in shuffled["failures"][0]
+    learnt = new_task(12, 20)
+    assert learnt["passed"] is True and learnt["tasks"][0]["lower95"] > 0.2
+    assert new_task(7, 20, GateConfig(new_task_floor=0.3))["passed"] is True  # the setting still wins
