@@ -63,7 +63,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def test_old_layout_keeps_serving_and_new_versions_hold_no_backbone(data_dir: Path) -> None:
-    old = start_server(data_dir, {"ENGRAM_SHARED_BACKBONE": "0"})
+    old = start_server(data_dir, {"ENGRAM_SHARED_BACKBONE": "0", "ENGRAM_SHARED_CONTENT": "0"})  # the old layout
     try:
         c = old.client()
         r = c.post("/v1/classifiers", json={"name": "pets", "input": PHOTO}, headers=auth("admin"))
@@ -93,7 +93,9 @@ def test_old_layout_keeps_serving_and_new_versions_hold_no_backbone(data_dir: Pa
         assert job["status"] == "promoted", job
 
         shas = set()
-        backbone_file = next((data_dir / "artifacts" / "content" / "sha256").iterdir())
+        content_dir = data_dir / "artifacts" / "content" / "sha256"  # the backbone, evaluation samples, state
+        pets2 = json.loads((bundle(data_dir, c, "pets", 2) / "manifest.json").read_text())
+        backbone_file = content_dir / pets2["references"]["backbone"]["sha256"]
         weights = sorted(onnx.load(str(backbone_file)).graph.initializer, key=lambda t: -len(t.raw_data))
         largest = [numpy_helper.to_array(t).tobytes()[:4096] for t in weights[:3]]
         assert all(len(t) == 4096 for t in largest)
@@ -113,7 +115,8 @@ def test_old_layout_keeps_serving_and_new_versions_hold_no_backbone(data_dir: Pa
             assert [i.name for i in head.graph.input] == ["features"] and "Conv" not in {n.op_type for n in head.graph.node}
             shas.add(ref["sha256"])
         assert len(shas) == 1  # one backbone, stored once, for both classifiers
-        assert len(list((data_dir / "artifacts" / "content" / "sha256").iterdir())) == 1
+        # the only content the size of a backbone graph (the rest: evaluation samples, half a Gram matrix)
+        assert [p.name for p in content_dir.iterdir() if p.stat().st_size > 10_000_000] == list(shas)
 
         new = predict(c, "pets", photos("test", ("airplane", "automobile", "bird", "cat"), 6))
         assert new["version"] == 2

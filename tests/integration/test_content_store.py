@@ -28,7 +28,7 @@ from service.application.services import EngramService
 from service.domain.commands import Learn, NewClassifier, Predict, TrainOptions
 from service.inference.sessions import ServingState
 from service.jobs.suite import EVAL_FILE, KIND, read_suite
-from service.jobs.training import JobRunner
+from service.jobs.training import SERVED, SERVED_FILE, JobRunner
 from service.persistence.migrations import upgrade
 from service.persistence.models import Version, make_engine, make_sessionmaker
 from service.settings import Settings
@@ -167,6 +167,9 @@ def test_the_gate_sees_exactly_what_it_saw_with_the_old_layout(tmp_path: Path) -
         fa, fb = old_engram.folder(a), new_engram.folder(b)
         old_suite = bytes_to_arrays((fa / EVAL_FILE).read_bytes())
         new_suite, refs = read_suite(fb, read_manifest(fb).references, new_engram.store.content_path)
+        # the version's own labels for its suite: in eval.npz in the old layout, in its own served.npz in the new
+        old_served = old_suite.pop(SERVED)
+        assert np.array_equal(old_served, bytes_to_arrays((fb / SERVED_FILE).read_bytes())[SERVED])
         assert refs and set(old_suite) == set(new_suite)
         for k in old_suite:
             assert old_suite[k].dtype == new_suite[k].dtype and old_suite[k].tobytes() == new_suite[k].tobytes()

@@ -14,7 +14,7 @@ from service.application.services import Invalid, stratified_holdout
 from service.persistence.migrations import upgrade
 from service.persistence.models import Base, Classifier, make_engine, make_sessionmaker
 
-TABLES = {"classifiers", "versions", "jobs", "audit", "captured_inputs"}
+TABLES = {"classifiers", "versions", "jobs", "audit", "captured_inputs", "lifecycle_events"}
 
 
 def sqlite_url(tmp_path: Path) -> str:
