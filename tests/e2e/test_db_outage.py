@@ -33,7 +33,7 @@ def test_predict_survives_a_database_outage_and_learning_resumes(tmp_path: Path)
         srv = start_server(tmp_path / "data", env)  # with its embedded (procrastinate) worker
         try:
             c = srv.client()
-            create(c, "dbo", gate={"tolerance": 1})
+            create(c, "dbo", gate={"tolerance": 1, "new_task_floor": 0})
             first = wait_job(c, learn(c, "dbo", {"task": "a", "strategy": "naive", "samples": blobs({"x": 0, "y": 3}),
                                                  "options": {"iterations": 30}}), timeout=240)  # fmt: skip
             assert first["status"] == "promoted", first

@@ -141,7 +141,7 @@ def test_multipart_upload_learns_like_json(srv: Server) -> None:
 
 def test_a_restart_loses_nothing(srv: Server) -> None:
     c = srv.client()
-    create(c, "restart", gate={"tolerance": 1})  # its own classifier: runs alone too; naive forgets, the gate lets it
+    create(c, "restart", gate={"tolerance": 1, "new_task_floor": 0})  # its own classifier: runs alone too; naive forgets, the gate lets it
     for k, labels in enumerate(({"x": 0, "y": 3}, {"z": -3, "w": 6})):
         job = wait_job(c, learn(c, "restart", {"task": f"t{k}", "strategy": "naive", "samples": blobs(labels)}))
         assert job["status"] == "promoted", job

@@ -61,7 +61,7 @@ def lifecycle_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
 
 def test_a_rollback_during_training_holds(lifecycle_server: Server) -> None:
     c = lifecycle_server.client()
-    create(c, "rb", gate={"tolerance": 1})  # naive forgets; tolerance 1 lets every version through the gate
+    create(c, "rb", gate={"tolerance": 1, "new_task_floor": 0})  # naive forgets; tolerance 1 lets every version through the gate
     for k, labels in enumerate(({"a": 0.0, "b": 3.0}, {"c": -3.0, "d": 6.0})):
         job = wait_job(c, learn(c, "rb", {"task": f"t{k}", "strategy": "naive", "samples": blobs(labels, seed=k),
                                           "options": QUICK}))  # fmt: skip
@@ -140,7 +140,7 @@ def db_state(url: str, name: str) -> tuple[int | None, list[int], list[tuple[int
 def test_promotion_storm_leaves_one_active_version(storm_cluster: tuple[Server, Server, str]) -> None:
     a, b, url = storm_cluster
     ca = a.client()
-    create(ca, "storm", gate={"tolerance": 1})
+    create(ca, "storm", gate={"tolerance": 1, "new_task_floor": 0})
     rng = random.Random(11)
     stats: Counter[str] = Counter()
     for k in range(2):  # two versions to move between before the storm starts

@@ -62,7 +62,7 @@ def test_kill_9_at_each_publishing_stage_never_blocks_the_next_job(tmp_path: Pat
     log = tmp_path / "workers.log"
     try:
         c = srv.client()
-        create(c, "pc", gate={"tolerance": 1})
+        create(c, "pc", gate={"tolerance": 1, "new_task_floor": 0})
         k = 0
 
         def job() -> str:

@@ -177,7 +177,7 @@ def test_prune_delete_export_import_backup_restore(deployments: tuple[Deployment
     srv = a.serve()
     try:
         c = srv.client()
-        create(c, "pr", gate={"tolerance": 1})  # naive forgets; tolerance 1 lets every version through the gate
+        create(c, "pr", gate={"tolerance": 1, "new_task_floor": 0})  # naive forgets; tolerance 1 lets every version through the gate
         r = c.put("/v1/classifiers/pr/retention", json={"keep_ancestors": 1, "keep_days": 0}, headers=auth("admin"))
         assert r.status_code == 200 and r.json() == {"classifier": "pr", "keep_ancestors": 1, "keep_days": 0.0,
                                                       "own": True}, r.text  # fmt: skip
@@ -187,7 +187,7 @@ def test_prune_delete_export_import_backup_restore(deployments: tuple[Deployment
             job = wait_job(c, learn(c, "pr", {"task": f"t{k}", "strategy": "naive", "samples": blobs(labels, seed=k),
                                               "options": QUICK}))  # fmt: skip
             assert job["status"] == "promoted" and job["version"] == k + 1, job
-        create(c, "other", gate={"tolerance": 1})
+        create(c, "other", gate={"tolerance": 1, "new_task_floor": 0})
         job = wait_job(c, learn(c, "other", {"task": "t0", "strategy": "naive", "samples": blobs(TASKS[0], seed=9),
                                              "options": QUICK}))  # fmt: skip
         assert job["status"] == "promoted", job
