@@ -191,6 +191,10 @@ def new_class(repeats: int) -> None:
                 stages = ", ".join(f"{s} {v:.3f}" for s, v in job["seconds"].items())
                 print(f"{name} class {k}: {job['status']} in {promoted:.3f} s, served by version {job['version']} at "
                       f"{served if served is None else round(served, 3)} s  [{stages}]")  # fmt: skip
+                if job["status"] == "rejected":  # the gate's reasons, as the report gives them
+                    report = c.get(f"/v1/classifiers/{name}/versions/{job['version']}").json().get("report") or {}
+                    for why in report.get("failures", []):
+                        print(f"    rejected: {why}")
 
 
 def main() -> None:
