@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +17,10 @@ import pytest
 
 from service.storage import open_store
 from service.storage.base import ArtifactStore
-from tests.s3_server import moto_s3, new_bucket
+from tests.s3_server import new_bucket
 
 Opener = Callable[[], ArtifactStore]
 FILES = {"manifest.json": b'{"labels": ["a"]}', "model.onnx": os.urandom(300_000), "eval.npz": b"\x00" * 10}
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with moto_s3(tmp_path_factory.mktemp("moto")) as env, pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        yield env
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import io
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from service.persistence.models import Version, make_engine, make_sessionmaker
 from service.settings import Settings
 from service.storage import open_store
 from service.storage.base import ArtifactStore, bytes_to_arrays
-from tests.s3_server import moto_s3, new_bucket
+from tests.s3_server import new_bucket
 
 TASKS = (("t1", (0, 1)), ("t2", (2, 3)), ("t3", (4, 5)))
 STRATEGY = "analytic"  # on the pixels as features: its state holds Gram matrices, as on a pretrained backbone
@@ -108,14 +107,6 @@ def gate_of(report: Any) -> Any:
     if isinstance(report, dict):
         return {k: gate_of(v) for k, v in report.items() if k != "seconds"}
     return [gate_of(v) for v in report] if isinstance(report, list) else report
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with moto_s3(tmp_path_factory.mktemp("moto")) as env, pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        yield env
 
 
 @pytest.fixture(params=["file", "s3"])
