@@ -21,7 +21,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -29,15 +28,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.application.metrics import Metrics
 from service.application.serving import ServingService
+from service.application.versions import composed_path
 from service.domain.errors import Conflict, Invalid
 from service.domain.retention import PointerMove, RetentionPolicy, VersionFacts, plan
+from service.inference.sessions import HEAD_FILE
 from service.persistence import registry
 from service.persistence.models import Classifier, utcnow
 from service.settings import Settings
 from service.storage.base import ArtifactStore, references_of
 
 log = logging.getLogger("engram.lifecycle")
-HEAD_FILE = "head.onnx"  # a head on a shared backbone: its composed whole graph is cached by the head's sha256
 
 
 class LifecycleService:
@@ -152,7 +152,7 @@ class LifecycleService:
         for job_id in job_ids:
             self.store.delete_job(job_id)
         for head in heads:
-            self._composed(head).unlink(missing_ok=True)
+            composed_path(self.store, head).unlink(missing_ok=True)
         self.serving.forget(name)
         for _, artifact, _ in versions:
             self._bundles.pop(artifact, None)
@@ -262,10 +262,6 @@ class LifecycleService:
         head = self._bundle(artifact)[2]
         self.store.remove(artifact)
         if head:
-            self._composed(head).unlink(missing_ok=True)
+            composed_path(self.store, head).unlink(missing_ok=True)
         self._bundles.pop(artifact, None)
 
-    def _composed(self, head_sha256: str) -> Path:
-        """Where ``VersionService.onnx_path`` caches a head's composed whole graph on this host."""
-        base = getattr(self.store, "root", None) or getattr(self.store, "cache")  # noqa: B009
-        return Path(base) / "content" / "composed" / f"{head_sha256}.onnx"

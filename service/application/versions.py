@@ -43,6 +43,13 @@ def refuse_pruned(name: str, v: Version) -> None:
                    "cannot be served, promoted or rolled back to (its report and lineage remain)")
 
 
+def composed_path(store: ArtifactStore, head_sha256: str) -> Path:
+    """Where this host caches the whole graph of a head on a shared backbone (``VersionService.onnx_path``): beside
+    the store's content, under the head's sha256 (the file store's root, or the S3 store's local cache)."""
+    base = getattr(store, "root", None) or getattr(store, "cache")  # noqa: B009
+    return Path(base) / "content" / "composed" / f"{head_sha256}.onnx"
+
+
 class VersionService:
     def __init__(self, sessions: sessionmaker[Session], store: ArtifactStore, serving: ServingService) -> None:
         self.sessions = sessions
@@ -69,7 +76,7 @@ class VersionService:
         if "backbone" not in refs or not (folder / HEAD_FILE).exists():
             return folder / MODEL_FILE
         head = folder / HEAD_FILE
-        out = self.store.content_path(refs["backbone"]["sha256"]).parent.parent / "composed" / f"{sha256_file(head)}.onnx"
+        out = composed_path(self.store, sha256_file(head))
         if not out.exists():
             import onnx
 
