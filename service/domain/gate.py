@@ -368,8 +368,8 @@ def _floor_text(source: Mapping[str, Any]) -> str:
     """Where a new task's floor came from, in words."""
     if source["rule"] == "setting":
         return "the new_task_floor setting"
-    if source["rule"] == "fixed":
-        return f"fixed: {source['why']}"
+    if source["rule"] in ("fixed", "one class"):
+        return f"{source['rule']}: {source['why']}"
     ref = source["reference"]
     return (f"chance {source['chance']:.3f} over {source['classes']} classes"
             + ("" if ref is None else f", a nearest class mean on the same samples {ref:.3f}"))

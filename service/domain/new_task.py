@@ -7,7 +7,8 @@ model can learn to 0.7 from its samples, and passes a broken one on an easy task
 ``new_task_floor``, the floor is read from two figures of the job's own data:
 
 - ``chance``: 1 over the classes the candidate chooses among for the new task's samples (every class it knows
-  in class-incremental learning, the task's own in task-incremental learning);
+  in class-incremental learning, the task's own in task-incremental learning); a first task of one class has no
+  floor (rule ``one class``: every answer is that class, its accuracy says nothing);
 - ``reference``: a nearest-class-mean classifier (``nearest_mean_accuracy``), the simplest model there is,
   fitted on the job's training samples (and, in class-incremental learning, the old classes' samples of the
   regression suite, so that it too chooses among every class) on the same inputs the candidate's head sees (the
@@ -68,6 +69,11 @@ def new_task_floor(setting: float | None, classes: int | None, reference: float 
     if not classes:
         return Floor(FIXED_FLOOR, {"rule": "fixed", "value": FIXED_FLOOR,
                                    "why": "the gate was given no classes or reference to derive a floor from"})  # fmt: skip
+    if classes == 1:
+        # A class-incremental classifier's first task of one class: the candidate chooses among one class, so every
+        # sample is answered right and its accuracy says nothing; the classes learnt later are judged against it
+        return Floor(0.0, {"rule": "one class", "classes": 1,
+                           "why": "the candidate chooses among one class: nothing to judge its accuracy against"})  # fmt: skip
     chance = 1.0 / classes
     near = chance + NEAR_CHANCE * (1 - chance)
     by_reference = chance + REFERENCE_SHARE * max(0.0, reference - chance) if reference is not None else 0.0

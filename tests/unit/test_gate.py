@@ -580,3 +580,15 @@ def test_a_floor_from_the_data_also_asks_the_new_task_to_be_clearly_off_chance()
     learnt = new_task(12, 20)
     assert learnt["passed"] is True and learnt["tasks"][0]["lower95"] > 0.2
     assert new_task(7, 20, GateConfig(new_task_floor=0.3))["passed"] is True  # the setting still wins
+
+
+def test_a_first_task_of_one_class_is_not_judged_against_chance() -> None:
+    # one intent a task: the first candidate chooses among one class, so its accuracy (1.0) says nothing; it used
+    # to be "cannot be told from chance 1.000" and every task of such a stream was rejected
+    one = gate(GateConfig(), "class-incremental", "analytic", "discard", "new", ["a"], [("new", None, correct(30, 30))],
+               0.0, None, chance_classes=1, reference=1.0)  # fmt: skip
+    assert one["passed"] is True and one["tasks"][0]["floor_source"]["rule"] == "one class"
+    # the second task of one class chooses among two: a candidate at chance is still rejected
+    two = gate(GateConfig(), "class-incremental", "analytic", "discard", "new", ["b"], [("new", None, correct(15, 30))],
+               0.0, None, chance_classes=2, reference=1.0)  # fmt: skip
+    assert two["passed"] is False

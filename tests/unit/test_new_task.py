@@ -22,6 +22,9 @@ def test_the_floor_follows_chance_and_the_reference_and_a_setting_wins() -> None
     assert easy.value == pytest.approx(0.1 + 0.5 * 0.85) and easy.source["bound_by"] == "reference"
     assert new_task_floor(0.3, 10, 0.95).value == 0.3 and new_task_floor(0.3, 10, 0.95).source["rule"] == "setting"
     assert new_task_floor(None, None, None).value == FIXED_FLOOR
+    # a first task of one class (one intent a task): nothing to choose between, so no floor and no chance test
+    one = new_task_floor(None, 1, 1.0)
+    assert one.value == 0.0 and one.source["rule"] == "one class"
 
 
 def test_nearest_mean_reference() -> None:
