@@ -52,7 +52,7 @@ import numpy as np
 
 from model_core.strategy_specs import SPECS, suggestion_for_new_classes
 from service.domain.gate_advice import JobFacts, has_generator, lost_by, next_step
-from service.domain.new_task import confusion_counts, new_task_floor, renamed_failure, renamed_pairs
+from service.domain.new_task import NewClassCounts, new_task_floor, renamed_failure, renamed_pairs
 
 DEFAULT_MIN_TOLERANCE = 0.08
 
@@ -126,20 +126,21 @@ class Confusion:
     def measure(cls, predictions: Mapping[str, TaskPredictions], new: Sequence[str]) -> Confusion:
         labels = np.concatenate([p.labels.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
         after = np.concatenate([p.after.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
-        # one confusion matrix over every sample (O(N + K^2)), not one pass over the samples per class pair
-        classes, counts = confusion_counts(labels, after)
-        index = {c: i for i, c in enumerate(classes)}
-        totals = counts.sum(1)
+        # the confusion counts involving a new class, in one pass over every sample (O(N + K x new)): not one pass
+        # per class pair, nor the whole (K, K) matrix, which the gate never reads beyond the new classes
+        counts = NewClassCounts.measure(labels, after, new)
+        classes, index, totals = counts.classes, counts.index, counts.totals
         news = [n for n in new if n in index and totals[index[n]] > 0]
-        olds = sorted(c for c in classes if totals[index[c]] > 0 and c not in set(new))
+        newset = set(new)
+        olds = sorted(c for c in classes if totals[index[c]] > 0 and c not in newset)
 
         def rate(t: str, p: str) -> float:
-            return float(counts[index[t], index[p]] / totals[index[t]])
+            return float(counts.count(index[t], index[p]) / totals[index[t]])
 
         reverse = {c: sum(rate(n, c) for n in news) for c in olds}
         pairs: list[dict[str, Any]] = [
             {"old": c, "new": n, "old_as_new": round(rate(c, n), 4), "new_as_old": round(rate(n, c), 4)}
-            for c in olds for n in news if rate(c, n) >= PAIR_MIN and counts[index[c], index[n]] >= 2]  # fmt: skip
+            for c in olds for n in news if rate(c, n) >= PAIR_MIN and counts.count(index[c], index[n]) >= 2]  # fmt: skip
         pairs.sort(key=lambda r: -float(r["old_as_new"]))
         new_set = list(new)
         lost, owed = 0.0, 0.0  # over every old sample: given to a new class while right among the old; its reverse
