@@ -46,6 +46,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,15 @@ class Confusion:
     # now gets right: what d gained from c's side of their boundary
     gained: dict[tuple[str, str], float] = field(default_factory=dict)
 
+    @cached_property
+    def pairs_of(self) -> dict[str, list[int]]:
+        """{old class: the positions of its pairs in ``pairs``}: a class's or a task's pairs without a pass over
+        every pair per class (classes x pairs per job)."""
+        out: dict[str, list[int]] = {}
+        for i, p in enumerate(self.pairs):
+            out.setdefault(str(p["old"]), []).append(i)
+        return out
+
     @classmethod
     def measure(cls, predictions: Mapping[str, TaskPredictions], new: Sequence[str]) -> Confusion:
         labels = np.concatenate([p.labels.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
@@ -193,7 +203,7 @@ class Confusion:
         regression = forgetting + lost - allowed
         return {"forgetting": round(forgetting, 4), "lost_to_new": round(lost, 4), "reverse": round(reverse, 4),
                 "allowed": round(allowed, 4), "regression": round(regression, 4),
-                "pairs": [p for p in self.pairs if p["old"] in mine]}  # fmt: skip
+                "pairs": [self.pairs[i] for i in sorted(i for c in mine for i in self.pairs_of.get(c, []))]}  # fmt: skip
 
 
 def _pair_counts(a: np.ndarray, b: np.ndarray) -> dict[tuple[str, str], int]:
