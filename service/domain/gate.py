@@ -144,13 +144,22 @@ class Confusion:
         newset = set(new)
         olds = sorted(c for c in classes if totals[index[c]] > 0 and c not in newset)
 
-        def rate(t: str, p: str) -> float:
-            return float(counts.count(index[t], index[p]) / totals[index[t]])
-
-        reverse = {c: sum(rate(n, c) for n in news) for c in olds}
+        # over every (old, new) pair at once, column by column (old classes x new classes: not a Python call a pair)
+        rows = np.array([index[c] for c in olds], dtype=int)
+        cols = [counts.new_at[index[n]] for n in news]
+        taken = counts.from_new[cols][:, rows] / totals[[index[n] for n in news]][:, None]  # (new, old) rates
+        summed = np.zeros(len(olds))
+        for r in taken:  # each old class's reverse: the new classes' rates added in order, as sum() added them
+            summed = summed + r
+        reverse: dict[str, float] = dict.fromkeys(olds, 0)  # sum() of no rates: 0
+        if news:
+            reverse = {c: float(v) for c, v in zip(olds, summed.tolist(), strict=True)}
+        gives = counts.to_new[rows][:, cols]  # (old, new) samples of the old class given to the new one
+        rate = gives / np.maximum(totals[rows], 1)[:, None]
         pairs: list[dict[str, Any]] = [
-            {"old": c, "new": n, "old_as_new": round(rate(c, n), 4), "new_as_old": round(rate(n, c), 4)}
-            for c in olds for n in news if rate(c, n) >= PAIR_MIN and counts.count(index[c], index[n]) >= 2]  # fmt: skip
+            {"old": olds[a], "new": news[b], "old_as_new": round(float(rate[a, b]), 4),
+             "new_as_old": round(float(taken[b, a]), 4)}
+            for a, b in np.argwhere((rate >= PAIR_MIN) & (gives >= 2)).tolist()]  # fmt: skip
         pairs.sort(key=lambda r: -float(r["old_as_new"]))
         new_set = list(new)
         lost, owed = 0.0, 0.0  # over every old sample: given to a new class while right among the old; its reverse
@@ -175,11 +184,11 @@ class Confusion:
         return cls(frozenset(new), reverse, pairs, bias, gained)
 
     def split(self, before: float, pred: TaskPredictions, keep: np.ndarray | None = None) -> dict[str, Any]:
-        """An old task's (or class's, ``keep`` selecting its samples) drop in its parts: ``forgetting`` (wrong
+        """An old task's (or class's, ``keep`` selecting its samples: their rows or a mask) drop in its parts: ``forgetting`` (wrong
         among the parent's classes), ``lost_to_new`` (right among those, given to a new class) and ``reverse``
         (its classes' reverse confusion) and ``allowed`` (the share of ``lost_to_new`` the pooled reverse confusion
         allows); ``regression`` is what the gate judges."""
-        keep = np.ones(len(pred.labels), dtype=bool) if keep is None else keep
+        keep = np.arange(len(pred.labels)) if keep is None else keep  # rows (or a mask) of the task's samples
         lab, after, after_old = pred.labels[keep].astype(str), pred.after[keep].astype(str), pred.after_old[keep].astype(str)
         right_old = after_old == lab
         forgetting = before - float(np.mean(right_old))
@@ -245,9 +254,13 @@ def class_rows(
             continue
         lab = lab.astype(str)
         pred = (predictions or {}).get(name)
-        for c in sorted(set(lab.tolist())):
-            keep = lab == c  # (n,) bool
-            n, after = int(keep.sum()), float(np.mean(after_c[keep]))
+        # each class's rows, in order, from one sort of the task's labels (not a pass over them per class)
+        names, inverse = np.unique(lab, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
+        for i, c in enumerate(names.tolist()):
+            keep = order[bounds[i] : bounds[i + 1]]  # (n_c,) the class's rows of the task
+            n, after = len(keep), float(np.mean(after_c[keep]))
             row: dict[str, Any] = {"class": c, "task": name, "n": n, "after": round(after, 4), "before": None,
                                    "forgotten": False}  # fmt: skip
             if before_c is not None and name != new_task:

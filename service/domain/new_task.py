@@ -162,12 +162,13 @@ def renamed_pairs(labels: np.ndarray, predicted: np.ndarray, new: Sequence[str])
     newset = set(new)
     olds = [i for i in range(len(classes)) if totals[i] > 0 and classes[i] not in newset]
     out = []
+    old_rows = np.array(olds, dtype=int)
     for n in news:
         j = counts.new_at[n]
-        for o in olds:
+        # the old classes the candidate mixes with n at all (the others: nothing to judge), in order
+        mixed = old_rows[(counts.to_new[old_rows, j] + counts.from_new[j, old_rows]) > 0].tolist()
+        for o in mixed:
             o_n, n_o = counts.to_new[o, j], counts.from_new[j, o]  # old taken for new, new taken for old
-            if o_n + n_o == 0:  # a pair the candidate never mixes: nothing to judge
-                continue
             m_o, m_n = counts.diagonal[o] + o_n, counts.diagonal[n] + n_o  # samples landing in the pair
             if min(m_o, m_n) < PAIR_MIN_SAMPLES or m_o < PAIR_MASS * totals[o] or m_n < PAIR_MASS * totals[n]:
                 continue
