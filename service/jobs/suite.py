@@ -127,8 +127,9 @@ def suite_references(
     return {f"{PREFIX}{int(r['index']):04d}": r for r in refs}
 
 
-# The gate's share of a large suite (``scored_rows``): every class keeps at least this many of its samples, every
-# task at least TASK_MIN of its own (all of them when it has no more), whatever the budget.
+# The gate's share of a large suite (``scored_rows``): every class keeps at least CLASS_MIN of its samples whatever
+# the budget, and every task at least TASK_MIN of its own (all of them when it has no more) while the budget allows
+# it (TASK_MIN x tasks within the budget; past that, budget / tasks each).
 CLASS_MIN = 2
 TASK_MIN = 200
 
@@ -140,10 +141,11 @@ def scored_rows(tasks: np.ndarray, labels: np.ndarray, new_task: str, budget: in
     Scoring a sample costs a pass over every class and the suite holds samples of every class, so the whole suite
     costs samples x classes per job: classes^2 as a classifier grows. Past ``budget`` samples each class (a task's
     label) keeps ``max(CLASS_MIN, budget // classes)`` of its samples, chosen at random (seeded by ``seed``: a
-    job's verdict is reproducible), and more where its task needs them to keep TASK_MIN; the new task keeps all
-    of its own. Every old class is still re-checked, on fewer samples: the gate's intervals use the number scored.
-    Up to ``budget / CLASS_MIN`` classes the scored samples stay within ``budget``, a pass costs budget x classes:
-    linear in the classes learnt."""
+    job's verdict is reproducible), and more where its task needs them to keep its minimum (TASK_MIN, or
+    ``budget // tasks`` when that is less); the new task keeps all of its own. Every old class is still
+    re-checked, on fewer samples: the gate's intervals use the number scored. Up to ``budget / CLASS_MIN``
+    classes the scored samples stay within about twice the budget plus the new task's own, so a pass costs
+    O(budget x classes): linear in the classes learnt."""
     n = len(labels)
     if budget <= 0 or n <= budget:
         return None
@@ -154,7 +156,10 @@ def scored_rows(tasks: np.ndarray, labels: np.ndarray, new_task: str, budget: in
                                         return_counts=True)  # fmt: skip
     stratum_task = strata // len(label_names)
     classes_in_task = np.bincount(stratum_task, minlength=len(task_names))
-    quota = np.maximum(max(CLASS_MIN, budget // len(strata)), -(-TASK_MIN // classes_in_task[stratum_task]))
+    # a task's minimum shares the budget too where there are many tasks (a stream of one-class tasks would
+    # otherwise keep TASK_MIN of every class)
+    task_min = min(TASK_MIN, max(CLASS_MIN, budget // len(task_names)))
+    quota = np.maximum(max(CLASS_MIN, budget // len(strata)), -(-task_min // classes_in_task[stratum_task]))
     quota[task_names[stratum_task] == new_task] = n  # the new task: judged on every sample
     if np.all(counts <= quota):
         return None

@@ -90,3 +90,12 @@ def test_the_report_says_how_much_of_the_suite_was_scored() -> None:
                                                    "budget": 20_000, "seed": None}  # fmt: skip
     assert suite_summary(30_000, np.arange(9000), 5000, 7) == {"samples": 30_000, "scored": 9000, "sampled": True,
                                                               "budget": 5000, "seed": 7}  # fmt: skip
+
+
+def test_many_small_tasks_share_the_budget_rather_than_keeping_their_minimum_each() -> None:
+    task, label = _suite(1000, 250, 1)  # 1,000 tasks of one class, 250 held-out samples each
+    rows = scored_rows(task, label, "t1000", 20_000, seed=0)
+    assert rows is not None
+    kept = dict(zip(*np.unique(label[rows], return_counts=True), strict=True))
+    assert set(kept) == set(label) and kept["c999"] == 250  # every class; the new task whole
+    assert len(rows) <= 2 * 20_000 + 250  # bounded by the budget, not TASK_MIN x tasks (200,000)
