@@ -101,6 +101,7 @@ def run(url: str, data: Path, strategy: str, x: np.ndarray, y: np.ndarray, args:
         row: dict[str, Any] = {"strategy": strategy, "classes": learnt, "learn_s": sec.get("train"),
                                "gate_s": sec.get("gate"), "export_s": sec.get("export"),
                                "worker_s": round(sum(v for k, v in sec.items() if "." not in k), 2),
+                               "scored": ((job.get("report") or {}).get("suite") or {}).get("scored"),  # gate's samples
                                "seconds": sec}  # fmt: skip
         if learnt % args.measure_every == 0 or learnt >= args.classes:
             folder = artifact_dir(data, name, job["version"])

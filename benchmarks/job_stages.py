@@ -3,7 +3,7 @@ faster than linearly in the classes learnt.
 
     python -m benchmarks.job_stages [--classes 1000] [--per-task 50] [--dim 64] [--per-class 20]
         [--strategy class_models] [--backbone identity] [--iterations 50] [--measure 100,200,400,1000]
-        [--threads 1] [--json FILE]
+        [--threads 1] [--gate-suite-samples 20000] [--json FILE]
 
 Runs the stages of ``service.jobs.training.JobRun`` one after the other on one learner, without the HTTP API, the
 database or the artifact store (``benchmarks.class_growth`` measures those, through the service): scoring the
@@ -37,7 +37,9 @@ from model_core.learner import Learner
 from model_core.novelty import fit_novelty, novelty_module
 from service.domain.gate import GateConfig, GateInputs, evaluate
 from service.domain.gate_advice import JobFacts
+from service.jobs.suite import scored_rows
 from service.jobs.training import (
+    GATE_SUITE_SAMPLES,
     SERVED,
     calibration_rows,
     experience,
@@ -45,6 +47,7 @@ from service.jobs.training import (
     new_task_reference,
     parent_scores,
     predictions,
+    scored_suite,
     with_served,
 )
 
@@ -72,7 +75,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         names = list(dict.fromkeys(suite["task"].astype(str)))
         sec: dict[str, float] = {}
         t0 = time.perf_counter()
-        scores = parent_scores(learner, suite, names, served)  # the stored labels of the parent's suite, checked
+        # the rows the gate scores (service.jobs.suite.scored_rows): all, or past the budget a seeded sample
+        picked = scored_rows(suite["task"], suite["label"], task, args.gate_suite_samples, 0)
+        scored, scored_served = scored_suite(suite, served, picked)
+        scores = parent_scores(learner, scored, names, scored_served)  # the parent's stored labels, checked
         slices, units, parent = scores.slices, scores.units, scores.predicted
         sec["parent"] = since(t0)
         t0 = time.perf_counter()
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         predicted = {n: predictions(learner, *slices[n], n, units, parent[n]) for n in slices}
         tasks = [(n, scores.correct[n], np.asarray(p.after == p.labels)) for n, p in predicted.items()]
         sec["candidate"] = since(t0)
-        served = with_served(suite, predicted)[SERVED]
+        served = with_served(suite, predicted, picked)[SERVED]
         t0 = time.perf_counter()
         chance, reference = new_task_reference(learner, task, train, slices)
         sec["reference"] = since(t0)
@@ -111,7 +117,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             export_onnx(learner, torch.from_numpy(suite["x"][:64]), novelty=novelty)
             sec["export"] = since(t0)
-        row = {"strategy": args.strategy, "classes": learnt, "suite": len(suite["x"]), **sec}
+        row = {"strategy": args.strategy, "classes": learnt, "suite": len(suite["x"]), "scored": len(scored["x"]),
+               **sec}  # fmt: skip
         rows.append(row)
         print("  " + json.dumps(row), flush=True)
     return rows
@@ -145,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--measure", default="100,200,400,1000", help="class counts at which the export is timed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: comparable on a shared machine)")
+    parser.add_argument("--gate-suite-samples", type=int, default=GATE_SUITE_SAMPLES,
+                        help="the gate's suite budget (ENGRAM_GATE_SUITE_SAMPLES; 0: score the whole suite)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     args.measure = {int(v) for v in args.measure.split(",")}
@@ -152,11 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    print(f"\n| classes | suite | {' | '.join(STAGES)} |")
-    print("|---|---|" + "---|" * len(STAGES))
+    print(f"\n| classes | suite | scored | {' | '.join(STAGES)} |")
+    print("|---|---|---|" + "---|" * len(STAGES))
     for r in rows:
         if r["classes"] in args.measure:
-            print(f"| {r['classes']} | {r['suite']} | " + " | ".join(str(r.get(s, "")) for s in STAGES) + " |")
+            print(f"| {r['classes']} | {r['suite']} | {r['scored']} | " + " | ".join(str(r.get(s, "")) for s in STAGES) + " |")
     print(f"\ngrowth exponent per stage, {rows[1]['classes']} to {rows[-1]['classes']} classes: {exponents(rows)}")
     return 0
 

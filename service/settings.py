@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Bytes of ONNX Runtime sessions this process keeps for versions that are not active (pinned predictions,
     # quick rollbacks), the least recently used going first; active versions and shared backbones never count
     serving_cache_mb: int = Field(default=512, ge=0)
+    # Regression-suite samples a job's gate scores before it scores a seeded sample of them that keeps every class
+    # (service.jobs.suite.scored_rows): past it, a job costs this x classes rather than classes^2; 0: always all
+    gate_suite_samples: int = Field(default=20_000, ge=0)
     # The most optimiser steps a job may take when its request leaves ``iterations`` to the data
     max_train_steps: int = Field(default=5000, ge=1)
     queue: str = "gpu"  # procrastinate queue the training jobs go to (PostgreSQL deployments)

@@ -46,13 +46,14 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from model_core.strategy_specs import SPECS, suggestion_for_new_classes
 from service.domain.gate_advice import JobFacts, has_generator, lost_by, next_step
-from service.domain.new_task import confusion_counts, new_task_floor, renamed_failure, renamed_pairs
+from service.domain.new_task import NewClassCounts, new_task_floor, renamed_failure, renamed_pairs
 
 DEFAULT_MIN_TOLERANCE = 0.08
 
@@ -122,24 +123,43 @@ class Confusion:
     # now gets right: what d gained from c's side of their boundary
     gained: dict[tuple[str, str], float] = field(default_factory=dict)
 
+    @cached_property
+    def pairs_of(self) -> dict[str, list[int]]:
+        """{old class: the positions of its pairs in ``pairs``}: a class's or a task's pairs without a pass over
+        every pair per class (classes x pairs per job)."""
+        out: dict[str, list[int]] = {}
+        for i, p in enumerate(self.pairs):
+            out.setdefault(str(p["old"]), []).append(i)
+        return out
+
     @classmethod
     def measure(cls, predictions: Mapping[str, TaskPredictions], new: Sequence[str]) -> Confusion:
         labels = np.concatenate([p.labels.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
         after = np.concatenate([p.after.astype(str) for p in predictions.values()] or [np.zeros(0, str)])
-        # one confusion matrix over every sample (O(N + K^2)), not one pass over the samples per class pair
-        classes, counts = confusion_counts(labels, after)
-        index = {c: i for i, c in enumerate(classes)}
-        totals = counts.sum(1)
+        # the confusion counts involving a new class, in one pass over every sample (O(N + K x new)): not one pass
+        # per class pair, nor the whole (K, K) matrix, which the gate never reads beyond the new classes
+        counts = NewClassCounts.measure(labels, after, new)
+        classes, index, totals = counts.classes, counts.index, counts.totals
         news = [n for n in new if n in index and totals[index[n]] > 0]
-        olds = sorted(c for c in classes if totals[index[c]] > 0 and c not in set(new))
+        newset = set(new)
+        olds = sorted(c for c in classes if totals[index[c]] > 0 and c not in newset)
 
-        def rate(t: str, p: str) -> float:
-            return float(counts[index[t], index[p]] / totals[index[t]])
-
-        reverse = {c: sum(rate(n, c) for n in news) for c in olds}
+        # over every (old, new) pair at once, column by column (old classes x new classes: not a Python call a pair)
+        rows = np.array([index[c] for c in olds], dtype=int)
+        cols = [counts.new_at[index[n]] for n in news]
+        taken = counts.from_new[cols][:, rows] / totals[[index[n] for n in news]][:, None]  # (new, old) rates
+        summed = np.zeros(len(olds))
+        for r in taken:  # each old class's reverse: the new classes' rates added in order, as sum() added them
+            summed = summed + r
+        reverse: dict[str, float] = dict.fromkeys(olds, 0)  # sum() of no rates: 0
+        if news:
+            reverse = {c: float(v) for c, v in zip(olds, summed.tolist(), strict=True)}
+        gives = counts.to_new[rows][:, cols]  # (old, new) samples of the old class given to the new one
+        rate = gives / np.maximum(totals[rows], 1)[:, None]
         pairs: list[dict[str, Any]] = [
-            {"old": c, "new": n, "old_as_new": round(rate(c, n), 4), "new_as_old": round(rate(n, c), 4)}
-            for c in olds for n in news if rate(c, n) >= PAIR_MIN and counts[index[c], index[n]] >= 2]  # fmt: skip
+            {"old": olds[a], "new": news[b], "old_as_new": round(float(rate[a, b]), 4),
+             "new_as_old": round(float(taken[b, a]), 4)}
+            for a, b in np.argwhere((rate >= PAIR_MIN) & (gives >= 2)).tolist()]  # fmt: skip
         pairs.sort(key=lambda r: -float(r["old_as_new"]))
         new_set = list(new)
         lost, owed = 0.0, 0.0  # over every old sample: given to a new class while right among the old; its reverse
@@ -164,11 +184,11 @@ class Confusion:
         return cls(frozenset(new), reverse, pairs, bias, gained)
 
     def split(self, before: float, pred: TaskPredictions, keep: np.ndarray | None = None) -> dict[str, Any]:
-        """An old task's (or class's, ``keep`` selecting its samples) drop in its parts: ``forgetting`` (wrong
+        """An old task's (or class's, ``keep`` selecting its samples: their rows or a mask) drop in its parts: ``forgetting`` (wrong
         among the parent's classes), ``lost_to_new`` (right among those, given to a new class) and ``reverse``
         (its classes' reverse confusion) and ``allowed`` (the share of ``lost_to_new`` the pooled reverse confusion
         allows); ``regression`` is what the gate judges."""
-        keep = np.ones(len(pred.labels), dtype=bool) if keep is None else keep
+        keep = np.arange(len(pred.labels)) if keep is None else keep  # rows (or a mask) of the task's samples
         lab, after, after_old = pred.labels[keep].astype(str), pred.after[keep].astype(str), pred.after_old[keep].astype(str)
         right_old = after_old == lab
         forgetting = before - float(np.mean(right_old))
@@ -192,7 +212,7 @@ class Confusion:
         regression = forgetting + lost - allowed
         return {"forgetting": round(forgetting, 4), "lost_to_new": round(lost, 4), "reverse": round(reverse, 4),
                 "allowed": round(allowed, 4), "regression": round(regression, 4),
-                "pairs": [p for p in self.pairs if p["old"] in mine]}  # fmt: skip
+                "pairs": [self.pairs[i] for i in sorted(i for c in mine for i in self.pairs_of.get(c, []))]}  # fmt: skip
 
 
 def _pair_counts(a: np.ndarray, b: np.ndarray) -> dict[tuple[str, str], int]:
@@ -234,9 +254,13 @@ def class_rows(
             continue
         lab = lab.astype(str)
         pred = (predictions or {}).get(name)
-        for c in sorted(set(lab.tolist())):
-            keep = lab == c  # (n,) bool
-            n, after = int(keep.sum()), float(np.mean(after_c[keep]))
+        # each class's rows, in order, from one sort of the task's labels (not a pass over them per class)
+        names, inverse = np.unique(lab, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
+        for i, c in enumerate(names.tolist()):
+            keep = order[bounds[i] : bounds[i + 1]]  # (n_c,) the class's rows of the task
+            n, after = len(keep), float(np.mean(after_c[keep]))
             row: dict[str, Any] = {"class": c, "task": name, "n": n, "after": round(after, 4), "before": None,
                                    "forgotten": False}  # fmt: skip
             if before_c is not None and name != new_task:

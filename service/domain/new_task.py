@@ -115,28 +115,75 @@ def confusion_counts(labels: np.ndarray, predicted: np.ndarray) -> tuple[list[st
     return [str(c) for c in classes], flat.reshape(k, k)
 
 
+@dataclass(frozen=True)
+class NewClassCounts:
+    """The parts of the (K, K) confusion counts the gate reads about a job's new classes: its diagonal, the columns
+    and the rows of the new classes, and each class's samples. O(N + K x new) in time and memory, where the whole
+    matrix is K^2 (10,000 classes: 800 MB) though the gate never reads the rest of it."""
+
+    classes: list[str]
+    index: dict[str, int]
+    totals: np.ndarray  # (K,) samples of each class
+    diagonal: np.ndarray  # (K,) samples of each class predicted as itself
+    new_at: dict[int, int]  # class index of a new class -> its position among ``new``'s present classes
+    to_new: np.ndarray  # (K, M) samples of class i predicted as the new class at position j
+    from_new: np.ndarray  # (M, K) samples of the new class at position j predicted as class i
+
+    @classmethod
+    def measure(cls, labels: np.ndarray, predicted: np.ndarray, new: Sequence[str]) -> NewClassCounts:
+        names, inv = np.unique(np.concatenate([labels.astype(str), predicted.astype(str)]), return_inverse=True)
+        k, n = len(names), len(labels)
+        true, pred = inv[:n], inv[n:]
+        classes = [str(c) for c in names]
+        index = {c: i for i, c in enumerate(classes)}
+        present = list(dict.fromkeys(index[c] for c in new if c in index))
+        new_at = {c: j for j, c in enumerate(present)}
+        m = len(present)
+        col = np.full(k, -1)
+        col[present] = np.arange(m)
+        to, fro = col[pred] >= 0, col[true] >= 0
+        to_new = np.bincount(true[to] * m + col[pred[to]], minlength=k * m).reshape(k, m)
+        from_new = np.bincount(col[true[fro]] * k + pred[fro], minlength=m * k).reshape(m, k)
+        totals = np.bincount(true, minlength=k)
+        diagonal = np.bincount(true[true == pred], minlength=k)
+        return cls(classes, index, totals, diagonal, new_at, to_new, from_new)
+
+    def count(self, t: int, p: int) -> int:
+        """Samples of class index ``t`` predicted as ``p``, where either is a new class or they are the same."""
+        if t == p:
+            return int(self.diagonal[t])
+        if p in self.new_at:
+            return int(self.to_new[t, self.new_at[p]])
+        if t in self.new_at:
+            return int(self.from_new[self.new_at[t], p])
+        raise KeyError(f"no counts kept for {self.classes[t]!r} predicted as {self.classes[p]!r}")
+
+
 def renamed_pairs(labels: np.ndarray, predicted: np.ndarray, new: Sequence[str]) -> list[dict[str, Any]]:
     """(old, new) class pairs that the candidate cannot tell apart, as two copies of one class would be (see the
     module doc), worst first; ``labels``/``predicted``: every task's evaluation samples and the candidate's labels."""
-    classes, counts = confusion_counts(labels, predicted)
-    index = {c: i for i, c in enumerate(classes)}
-    totals = counts.sum(1)
+    counts = NewClassCounts.measure(labels, predicted, new)
+    classes, index, totals = counts.classes, counts.index, counts.totals
     news = [index[n] for n in new if n in index and totals[index[n]] > 0]
-    olds = [i for i in range(len(classes)) if totals[i] > 0 and classes[i] not in set(new)]
+    newset = set(new)
+    olds = [i for i in range(len(classes)) if totals[i] > 0 and classes[i] not in newset]
     out = []
+    old_rows = np.array(olds, dtype=int)
     for n in news:
-        for o in olds:
-            if counts[o, n] + counts[n, o] == 0:  # a pair the candidate never mixes: nothing to judge
-                continue
-            m_o, m_n = counts[o, o] + counts[o, n], counts[n, n] + counts[n, o]  # samples landing in the pair
+        j = counts.new_at[n]
+        # the old classes the candidate mixes with n at all (the others: nothing to judge), in order
+        mixed = old_rows[(counts.to_new[old_rows, j] + counts.from_new[j, old_rows]) > 0].tolist()
+        for o in mixed:
+            o_n, n_o = counts.to_new[o, j], counts.from_new[j, o]  # old taken for new, new taken for old
+            m_o, m_n = counts.diagonal[o] + o_n, counts.diagonal[n] + n_o  # samples landing in the pair
             if min(m_o, m_n) < PAIR_MIN_SAMPLES or m_o < PAIR_MASS * totals[o] or m_n < PAIR_MASS * totals[n]:
                 continue
-            a, b = counts[o, n] / m_o, counts[n, o] / m_n
+            a, b = o_n / m_o, n_o / m_n
             separation = 1.0 - a - b
             upper = separation + 1.96 * math.sqrt(a * (1 - a) / m_o + b * (1 - b) / m_n)
             if separation < RENAMED_SEPARATION and upper < RENAMED_UPPER:
-                out.append({"old": classes[o], "new": classes[n], "old_as_new": round(float(counts[o, n] / totals[o]), 4),
-                            "new_as_old": round(float(counts[n, o] / totals[n]), 4),
+                out.append({"old": classes[o], "new": classes[n], "old_as_new": round(float(o_n / totals[o]), 4),
+                            "new_as_old": round(float(n_o / totals[n]), 4),
                             "separation": round(separation, 4), "separation_upper95": round(upper, 4)})  # fmt: skip
     out.sort(key=lambda r: r["separation_upper95"])
     return out

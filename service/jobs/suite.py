@@ -125,3 +125,45 @@ def suite_references(
                 for i, (t, a, b) in enumerate(runs(parent_suite))]  # fmt: skip
     refs.append(segment_ref(put, len(refs), task, new_eval["x"], new_eval["label"], scale))
     return {f"{PREFIX}{int(r['index']):04d}": r for r in refs}
+
+
+# The gate's share of a large suite (``scored_rows``): every class keeps at least CLASS_MIN of its samples whatever
+# the budget, and every task at least TASK_MIN of its own (all of them when it has no more) while the budget allows
+# it (TASK_MIN x tasks within the budget; past that, budget / tasks each).
+CLASS_MIN = 2
+TASK_MIN = 200
+
+
+def scored_rows(tasks: np.ndarray, labels: np.ndarray, new_task: str, budget: int, seed: int) -> np.ndarray | None:
+    """The rows of a regression suite the gate scores this job: None for the whole suite (it has at most ``budget``
+    samples, the budget is 0, or no class has more than its share), else a sorted, seeded, stratified sample.
+
+    Scoring a sample costs a pass over every class and the suite holds samples of every class, so the whole suite
+    costs samples x classes per job: classes^2 as a classifier grows. Past ``budget`` samples each class (a task's
+    label) keeps ``max(CLASS_MIN, budget // classes)`` of its samples, chosen at random (seeded by ``seed``: a
+    job's verdict is reproducible), and more where its task needs them to keep its minimum (TASK_MIN, or
+    ``budget // tasks`` when that is less); the new task keeps all of its own. Every old class is still
+    re-checked, on fewer samples: the gate's intervals use the number scored. Up to ``budget / CLASS_MIN``
+    classes the scored samples stay within about twice the budget plus the new task's own, so a pass costs
+    O(budget x classes): linear in the classes learnt."""
+    n = len(labels)
+    if budget <= 0 or n <= budget:
+        return None
+    task_names, task_code = np.unique(np.asarray(tasks).astype(str), return_inverse=True)
+    label_names, label_code = np.unique(np.asarray(labels).astype(str), return_inverse=True)
+    # a stratum is a (task, label) pair; each stratum's task, and how many strata each task has
+    strata, inverse, counts = np.unique(task_code * len(label_names) + label_code, return_inverse=True,
+                                        return_counts=True)  # fmt: skip
+    stratum_task = strata // len(label_names)
+    classes_in_task = np.bincount(stratum_task, minlength=len(task_names))
+    # a task's minimum shares the budget too where there are many tasks (a stream of one-class tasks would
+    # otherwise keep TASK_MIN of every class)
+    task_min = min(TASK_MIN, max(CLASS_MIN, budget // len(task_names)))
+    quota = np.maximum(max(CLASS_MIN, budget // len(strata)), -(-task_min // classes_in_task[stratum_task]))
+    quota[task_names[stratum_task] == new_task] = n  # the new task: judged on every sample
+    if np.all(counts <= quota):
+        return None
+    order = np.lexsort((np.random.default_rng(seed).random(n), inverse))  # by stratum, random within
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(n) - starts[inverse[order]]
+    return np.sort(order[rank < quota[inverse[order]]])

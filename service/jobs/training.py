@@ -36,7 +36,7 @@ from service.domain.gate_advice import JobFacts
 from service.domain.new_task import nearest_mean_accuracy
 from service.domain.unknowns import UnknownSettings
 from service.jobs.int8 import INT8, TOLERANCE, Int8Backbone, Int8Tolerance, check_version, int8_features, plan_int8
-from service.jobs.suite import EVAL_FILE, Ref, read_suite, suite_references
+from service.jobs.suite import EVAL_FILE, Ref, read_suite, scored_rows, suite_references
 from service.jobs.training_choice import choose
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
@@ -61,6 +61,10 @@ FEATURE_SESSIONS = 2
 # the whole suite they would cost classes^2 per job (the temperature's search: ~190 passes); two scalars and a
 # 95% quantile need no more than this (benchmarks.class_growth).
 CALIBRATION_SAMPLES = 2048
+# Suite samples the gate scores a job on before it samples the suite (service.jobs.suite.scored_rows): the default of
+# the gate_suite_samples setting. Every stream of up to 100 classes with at most 200 held-out samples a class is
+# scored whole, as is any suite this size or smaller.
+GATE_SUITE_SAMPLES = 20_000
 
 
 def experience(task: str, x: np.ndarray, labels: np.ndarray) -> Experience:
@@ -112,8 +116,10 @@ class JobRunner:
         shared_content: bool = True,
         int8: bool = False,
         int8_tolerance: Int8Tolerance = TOLERANCE,
+        gate_suite_samples: int = GATE_SUITE_SAMPLES,
     ) -> None:
         self.novelty = novelty
+        self.gate_suite_samples = gate_suite_samples  # the suite samples a gate scores per job (0: every one)
         # A classifier on a shared frozen backbone learns from, and serves, an int8 version of it where that
         # agrees with fp32 within ``int8_tolerance`` (service.jobs.int8, docs/guides/int8-backbone.md)
         self.int8, self.int8_tolerance = int8, int8_tolerance
@@ -314,7 +320,11 @@ class JobRun:
         self.choose_feature_backend(spec, learner, train)
         self.times["load"] = time.perf_counter() - t0 - self.times.get("int8-quantize", 0.0)
         t_parent = time.perf_counter()
-        parent = self.score_parent(learner, suite, task_names, served)  # part of the gate's time
+        # the rows the gate scores: the whole suite, or past the budget a seeded sample keeping every class
+        seed = spec.request.options.seed
+        rows = scored_rows(suite["task"], suite["label"], spec.task, self.runner.gate_suite_samples, seed)
+        scored, scored_served = scored_suite(suite, served, rows)
+        parent = self.score_parent(learner, scored, task_names, scored_served)  # part of the gate's time
         parent_seconds = time.perf_counter() - t_parent
         chosen: tuple[Learner, LearnResult] | None = None
         choice: dict[str, Any] | None = None
@@ -326,6 +336,7 @@ class JobRun:
         exported = self.export(learner, suite, spec.known_rate)
         cfg, report = self.gate(spec, learner, candidate, exported, parent, train)
         report["strategy_choice"] = choice
+        report["suite"] = suite_summary(len(suite["x"]), rows, self.runner.gate_suite_samples, seed)
         if self.int8 is not None:
             report[INT8] = self.check_int8(learner, parent, exported)
         t_save = time.perf_counter()
@@ -334,7 +345,7 @@ class JobRun:
         # worker start sweeps it); (2) the version row is committed, numbered then; (3) the pointer moves by
         # compare-and-set from the parent this job trained from, or the candidate is held.
         self.runner.stage("trained")
-        folder = self.write_bundle(spec, learner, result, exported, with_served(suite, candidate.predicted), report)
+        folder = self.write_bundle(spec, learner, result, exported, with_served(suite, candidate.predicted, rows), report)
         self.runner.stage("bundle-written")
         number = self.commit_version(spec, learner, result, report, folder)
         self.runner.stage("row-committed")
@@ -718,6 +729,7 @@ def parent_scores(
             predicted[t] = predictions(learner, *slices[t], t, units).after
         else:
             known = rows[t] < len(served)  # rows of the parent's own suite; the rest are this job's
+            known[known] = served[rows[t][known]] != ""  # "": a row the parent's own gate did not score
             labels = np.empty(len(known), dtype=object)
             labels[known] = served[rows[t][known]]
             x, y = slices[t]
@@ -745,20 +757,47 @@ def task_slices(suite: dict[str, np.ndarray], tasks: list[str]) -> dict[str, tup
     return {t: (suite["x"][r], suite["label"][r]) for t, r in task_rows(suite["task"], tasks).items()}
 
 
-def with_served(suite: dict[str, np.ndarray], predicted: dict[str, TaskPredictions]) -> dict[str, np.ndarray]:
-    """The suite with the candidate's own label for each of its rows (``SERVED``), for the next job to read."""
+def with_served(
+    suite: dict[str, np.ndarray], predicted: dict[str, TaskPredictions], rows: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The suite with the candidate's own label for each of its rows (``SERVED``), for the next job to read.
+    ``rows``: the suite's rows the gate scored (``scored_suite``; None: all), which ``predicted`` covers; the
+    others get "" (not scored: a later job that scores them predicts them with this version)."""
     served = np.full(len(suite["x"]), "", dtype=object)
-    for t, r in task_rows(suite["task"], list(predicted)).items():
-        served[r] = predicted[t].after
+    at = np.arange(len(suite["x"])) if rows is None else rows
+    for t, r in task_rows(suite["task"][at], list(predicted)).items():
+        served[at[r]] = predicted[t].after
     return {**suite, SERVED: served.astype(str)}
+
+
+def scored_suite(
+    suite: dict[str, np.ndarray], served: np.ndarray | None, rows: np.ndarray | None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """(the suite's ``rows``, the parent's stored labels for those of them it has: its own rows come first), or
+    the suite and the labels as they are when ``rows`` is None."""
+    if rows is None:
+        return suite, served
+    return {k: v[rows] for k, v in suite.items()}, None if served is None else served[rows[rows < len(served)]]
+
+
+def suite_summary(samples: int, rows: np.ndarray | None, budget: int, seed: int) -> dict[str, Any]:
+    """The report's ``suite``: how many of the suite's samples the gate scored, and whether they were a sample
+    (seeded by ``seed``; service.jobs.suite.scored_rows) because the suite holds more than ``budget``."""
+    scored = samples if rows is None else len(rows)
+    return {"samples": samples, "scored": scored, "sampled": rows is not None, "budget": budget,
+            "seed": seed if rows is not None else None}  # fmt: skip
 
 
 def parent_labels_hold(learner: Learner, suite: dict[str, np.ndarray], served: np.ndarray, units: int) -> bool:
     """Whether the stored labels are this parent's: they cover no more rows than the suite, and the parent gives
-    the same labels to ``CHECKED_ROWS`` seeded rows of them (per task: task-incremental labels are within one)."""
+    the same labels to ``CHECKED_ROWS`` seeded rows of those it stored (not "": rows its gate did not score), per
+    task (task-incremental labels are within one)."""
     if len(served) > len(suite["x"]) or len(served) == 0:
         return False
-    rows = np.random.default_rng(0).choice(len(served), min(CHECKED_ROWS, len(served)), replace=False)
+    stored = np.flatnonzero(served.astype(str) != "")  # the rows the parent's gate scored (all, unless sampled)
+    if len(stored) == 0:
+        return False
+    rows = stored[np.random.default_rng(0).choice(len(stored), min(CHECKED_ROWS, len(stored)), replace=False)]
     for t in np.unique(suite["task"][rows].astype(str)):
         mine = rows[suite["task"][rows].astype(str) == t]
         if t not in learner.task_names:

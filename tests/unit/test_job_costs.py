@@ -72,3 +72,13 @@ def test_stored_labels_that_are_not_the_parents_are_predicted_again() -> None:
     assert np.array_equal(parent_scores(learner, suite, tasks, wrong).predicted["t1"], fresh.predicted["t1"])
     too_many = np.concatenate([stored, stored, stored])  # more rows than the suite: another suite's
     assert np.array_equal(parent_scores(learner, suite, tasks, too_many).predicted["t1"], fresh.predicted["t1"])
+
+
+def test_the_generators_quality_figures_take_100_samples_a_class_up_to_100_classes_then_a_shared_budget() -> None:
+    from model_core.strategies.generative_replay import QUALITY_BUDGET, QUALITY_MIN, QUALITY_SAMPLES, quality_samples
+
+    assert [quality_samples(c) for c in (1, 10, 100)] == [QUALITY_SAMPLES] * 3
+    assert quality_samples(1000) * 1000 <= QUALITY_BUDGET and quality_samples(1000) >= QUALITY_MIN
+    assert quality_samples(10 * QUALITY_BUDGET) == QUALITY_MIN  # never fewer a class, however many classes
+    # the replayed samples scored per job stop growing with the classes (each is scored over every class)
+    assert max(c * quality_samples(c) for c in range(1, QUALITY_BUDGET // QUALITY_MIN + 1)) <= QUALITY_BUDGET

@@ -7,6 +7,7 @@ import pytest
 
 from service.domain.new_task import (
     FIXED_FLOOR,
+    NewClassCounts,
     confusion_counts,
     nearest_mean_accuracy,
     new_task_floor,
@@ -69,3 +70,21 @@ def test_the_pick_keeps_the_measured_default_unless_the_samples_resolve_a_lead()
     assert pick([trial("a", 200), trial("b", 200)], prior="b") == ("b", "b tied with a at 1.0000: the measured default "
                                                                    "for this input is kept")  # fmt: skip
     assert pick([trial("a", 0, error="refuses")], prior="a")[0] is None
+
+
+def test_the_new_class_counts_are_the_confusion_matrix_where_the_gate_reads_it() -> None:
+    rng = np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(30)]
+    labels = np.array(classes)[rng.integers(0, 30, 2000)]
+    predicted = np.where(rng.random(2000) < 0.3, np.array(classes)[rng.integers(0, 30, 2000)], labels)
+    new = ["c27", "c3", "c29", "absent"]
+    names, whole = confusion_counts(labels, predicted)
+    part = NewClassCounts.measure(labels, predicted, new)
+    assert part.classes == names and part.totals.tolist() == whole.sum(1).tolist()
+    assert part.diagonal.tolist() == np.diag(whole).tolist()
+    kept = [names.index(c) for c in new if c in names]
+    assert part.to_new.tolist() == whole[:, kept].tolist() and part.from_new.tolist() == whole[kept].tolist()
+    for t in range(30):
+        for p in range(30):
+            if t == p or names[t] in new or names[p] in new:
+                assert part.count(t, p) == whole[t, p]
