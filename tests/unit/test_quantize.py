@@ -92,6 +92,38 @@ def test_the_digest_covers_the_graph_the_calibration_and_the_config(tmp_path: Pa
         quantize_backbone(fp32, calib[:0], tmp_path / "cache")
 
 
+def test_mixed_precision_and_float_parts_follow_the_layer_roles(tmp_path: Path) -> None:
+    """``QuantConfig.wide`` quantizes a role's activations to 16 bits, ``float_nodes`` leaves its nodes in float,
+    and each is part of the digest."""
+    import onnx
+
+    from model_core.quantize import layer_roles
+
+    fp32 = tiny_graph(tmp_path / "fp32.onnx")
+    roles = layer_roles(fp32)
+    assert roles["stem"]["nodes"] == roles["head"]["nodes"][:1] and roles["head"]["tensors"][:1] == ["r"]
+    assert roles["depthwise"] == {"nodes": [], "tensors": []}  # no grouped convolution in this graph
+    calib = np.random.default_rng(1).uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
+
+    def quantized(config: QuantConfig) -> onnx.ModelProto:
+        return onnx.load(quantize_backbone(fp32, calib, tmp_path / "cache", config).path)
+
+    def q_types(model: onnx.ModelProto) -> dict[str, int]:  # tensor -> the element type its QuantizeLinear makes
+        zero = {i.name: i.data_type for i in model.graph.initializer}
+        return {n.input[0]: zero[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+    plain, wide = q_types(quantized(QuantConfig())), q_types(quantized(QuantConfig(wide=("head",))))
+    assert plain["r"] == onnx.TensorProto.UINT8 and wide["r"] == onnx.TensorProto.UINT16
+    assert wide["input"] == onnx.TensorProto.UINT8  # the rest stays 8-bit
+    floated = quantized(QuantConfig(float_nodes=("stem",)))
+    conv = next(n for n in floated.graph.node if n.op_type == "Conv")
+    assert "w" in conv.input  # its float weights, no DequantizeLinear before them
+    digests = {quantization_digest(b"g", calib, c) for c in (QuantConfig(), QuantConfig(wide=("head",)),
+               QuantConfig(float_nodes=("stem",)), QuantConfig(method="percentile", percentile=99.9),
+               QuantConfig(method="percentile"), QuantConfig(moving_average=True))}  # fmt: skip
+    assert len(digests) == 6
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The packaged photo backbone (96 px) exported alone, cifar10-mini photos (10 classes; 10 a class to learn,
