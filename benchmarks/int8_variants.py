@@ -89,6 +89,9 @@ def variants(prepared: Path) -> dict[str, dict[str, Any]]:
         "u16_residual": dict(base, extra=wide(s["residual_tensors"])),
         "u16_dw": dict(base, extra=wide(s["depthwise_tensors"])),
         "u16_all": dict(base, activation_type=u16),  # a diagnostic: how much of the error is the activations'
+        "bias_corrected": dict(base, bias_correction=True),  # what model_core.quantize.QuantConfig() does now
+        "bias_corrected_float_stem": dict(base, bias_correction=True, exclude=s["stem_nodes"]),
+        "bias_corrected_u16_stem": dict(base, bias_correction=True, extra=wide(s["stem_tensors"])),
         "percentile_u16_head": {**base, **pct, "extra": {**pct["extra"], **wide(s["head_tensors"])}},
     }  # fmt: skip
 
@@ -96,7 +99,15 @@ def variants(prepared: Path) -> dict[str, dict[str, Any]]:
 def quantize(prepared: Path, out: Path, cal: np.ndarray, v: dict[str, Any]) -> float:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    from model_core.quantize import QuantConfig, correct_biases, layer_roles
+
     started = time.perf_counter()
+    if v.get("bias_correction"):
+        corrected = out.with_suffix(".corrected.onnx")
+        corrected.write_bytes(prepared.read_bytes())
+        excluded = [r for r, d in layer_roles(prepared).items() if d["nodes"] and set(d["nodes"]) <= set(v["exclude"])]
+        correct_biases(corrected, "input", cal[: v["calibration"]], QuantConfig(float_nodes=tuple(excluded)))
+        prepared = corrected
     extra = {"CalibTensorRangeSymmetric": False, **v["extra"]}
     if v.get("activation_type") is not None or "TensorQuantOverrides" in extra:
         extra["UseQDQContribOps"] = True  # 16-bit Q/DQ before opset 21

@@ -52,6 +52,9 @@ class QuantConfig:
     # quantized to 16 bits (their convolutions then run in float): mixed precision where int8 loses the most.
     wide: tuple[str, ...] = ()
     float_nodes: tuple[str, ...] = ()  # parts left wholly in float (``nodes_to_exclude``)
+    # Each convolution's bias less the mean shift its weights' int8 rounding causes on the calibration images
+    # (``correct_biases``): the depthwise and stem convolutions, a few weights per channel, shift the most.
+    bias_correction: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ def quantize_backbone(
         # Shape inference and graph fusions first, as ONNX Runtime's quantization guide asks: a Conv fused
         # with its BatchNormalization and Clip quantizes as one operator.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        if config.bias_correction:
+            correct_biases(prepared, input_name, calibration, config)
         roles = layer_roles(prepared)
         wide = [t for r in config.wide for t in roles[r]["tensors"]]
         if wide:  # 16-bit Q/DQ need ONNX Runtime's own operators before opset 21
@@ -179,6 +184,68 @@ def quantize_backbone(
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)  # a temporary name, then renamed: readers never see half a file
     return QuantReport(path=out, int8_bytes=len(data), seconds=time.perf_counter() - started, cached=False, **report)  # type: ignore[arg-type]
+
+
+def _rounded(w: np.ndarray, config: QuantConfig) -> np.ndarray:
+    """``w`` as the quantizer rounds it: symmetric int8 ([-127, 127]; 7 bits with ``reduce_range``), one scale
+    per output channel or one for the tensor."""
+    q = 63 if config.reduce_range else 127
+    top = np.abs(w).reshape(w.shape[0], -1).max(1) if config.per_channel else np.full(w.shape[0], np.abs(w).max())
+    scale = (top / q).reshape(-1, *[1] * (w.ndim - 1))
+    scale[scale == 0] = 1.0
+    return np.asarray(np.clip(np.round(w / scale), -q, q) * scale, dtype=np.float32)
+
+
+def correct_biases(graph: Path, input_name: str, images: np.ndarray, config: QuantConfig) -> int:
+    """Bias correction (Nagel et al., 2019, "Data-Free Quantization"), in place on the float graph at ``graph``:
+    rounding a convolution's weights to int8 moves its output's mean by (W_int8 - W) E[x], per output channel;
+    with E[x], each input channel's mean over ``images``, from the float graph, the bias is lowered by that shift
+    so the int8 graph's outputs keep the float graph's means. Only weights the quantizer rounds (int8, per the
+    config) are corrected; padding is ignored (E[x] over the whole map). Returns the convolutions corrected."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    if config.weights != "int8" or (config.op_types and "Conv" not in config.op_types):
+        return 0
+    model = onnx.load(str(graph))
+    inits = {i.name: i for i in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2 and n.input[1] in inits
+             and n.input[2] in inits and n.name not in set(layer_nodes(graph, config.float_nodes))]  # fmt: skip
+    if not convs:
+        return 0
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = list(dict.fromkeys(n.input[0] for n in convs))
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in outputs)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sums, count = [np.zeros(1)] * len(names), 0
+    for i in range(0, len(images), config.calibration_batch):
+        batch = images[i : i + config.calibration_batch]
+        outs = session.run(names, {input_name: batch})
+        sums = [s + o.astype(np.float64).mean(axis=(0, *range(2, o.ndim))) * len(batch) for s, o in zip(sums, outs, strict=True)]
+        count += len(batch)
+    means = {n: s / count for n, s in zip(names, sums, strict=True)}
+    for n in convs:
+        w = numpy_helper.to_array(inits[n.input[1]])
+        delta = (_rounded(w, config) - w).astype(np.float64)
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        e = means[n.input[0]].reshape(group, -1)  # each group's input channels
+        per_group = delta.reshape(group, w.shape[0] // group, w.shape[1], -1).sum(axis=3)  # (G, out/G, in/G)
+        shift = np.einsum("goi,gi->go", per_group, e).reshape(-1)
+        bias = numpy_helper.to_array(inits[n.input[2]])
+        inits[n.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(bias.dtype), n.input[2]))
+    onnx.save_model(model, str(graph))
+    return len(convs)
+
+
+def layer_nodes(graph: Path, roles: tuple[str, ...]) -> list[str]:
+    """The node names of ``roles`` in ``graph`` (``layer_roles``)."""
+    if not roles:
+        return []
+    found = layer_roles(graph)
+    return [n for r in roles for n in found[r]["nodes"]]
 
 
 ROLES = ("stem", "head", "depthwise", "residual")
