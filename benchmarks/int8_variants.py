@@ -1,15 +1,29 @@
-"""Which static-quantization settings pay on this processor: feature error and in-process speed of each variant.
+"""Which static-quantization settings keep the int8 backbone's answers: feature error, top-1 agreement with fp32,
+accuracy and in-process speed of each variant.
 
-    python -m benchmarks.int8_variants                          # every variant, 32 calibration photos
-    python -m benchmarks.int8_variants qdq_u8s8_pc qop_u8s8_pc  # some of them
+    python -m benchmarks.int8_variants                        # every variant
+    python -m benchmarks.int8_variants default percentile     # some of them
+    python -m benchmarks.int8_variants --debug                # ONNX Runtime's qdq_loss_debug: SQNR per tensor
 
 Exports the default photo backbone (EfficientNet-Lite0, 224 px in the graph, 32x32 inputs) once, runs ONNX
-Runtime's ``quant_pre_process`` once, then quantizes it with ``quantize_static`` under each variant, calibrated on
-32 cifar10-mini training photos (min-max), and prints for each: the quantization time, the features' mean
-relative error against fp32 (mean |int8 - fp32| / mean |fp32|) and their mean cosine on 32 other photos, and the
-rows/s of both graphs at batch 32 with 2 intra-op threads (the best of 4 alternating runs each, so that a loaded
-machine's drift hits both alike). Variants: QDQ or QOperator format, u8 or s8 activations, ``reduce_range``,
-only some operator types, some nodes left in float, biases left in float.
+Runtime's ``quant_pre_process`` once, then quantizes it with ``quantize_static`` (QDQ) under each variant,
+calibrated on ``--calibration`` cifar10-mini training photos (drawn at random over the 10 classes), and prints
+for each:
+
+- the quantization time (calibration passes included);
+- the features' mean relative error against fp32 (mean |int8 - fp32| / mean |fp32|) on the test photos;
+- the top-1 agreement with fp32 of a ridge head (the ``analytic`` strategy's solve) fitted on the fp32 features
+  of ``--train`` training photos a class, all 10 classes, applied to both graphs' features of ``--test`` test
+  photos a class, and that head's accuracy on each; and the same for a head fitted on the variant's own
+  features (what a job with int8 on learns), against its own predictions on fp32 features (what the service's
+  per-version check compares);
+- the rows/s of both graphs at batch 8 and 32 with ``--threads`` intra-op threads (the best of ``--rounds``
+  alternating runs each, so that a loaded machine's drift hits both alike).
+
+``--debug`` quantizes with the service's current config (``model_core.quantize.QuantConfig``) and prints ONNX
+Runtime's own per-tensor signal-to-quantization-noise ratios (``qdq_loss_debug``; ``xmodel``: the int8 graph's
+tensor against the fp32 graph's, the error accumulated up to there; ``qdq``: that tensor's own rounding) on 8
+test photos, and the weights with the worst SQNR.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,88 +40,194 @@ import numpy as np
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 
 
-def variants(prepared: Path) -> dict[str, dict[str, Any]]:
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType
+class Reader:
+    """Batches of images as ONNX Runtime's calibration reader (and qdq_loss_debug's iterable) wants them."""
 
-    base = dict(quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                per_channel=True)  # fmt: skip
-    nodes = onnx.load(str(prepared)).graph.node
-    convs = [n.name for n in nodes if n.op_type == "Conv"]
-    front = [n.name for n in nodes if n.op_type in ("Resize", "Sub", "Div")]
+    def __init__(self, images: np.ndarray, batch: int = 16) -> None:
+        self.it: Iterator[dict[str, np.ndarray]] = iter([{"input": images[i : i + batch]} for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.it, None)
+
+    def __iter__(self) -> Reader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def variants(prepared: Path) -> dict[str, dict[str, Any]]:
+    """name -> (calibration count, quantize_static keywords). Each differs from ``default`` (the service's
+    config before this benchmark) in one thing, or in a combination of the better ones."""
+    from onnxruntime.quantization import CalibrationMethod, QuantType
+
+    from model_core.quantize import layer_roles
+
+    roles = layer_roles(prepared)
+    s = {f"{r}_{k}": v for r, d in roles.items() for k, v in d.items()}
+    u16 = QuantType.QUInt16
+
+    def wide(tensors: list[str]) -> dict[str, Any]:  # 16-bit activations on these tensors only
+        return {"TensorQuantOverrides": {t: [{"quant_type": u16}] for t in tensors}}
+
+    base: dict[str, Any] = {"method": CalibrationMethod.MinMax, "extra": {}, "exclude": [], "calibration": 128}
+    pct = {"method": CalibrationMethod.Percentile, "extra": {"CalibPercentile": 99.99}}
     return {
-        "qdq_u8s8_pc": base,  # the default (model_core.quantize.QuantConfig)
-        "qop_u8s8_pc": dict(base, quant_format=QuantFormat.QOperator),
-        "qdq_s8s8_pc": dict(base, activation_type=QuantType.QInt8),
-        "qdq_u8s8_pc_rr": dict(base, reduce_range=True),
-        "conv_only": dict(base, op_types_to_quantize=["Conv"]),
-        "conv_noends": dict(base, op_types_to_quantize=["Conv"], nodes_to_exclude=[convs[0], convs[-1]]),
-        "all_noresize": dict(base, nodes_to_exclude=front),
-        "noadd": dict(base, nodes_to_exclude=[n.name for n in nodes if n.op_type == "Add"]),
-        "nohead_all": dict(base, nodes_to_exclude=[convs[-1], *(n.name for n in nodes if n.op_type == "ReduceMean")]),
-        "nobias": dict(base, extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": False}),
-    }
+        "default": base,  # u8 activations, s8 per-channel weights, min-max, 128 photos, every operator
+        "per_tensor": dict(base, per_channel=False),
+        "minmax_256": dict(base, calibration=256),
+        "minmax_avg": dict(base, extra={"CalibMovingAverage": True}),
+        "percentile_99.99": {**base, **pct},
+        "percentile_99.999": dict(base, method=CalibrationMethod.Percentile, extra={"CalibPercentile": 99.999}),
+        "entropy": dict(base, method=CalibrationMethod.Entropy),
+        "keep_clip": dict(base, extra={"QDQKeepRemovableActivations": True}),
+        "float_stem_head": dict(base, exclude=[s["stem_nodes"][0], s["head_nodes"][0]]),
+        "u16_stem_head": dict(base, extra=wide(s["stem_tensors"] + s["head_tensors"])),
+        "u16_residual": dict(base, extra=wide(s["residual_tensors"])),
+        "u16_dw": dict(base, extra=wide(s["depthwise_tensors"])),
+        "u16_all": dict(base, activation_type=u16),  # a diagnostic: how much of the error is the activations'
+        "bias_corrected": dict(base, bias_correction=True),  # what model_core.quantize.QuantConfig() does now
+        "bias_corrected_float_stem": dict(base, bias_correction=True, exclude=s["stem_nodes"]),
+        "bias_corrected_u16_stem": dict(base, bias_correction=True, extra=wide(s["stem_tensors"])),
+        "percentile_u16_head": {**base, **pct, "extra": {**pct["extra"], **wide(s["head_tensors"])}},
+    }  # fmt: skip
+
+
+def quantize(prepared: Path, out: Path, cal: np.ndarray, v: dict[str, Any]) -> float:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from model_core.quantize import QuantConfig, correct_biases, layer_roles
+
+    started = time.perf_counter()
+    if v.get("bias_correction"):
+        corrected = out.with_suffix(".corrected.onnx")
+        corrected.write_bytes(prepared.read_bytes())
+        excluded = [r for r, d in layer_roles(prepared).items() if d["nodes"] and set(d["nodes"]) <= set(v["exclude"])]
+        correct_biases(corrected, "input", cal[: v["calibration"]], QuantConfig(float_nodes=tuple(excluded)))
+        prepared = corrected
+    extra = {"CalibTensorRangeSymmetric": False, **v["extra"]}
+    if v.get("activation_type") is not None or "TensorQuantOverrides" in extra:
+        extra["UseQDQContribOps"] = True  # 16-bit Q/DQ before opset 21
+    quantize_static(
+        str(prepared), str(out), Reader(cal[: v["calibration"]]), quant_format=QuantFormat.QDQ,
+        activation_type=v.get("activation_type", QuantType.QUInt8), weight_type=QuantType.QInt8,
+        per_channel=v.get("per_channel", True), calibrate_method=v["method"],
+        nodes_to_exclude=v["exclude"] or None, extra_options=extra,
+    )  # fmt: skip
+    return time.perf_counter() - started
+
+
+def debug(prepared: Path, tmp: Path, cal: np.ndarray, test: np.ndarray) -> None:
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        compute_weight_error,
+        create_activation_matching,
+        create_weight_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    from model_core.quantize import QuantConfig, quantize_backbone
+
+    report = quantize_backbone(prepared, cal, tmp, QuantConfig())
+    aug_f, aug_q = tmp / "aug-fp32.onnx", tmp / "aug-int8.onnx"
+    modify_model_output_intermediate_tensors(str(prepared), str(aug_f))
+    modify_model_output_intermediate_tensors(str(report.path), str(aug_q))
+    match = create_activation_matching(collect_activations(str(aug_q), Reader(test[:8], 8)),
+                                       collect_activations(str(aug_f), Reader(test[:8], 8)))  # fmt: skip
+    err = compute_activation_error(match)
+    print(f"{'tensor':<16} {'op':<10} {'node':<24} {'xmodel dB':>9} {'qdq dB':>7}")
+    for n in onnx.load(str(prepared)).graph.node:
+        for o in n.output:
+            if o in err:
+                e = err[o]
+                print(f"{o:<16} {n.op_type:<10} {n.name:<24} {e.get('xmodel_err', float('nan')):9.2f} {e.get('qdq_err', float('nan')):7.2f}")
+    weights = sorted(compute_weight_error(create_weight_matching(str(prepared), str(report.path))).items(), key=lambda kv: kv[1])
+    print("worst weights (SQNR dB):", ", ".join(f"{k} {v:.1f}" for k, v in weights[:8]))
 
 
 def main() -> None:
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from benchmarks.int8_backbone import analytic_head, head_predict
     from model_core.config import BackboneSpec, InputSpec, NetworkSpec
     from model_core.export_frozen import backbone_graph
     from model_core.learner import Learner
     from model_core.probe import photo_folder
+    from model_core.quantize import features
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="variants to run (default: all)")
+    parser.add_argument("--data", type=Path, default=CIFAR, help="an ImageFolder root with train/ and test/")
+    parser.add_argument("--train", type=int, default=60, help="training photos a class (heads, calibration)")
+    parser.add_argument("--test", type=int, default=40, help="test photos a class (error, agreement, accuracy)")
+    parser.add_argument("--calibration", type=int, default=0, help="calibration photos (0: each variant's own)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--own-head", action="store_true", help="also fit a head on each variant's own features")
+    parser.add_argument("--debug", action="store_true", help="print qdq_loss_debug's SQNR per tensor and stop")
     args = parser.parse_args()
-    if not (CIFAR / "train").is_dir():
-        raise SystemExit(f"no photos at {CIFAR} (see shared/data/README.md)")
-    x = photo_folder(CIFAR / "train", 8)[0].numpy()
-    order = np.random.default_rng(0).permutation(len(x))
-    cal, test = x[order[:32]], x[order[32:64]]
+    if not (args.data / "train").is_dir():
+        raise SystemExit(f"no photos at {args.data} (see shared/data/README.md)")
+    tx, ty = photo_folder(args.data / "train", args.train)
+    sx, sy = photo_folder(args.data / "test", args.test)
+    train, test = tx.numpy(), sx.numpy()
+    cal = train[np.random.default_rng(0).permutation(len(train))]  # every class in the first few
 
     def session(path: Path) -> ort.InferenceSession:
         o = ort.SessionOptions()
         o.intra_op_num_threads = args.threads
         return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
-    class Reader:
-        def __init__(self) -> None:
-            self.it = iter([{"input": cal[i : i + 16]} for i in range(0, len(cal), 16)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self.it, None)
-
-    with tempfile.TemporaryDirectory(prefix="int8-variants-") as tmp:
-        fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
+    with tempfile.TemporaryDirectory(prefix="int8-variants-") as name:
+        tmp = Path(name)
+        fp32, prepared = tmp / "fp32.onnx", tmp / "prepared.onnx"
         spec = NetworkSpec(InputSpec("image", 3, 32, 32), backbone=BackboneSpec("timm/efficientnet_lite0"))
         fp32.write_bytes(backbone_graph(Learner.create(spec), "input", None))
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+        if args.debug:
+            debug(prepared, tmp, cal[:128], test[:: max(1, len(test) // 8)])
+            return
+        f_train, f_test = features(fp32, train, threads=args.threads), features(fp32, test, threads=args.threads)
+        w = analytic_head(f_train, ty)
+        p_fp32 = head_predict(w, f_test)
+        print(f"fp32: ridge head on {len(train)} training photos' fp32 features, accuracy {(p_fp32 == sy).mean():.4f} "
+              f"on {len(test)} test photos", flush=True)  # fmt: skip
         ref = session(fp32)
-        f0 = ref.run(["features"], {"input": test})[0]
         table = variants(prepared)
         for name in args.names or list(table):
-            out = Path(tmp) / f"{name}.onnx"
-            started = time.perf_counter()
-            options = {"extra_options": {"CalibTensorRangeSymmetric": False}, **table[name]}
-            quantize_static(str(prepared), str(out), Reader(), calibrate_method=CalibrationMethod.MinMax, **options)
-            seconds = time.perf_counter() - started
+            v = dict(table[name], calibration=args.calibration or table[name]["calibration"])
+            out = tmp / f"{name}.onnx"
+            seconds = quantize(prepared, out, cal, v)
+            f = features(out, test, threads=args.threads)
+            err = np.abs(f - f_test).mean() / np.abs(f_test).mean()
+            p = head_predict(w, f)
+            line = (f"{name}: quantized in {seconds:.0f} s ({v['calibration']} photos); relative error {err:.3f}; "
+                    f"fp32 head: agreement {(p == p_fp32).mean():.4f}, accuracy fp32 {(p_fp32 == sy).mean():.4f} "
+                    f"int8 {(p == sy).mean():.4f}")  # fmt: skip
+            if args.own_head:
+                w8 = analytic_head(features(out, train, threads=args.threads), ty)
+                a, b = head_predict(w8, f_test), head_predict(w8, f)
+                line += f"; own head: agreement {(a == b).mean():.4f}, accuracy fp32 {(a == sy).mean():.4f} int8 {(b == sy).mean():.4f}"
             s = session(out)
-            f = s.run(["features"], {"input": test})[0]
-            err = np.abs(f - f0).mean() / np.abs(f0).mean()
-            cos = ((f * f0).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(f0, axis=1)).mean()
-            times: dict[str, list[float]] = {"fp32": [], "int8": []}
-            for _ in range(4):
-                for key, sess in (("fp32", ref), ("int8", s)):
-                    t = time.perf_counter()
-                    sess.run(["features"], {"input": test})
-                    times[key].append(time.perf_counter() - t)
-            a, b = min(times["fp32"]), min(times["int8"])
-            print(f"{name}: quantized in {seconds:.0f} s; relative error {err:.3f}, cosine {cos:.4f}; "
-                  f"fp32 {len(test) / a:.1f} rows/s, int8 {len(test) / b:.1f} rows/s: {a / b:.2f}x", flush=True)
+            speed = []
+            for batch in (8, 32):
+                x = np.ascontiguousarray(np.resize(test, (batch, *test.shape[1:])))
+                times: dict[str, list[float]] = {"fp32": [], "int8": []}
+                s.run(["features"], {"input": x})
+                for _ in range(args.rounds):
+                    for key, sess in (("fp32", ref), ("int8", s)):
+                        t = time.perf_counter()
+                        sess.run(["features"], {"input": x})
+                        times[key].append(time.perf_counter() - t)
+                a8, b8 = min(times["fp32"]), min(times["int8"])
+                speed.append(f"batch {batch}: fp32 {batch / a8:.1f}, int8 {batch / b8:.1f} rows/s, {a8 / b8:.2f}x")
+            print(line + "; " + "; ".join(speed), flush=True)
 
 
 if __name__ == "__main__":

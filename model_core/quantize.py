@@ -46,6 +46,15 @@ class QuantConfig:
     calibration_samples: int = 256  # at most this many images fix the ranges (the rest are not read)
     calibration_batch: int = 32
     op_types: tuple[str, ...] = ()  # the operators to quantize; () is every one the quantizer supports
+    percentile: float = 99.999  # the percentile of each activation's histogram its range ends at (method "percentile")
+    moving_average: bool = False  # min-max: the ranges are moving averages of each batch's, not the extremes
+    # Parts of the network (``layer_roles``: "stem", "head", "depthwise", "residual") whose activations are
+    # quantized to 16 bits (their convolutions then run in float): mixed precision where int8 loses the most.
+    wide: tuple[str, ...] = ()
+    float_nodes: tuple[str, ...] = ()  # parts left wholly in float (``nodes_to_exclude``)
+    # Each convolution's bias less the mean shift its weights' int8 rounding causes on the calibration images
+    # (``correct_biases``): the depthwise and stem convolutions, a few weights per channel, shift the most.
+    bias_correction: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,22 +156,135 @@ def quantize_backbone(
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}  # fmt: skip
     input_name = _input_name(fp32)
+    extra: dict[str, object] = {"CalibTensorRangeSymmetric": False, "QuantizeBias": config.quantize_bias}
+    if config.method == "percentile":
+        extra["CalibPercentile"] = config.percentile
+    if config.moving_average:
+        extra["CalibMovingAverage"] = True
     with tempfile.TemporaryDirectory(prefix="engram-quant-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         # Shape inference and graph fusions first, as ONNX Runtime's quantization guide asks: a Conv fused
         # with its BatchNormalization and Clip quantizes as one operator.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        if config.bias_correction:
+            correct_biases(prepared, input_name, calibration, config)
+        roles = layer_roles(prepared)
+        wide = [t for r in config.wide for t in roles[r]["tensors"]]
+        if wide:  # 16-bit Q/DQ need ONNX Runtime's own operators before opset 21
+            extra.update(TensorQuantOverrides={t: [{"quant_type": QuantType.QUInt16}] for t in wide}, UseQDQContribOps=True)
+        excluded = [n for r in config.float_nodes for n in roles[r]["nodes"]]
         quantize_static(
             str(prepared), str(quantized), _Batches(input_name, calibration, config.calibration_batch),
             quant_format=QuantFormat.QDQ, activation_type=types[config.activations],
             weight_type=types[config.weights], per_channel=config.per_channel, reduce_range=config.reduce_range,
             calibrate_method=methods[config.method], op_types_to_quantize=list(config.op_types) or None,
-            extra_options={"CalibTensorRangeSymmetric": False, "QuantizeBias": config.quantize_bias},
+            nodes_to_exclude=excluded or None, extra_options=extra,
         )  # fmt: skip
         data = quantized.read_bytes()
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)  # a temporary name, then renamed: readers never see half a file
     return QuantReport(path=out, int8_bytes=len(data), seconds=time.perf_counter() - started, cached=False, **report)  # type: ignore[arg-type]
+
+
+def _rounded(w: np.ndarray, config: QuantConfig) -> np.ndarray:
+    """``w`` as the quantizer rounds it: symmetric int8 ([-127, 127]; 7 bits with ``reduce_range``), one scale
+    per output channel or one for the tensor."""
+    q = 63 if config.reduce_range else 127
+    top = np.abs(w).reshape(w.shape[0], -1).max(1) if config.per_channel else np.full(w.shape[0], np.abs(w).max())
+    scale = (top / q).reshape(-1, *[1] * (w.ndim - 1))
+    scale[scale == 0] = 1.0
+    return np.asarray(np.clip(np.round(w / scale), -q, q) * scale, dtype=np.float32)
+
+
+def correct_biases(graph: Path, input_name: str, images: np.ndarray, config: QuantConfig) -> int:
+    """Bias correction (Nagel et al., 2019, "Data-Free Quantization"), in place on the float graph at ``graph``:
+    rounding a convolution's weights to int8 moves its output's mean by (W_int8 - W) E[x], per output channel;
+    with E[x], each input channel's mean over ``images``, from the float graph, the bias is lowered by that shift
+    so the int8 graph's outputs keep the float graph's means. Only weights the quantizer rounds (int8, per the
+    config) are corrected; padding is ignored (E[x] over the whole map). Returns the convolutions corrected."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    if config.weights != "int8" or (config.op_types and "Conv" not in config.op_types):
+        return 0
+    model = onnx.load(str(graph))
+    inits = {i.name: i for i in model.graph.initializer}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2 and n.input[1] in inits
+             and n.input[2] in inits and n.name not in set(layer_nodes(graph, config.float_nodes))]  # fmt: skip
+    if not convs:
+        return 0
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = list(dict.fromkeys(n.input[0] for n in convs))
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in outputs)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sums, count = [np.zeros(1)] * len(names), 0
+    for i in range(0, len(images), config.calibration_batch):
+        batch = images[i : i + config.calibration_batch]
+        outs = session.run(names, {input_name: batch})
+        sums = [s + o.astype(np.float64).mean(axis=(0, *range(2, o.ndim))) * len(batch) for s, o in zip(sums, outs, strict=True)]
+        count += len(batch)
+    means = {n: s / count for n, s in zip(names, sums, strict=True)}
+    for n in convs:
+        w = numpy_helper.to_array(inits[n.input[1]])
+        delta = (_rounded(w, config) - w).astype(np.float64)
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        e = means[n.input[0]].reshape(group, -1)  # each group's input channels
+        per_group = delta.reshape(group, w.shape[0] // group, w.shape[1], -1).sum(axis=3)  # (G, out/G, in/G)
+        shift = np.einsum("goi,gi->go", per_group, e).reshape(-1)
+        bias = numpy_helper.to_array(inits[n.input[2]])
+        inits[n.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(bias.dtype), n.input[2]))
+    onnx.save_model(model, str(graph))
+    return len(convs)
+
+
+def layer_nodes(graph: Path, roles: tuple[str, ...]) -> list[str]:
+    """The node names of ``roles`` in ``graph`` (``layer_roles``)."""
+    if not roles:
+        return []
+    found = layer_roles(graph)
+    return [n for r in roles for n in found[r]["nodes"]]
+
+
+ROLES = ("stem", "head", "depthwise", "residual")
+
+
+def layer_roles(graph: Path) -> dict[str, dict[str, list[str]]]:
+    """The parts of a convolutional backbone graph that quantize worst, by role: {role: {"nodes": [...],
+    "tensors": [...]}} (each empty where the graph has no such part, e.g. one without convolutions).
+
+    - "stem": the first convolution, and its activation's output (ReLU6 fused into it);
+    - "head": the last convolution, its activation's output and the global pooling's;
+    - "depthwise": the depthwise (grouped) convolutions, and their activations' outputs;
+    - "residual": the projection convolutions (no activation) and the residual adds' outputs: the stream that
+      every block adds to."""
+    import onnx
+
+    nodes = onnx.load(str(graph)).graph.node
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def out(n: onnx.NodeProto) -> str:  # a conv's output after its Clip or Relu, where it has one
+        nxt = consumers.get(n.output[0], [])
+        return str(nxt[0].output[0]) if len(nxt) == 1 and nxt[0].op_type in ("Clip", "Relu") else str(n.output[0])
+
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    group = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs}
+    pools = [n for n in nodes if n.op_type in ("ReduceMean", "GlobalAveragePool")]
+    dw = [n for n in convs if group[n.name] > 1]
+    pwl = [n for n in convs[1:-1] if group[n.name] == 1 and out(n) == n.output[0]]
+    adds = [n for n in nodes if n.op_type == "Add"]
+    roles = {
+        "stem": (convs[:1], [out(n) for n in convs[:1]]),
+        "head": (convs[-1:] + pools, [out(n) for n in convs[-1:]] + [str(n.output[0]) for n in pools]),
+        "depthwise": (dw, [out(n) for n in dw]),
+        "residual": (pwl + adds, [str(n.output[0]) for n in pwl + adds]),
+    }
+    return {r: {"nodes": [str(n.name) for n in ns], "tensors": ts} for r, (ns, ts) in roles.items()}
 
 
 def _input_name(graph: bytes) -> str:

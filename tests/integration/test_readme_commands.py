@@ -33,7 +33,7 @@ BENCHMARKS = {
     "decode_isolation": "starts engram serve and sends 256 MP image requests beside tiny ones: a minute",
     "embeddings": "embeds banking77 with the sentence encoder (the bench extra): minutes",
     "int8_backbone": "quantizes EfficientNet-Lite0 and embeds cifar10-mini photos twice: minutes",
-    "int8_variants": "exports EfficientNet-Lite0 and quantizes it ten ways: minutes",
+    "int8_variants": "exports EfficientNet-Lite0 and quantizes it a dozen ways, 600 photos embedded: tens of minutes",
     "int8_serving": "starts engram serve several times, teaches photo classifiers and drives HTTP load: minutes",
     "ort_options": "times a backbone graph under three session options: a minute",
     "shared_backbone": "starts engram serve and teaches photo classifiers: minutes",

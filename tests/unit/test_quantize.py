@@ -92,6 +92,69 @@ def test_the_digest_covers_the_graph_the_calibration_and_the_config(tmp_path: Pa
         quantize_backbone(fp32, calib[:0], tmp_path / "cache")
 
 
+def test_mixed_precision_and_float_parts_follow_the_layer_roles(tmp_path: Path) -> None:
+    """``QuantConfig.wide`` quantizes a role's activations to 16 bits, ``float_nodes`` leaves its nodes in float,
+    and each is part of the digest."""
+    import onnx
+
+    from model_core.quantize import layer_roles
+
+    fp32 = tiny_graph(tmp_path / "fp32.onnx")
+    roles = layer_roles(fp32)
+    assert roles["stem"]["nodes"] == roles["head"]["nodes"][:1] and roles["head"]["tensors"][:1] == ["r"]
+    assert roles["depthwise"] == {"nodes": [], "tensors": []}  # no grouped convolution in this graph
+    calib = np.random.default_rng(1).uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
+
+    def quantized(config: QuantConfig) -> onnx.ModelProto:
+        return onnx.load(quantize_backbone(fp32, calib, tmp_path / "cache", config).path)
+
+    def q_types(model: onnx.ModelProto) -> dict[str, int]:  # tensor -> the element type its QuantizeLinear makes
+        zero = {i.name: i.data_type for i in model.graph.initializer}
+        return {n.input[0]: zero[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+    plain, wide = q_types(quantized(QuantConfig())), q_types(quantized(QuantConfig(wide=("head",))))
+    assert plain["r"] == onnx.TensorProto.UINT8 and wide["r"] == onnx.TensorProto.UINT16
+    assert wide["input"] == onnx.TensorProto.UINT8  # the rest stays 8-bit
+    floated = quantized(QuantConfig(float_nodes=("stem",)))
+    conv = next(n for n in floated.graph.node if n.op_type == "Conv")
+    assert "w" in conv.input  # its float weights, no DequantizeLinear before them
+    digests = {quantization_digest(b"g", calib, c) for c in (QuantConfig(), QuantConfig(wide=("head",)),
+               QuantConfig(float_nodes=("stem",)), QuantConfig(method="percentile", percentile=99.9),
+               QuantConfig(method="percentile"), QuantConfig(moving_average=True))}  # fmt: skip
+    assert len(digests) == 6
+
+
+def test_bias_correction_keeps_the_float_means_under_int8_weights(tmp_path: Path) -> None:
+    """``correct_biases``: with the weights rounded as the quantizer rounds them, the corrected graph's
+    convolution outputs keep the float graph's per-channel means on the calibration images (up to padding)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from model_core.quantize import _rounded, correct_biases
+
+    fp32 = tiny_graph(tmp_path / "fp32.onnx")
+    calib = np.random.default_rng(1).uniform(0.5, 1, (16, 3, 8, 8)).astype(np.float32)  # a mean far from 0
+    corrected = tmp_path / "corrected.onnx"
+    corrected.write_bytes(fp32.read_bytes())
+    assert correct_biases(corrected, "input", calib, QuantConfig(per_channel=False, reduce_range=True)) == 1
+
+    def conv_means(path: Path, rounded: bool) -> np.ndarray:
+        model = onnx.load(path)
+        if rounded:
+            w = next(i for i in model.graph.initializer if i.name == "w")
+            w.CopyFrom(numpy_helper.from_array(_rounded(numpy_helper.to_array(w), QuantConfig(per_channel=False, reduce_range=True)), "w"))
+        model.graph.output.append(helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None))
+        out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["c"], {"input": calib})[0]
+        return np.asarray(out[:, :, 1:-1, 1:-1].mean(axis=(0, 2, 3)))  # away from the padding
+
+    exact = conv_means(fp32, rounded=False)
+    before, after = np.abs(conv_means(fp32, True) - exact), np.abs(conv_means(corrected, True) - exact)
+    assert before.max() > 1e-3 and after.max() < before.max() / 10
+    biases = {i.name: numpy_helper.to_array(i) for i in onnx.load(corrected).graph.initializer}
+    assert not np.allclose(biases["b"], 0)  # the tiny graph's biases were zero
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The packaged photo backbone (96 px) exported alone, cifar10-mini photos (10 classes; 10 a class to learn,
