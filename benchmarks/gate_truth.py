@@ -1,9 +1,10 @@
 """The verdict table: every stream through the real service, its defaults, its holdout and its gate.
 
     python -m benchmarks.gate_truth [--streams digits-5x2,digits-10x1,mnist-5x2,cifar-5x2,cifar-10x1,cifar-5x2u,
-        banking77-8,banking77-20x1] [--strategies default,joint,replay,generative_replay,naive,ewc,lwf]
+        cifar-catdog,banking77-8,banking77-20x1]
+        [--strategies default,joint,replay,generative_replay,analytic,class_models,naive,ewc,lwf,mas]
         [--test-per-class N] [--seed N] [--backbone NAME] [--json FILE]
-        [--per-class N] [--shuffle-first] [--rename OLD:NEW]
+        [--per-class N] [--shuffle-first] [--rename OLD:NEW[:BESIDE]]
 
 Few-shot: ``--per-class N`` sends only N samples of each class (seeded), the gate holding out its 20% of them;
 ``digits-2x5`` / ``mnist-2x5`` are tasks of 5 classes. ``--shuffle-first`` shuffles the first task's labels
@@ -33,7 +34,8 @@ Streams (held-out samples are never sent to learn):
 - ``mnist-5x2``: ``../shared/data/mnist-5k`` (28x28), a seeded 30% of each class held out;
 - ``cifar-5x2`` / ``cifar-10x1``: ``../shared/data/cifar10-mini`` photos as JPEG, ``train/`` to learn,
   ``test/`` to score; ``cifar-5x2u``: the same 5 tasks of 2 with 5x unequal sizes, the first task's classes
-  sent with their first 100 photos each, every later class with all of its (about 500);
+  sent with their first 100 photos each, every later class with all of its (about 500); ``cifar-catdog``: cat
+  with dog in the first task, the other 8 classes in pairs after it (two hard classes learnt together);
 - ``banking77-8`` / ``banking77-20x1``: ``../shared/data/banking77`` utterances as 384-value sentence embeddings
   (``benchmarks.embeddings``: all-MiniLM-L6-v2, computed once and cached outside the repository) sent as vectors
   to a classifier that declares them features (backbone ``identity``; ``--backbone`` overrides it), 77 intents
@@ -69,15 +71,18 @@ from PIL import Image
 from benchmarks.novelty import auroc
 from benchmarks.serve_bench import engram_server
 from model_core.data import load_digits_arrays, mnist_5k_arrays, stratified_split
-from model_core.strategy_specs import SPECS
+from model_core.strategy_specs import SPECS, default_candidates
 from service.domain.job_status import TERMINAL
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 # "default": the request names no strategy, so the service picks the classifier's default (default_strategy)
-STRATEGIES = ("default", "joint", "replay", "generative_replay", "naive", "ewc", "lwf")
-STREAMS = ("digits-5x2", "digits-10x1", "mnist-5x2", "cifar-5x2", "cifar-10x1", "cifar-5x2u", "banking77-8",
-           "banking77-20x1")
+STRATEGIES = ("default", "joint", "replay", "generative_replay", "analytic", "class_models", "naive", "ewc", "lwf", "mas")
+STREAMS = ("digits-5x2", "digits-10x1", "mnist-5x2", "cifar-5x2", "cifar-10x1", "cifar-5x2u", "cifar-catdog",
+           "banking77-8", "banking77-20x1")
 FIRST_TASK_PER_CLASS = 100  # cifar-5x2u: photos a class of the first task's classes (the others send all)
+# the exemplar-free strategies the first job's choice is held against: its candidates, and the regularisers that
+# keep no sample either (they add no classes of their own, so they are not candidates)
+EXEMPLAR_FREE = {*default_candidates({}), "ewc", "lwf", "mas"}
 KEEPS_DATA = {name for name, spec in SPECS.items() if spec.stores_data}  # sent with retention "keep"
 
 
@@ -206,6 +211,8 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
         train, test = folder("train"), folder("test")
         classes = sorted({label for label, _ in train})
         tasks = _tasks(classes, per_task, seed)
+        if shape == "catdog":  # cat with dog in the first task, the other classes in pairs after it
+            tasks = [["cat", "dog"], *_tasks([c for c in classes if c not in ("cat", "dog")], 2, seed)]
         if shape.endswith("u"):  # 5x unequal: the first task's classes with their first photos only
             sent: Counter[str] = Counter()
             kept_train: list[tuple[str, str]] = []
@@ -379,7 +386,7 @@ def print_choices(results: list[dict[str, Any]]) -> None:
     rows = [r for r in results if r.get("choice")]
     if not rows:
         return
-    free = {n for n, s in SPECS.items() if not s.stores_data and s.adds_classes and not s.needs_tasks}
+    free = EXEMPLAR_FREE
     print("\n| stream | first job chose | candidates' scores (first job) | why | final accuracy per exemplar-free "
           "strategy | best |")
     print("|---|---|---|---|---|---|")

@@ -44,10 +44,11 @@ from model_core.networks.gaussian_head import GaussianHead
 from model_core.strategies.base import Strategy, TrainContext, register_strategy
 from model_core.strategy_specs import SPECS
 
-MIN_SAMPLES = SPECS["class_models"].min_new_class_samples  # 10: a new class's mean averages at least this many
+MIN_SAMPLES = SPECS["class_models"].min_new_class_samples  # 5: a new class's mean averages at least this many
 MAX_INPUT_DIM = 4096  # raw-input values a from-scratch network's class models may span (64x64 grey)
 HOLDOUT = 0.2  # share of each class of a job held out to choose the shrinkage and the rank
 MIN_HELD_OUT = 10  # held-out rows below which the previous choice is kept
+HOLD_OUT_FROM = 20  # rows of a class under which none of it is held out to choose (it keeps them all to fit)
 PSEUDO_COUNTS = (0.0, 10.0, 30.0, 100.0, 300.0, math.inf)  # k of a_c = k / (k + n_c)
 RANKS = (16, 32, 64)  # served principal directions per class (never D or more)
 DEFAULT_PSEUDO = 10.0  # k before any held-out choice (a job too small to hold any out)
@@ -125,12 +126,12 @@ class ClassModels(Strategy):
         self._write_heads(ctx, models)
 
     def _hold_out(self, y: Tensor, generator: torch.Generator) -> Tensor:
-        """Row indices of a seeded ``HOLDOUT`` share of each class in ``y`` (none of a class under 2 * MIN_SAMPLES
-        rows, so the class keeps at least MIN_SAMPLES to fit)."""
+        """Row indices of a seeded ``HOLDOUT`` share of each class in ``y`` (none of a class under ``HOLD_OUT_FROM``
+        rows, so a small class keeps every sample to fit)."""
         out = []
         for unit in torch.unique(y).tolist():
             rows = torch.nonzero(y == unit).flatten()
-            if len(rows) >= 2 * MIN_SAMPLES:
+            if len(rows) >= HOLD_OUT_FROM:
                 out.append(rows[torch.randperm(len(rows), generator=generator)[: int(len(rows) * HOLDOUT)]])
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 

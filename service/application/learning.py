@@ -90,14 +90,18 @@ class LearningService:
             _check_task_is_new(strategy, req.task, active_tasks)
         gate = GateConfig.from_dict(gate_defaults).merged(req.gate)
         train_x, train_y, ev_x, ev_labels = self._evaluation_split(req, fmt, x, labels, gate.holdout)
-        _check_new_class_samples(strategy, train_y, _known_labels(network["scenario"], req.task, active_tasks))
+        # A classifier's first job naming no strategy (nor parameters, which belong to one): the worker chooses
+        # among the candidates by their scores on this job's data (service.jobs.training_choice)
+        choose = req.strategy is None and previous is None and not req.params and len(default_candidates(network)) > 1
+        # a job that chooses is refused only when no candidate can take its samples (the choice lists the others,
+        # refused with why): a few-shot first job under class_models' minimum is generative replay's to learn
+        known = _known_labels(network["scenario"], req.task, active_tasks)
+        if not (choose and any(_short_classes(c, train_y, known) == [] for c in default_candidates(network))):
+            _check_new_class_samples(strategy, train_y, known)
         job_id = str(uuid.uuid4())
         # Stage the arrays first: a job row never exists without its data.
         self.store.write_arrays(job_id, "train", {"x": train_x, "label": train_y})
         self.store.write_arrays(job_id, "eval", {"x": ev_x, "label": ev_labels})
-        # A classifier's first job naming no strategy (nor parameters, which belong to one): the worker chooses
-        # among the candidates by their scores on this job's data (service.jobs.training_choice)
-        choose = req.strategy is None and previous is None and not req.params and len(default_candidates(network)) > 1
         request = JobRequest(req.options, params, dict(req.gate or {}), {"train": len(train_x), "eval": len(ev_x)},
                              sorted(set(labels.tolist())), choose).to_stored()  # fmt: skip
         try:
@@ -239,14 +243,20 @@ def _known_labels(scenario: str, task: str, active_tasks: list[dict[str, Any]]) 
     return {str(lab) for t in active_tasks if scenario != "task-incremental" or t["name"] == task for lab in t["labels"]}
 
 
+def _short_classes(strategy: str, train_labels: np.ndarray, known: set[str]) -> list[tuple[str, int]]:
+    """(label, training samples) of each new class with fewer than ``strategy``'s minimum, by label."""
+    need = SPECS[strategy].min_new_class_samples
+    if need <= 1:
+        return []
+    counts = Counter(str(lab) for lab in train_labels.tolist())
+    return sorted((lab, n) for lab, n in counts.items() if lab not in known and n < need)
+
+
 def _check_new_class_samples(strategy: str, train_labels: np.ndarray, known: set[str]) -> None:
     """A strategy's minimum of training samples per new class, checked before the job is queued (after the gate's
     holdout, as the strategy counts them); the refusal names a few classes, never thousands."""
     need = SPECS[strategy].min_new_class_samples
-    if need <= 1:
-        return
-    counts = Counter(str(lab) for lab in train_labels.tolist())
-    short = sorted((lab, n) for lab, n in counts.items() if lab not in known and n < need)
+    short = _short_classes(strategy, train_labels, known)
     if short:
         named = ", ".join(f"{reprlib.repr(lab)} ({n})" for lab, n in short[:5])
         more = f" and {len(short) - 5} more" if len(short) > 5 else ""

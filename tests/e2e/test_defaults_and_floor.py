@@ -139,3 +139,19 @@ def test_an_old_class_under_another_name_is_refused_with_the_pair_and_an_admin_m
     assert r.status_code == 200, r.text
     assert c.get("/v1/classifiers/renamed", headers=auth("predict")).json()["active_version"] == job["version"]
     print(f"\nrenamed: {pairs}")
+
+
+def test_a_first_job_under_one_candidates_minimum_goes_to_a_candidate_that_can_learn_it(server: Server) -> None:
+    """5 samples a class leave 4 to train after the gate's fifth: under class_models' minimum of a new class (5). A
+    job naming class_models is refused up front; a first job naming none is queued (it was refused on the measured
+    default's minimum alone), class_models is listed as refused in its choice, and another candidate learns it."""
+    c = server.client()
+    _create(c, "few-first")
+    body = {"task": "t1", "retention": "discard", "samples": _few(5, (0, 1, 2)), "options": {"iterations": 60}}
+    r = c.post("/v1/classifiers/few-first/learn", json={**body, "strategy": "class_models"}, headers=auth("learn"))
+    assert r.status_code == 422 and "at least 5 training samples" in r.text, r.text
+    job = finished(c, learn(c, "few-first", body))
+    assert job["status"] in ("promoted", "rejected"), job  # the gate judged it: it trained
+    tried = {t["strategy"]: t for t in job["report"]["strategy_choice"]["candidates"]}
+    assert tried["class_models"]["score"] is None and "at least" in tried["class_models"]["error"], tried
+    assert job["strategy"] != "class_models" and job["strategy"] == job["report"]["strategy_choice"]["chosen"]

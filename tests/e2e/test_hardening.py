@@ -233,7 +233,7 @@ def test_a_strategy_minimum_is_checked_before_the_job_is_queued(srv: Server) -> 
     samples = [{"label": f"class-{i}", "vector": [float(i), 0.0, 0.0, 1.0]} for i in range(300) for _ in range(2)]
     r = c.post("/v1/classifiers/mins/learn", json={"task": "t", "strategy": "class_models", "samples": samples},
                headers=auth("learn"))  # fmt: skip
-    problem(r, 422, "at least 10", "'class-0' (1)", "and 295 more")
+    problem(r, 422, "at least 5", "'class-0' (1)", "and 295 more")
     assert len(r.text) < 2000
     assert c.get("/v1/classifiers/mins/versions", headers=auth("predict")).json() == []
 

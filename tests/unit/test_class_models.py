@@ -147,7 +147,7 @@ def test_refusals_name_what_would_work(digits: SplitBenchmark) -> None:
     with pytest.raises(ValueError, match="Start a new classifier for class_models"):
         other.learn(digits.train[1], "class_models", None, FAST)
     few = Experience("few", digits.train[1].x[:12], torch.tensor([0] * 3 + [1] * 9), ("a", "b"))
-    with pytest.raises(ValueError, match="at least 10 samples"):
+    with pytest.raises(ValueError, match="at least 5 samples"):
         learner.learn(few, "class_models", None, FAST)
     wide = Learner.create(NetworkSpec(InputSpec("vector", dim=5000)), seed=0)
     exp = Experience("t", torch.rand(40, 5000), torch.arange(40) % 2, ("a", "b"))
