@@ -580,3 +580,15 @@ def test_a_floor_from_the_data_also_asks_the_new_task_to_be_clearly_off_chance()
     learnt = new_task(12, 20)
     assert learnt["passed"] is True and learnt["tasks"][0]["lower95"] > 0.2
     assert new_task(7, 20, GateConfig(new_task_floor=0.3))["passed"] is True  # the setting still wins
+
+
+def test_a_first_job_of_one_class_is_not_asked_to_be_off_chance() -> None:
+    """A first job of one class (chance 1: no label to get wrong) scoring 1.0 on 22 held-out samples is promoted:
+    there is nothing to tell from chance. Scoring under the floor it still fails."""
+
+    def one_class(right: int, n: int) -> dict[str, Any]:
+        return gate(GateConfig(), "class-incremental", "analytic", "discard", "new", ["a"],
+                    [("new", None, correct(right, n))], 0.0, None, chance_classes=1, reference=1.0)  # fmt: skip
+
+    assert one_class(22, 22)["passed"] is True
+    assert one_class(10, 22)["passed"] is False
