@@ -9,8 +9,8 @@ ignored.
 
 What h is (``features``): the frozen features themselves ("input"), or, by default, a fixed seeded random
 projection of them through a ReLU ("random", RanPAC: McDonnell et al. 2023), whose ``width`` follows the
-feature dimension up to a memory bound (``random_width``): the solve keeps G, (width+1)^2 float64 values (2,048:
-32 MiB in memory and in every version's saved state; 4,096: 128 MiB). The projection is part of the classifier (and of its
+feature dimension up to a memory bound (``random_width``): the solve keeps G and its class-weighted twin (below),
+each (width+1)^2 float64 values (2,048: 32 MiB each, in memory and in every version's saved state; 4,096: 128 MiB). The projection is part of the classifier (and of its
 ONNX graph): ``model_core.networks.random_features``.
 
 Balanced across classes (``balance`` "classes", the default): a class with 5 times the samples of another no
