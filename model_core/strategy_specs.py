@@ -220,8 +220,9 @@ SPECS: dict[str, StrategySpec] = {
                 # matrix is width^2 float64: 32 MiB at 2,048, 128 MiB at 4,096, in memory and in each version's
                 # saved state; its eigendecomposition, cubic in the width, is each job's solve)
                 "width": None,
-                # "classes": every class weighs the same whatever its sample count (the between-class part of
-                # the sums reweighted to the mean count, from the sums alone); "samples": every sample does
+                # "classes": every class weighs the same whatever its sample count (each sample at 1 / its
+                # class's count, in running sums of their own: model_core/strategies/analytic.py); "samples":
+                # every sample does
                 "balance": "classes",
             },
             choices={"features": ("random", "input"), "balance": ("classes", "samples")},

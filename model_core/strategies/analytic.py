@@ -9,21 +9,28 @@ ignored.
 
 What h is (``features``): the frozen features themselves ("input"), or, by default, a fixed seeded random
 projection of them through a ReLU ("random", RanPAC: McDonnell et al. 2023), whose ``width`` follows the
-feature dimension up to a memory bound (``random_width``): the solve keeps G, (width+1)^2 float64 values (2,048:
-32 MiB in memory and in every version's saved state; 4,096: 128 MiB). The projection is part of the classifier (and of its
+feature dimension up to a memory bound (``random_width``): the solve keeps G and its class-weighted twin (below),
+each (width+1)^2 float64 values (2,048: 32 MiB each, in memory and in every version's saved state; 4,096: 128 MiB). The projection is part of the classifier (and of its
 ONNX graph): ``model_core.networks.random_features``.
 
 Balanced across classes (``balance`` "classes", the default): a class with 5 times the samples of another no
-longer gets 5 times its say. The solve uses, instead of G and C, the sums of a stream in which every class had
-the mean count m = N / U of samples, with the same class means and the same pooled within-class scatter:
+longer gets 5 times its say. The solve uses the sums of a stream in which every sample of class c weighs
+m / n_c (m = N / U, the mean count): weighted least squares, so every class has the same total weight m, with its
+own mean and its own within-class scatter. They come from a third pair of running sums kept beside G and C, each
+sample added with weight 1 / n_c (n_c its class's count once the job's samples are in):
 
-    G_bal = G - sum_c n_c mu_c mu_c^T + m sum_c mu_c mu_c^T = G + C diag(m / n_c^2 - 1 / n_c) C^T
-    C_bal = m sum_c mu_c e_c^T = C diag(m / n_c)
+    G_cls = sum_c G_c / n_c,   C_cls = sum_c mu_c e_c^T,   G_bal = m G_cls,   C_bal = m C_cls
 
-both from the running sums alone (n_c is C's bias row), so the head stays order-independent and exact, and is
-the unchanged joint solution when every class has the same count. When the classes share their within-class
-covariance, E[G_bal] and E[C_bal] on unequal counts are those of equal counts (up to the sampling noise of the
-class means, sum_c (m / n_c - 1) Sigma, against a total of N Sigma: tests/unit/test_analytic.py).
+(G_c: the class's own sum of h h^T), so the head stays order-independent, is exact for any class whose samples
+came in one job, and is the unchanged joint solution when every class has the same count. E[G_c / n_c] =
+Sigma_c + mu_c mu_c^T whatever n_c, so on unequal counts E[G_bal] and E[C_bal] are exactly those of equal counts,
+whatever each class's own covariance Sigma_c (tests/unit/test_analytic.py). A class sent again in a later job
+(more samples of a known class) has its new samples added with weight 1 / (its count after the job), so its older
+samples keep their weight: its total weight w_c is then above 1, and its mean term is brought back to weight 1
+(its extra scatter is kept), as ``balanced_sums`` does with counts w_c. The sums cost one more (P+1)^2 float64
+matrix in memory and in the saved state (2,048 random features: 32 MiB; 1,280 features: 13 MiB). A state saved
+before them (G and C only) starts them from the shared-covariance balance it was solved with: each old class's
+mean at weight 1, the pooled within-class scatter over m.
 """
 
 from __future__ import annotations
@@ -71,6 +78,15 @@ def balanced_sums(gram: Tensor, cross: Tensor) -> tuple[Tensor, Tensor, int]:
     g = gram + (cross * d) @ cross.T
     c = cross * torch.where(seen, m / safe, torch.zeros_like(counts))
     return (g + g.T) / 2, c, round(n)
+
+
+def class_weighted_sums(gram_cls: Tensor, cross_cls: Tensor, count: int) -> tuple[Tensor, Tensor, int]:
+    """(G_bal, C_bal, N) from the class-weighted sums (module docstring): every class's mean at one weight, the
+    whole scaled so that the classes' weights add up to the ``count`` samples learnt."""
+    g, c, _ = balanced_sums(gram_cls, cross_cls)
+    mass = float(cross_cls[-1].sum())
+    scale = count / mass if mass > 0 else 1.0
+    return g * scale, c * scale, count
 
 
 OVERSAMPLE = 16  # random directions beyond the rank bound when G's range is found by projection (``_eigen``)
@@ -127,7 +143,11 @@ def _with_bias(f: Tensor) -> Tensor:
 
 def _accumulate(gram: Tensor | None, cross: Tensor | None, h: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """The sums grown by rows ``h`` (N, P) float64 with bias, labels y (N, U) float64."""
-    g, c = h.T @ h, h.T @ y
+    return _grow(gram, cross, h.T @ h, h.T @ y)
+
+
+def _grow(gram: Tensor | None, cross: Tensor | None, g: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """The sums plus (g, c), ``cross`` widened to ``c``'s units."""
     if gram is None or cross is None:
         return g, c
     grown = torch.zeros_like(c)
@@ -150,6 +170,10 @@ class Analytic(Strategy):
         # The random features' sums (width+1, width+1) and (width+1, U), when features is "random"
         self.rf_gram: Tensor | None = None
         self.rf_cross: Tensor | None = None
+        # The class-weighted sums of the solve's features (``balance`` "classes"): every sample added with weight
+        # 1 / (its class's count), same shapes as the solve's G and C
+        self.cls_gram: Tensor | None = None
+        self.cls_cross: Tensor | None = None
         self.chosen_ridge: float | None = None
         self.width: int | None = None
 
@@ -192,28 +216,54 @@ class Analytic(Strategy):
         x = ctx.data.x.flatten(1)
         y = torch.zeros(len(x), ctx.num_units, dtype=torch.float64)
         y[torch.arange(len(x)), ctx.data.y] = 1.0
-        self.gram, self.cross = _accumulate(self.gram, self.cross, _with_bias(x.double()), y)
+        random = self._features(ctx) == "random"
+        if self.count and self.cls_gram is None:  # a state saved before the class-weighted sums
+            self._start_class_sums(self.rf_gram if random else self.gram, self.rf_cross if random else self.cross)
+        # each sample's weight in the class-weighted sums: 1 / (its class's count once this job's samples are in)
+        before = torch.zeros(ctx.num_units, dtype=torch.float64)
+        if self.cross is not None:
+            before[: self.cross.shape[1]] = self.cross[-1]
+        counts = before + torch.bincount(ctx.data.y.cpu(), minlength=ctx.num_units).double()
+        weight = (1.0 / counts.clamp_min(1.0))[ctx.data.y.cpu()]
+        raw = _with_bias(x.double())
+        self.gram, self.cross = _accumulate(self.gram, self.cross, raw, y)
         self.count += len(x)
         expansion = None
-        if self._features(ctx) == "random":
+        if random:
             expansion = self._expansion(ctx).to("cpu")
             with torch.no_grad():
                 for i in range(0, len(x), CHUNK):
                     h = _with_bias(expansion(x[i : i + CHUNK].float().cpu()).double())
                     self.rf_gram, self.rf_cross = _accumulate(self.rf_gram, self.rf_cross, h, y[i : i + CHUNK])
+                    self._add_weighted(h, y[i : i + CHUNK], weight[i : i + CHUNK])
             self.width = expansion.width
             gram, cross = self.rf_gram, self.rf_cross
         else:
+            self._add_weighted(raw, y, weight)
             gram, cross = self.gram, self.cross
         assert gram is not None and cross is not None
         if self.params["balance"] == "classes":
-            gram, cross, n = balanced_sums(gram, cross)
+            assert self.cls_gram is not None and self.cls_cross is not None
+            gram, cross, n = class_weighted_sums(self.cls_gram, self.cls_cross, int(cross[-1].sum().round()))
         else:
             n = self.count
         ridge = self.params["ridge"]
         weights, self.chosen_ridge = solve_ridge(gram, cross, n, None if ridge is None else float(ridge))
         self._write_heads(ctx, weights, expansion)
         ctx.report("train", 1, 1, ridge=float(self.chosen_ridge))
+
+    def _add_weighted(self, h: Tensor, y: Tensor, weight: Tensor) -> None:
+        hw = h * weight[:, None]
+        self.cls_gram, self.cls_cross = _grow(self.cls_gram, self.cls_cross, hw.T @ h, hw.T @ y)
+
+    def _start_class_sums(self, gram: Tensor | None, cross: Tensor | None) -> None:
+        """The class-weighted sums of a state saved without them, from the balance it was solved with (module
+        docstring): the shared-covariance balanced sums over the mean count m, every class at weight 1."""
+        if gram is None or cross is None:
+            return
+        g, c, n = balanced_sums(gram, cross)
+        m = n / max(int((cross[-1] > 0).sum()), 1) or 1.0
+        self.cls_gram, self.cls_cross = g / m, c / m
 
     @staticmethod
     def _write_heads(ctx: TrainContext, weights: Tensor, expansion: RandomFeatures | None) -> None:
@@ -253,6 +303,8 @@ class Analytic(Strategy):
         state: dict[str, Any] = {"gram": self.gram.clone(), "cross": self.cross, "count": self.count}
         if self.rf_gram is not None:
             state |= {"rf_gram": self.rf_gram.clone(), "rf_cross": self.rf_cross, "width": self.width}
+        if self.cls_gram is not None:
+            state |= {"cls_gram": self.cls_gram.clone(), "cls_cross": self.cls_cross}
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -260,3 +312,5 @@ class Analytic(Strategy):
             self.gram, self.cross, self.count = state["gram"], state["cross"], int(state["count"])
             if "rf_gram" in state:
                 self.rf_gram, self.rf_cross, self.width = state["rf_gram"], state["rf_cross"], int(state["width"])
+            if "cls_gram" in state:
+                self.cls_gram, self.cls_cross = state["cls_gram"], state["cls_cross"]

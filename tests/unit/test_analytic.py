@@ -9,7 +9,7 @@ from model_core.config import BackboneSpec, InputSpec, NetworkSpec
 from model_core.data import Experience, SplitBenchmark
 from model_core.learner import Learner
 from model_core.networks.random_features import ExpandedLinear, RandomFeatures, expansion_of
-from model_core.strategies.analytic import balanced_sums, random_width, solve_ridge
+from model_core.strategies.analytic import Analytic, balanced_sums, class_weighted_sums, random_width, solve_ridge
 from model_core.strategy_specs import default_strategy
 from tests.conftest import FAST, digit_spec
 
@@ -103,6 +103,100 @@ def test_a_balanced_head_on_unequal_classes_equals_the_one_on_equal_classes_in_e
     miss_balanced = (mean(balanced, 2) - mean(equal, 2)).abs().max()
     miss_plain = (mean(plain, 2) - mean(equal, 2)).abs().max()
     assert miss_balanced < 0.01 < miss_plain
+
+
+def _class_sums(h: torch.Tensor, y: torch.Tensor, units: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class-weighted sums: every sample at 1 / (its class's count)."""
+    f = torch.cat([h.double(), torch.ones(len(h), 1, dtype=torch.float64)], 1)
+    w = (1.0 / torch.bincount(y, minlength=units).double())[y]
+    return (f * w[:, None]).T @ f, (f * w[:, None]).T @ torch.nn.functional.one_hot(y, units).double()
+
+
+def test_class_weighted_sums_on_unequal_classes_equal_equal_classes_in_expectation_whatever_their_covariance() -> None:
+    """Two Gaussian classes in 6 dimensions, each with its own covariance (one 9 times the other's variance), 100
+    and 500 samples (unequal) or 300 and 300 (equal), 400 seeded draws of each: the mean class-weighted sums on
+    unequal counts match the mean plain sums on equal counts within 2% of their scale, and the mean heads within
+    0.01, where the shared-covariance balance (``balanced_sums`` on G and C) misses the Gram matrix by far more
+    (its within-class scatter is counted per sample, so the big class's shape dominates it)."""
+    gen = torch.Generator().manual_seed(0)
+    dim, draws = 6, 400
+    means = torch.randn(2, dim, generator=gen)
+    mixes = [torch.randn(dim, dim, generator=gen) / dim**0.5 * s for s in (3.0, 1.0)]
+
+    def draw(counts: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+        noise = torch.randn(len(y), dim, generator=gen)
+        x = torch.stack([noise[i] @ mixes[int(y[i])] for i in range(len(y))])
+        return means[y] + x, y
+
+    def fit(counts: tuple[int, int], how: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = draw(counts)
+        if how == "classes":
+            g, c, n = class_weighted_sums(*_class_sums(x, y, 2), len(y))
+        else:
+            g, c = _sums(x, y, 2)
+            g, c, n = balanced_sums(g, c) if how == "shared" else (g, c, len(y))
+        return g, c, solve_ridge(g, c, n, 1e-3)[0]
+
+    equal = [fit((300, 300), "plain") for _ in range(draws)]
+    weighted = [fit((100, 500), "classes") for _ in range(draws)]
+    shared = [fit((100, 500), "shared") for _ in range(draws)]
+
+    def mean(runs: list[tuple[torch.Tensor, ...]], i: int) -> torch.Tensor:
+        return torch.stack([r[i] for r in runs]).mean(0)
+
+    for i in (0, 1):  # G and C
+        scale = mean(equal, i).abs().max()
+        assert (mean(weighted, i) - mean(equal, i)).abs().max() < 0.02 * scale
+    scale = mean(equal, 0).abs().max()
+    assert (mean(shared, 0) - mean(equal, 0)).abs().max() > 0.1 * scale
+    assert (mean(weighted, 2) - mean(equal, 2)).abs().max() < 0.01
+
+
+def test_the_balanced_head_is_the_class_weighted_ridge_of_all_samples_learnt_in_any_order() -> None:
+    """Two tasks of unequal classes (10 and 30 samples, then 60 and 12), then 5 more samples of the first class:
+    the head is the ridge of the class-weighted sums of every sample learnt (each sample at 1 / its class's count
+    once its job was in: 1 / 10 for the first 10, 1 / 15 for the last 5; each class's mean then brought back to
+    one weight), so a class learnt in one job weighs exactly 1 whatever its count."""
+    gen = torch.Generator().manual_seed(3)
+    spec = NetworkSpec(InputSpec("vector", dim=5), backbone="identity")
+    centres = torch.randn(4, 5, generator=gen)
+
+    def exp(labels: list[int], name: str, classes: tuple[str, ...], offset: int = 0) -> Experience:
+        y = torch.tensor(labels)
+        return Experience(name, centres[y] + torch.randn(len(y), 5, generator=gen), y - offset, classes)
+
+    jobs = [exp([0] * 10 + [1] * 30, "t0", ("0", "1")), exp([2] * 60 + [3] * 12, "t1", ("2", "3"), 2),
+            exp([0] * 5, "more", ("0",))]  # fmt: skip
+    learner = Learner.create(spec)
+    params = {"features": "input", "ridge": 1e-2}
+    for job in jobs:
+        learner.learn(job, "analytic", params, FAST)
+    x = torch.cat([j.x for j in jobs])
+    y = torch.cat([jobs[0].y, jobs[1].y + 2, jobs[2].y])
+    w = torch.cat([torch.full((10,), 1 / 10), torch.full((30,), 1 / 30), torch.full((60,), 1 / 60),
+                   torch.full((12,), 1 / 12), torch.full((5,), 1 / 15)]).double()  # fmt: skip
+    f = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], 1)
+    g, c = (f * w[:, None]).T @ f, (f * w[:, None]).T @ torch.nn.functional.one_hot(y, 4).double()
+    want, _ = solve_ridge(*class_weighted_sums(g, c, len(y)), relative=1e-2)
+    assert torch.allclose(_head(learner).T, want, atol=1e-5)
+    mass = learner.strategy_states["analytic"]["cls_cross"][-1]
+    assert torch.allclose(mass, torch.tensor([1 + 5 / 15, 1.0, 1.0, 1.0], dtype=torch.float64))
+
+
+def test_a_state_saved_without_class_weighted_sums_keeps_its_head_and_goes_on() -> None:
+    """A head saved before the class-weighted sums (G and C only) starts them from the shared-covariance balance it
+    was solved with: solving again from them gives the same head."""
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(90, 4, generator=gen)
+    y = torch.cat([torch.zeros(20), torch.ones(70)]).long()
+    g, c = _sums(h + y[:, None].double(), y, 2)
+    old = solve_ridge(*balanced_sums(g, c), relative=1e-2)[0]
+    head = Analytic(**{"features": "input", "balance": "classes", "ridge": None, "width": None})
+    head._start_class_sums(g, c)
+    assert head.cls_gram is not None and head.cls_cross is not None
+    new = solve_ridge(*class_weighted_sums(head.cls_gram, head.cls_cross, 90), relative=1e-2)[0]
+    assert torch.allclose(new, old, atol=1e-9)
 
 
 def test_balance_keeps_an_old_small_class_against_a_big_new_one() -> None:

@@ -67,12 +67,19 @@ def test_calibration_is_fitted_on_the_held_out_samples_only_and_served_in_the_gr
     assert expected_calibration_error(scores, right) < 0.05  # in sample here; out of sample: report["ece"]
 
 
-def test_held_out_samples_that_determine_no_temperature_leave_the_scores_as_they_are() -> None:
+def test_held_out_samples_all_right_set_the_scores_by_the_rule_of_succession() -> None:
     """Every held-out sample right with a margin: any sharpening lowers their NLL, which then has no minimum (the
-    search would run to its end and saturate every served score at 1.0); the temperature stays 1."""
-    from model_core.calibration import fit_temperature
+    search would run to its end and saturate every served score at 1.0). The temperature instead makes the mean
+    top score on them (n + 1) / (n + 2), 5 / 6 for 4 samples: under 1, and sharper than flat ridge scores."""
+    from model_core.calibration import fit_temperature, top_scores
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.5, 0.0], [0.0, 2.5]])
-    assert fit_temperature(logits, torch.tensor([0, 1, 0, 1])) == 1.0
+    y = torch.tensor([0, 1, 0, 1])
+    t = fit_temperature(logits, y)
+    assert float(top_scores(logits / t, y)[0].mean()) == pytest.approx(5 / 6, abs=1e-6)
+    flat = logits / 20  # a ridge head's nearly flat softmax: sharpened to the same mean
+    assert float(top_scores(flat / fit_temperature(flat, y), y)[0].mean()) == pytest.approx(5 / 6, abs=1e-6)
+    wrong = torch.tensor([1, 0, 1, 0])  # every one wrong: no temperature, the scores stay as they are
+    assert fit_temperature(logits, wrong) == 1.0
     mixed = torch.tensor([0, 1, 1, 1])  # one wrong: a minimum exists, and it softens the scores
     assert fit_temperature(logits, mixed) > 1.0
