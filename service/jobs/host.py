@@ -95,6 +95,6 @@ def make_runner(
     runner = JobRunner(sessions, store, settings.device, cache_dir=(settings.data_dir / "cache").resolve(),
                        max_steps=settings.max_train_steps, on_stage=on_stage, novelty=settings.novelty,
                        shared_backbone=settings.shared_backbone, shared_content=settings.shared_content,
-                       int8=settings.int8_backbone,
+                       int8=settings.int8_backbone, feature_threads=settings.ort_threads,
                        int8_tolerance=Int8Tolerance(settings.int8_max_accuracy_drop, settings.int8_max_disagreement))  # fmt: skip
     return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
