@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     audit_secret: str = Field(default="", repr=False)
     max_batch_items: int = 20_000  # samples per learn request
     max_predict_items: int = 1_024  # inputs per predict request
-    ort_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads per model run; 0 = one per usable CPU
+    # ONNX Runtime threads per model run, serving and a worker's frozen-backbone features; 0 = one per usable CPU
+    ort_threads: int = Field(default=0, ge=0)
     # Intra-op threads spin while a run lasts and stop when it returns (off: they sleep between operators, which
     # costs a lone request latency but yields the CPU at once on a host oversubscribed by other work);
     # docs/guides/shared-backbone.md, python -m benchmarks.ort_options

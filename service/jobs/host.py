@@ -96,5 +96,6 @@ def make_runner(
                        max_steps=settings.max_train_steps, on_stage=on_stage, novelty=settings.novelty,
                        shared_backbone=settings.shared_backbone, shared_content=settings.shared_content,
                        int8=settings.int8_backbone, gate_suite_samples=settings.gate_suite_samples,
+                       feature_threads=settings.ort_threads,
                        int8_tolerance=Int8Tolerance(settings.int8_max_accuracy_drop, settings.int8_max_disagreement))  # fmt: skip
     return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

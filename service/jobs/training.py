@@ -117,9 +117,12 @@ class JobRunner:
         int8: bool = False,
         int8_tolerance: Int8Tolerance = TOLERANCE,
         gate_suite_samples: int = GATE_SUITE_SAMPLES,
+        feature_threads: int = 0,
     ) -> None:
         self.novelty = novelty
         self.gate_suite_samples = gate_suite_samples  # the suite samples a gate scores per job (0: every one)
+        # ONNX Runtime intra-op threads computing frozen-backbone features (Settings.ort_threads; 0: its default)
+        self.feature_threads = feature_threads
         # A classifier on a shared frozen backbone learns from, and serves, an int8 version of it where that
         # agrees with fp32 within ``int8_tolerance`` (service.jobs.int8, docs/guides/int8-backbone.md)
         self.int8, self.int8_tolerance = int8, int8_tolerance
@@ -175,7 +178,7 @@ class JobRunner:
         """The ONNX Runtime session computing ``learner``'s frozen-backbone features, built once per backbone
         (by digest: the same spec and weights give the same graph) and kept for the next jobs."""
         digest = backbone_digest(learner)
-        found = self.feature_sessions.pop(digest, None) or OnnxFeatures(learner, self.cache_dir)
+        found = self.feature_sessions.pop(digest, None) or OnnxFeatures(learner, self.cache_dir, self.feature_threads)
         self.feature_sessions[digest] = found
         while len(self.feature_sessions) > FEATURE_SESSIONS:
             self.feature_sessions.popitem(last=False)

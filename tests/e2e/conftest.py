@@ -24,6 +24,10 @@ from service.domain.job_status import TERMINAL
 
 READY_TIMEOUT_S = 180.0
 KEYS = {"admin": "adm-secret-1", "learn": "lrn-secret-2", "predict": "prd-secret-3"}
+# In the parallel run (pytest-xdist: one test process per core) each test process's server computes on one thread
+# (torch and BLAS in its worker, ONNX Runtime's model runs), so that the two processes' servers do not fight
+# for the same cores; the jobs here are small, where one thread is as fast. A test's own extra_env overrides.
+ONE_CORE = {"OMP_NUM_THREADS": "1", "ENGRAM_ORT_THREADS": "1"} if "PYTEST_XDIST_WORKER" in os.environ else {}
 
 
 def auth(role: str) -> dict[str, str]:
@@ -55,7 +59,8 @@ class Server:
 def start_server(data_dir: Path, extra_env: dict[str, str] | None = None, *args: str) -> Server:
     port = free_port()
     log = data_dir.parent / f"serve-{port}.log"
-    env = {**os.environ, "ENGRAM_API_KEYS": ",".join(f"{r}:{k}" for r, k in KEYS.items()), **(extra_env or {})}
+    keys = ",".join(f"{r}:{k}" for r, k in KEYS.items())
+    env = {**os.environ, "ENGRAM_API_KEYS": keys, **ONE_CORE, **(extra_env or {})}
     cmd = [sys.executable, "-m", "service.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port), *args]
     log_file = open(log, "wb")  # noqa: SIM115  (closed in stop_server)
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
