@@ -254,7 +254,10 @@ class Analytic(Strategy):
 
     def _add_weighted(self, h: Tensor, y: Tensor, weight: Tensor) -> None:
         hw = h * weight[:, None]
-        self.cls_gram, self.cls_cross = _grow(self.cls_gram, self.cls_cross, hw.T @ h, hw.T @ y)
+        # (hw.T @ h) is symmetric but for BLAS rounding in many entries; made exactly symmetric (sums of symmetric
+        # matrices stay so), so that the stored state keeps its upper triangle only (model_core.state_content)
+        g = hw.T @ h
+        self.cls_gram, self.cls_cross = _grow(self.cls_gram, self.cls_cross, (g + g.T) / 2, hw.T @ y)
 
     def _start_class_sums(self, gram: Tensor | None, cross: Tensor | None) -> None:
         """The class-weighted sums of a state saved without them, from the balance it was solved with (module
