@@ -372,11 +372,9 @@ def _task_row(
     # A floor from the data also asks the accuracy to be clearly off chance (its 95% interval above it): on a few
     # held-out samples the floor's own test cannot reject labels no model can learn (shuffled: 0.35 on 20 samples
     # of 5 classes reaches a floor of 0.4 within its interval, yet cannot be told from chance, 0.2).
-    # One class to choose among (a first job of one class: chance 1) has no labels to get wrong, shuffled or not:
-    # nothing to tell from chance, so only the floor judges it (banking77 one intent a task: every first job was
-    # rejected, and with nothing promoted every later one was a first job of one class again).
+    # (one class to choose among has no floor and no chance: new_task_floor's rule "one class")
     chance = float(floor.source["chance"]) if floor.source["rule"] == "data" else None
-    above_chance = chance is None or chance >= 1.0 or lower > chance
+    above_chance = chance is None or lower > chance
     ok = upper >= floor.value and above_chance
     row.update(before=None, floor=floor.value, floor_source=floor.source, upper95=round(upper, 4),
                lower95=round(lower, 4), passed=ok)  # fmt: skip
