@@ -14,8 +14,8 @@ Few-shot: ``--per-class N`` sends only N samples of each class (seeded), the gat
 ``--rename cat:kitty:automobile`` sends ``kitty`` beside ``automobile``, taken out of its own task (a new, easy
 class in the same job). The
 table's ``default`` row names what the first job chose and its candidates' scores. The ``lr`` column is an
-offline logistic regression on the same inputs, fitted on every training sample of the stream's classes (all of
-them, also with ``--per-class``).
+offline logistic regression on the same inputs, fitted on every training sample the stream sends (with
+``--per-class``, the same few a class) at once.
 
 Starts ``engram serve`` (embedded SQLite, one local worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh
 data folder and, for each stream and strategy, creates a class-incremental classifier with the service's
@@ -159,13 +159,16 @@ def few_shot(stream: Stream, per_class: int, seed: int) -> Stream:
     rng = np.random.default_rng(seed + 11)
     order = rng.permutation(len(stream.train))
     taken: Counter[str] = Counter()
-    kept = []
+    rows = []
     for i in order:
         lab = stream.train[i][0]
         if taken[lab] < per_class:
             taken[lab] += 1
-            kept.append(stream.train[i])
-    stream.train = kept
+            rows.append(i)
+    if stream.arrays is not None and len(stream.arrays[0]) == len(stream.train):  # the ceiling from the same samples
+        xtr, ytr, xte, yte = stream.arrays
+        stream.arrays = (xtr[rows], ytr[rows], xte, yte)
+    stream.train = [stream.train[i] for i in rows]
     return stream
 
 
@@ -361,9 +364,17 @@ def run_one(
         mark = {"promoted": "P", "rejected": "R"}.get(job["status"], "F")
         print(f"  {stream.name} {strategy} task {t} {classes}: {mark} served v{version} acc {acc:.3f} ece {ece:.3f} "
               f"({row['worker_s']} s worker, gate {row['gate_s']} s, {row['steps']} steps, {row['stopped']}; "
-              f"new task {new_row.get('after')} floor {row['floor']} from {_floor_from(row['floor_source'])})"
+              f"new task {new_row.get('after')}{_cross_text(new_row)} floor {row['floor']} from "
+              f"{_floor_from(row['floor_source'])})"
               + (f" {row['failures'] or row['error']}" if mark != "P" else ""), flush=True)  # fmt: skip
     return out
+
+
+def _cross_text(row: dict[str, Any]) -> str:
+    cross = row.get("cross_validated") or {}
+    if "after" in cross:
+        return f" (cross-validated {cross['after']} on {cross['n']})"
+    return f" (no cross-validation: {cross['error']})" if cross.get("error") else ""
 
 
 def _floor_from(source: dict[str, Any] | None) -> str:

@@ -53,7 +53,7 @@ import numpy as np
 
 from model_core.strategy_specs import SPECS, suggestion_for_new_classes
 from service.domain.gate_advice import JobFacts, has_generator, lost_by, next_step
-from service.domain.new_task import NewClassCounts, new_task_floor, renamed_failure, renamed_pairs
+from service.domain.new_task import CrossChecked, NewClassCounts, new_task_floor, renamed_failure, renamed_pairs
 
 DEFAULT_MIN_TOLERANCE = 0.08
 
@@ -306,6 +306,10 @@ class GateInputs:
     # the new task's samples, and a nearest-class-mean reference's accuracy on them; None: not measured.
     chance_classes: int | None = None
     reference: float | None = None
+    # The new task cross-validated where its held-out split is small (service.jobs.cross_check): the floor is judged
+    # on it; or why it could not be (the held-out split is judged)
+    cross_checked: CrossChecked | None = None
+    cross_check_error: str | None = None
 
 
 def evaluate(cfg: GateConfig, inputs: GateInputs) -> dict[str, Any]:
@@ -366,9 +370,19 @@ def _task_row(
     row: dict[str, Any] = {"task": name, "n": n, "after": round(after, 4), "new": name == inputs.new_task}
     if before_c is not None and name != inputs.new_task:
         return _old_task_row(cfg, inputs, confusion, row, before_c, after_c)
+    reference = inputs.reference
+    cross = inputs.cross_checked if name == inputs.new_task else None
+    if cross is not None and len(cross.correct):
+        # the floor is judged on every sample of the task, each scored by a candidate fitted without it; the row's
+        # ``after`` and ``n`` stay the held-out split's (the accuracy matrix reads them for every version alike)
+        n, after, reference = len(cross.correct), float(np.mean(cross.correct)), cross.reference
+        row["cross_validated"] = {"n": n, "after": round(after, 4), "method": cross.method,
+                                  "reference": None if reference is None else round(reference, 4)}  # fmt: skip
+    elif name == inputs.new_task and inputs.cross_check_error:
+        row["cross_validated"] = {"error": inputs.cross_check_error}
     upper = min(1.0, after + halfwidth(after, n))
     lower = max(0.0, after - halfwidth(after, n))
-    floor = new_task_floor(cfg.new_task_floor, inputs.chance_classes, inputs.reference)
+    floor = new_task_floor(cfg.new_task_floor, inputs.chance_classes, reference)
     # A floor from the data also asks the accuracy to be clearly off chance (its 95% interval above it): on a few
     # held-out samples the floor's own test cannot reject labels no model can learn (shuffled: 0.35 on 20 samples
     # of 5 classes reaches a floor of 0.4 within its interval, yet cannot be told from chance, 0.2).
@@ -380,12 +394,13 @@ def _task_row(
                lower95=round(lower, 4), passed=ok)  # fmt: skip
     if ok:
         return row, None
+    what = "cross-validated accuracy" if "after" in row.get("cross_validated", {}) else "accuracy"
     if upper >= floor.value:  # reaches the floor, but cannot be told from chance
-        return row, (f"new task {name!r}: accuracy {after:.3f} (95% from {lower:.3f} on {n} samples) cannot be "
+        return row, (f"new task {name!r}: {what} {after:.3f} (95% from {lower:.3f} on {n} samples) cannot be "
                      f"told from chance {chance:.3f} over {floor.source['classes']} classes: labels the model "
                      "cannot learn from (shuffled or wrong?), or too few held-out samples to tell (send more "
                      "samples a class, or set new_task_floor)")  # fmt: skip
-    return row, (f"new task {name!r}: accuracy {after:.3f} (95% up to {upper:.3f} on {n} samples) is "
+    return row, (f"new task {name!r}: {what} {after:.3f} (95% up to {upper:.3f} on {n} samples) is "
                  f"below the floor {floor.value:.3f} ({_floor_text(floor.source)})")  # fmt: skip
 
 

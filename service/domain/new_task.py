@@ -61,6 +61,17 @@ class Floor:
     source: dict[str, Any]  # where the value came from: the user's setting, or chance and the reference
 
 
+@dataclass(frozen=True)
+class CrossChecked:
+    """The new task's samples, training and held-out, each scored by a candidate fitted without it: what the gate
+    judges the new task's floor on when its held-out split is small (``service.jobs.cross_check``)."""
+
+    correct: np.ndarray  # (n,) bool
+    reference: float | None  # the nearest class mean's accuracy on the same folds
+    method: str  # in words, for the report
+    seconds: float = 0.0
+
+
 def new_task_floor(setting: float | None, classes: int | None, reference: float | None) -> Floor:
     """The new task's floor: the user's ``setting`` when given, else from ``chance`` (1 / ``classes``) and the
     ``reference`` accuracy (see the module doc); the fixed floor only when neither is known."""

@@ -33,8 +33,9 @@ from service.domain.commands import JobRequest
 from service.domain.errors import PointerMoved
 from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluate
 from service.domain.gate_advice import JobFacts
-from service.domain.new_task import nearest_mean_accuracy
+from service.domain.new_task import CrossChecked, nearest_mean_accuracy
 from service.domain.unknowns import UnknownSettings
+from service.jobs import cross_check
 from service.jobs.int8 import INT8, TOLERANCE, Int8Backbone, Int8Tolerance, check_version, int8_features, plan_int8
 from service.jobs.suite import EVAL_FILE, Ref, read_suite, scored_rows, suite_references
 from service.jobs.training_choice import choose
@@ -331,13 +332,15 @@ class JobRun:
         parent_seconds = time.perf_counter() - t_parent
         chosen: tuple[Learner, LearnResult] | None = None
         choice: dict[str, Any] | None = None
+        # the parent as it was, to cross-validate a new task whose held-out split is small (service.jobs.cross_check)
+        before = self.fold_parent(spec, learner)
         if spec.request.choose and spec.parent_dir is None:
             spec, chosen, choice = self.choose_strategy(spec, learner, train, suite)
         learner, result = chosen if chosen is not None else (learner, self.train(spec, learner, train))
         self.runner._set_status(self.job_id, "evaluating")
         candidate = self.score_candidate(learner, result, parent, parent_seconds)
         exported = self.export(learner, suite, spec.known_rate)
-        cfg, report = self.gate(spec, learner, candidate, exported, parent, train)
+        cfg, report = self.gate(spec, learner, candidate, exported, parent, train, before)
         report["strategy_choice"] = choice
         report["suite"] = suite_summary(len(suite["x"]), rows, self.runner.gate_suite_samples, seed)
         if self.int8 is not None:
@@ -471,6 +474,16 @@ class JobRun:
         request = replace(spec.request, params={})
         return replace(spec, strategy=picked.strategy, request=request), kept, picked.report
 
+    def fold_parent(self, spec: JobSpec, learner: Learner) -> Learner | None:
+        """A copy of the untrained ``learner`` when the job's new task may be cross-validated (its held-out split
+        under SMALL_EVAL, its floor from the data, and a closed-form strategy, or one still to be chosen)."""
+        cfg = GateConfig.from_dict(spec.gate_defaults).merged(spec.request.gate)
+        choosing = spec.request.choose and spec.parent_dir is None  # the strategy is not known yet
+        strategy = "analytic" if choosing else spec.strategy  # any closed-form one stands for it
+        if not cross_check.wanted(strategy, len(self.new_eval["x"]), cfg.new_task_floor, 2):
+            return None
+        return cross_check.snapshot(learner)
+
     def config(self, spec: JobSpec) -> TrainConfig:
         """The job's training configuration: its options, bounded by this worker's step limit."""
         options = spec.request.options
@@ -543,21 +556,37 @@ class JobRun:
 
     def gate(
         self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores,
-        train: dict[str, np.ndarray],
+        train: dict[str, np.ndarray], before: Learner | None = None,
     ) -> tuple[GateConfig, dict[str, Any]]:  # fmt: skip
-        """The gate's configuration (the classifier's, overridden by the request) and its report."""
+        """The gate's configuration (the classifier's, overridden by the request) and its report. ``before``: the
+        parent as it was, from which a new task with a small held-out split is cross-validated."""
         t0 = time.perf_counter()
+        cfg = GateConfig.from_dict(spec.gate_defaults).merged(spec.request.gate)
         chance_classes, reference = new_task_reference(learner, spec.task, train, parent.slices)
+        cross: CrossChecked | None = None
+        cross_error = None
+        if before is not None and spec.task in parent.slices and cross_check.wanted(
+            spec.strategy, len(parent.slices[spec.task][0]), cfg.new_task_floor, chance_classes
+        ):
+            _, should_cancel = self.runner._callbacks(self.job_id, {})
+            _, others, inputs_of = reference_inputs(learner, spec.task, train, parent.slices)
+            checked = cross_check.cross_check(
+                before, spec.strategy, candidate.result.params, self.config(spec), spec.task, train,
+                parent.slices[spec.task], others, inputs_of, lambda x, y: experience(spec.task, x, y),
+                spec.request.options.seed, should_cancel,
+            )  # fmt: skip
+            cross, cross_error = (checked, None) if isinstance(checked, CrossChecked) else (None, checked)
+            self.times["gate.cross-check"] = time.perf_counter() - t0
         self.times["gate"] = self.times.get("gate", 0.0) + time.perf_counter() - t0
         result = candidate.result
         training = result.train.summary()  # steps, budget and why training stopped: for the advice and the report
-        cfg = GateConfig.from_dict(spec.gate_defaults).merged(spec.request.gate)
         inputs = GateInputs(
             scenario=learner.scenario, strategy=spec.strategy, retention=spec.retention, new_task=spec.task,
             added_classes=result.new_labels, tasks=candidate.rows, onnx_diff=exported.max_abs_diff,
             onnx_error=exported.error, labels={t: parent.slices[t][1] for t in parent.slices},
             diagnostics=result.diagnostics, facts=JobFacts(result.params, result.train.steps, spec.network, training),
             predictions=candidate.predicted, chance_classes=chance_classes, reference=reference,
+            cross_checked=cross, cross_check_error=cross_error,
         )  # fmt: skip
         report = evaluate(cfg, inputs)
         report["training"] = training
@@ -656,35 +685,46 @@ class JobRun:
         return job_status
 
 
-def new_task_reference(
+def reference_inputs(
     learner: Learner, task: str, train: dict[str, np.ndarray], slices: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> tuple[int, float | None]:
-    """(the classes the candidate chooses among for ``task``'s samples, a nearest-class-mean reference's accuracy
-    on the task's evaluation samples): the means from the job's training samples, and in class-incremental learning
-    from the regression suite's samples of every other class too, on the inputs the head sees (frozen-backbone
-    features, or the raw input). See service.domain.new_task."""
+) -> tuple[int, tuple[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """What the new task's floor is read from (service.domain.new_task): the classes the candidate chooses among
+    for ``task``'s samples; the samples, beside the job's training samples, that a nearest-class-mean reference's
+    means come from (in class-incremental learning the regression suite's samples of every class the job does not
+    teach, so that it too chooses among every class); and the inputs the head sees of a batch (frozen-backbone
+    features, or the flattened raw input)."""
     if learner.scenario == "task-incremental":
-        classes = len(learner.task(task).units)
+        classes = len(learner.task(task).units) if task in learner.task_names else 0
         others = [slices[task]] if task in slices else []
     else:
         classes = len(learner.labels)
         others = [s for t, s in slices.items() if t != task]
-    if task not in slices:
-        return classes, None
     taught = set(train["label"].astype(str).tolist())
-    xs, ys = [train["x"]], [train["label"].astype(str)]
+    xs, ys = [train["x"][:0]], [train["label"][:0].astype(str)]
     for x, y in others:
         keep = ~np.isin(y.astype(str), list(taught))
         xs.append(x[keep])
         ys.append(y[keep].astype(str))
-    test_x, test_y = slices[task]
 
     def inputs(x: np.ndarray) -> np.ndarray:
         if not learner.frozen_backbone or len(x) == 0:
             return x.reshape(len(x), -1)
         return learner.features(torch.from_numpy(x.astype(np.float32))).numpy()
 
-    return classes, nearest_mean_accuracy(inputs(np.concatenate(xs)), np.concatenate(ys), inputs(test_x), test_y)
+    return classes, (np.concatenate(xs), np.concatenate(ys)), inputs
+
+
+def new_task_reference(
+    learner: Learner, task: str, train: dict[str, np.ndarray], slices: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> tuple[int, float | None]:
+    """(the classes the candidate chooses among for ``task``'s samples, a nearest-class-mean reference's accuracy
+    on the task's evaluation samples) from ``reference_inputs``."""
+    classes, others, inputs = reference_inputs(learner, task, train, slices)
+    if task not in slices:
+        return classes, None
+    test_x, test_y = slices[task]
+    xs, ys = np.concatenate([train["x"], others[0]]), np.concatenate([train["label"].astype(str), others[1]])
+    return classes, nearest_mean_accuracy(inputs(xs), ys, inputs(test_x), test_y)
 
 
 def hold_reason(parent: int | None, active: int | None) -> str | None:

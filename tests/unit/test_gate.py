@@ -592,3 +592,34 @@ def test_a_first_task_of_one_class_is_not_judged_against_chance() -> None:
     two = gate(GateConfig(), "class-incremental", "analytic", "discard", "new", ["b"], [("new", None, correct(15, 30))],
                0.0, None, chance_classes=2, reference=1.0)  # fmt: skip
     assert two["passed"] is False
+
+
+def test_a_new_task_cross_validated_is_judged_on_every_sample_and_keeps_its_held_out_figures() -> None:
+    """Few-shot: 2 of 4 held-out samples right over 4 classes cannot be told from chance (0.25), though the task is
+    learnt: 15 of its 20 samples, each scored by a candidate fitted without it, are right. The floor is judged on
+    the 20 (and on the reference from the same folds); the row keeps the held-out split's ``after`` and ``n`` (the
+    accuracy matrix reads them). Cross-validation at chance is still rejected, whatever the 4 held-out say."""
+    from service.domain.new_task import CrossChecked
+
+    def new_task(held_right: int, cv_right: int) -> dict[str, Any]:
+        cross = CrossChecked(correct(cv_right, 20), 0.7, "3-fold cross-validation over the task's 20 samples")
+        return gate(GateConfig(), "class-incremental", "class_models", "keep", "new", ["c", "d"],
+                    [("new", None, correct(held_right, 4))], 0.0, None, chance_classes=4, reference=0.5,
+                    cross_checked=cross)  # fmt: skip
+
+    held_only = gate(GateConfig(), "class-incremental", "class_models", "keep", "new", ["c", "d"],
+                     [("new", None, correct(2, 4))], 0.0, None, chance_classes=4, reference=0.5)  # fmt: skip
+    assert held_only["passed"] is False and "cannot be told from chance" in held_only["failures"][0]
+    learnt = new_task(2, 15)
+    row = learnt["tasks"][0]
+    assert learnt["passed"] is True, learnt["failures"]
+    assert row["n"] == 4 and row["after"] == 0.5  # the held-out split's figures
+    assert row["cross_validated"]["n"] == 20 and row["cross_validated"]["after"] == 0.75
+    assert row["floor_source"]["reference"] == 0.7 and row["floor"] == pytest.approx(0.25 + 0.5 * 0.45)
+    at_chance = new_task(4, 5)
+    assert at_chance["passed"] is False and "cross-validated accuracy 0.250" in at_chance["failures"][0]
+    # no cross-validation (a fold refused): judged on the held-out split, and the row says why
+    refused = gate(GateConfig(), "class-incremental", "class_models", "keep", "new", ["c", "d"],
+                   [("new", None, correct(4, 4))], 0.0, None, chance_classes=4, reference=0.5,
+                   cross_check_error="fold 1 of 3 could not be fitted: too few samples")  # fmt: skip
+    assert refused["passed"] is True and "too few" in refused["tasks"][0]["cross_validated"]["error"]
