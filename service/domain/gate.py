@@ -306,7 +306,7 @@ class GateInputs:
     # the new task's samples, and a nearest-class-mean reference's accuracy on them; None: not measured.
     chance_classes: int | None = None
     reference: float | None = None
-    # The new task cross-validated where its held-out split is small (service.jobs.cross_check): the floor is judged
+    # The new task cross-validated where its held-out split is small (service.jobs.training_cross_check): the floor is judged
     # on it; or why it could not be (the held-out split is judged)
     cross_checked: CrossChecked | None = None
     cross_check_error: str | None = None

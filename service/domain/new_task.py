@@ -64,7 +64,7 @@ class Floor:
 @dataclass(frozen=True)
 class CrossChecked:
     """The new task's samples, training and held-out, each scored by a candidate fitted without it: what the gate
-    judges the new task's floor on when its held-out split is small (``service.jobs.cross_check``)."""
+    judges the new task's floor on when its held-out split is small (``service.jobs.training_cross_check``)."""
 
     correct: np.ndarray  # (n,) bool
     reference: float | None  # the nearest class mean's accuracy on the same folds

@@ -35,7 +35,7 @@ from service.domain.gate import GateConfig, GateInputs, TaskPredictions, evaluat
 from service.domain.gate_advice import JobFacts
 from service.domain.new_task import CrossChecked, nearest_mean_accuracy
 from service.domain.unknowns import UnknownSettings
-from service.jobs import cross_check
+from service.jobs import training_cross_check as cross_check
 from service.jobs.int8 import INT8, TOLERANCE, Int8Backbone, Int8Tolerance, check_version, int8_features, plan_int8
 from service.jobs.suite import EVAL_FILE, Ref, read_suite, scored_rows, suite_references
 from service.jobs.training_choice import choose
@@ -53,7 +53,10 @@ CHECKED_ROWS = 32  # cached parent labels recomputed as a check; any difference 
 MODEL_FILE, HEAD_FILE = "model.onnx", "head.onnx"  # a whole graph; or the head on a shared backbone (references)
 THROTTLE = 0.5  # seconds between progress writes and cancel checks
 FINISH_PATIENCE = 120.0  # seconds a failed job waits for the database to record why it failed
-FEATURE_CACHES = 4  # classifiers whose frozen-backbone features a worker keeps between jobs
+FEATURE_CACHES = 4  # frozen backbones whose features a worker keeps between jobs
+# Bytes of frozen-backbone features a worker keeps in all (EfficientNet-Lite0: 5 KB a sample, so about 100,000
+# samples); past it the oldest features go first, whatever backbone or classifier they were computed for
+FEATURE_CACHE_BYTES = 512 << 20
 # Frozen backbones whose ONNX Runtime session (``OnnxFeatures``) a worker keeps between jobs: building one for
 # EfficientNet-Lite0 costs 0.3-0.6 s, a third of a new photo class's job; each kept holds its graph and its arena.
 FEATURE_SESSIONS = 2
@@ -140,9 +143,10 @@ class JobRunner:
         self.cache_dir = cache_dir  # local scratch: frozen backbones' ONNX graphs, exported once
         self.on_stage = on_stage
         self.max_steps = max_steps  # the bound on a step budget from the data
-        # Frozen-backbone features this worker computed, by classifier and backbone: every version of a classifier
-        # shares its frozen backbone, so a job reuses the features of the regression suite (and of kept training
-        # samples) that earlier jobs computed. The least recently used classifiers' features go first.
+        # Frozen-backbone features this worker computed, by backbone digest (its spec and weights: the same input
+        # gives the same features on it, whatever classifier sends it): a job reuses the features of the regression
+        # suite, of kept training samples and of any sample another classifier on the backbone sent before. The
+        # least recently used backbones' features go first, then the oldest past FEATURE_CACHE_BYTES.
         self.features: OrderedDict[str, dict[bytes, torch.Tensor]] = OrderedDict()
         self.feature_sessions: OrderedDict[str, OnnxFeatures] = OrderedDict()  # by backbone digest, LRU
 
@@ -173,6 +177,7 @@ class JobRunner:
         self.features[key] = cache
         while len(self.features) > FEATURE_CACHES:
             self.features.popitem(last=False)
+        trim_features(self.features, FEATURE_CACHE_BYTES)
         return cache
 
     def _feature_session(self, learner: Learner) -> OnnxFeatures:
@@ -332,7 +337,7 @@ class JobRun:
         parent_seconds = time.perf_counter() - t_parent
         chosen: tuple[Learner, LearnResult] | None = None
         choice: dict[str, Any] | None = None
-        # the parent as it was, to cross-validate a new task whose held-out split is small (service.jobs.cross_check)
+        # the parent as it was, to cross-validate a new task whose held-out split is small (service.jobs.training_cross_check)
         before = self.fold_parent(spec, learner)
         if spec.request.choose and spec.parent_dir is None:
             spec, chosen, choice = self.choose_strategy(spec, learner, train, suite)
@@ -407,9 +412,9 @@ class JobRun:
     def choose_feature_backend(self, spec: JobSpec, learner: Learner, train: dict[str, np.ndarray]) -> None:
         """A frozen backbone's features: cached between jobs, and computed by ONNX Runtime on a CPU (with its
         int8 graph where the classifier has one, or gets one now: service.jobs.int8)."""
+        digest = backbone_digest(learner) if learner.frozen_backbone else ""
         if learner.frozen_backbone:
-            backbone = json.dumps(spec.network.get("backbone"), sort_keys=True)
-            learner.feature_cache = self.runner._features_of(f"{spec.classifier_id}:{backbone}")
+            learner.feature_cache = self.runner._features_of(digest)
         if learner.frozen_backbone and resolve_device(self.runner.device).type == "cpu":
             # Features through ONNX Runtime on the backbone graph the versions serve (exported once, cached):
             # several times faster than eager torch on a CPU, and the head trains on what serving computes.
@@ -423,7 +428,7 @@ class JobRun:
                 self.times["int8-quantize"] = time.perf_counter() - t
             if self.int8 is not None:  # its own feature cache: int8 features never mix with fp32 ones
                 self.fp32_features = learner.feature_fn, learner.feature_cache
-                learner.feature_cache = self.runner._features_of(f"{spec.classifier_id}:{backbone}:{self.int8.sha256}")
+                learner.feature_cache = self.runner._features_of(f"{digest}:{self.int8.sha256}")
                 learner.feature_fn = int8_features(learner, self.int8)
 
     def check_int8(self, learner: Learner, parent: ParentScores, exported: Exported) -> dict[str, Any]:
@@ -683,6 +688,17 @@ class JobRun:
             job.seconds = report["seconds"]
             s.commit()
         return job_status
+
+
+def trim_features(caches: OrderedDict[str, dict[bytes, torch.Tensor]], budget: int) -> None:
+    """Drop the oldest features of ``caches`` (least recently used backbone first, then each cache's oldest rows)
+    until they hold at most ``budget`` bytes."""
+    used = sum(t.numel() * t.element_size() for cache in caches.values() for t in cache.values())
+    for cache in list(caches.values()):
+        while used > budget and cache:
+            used -= (t := cache.pop(next(iter(cache)))).numel() * t.element_size()
+        if used <= budget:
+            return
 
 
 def reference_inputs(

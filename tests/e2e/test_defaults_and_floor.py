@@ -92,7 +92,7 @@ def test_a_shuffled_label_first_job_is_rejected_and_a_few_shot_one_promoted(serv
     row = _new_row(good)
     assert row["floor_source"]["rule"] == "data" and row["floor_source"]["reference"] > 0.7
     assert row["floor"] == pytest.approx(0.1 + 0.5 * (row["floor_source"]["reference"] - 0.1), abs=1e-3)
-    # 40 held-out samples: the floor is judged on all 200, cross-validated (service.jobs.cross_check), while the
+    # 40 held-out samples: the floor is judged on all 200, cross-validated (service.jobs.training_cross_check), while the
     # shuffled job's 100 held-out samples were enough to judge on
     assert row["n"] == 40 and row["cross_validated"]["n"] == 200 and "3-fold" in row["cross_validated"]["method"]
     assert row["floor_source"]["reference"] == row["cross_validated"]["reference"]

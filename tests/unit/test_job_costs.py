@@ -4,6 +4,7 @@ the parent's labels for its own suite are read from its version rather than pred
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from model_core.config import InputSpec, NetworkSpec, TrainConfig
 from model_core.learner import Learner
@@ -82,3 +83,20 @@ def test_the_generators_quality_figures_take_100_samples_a_class_up_to_100_class
     assert quality_samples(10 * QUALITY_BUDGET) == QUALITY_MIN  # never fewer a class, however many classes
     # the replayed samples scored per job stop growing with the classes (each is scored over every class)
     assert max(c * quality_samples(c) for c in range(1, QUALITY_BUDGET // QUALITY_MIN + 1)) <= QUALITY_BUDGET
+
+
+def test_the_workers_feature_caches_keep_the_newest_features_within_their_byte_budget() -> None:
+    from collections import OrderedDict
+
+    from service.jobs.training import trim_features
+
+    def cache(n: int, tag: int) -> dict[bytes, torch.Tensor]:
+        return {bytes([tag, i]): torch.zeros(256) for i in range(n)}  # 1 KB each
+
+    caches: OrderedDict[str, dict[bytes, torch.Tensor]] = OrderedDict(old=cache(6, 0), new=cache(6, 1))
+    trim_features(caches, 8 << 10)  # 12 KB held, 8 KB allowed: the least recently used backbone's oldest go first
+    assert list(caches["old"]) == [bytes([0, 4]), bytes([0, 5])] and len(caches["new"]) == 6
+    trim_features(caches, 3 << 10)
+    assert caches["old"] == {} and list(caches["new"]) == [bytes([1, i]) for i in (3, 4, 5)]
+    trim_features(caches, 100 << 10)  # within budget: nothing goes
+    assert len(caches["new"]) == 3

@@ -1,4 +1,4 @@
-"""The new task cross-validated for the gate when its held-out split is small (service.jobs.cross_check)."""
+"""The new task cross-validated for the gate when its held-out split is small (service.jobs.training_cross_check)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 from model_core.config import InputSpec, NetworkSpec, TrainConfig
 from model_core.learner import Learner
 from service.domain.new_task import CrossChecked
-from service.jobs import cross_check
+from service.jobs import training_cross_check as cross_check
 from service.jobs.training import experience, reference_inputs
 
 SPEC = NetworkSpec(InputSpec("vector", dim=64), backbone="mlp")
