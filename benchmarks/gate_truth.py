@@ -35,7 +35,9 @@ Streams (held-out samples are never sent to learn):
 - ``cifar-5x2`` / ``cifar-10x1``: ``../shared/data/cifar10-mini`` photos as JPEG, ``train/`` to learn,
   ``test/`` to score; ``cifar-5x2u``: the same 5 tasks of 2 with 5x unequal sizes, the first task's classes
   sent with their first 100 photos each, every later class with all of its (about 500); ``cifar-catdog``: cat
-  with dog in the first task, the other 8 classes in pairs after it (two hard classes learnt together);
+  with dog in the first task, the other 8 classes in pairs after it (two hard classes learnt together); any other
+  stream with a ``u`` after its shape (``digits-5x2u``, ``mnist-5x2u``, ``banking77-8u``) sends its first task's
+  classes with the first fifth of their training samples, the later tasks whole;
 - ``banking77-8`` / ``banking77-20x1``: ``../shared/data/banking77`` utterances as 384-value sentence embeddings
   (``benchmarks.embeddings``: all-MiniLM-L6-v2, computed once and cached outside the repository) sent as vectors
   to a classifier that declares them features (backbone ``identity``; ``--backbone`` overrides it), 77 intents
@@ -154,6 +156,23 @@ def _banking77(name: str, per_task: int, first: int | None, seed: int) -> Stream
                   (data["train_x"][tr], names[data["train_y"][tr]], data["test_x"][te], names[data["test_y"][te]]))  # fmt: skip
 
 
+def unequal(stream: Stream, share: int = 5) -> Stream:
+    """The stream with its first task's classes sent with a ``share``-th of their training samples (the first ones),
+    the later tasks whole: tasks that differ ``share``x in samples a class."""
+    sent: Counter[str] = Counter()
+    total = Counter(lab for lab, _ in stream.train)
+    rows = []
+    for i, (lab, _) in enumerate(stream.train):
+        sent[lab] += 1
+        if lab not in stream.tasks[0] or sent[lab] <= max(1, total[lab] // share):
+            rows.append(i)
+    if stream.arrays is not None and len(stream.arrays[0]) == len(stream.train):
+        xtr, ytr, xte, yte = stream.arrays
+        stream.arrays = (xtr[rows], ytr[rows], xte, yte)
+    stream.train = [stream.train[i] for i in rows]
+    return stream
+
+
 def few_shot(stream: Stream, per_class: int, seed: int) -> Stream:
     """The stream with only ``per_class`` training samples of each class (a seeded choice)."""
     rng = np.random.default_rng(seed + 11)
@@ -227,6 +246,8 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
         stream = Stream(name, {"kind": "image", "channels": 3, "height": 32, "width": 32}, tasks, train, test)
     else:
         return f"unknown stream {name!r}; known: {', '.join(STREAMS)}"
+    if shape.endswith("u") and kind != "cifar":
+        stream = unequal(stream)
     if test_per_class:
         taken: Counter[str] = Counter()
         kept: list[tuple[str, Payload]] = []
