@@ -12,7 +12,8 @@ A class's Gaussian has the mean mu_c and the covariance of regularised discrimin
 
 ``a_c = 0`` is the class's own covariance (quadratic discriminant analysis), ``a_c = 1`` the pooled one for
 every class (linear discriminant analysis). With a pseudo-count k (a normal-inverse-Wishart prior centred on
-P), ``a_c = k / (k + n_c)``: a class of 10 samples gets nearly the pooled shape, one of 1,000 keeps its own.
+P), ``a_c = k / (k + n_c)`` (``ClassStats.shrinkage``); ``class_models`` gives every class one share instead,
+``k / (k + median n_c)``, so classes learnt from different counts are not shaped unequally (its module doc).
 The pooled part grows with every class learnt and every sample added, so every class's S_c (a_c > 0) moves a
 little with every job, while its mean and its own scatter change only when samples of that class are learnt.
 
