@@ -148,12 +148,8 @@ class Confusion:
         rows = np.array([index[c] for c in olds], dtype=int)
         cols = [counts.new_at[index[n]] for n in news]
         taken = counts.from_new[cols][:, rows] / totals[[index[n] for n in news]][:, None]  # (new, old) rates
-        summed = np.zeros(len(olds))
-        for r in taken:  # each old class's reverse: the new classes' rates added in order, as sum() added them
-            summed = summed + r
-        reverse: dict[str, float] = dict.fromkeys(olds, 0)  # sum() of no rates: 0
-        if news:
-            reverse = {c: float(v) for c, v in zip(olds, summed.tolist(), strict=True)}
+        # each old class's reverse: the new classes' rates of taking its samples, added
+        reverse = {c: float(v) for c, v in zip(olds, taken.sum(0).tolist(), strict=True)}
         gives = counts.to_new[rows][:, cols]  # (old, new) samples of the old class given to the new one
         rate = gives / np.maximum(totals[rows], 1)[:, None]
         pairs: list[dict[str, Any]] = [

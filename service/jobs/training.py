@@ -180,10 +180,10 @@ class JobRunner:
         trim_features(self.features, FEATURE_CACHE_BYTES)
         return cache
 
-    def _feature_session(self, learner: Learner) -> OnnxFeatures:
+    def _feature_session(self, learner: Learner, digest: str) -> OnnxFeatures:
         """The ONNX Runtime session computing ``learner``'s frozen-backbone features, built once per backbone
-        (by digest: the same spec and weights give the same graph) and kept for the next jobs."""
-        digest = backbone_digest(learner)
+        (by its ``digest``, ``backbone_digest``: the same spec and weights give the same graph) and kept for the
+        next jobs."""
         found = self.feature_sessions.pop(digest, None) or OnnxFeatures(learner, self.cache_dir, self.feature_threads)
         self.feature_sessions[digest] = found
         while len(self.feature_sessions) > FEATURE_SESSIONS:
@@ -337,15 +337,16 @@ class JobRun:
         parent_seconds = time.perf_counter() - t_parent
         chosen: tuple[Learner, LearnResult] | None = None
         choice: dict[str, Any] | None = None
+        cfg = GateConfig.from_dict(spec.gate_defaults).merged(spec.request.gate)  # the classifier's, then the request's
         # the parent as it was, to cross-validate a new task whose held-out split is small (service.jobs.training_cross_check)
-        before = self.fold_parent(spec, learner)
+        before = self.fold_parent(spec, cfg, learner)
         if spec.request.choose and spec.parent_dir is None:
             spec, chosen, choice = self.choose_strategy(spec, learner, train, suite)
         learner, result = chosen if chosen is not None else (learner, self.train(spec, learner, train))
         self.runner._set_status(self.job_id, "evaluating")
         candidate = self.score_candidate(learner, result, parent, parent_seconds)
         exported = self.export(learner, suite, spec.known_rate)
-        cfg, report = self.gate(spec, learner, candidate, exported, parent, train, before)
+        report = self.gate(spec, cfg, learner, candidate, exported, parent, train, before)
         report["strategy_choice"] = choice
         report["suite"] = suite_summary(len(suite["x"]), rows, self.runner.gate_suite_samples, seed)
         if self.int8 is not None:
@@ -418,7 +419,7 @@ class JobRun:
         if learner.frozen_backbone and resolve_device(self.runner.device).type == "cpu":
             # Features through ONNX Runtime on the backbone graph the versions serve (exported once, cached):
             # several times faster than eager torch on a CPU, and the head trains on what serving computes.
-            learner.feature_fn = self.runner._feature_session(learner)
+            learner.feature_fn = self.runner._feature_session(learner, digest)
             if self.runner.int8 and self.runner.shared_backbone:
                 t = time.perf_counter()
                 try:
@@ -479,12 +480,11 @@ class JobRun:
         request = replace(spec.request, params={})
         return replace(spec, strategy=picked.strategy, request=request), kept, picked.report
 
-    def fold_parent(self, spec: JobSpec, learner: Learner) -> Learner | None:
+    def fold_parent(self, spec: JobSpec, cfg: GateConfig, learner: Learner) -> Learner | None:
         """A copy of the untrained ``learner`` when the job's new task may be cross-validated (its held-out split
         under SMALL_EVAL, its floor from the data, and a closed-form strategy, or one still to be chosen)."""
-        cfg = GateConfig.from_dict(spec.gate_defaults).merged(spec.request.gate)
-        choosing = spec.request.choose and spec.parent_dir is None  # the strategy is not known yet
-        strategy = "analytic" if choosing else spec.strategy  # any closed-form one stands for it
+        choosing = spec.request.choose and spec.parent_dir is None
+        strategy = None if choosing else spec.strategy
         if not cross_check.wanted(strategy, len(self.new_eval["x"]), cfg.new_task_floor, 2):
             return None
         return cross_check.snapshot(learner)
@@ -560,13 +560,12 @@ class JobRun:
         return Exported(onnx_bytes, diff, err, about, backbone, digest, calibration)
 
     def gate(
-        self, spec: JobSpec, learner: Learner, candidate: Candidate, exported: Exported, parent: ParentScores,
-        train: dict[str, np.ndarray], before: Learner | None = None,
-    ) -> tuple[GateConfig, dict[str, Any]]:  # fmt: skip
-        """The gate's configuration (the classifier's, overridden by the request) and its report. ``before``: the
-        parent as it was, from which a new task with a small held-out split is cross-validated."""
+        self, spec: JobSpec, cfg: GateConfig, learner: Learner, candidate: Candidate, exported: Exported,
+        parent: ParentScores, train: dict[str, np.ndarray], before: Learner | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The gate's report under ``cfg`` (the classifier's configuration, overridden by the request). ``before``:
+        the parent as it was, from which a new task with a small held-out split is cross-validated."""
         t0 = time.perf_counter()
-        cfg = GateConfig.from_dict(spec.gate_defaults).merged(spec.request.gate)
         chance_classes, reference = new_task_reference(learner, spec.task, train, parent.slices)
         cross: CrossChecked | None = None
         cross_error = None
@@ -576,8 +575,9 @@ class JobRun:
             _, should_cancel = self.runner._callbacks(self.job_id, {})
             _, others, inputs_of = reference_inputs(learner, spec.task, train, parent.slices)
             checked = cross_check.cross_check(
-                before, spec.strategy, candidate.result.params, self.config(spec), spec.task, train,
+                before, spec.strategy, candidate.result.params, self.config(spec), train,
                 parent.slices[spec.task], others, inputs_of, lambda x, y: experience(spec.task, x, y),
+                lambda lr, x, y: predictions(lr, x, y, spec.task, len(lr.labels)).after,
                 spec.request.options.seed, should_cancel,
             )  # fmt: skip
             cross, cross_error = (checked, None) if isinstance(checked, CrossChecked) else (None, checked)
@@ -597,7 +597,7 @@ class JobRun:
         report["training"] = training
         report["novelty"] = exported.novelty
         report["calibration"] = exported.calibration
-        return cfg, report
+        return report
 
     def write_bundle(
         self, spec: JobSpec, learner: Learner, result: LearnResult, exported: Exported, suite: dict[str, np.ndarray],

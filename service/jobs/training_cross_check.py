@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from model_core.config import TrainConfig
 from model_core.learner import Learner
@@ -33,11 +32,14 @@ from service.domain.new_task import CrossChecked, nearest_mean_accuracy
 from service.jobs.training_choice import FOLDS, SMALL_EVAL, stratified_folds
 
 
-def wanted(strategy: str, held_out: int, floor_setting: float | None, classes: int) -> bool:
-    """Whether the new task is cross-checked: a closed-form ``strategy``, fewer than ``SMALL_EVAL`` held-out samples,
-    a floor from the data, and more than one class to choose among (one class has no floor)."""
+def wanted(strategy: str | None, held_out: int, floor_setting: float | None, classes: int) -> bool:
+    """Whether the new task is cross-checked: a closed-form ``strategy`` (None: still to be chosen, which may be
+    one), fewer than ``SMALL_EVAL`` held-out samples, a floor from the data, and more than one class to choose among
+    (one class has no floor)."""
     if floor_setting is not None or held_out >= SMALL_EVAL or classes < 2:
         return False
+    if strategy is None:
+        return True
     try:
         return not create_strategy(strategy).gradient_steps
     except ValueError:
@@ -62,25 +64,26 @@ def cross_check(
     strategy: str,
     params: dict[str, Any],
     config: TrainConfig,
-    task: str,
     train: dict[str, np.ndarray],
     held_out: tuple[np.ndarray, np.ndarray],
     others: tuple[np.ndarray, np.ndarray],
     inputs: Callable[[np.ndarray], np.ndarray],
     make_experience: Callable[[np.ndarray, np.ndarray], Any],
+    predict: Callable[[Learner, np.ndarray, np.ndarray], np.ndarray],
     seed: int,
     should_cancel: Callable[[], bool] | None = None,
 ) -> CrossChecked | str:
-    """Cross-validate the new ``task`` (see the module doc) from ``parent`` (left unchanged: each fold learns a
+    """Cross-validate the job's new task (see the module doc) from ``parent`` (left unchanged: each fold learns a
     copy). ``others``: the old classes' samples the reference's means also come from (class-incremental);
-    ``inputs``: what the head sees of a batch (frozen-backbone features, or the flattened input). Returns the
+    ``inputs``: what the head sees of a batch (frozen-backbone features, or the flattened input); ``predict``: a
+    learner's labels for (x, labels) as the gate predicts them (``service.jobs.training.predictions``). Returns the
     result, or why the folds could not be fitted."""
     t0 = time.perf_counter()
     x = np.concatenate([train["x"], held_out[0]])
     y = np.concatenate([train["label"].astype(str), held_out[1].astype(str)])
     fold = stratified_folds(y, FOLDS, seed)
     correct = np.zeros(len(x), dtype=bool)
-    reference_right = 0
+    reference_right = 0.0
     features = inputs(x)
     other_x, other_y = inputs(others[0]) if len(others[0]) else features[:0], others[1].astype(str)
     for k in range(FOLDS):
@@ -94,17 +97,10 @@ def cross_check(
             raise
         except ValueError as exc:  # the strategy refuses a fold (a class too small in it)
             return f"fold {k + 1} of {FOLDS} could not be fitted: {exc}"
-        logits = learner.logits(torch.from_numpy(x[score]), device="cpu")
-        names = np.array(learner.labels, dtype=str)
-        if learner.scenario == "task-incremental":
-            units = torch.tensor(learner.task(task).units)
-            predicted = names[units[logits[:, units].argmax(1)].numpy()]
-        else:
-            predicted = names[logits.argmax(1).numpy()]
-        correct[score] = predicted == y[score]
+        correct[score] = predict(learner, x[score], y[score]) == y[score]
         ref = nearest_mean_accuracy(np.concatenate([features[fit], other_x]), np.concatenate([y[fit], other_y]),
                                     features[score], y[score])  # fmt: skip
-        reference_right += round((ref or 0.0) * int(score.sum()))
+        reference_right += (ref or 0.0) * int(score.sum())  # its samples right in this fold
     method = (f"{FOLDS}-fold cross-validation over the task's {len(x)} samples (its held-out split has "
               f"{len(held_out[0])}, under {SMALL_EVAL}): each scored by the parent taught the other folds")  # fmt: skip
     return CrossChecked(correct, reference_right / len(x), method, time.perf_counter() - t0)

@@ -10,7 +10,7 @@ from model_core.config import InputSpec, NetworkSpec, TrainConfig
 from model_core.learner import Learner
 from service.domain.new_task import CrossChecked
 from service.jobs import training_cross_check as cross_check
-from service.jobs.training import experience, reference_inputs
+from service.jobs.training import experience, predictions, reference_inputs
 
 SPEC = NetworkSpec(InputSpec("vector", dim=64), backbone="mlp")
 CONFIG = TrainConfig(device="cpu")
@@ -35,8 +35,9 @@ def _check(parent: Learner, x: np.ndarray, y: np.ndarray) -> CrossChecked | str:
     train, held = {"x": x[:16], "label": y[:16]}, (x[16:], y[16:])
     slices = {"t1": _digits((0, 1), 10, seed=2), "t2": held}
     _, others, inputs = reference_inputs(parent, "t2", train, slices)
-    return cross_check.cross_check(parent, "class_models", {}, CONFIG, "t2", train, held, others, inputs,
-                                   lambda a, b: experience("t2", a, b), seed=0)  # fmt: skip
+    return cross_check.cross_check(parent, "class_models", {}, CONFIG, train, held, others, inputs,
+                                   lambda a, b: experience("t2", a, b),
+                                   lambda lr, a, b: predictions(lr, a, b, "t2", len(lr.labels)).after, seed=0)  # fmt: skip
 
 
 def test_every_sample_of_the_task_is_scored_once_and_the_parent_is_left_as_it_was() -> None:
@@ -71,3 +72,4 @@ def test_only_a_closed_form_strategy_with_a_small_held_out_split_and_a_floor_fro
     assert not cross_check.wanted("class_models", 20, 0.3, 4)  # the user's floor
     assert not cross_check.wanted("class_models", 20, None, 1)  # one class: no floor
     assert not cross_check.wanted("ewc", 20, None, 4)  # gradient steps: three more trainings
+    assert cross_check.wanted(None, 20, None, 2)  # a first job's strategy still to be chosen may be closed-form
