@@ -92,6 +92,10 @@ def variants(prepared: Path) -> dict[str, dict[str, Any]]:
         "bias_corrected": dict(base, bias_correction=True),  # what model_core.quantize.QuantConfig() does now
         "bias_corrected_float_stem": dict(base, bias_correction=True, exclude=s["stem_nodes"]),
         "bias_corrected_u16_stem": dict(base, bias_correction=True, extra=wide(s["stem_tensors"])),
+        "bias_corrected_float_dw": dict(base, bias_correction=True, exclude=s["depthwise_nodes"]),
+        "bias_corrected_float_stem_dw": dict(base, bias_correction=True, exclude=s["stem_nodes"] + s["depthwise_nodes"]),
+        "bias_corrected_float_stem_dw_head": dict(base, bias_correction=True,
+                                                  exclude=s["stem_nodes"] + s["depthwise_nodes"] + s["head_nodes"]),
         "percentile_u16_head": {**base, **pct, "extra": {**pct["extra"], **wide(s["head_tensors"])}},
     }  # fmt: skip
 
@@ -155,11 +159,15 @@ def main() -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from benchmarks.int8_backbone import analytic_head, head_predict
+    from model_core import quantize as q
     from model_core.config import BackboneSpec, InputSpec, NetworkSpec
     from model_core.export_frozen import backbone_graph
     from model_core.learner import Learner
     from model_core.probe import photo_folder
-    from model_core.quantize import features
+
+    def features(graph: Path, images: np.ndarray, threads: int = 0) -> np.ndarray:
+        simulate = args.simulate and graph.name not in ("fp32.onnx", "prepared.onnx")
+        return q.features(graph, images, threads=threads, simulate=simulate)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="variants to run (default: all)")
@@ -171,6 +179,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--own-head", action="store_true", help="also fit a head on each variant's own features")
     parser.add_argument("--debug", action="store_true", help="print qdq_loss_debug's SQNR per tensor and stop")
+    parser.add_argument("--simulate", action="store_true",
+                        help="run the int8 graphs' Q/DQ pairs in float (session.disable_quant_qdq): the answers an "
+                             "x86 processor with VNNI computes, on one without it (whose u8 x s8 sums saturate); "
+                             "the speed columns then say nothing")  # fmt: skip
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
         raise SystemExit(f"no photos at {args.data} (see shared/data/README.md)")
@@ -182,6 +194,8 @@ def main() -> None:
     def session(path: Path) -> ort.InferenceSession:
         o = ort.SessionOptions()
         o.intra_op_num_threads = args.threads
+        if args.simulate and path.name not in ("fp32.onnx", "prepared.onnx"):
+            o.add_session_config_entry(q.SIMULATE_QDQ, "1")
         return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
     with tempfile.TemporaryDirectory(prefix="int8-variants-") as name:

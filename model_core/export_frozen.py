@@ -29,6 +29,7 @@ from model_core.graphs import FEATURES, compose
 from model_core.learner import Learner
 from model_core.networks.gaussian_head import GaussianHead, onnx_nodes
 from model_core.networks.random_features import ExpandedLinear, expansion_of
+from model_core.quantize import SIMULATE_QDQ
 from model_core.text import trim_padding
 
 EXPANDED = "expansion.out"  # the random features (B, width) that ``ExpandedLinear`` blocks read
@@ -213,13 +214,16 @@ class OnnxFeatures:
     """
 
     def __init__(self, learner: Learner, cache_dir: Path | None, threads: int = 0, batch_size: int = 64,
-                 graph: bytes | None = None) -> None:  # fmt: skip
+                 graph: bytes | None = None, simulate_qdq: bool = False) -> None:  # fmt: skip
         """``graph``: another graph of the same backbone to run (e.g. its int8 version, model_core.quantize);
-        default the fp32 backbone graph, exported once into ``cache_dir``."""
+        default the fp32 backbone graph, exported once into ``cache_dir``. ``simulate_qdq``: run an int8 graph's
+        Q/DQ pairs in float, what exact int8 kernels compute (``model_core.quantize.int8_kernels``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
+        if simulate_qdq:
+            options.add_session_config_entry(SIMULATE_QDQ, "1")
         graph = graph if graph is not None else backbone_graph(learner, "input", cache_dir)
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.batch_size = batch_size

@@ -18,6 +18,7 @@ few hundred images fixes the scales, and no squeeze-excite layer sits between co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tempfile
@@ -31,6 +32,76 @@ import numpy as np
 from model_core.files import write_atomic
 
 FEATURES = "features"  # the backbone graph's output (model_core.export_frozen.FEATURES)
+LAYER_ROLES = ("stem", "head", "depthwise", "residual")  # the parts ``layer_roles`` finds
+
+
+# x86 instructions with which ONNX Runtime's u8 x s8 kernels sum products in 32 bits: exactly what the QDQ graph
+# computes. Without them (AVX2 alone) the kernels add pairs of products in 16 bits (VPMADDUBSW), which saturate.
+EXACT_X86_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+SIMULATE_QDQ = "session.disable_quant_qdq"  # ONNX Runtime's session option: run each Q/DQ pair in float
+INT8_KIND = "onnx-backbone-int8"  # the kind of a version manifest's int8 backbone reference
+
+
+@dataclass(frozen=True)
+class Int8Kernels:
+    """Whether this processor's int8 kernels compute what the int8 graph says (``exact``), and why."""
+
+    exact: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"exact": self.exact, "reason": self.reason}
+
+
+def int8_kernels(flags: set[str] | None = None, machine: str | None = None) -> Int8Kernels:
+    """This processor's int8 kernels (``flags``, ``machine``: /proc/cpuinfo's flags and ``platform.machine()``,
+    read when None). On x86 without VNNI or AMX, ONNX Runtime's u8 x s8 convolutions add pairs of products in
+    16 bits and saturate: on an AVX2-only AMD EPYC the default photo backbone's int8 features were 0.66 off fp32's
+    (mean relative error), against 0.20 for the same graph run exactly (``python -m benchmarks.int8_variants
+    bias_corrected --calibration 64 [--simulate]``), and a head's top-1 agreed with fp32 on 0.72 of the photos
+    against 0.94. There, a job runs the int8 graph's Q/DQ pairs in float (``SIMULATE_QDQ``: the answers a VNNI
+    processor computes, slower than fp32) and serving keeps fp32 (faster there, and what each version's check
+    measured as the fallback)."""
+    import platform
+
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return Int8Kernels(True, f"{machine}: ONNX Runtime's int8 kernels here sum in 32 bits (not measured by Engram)")
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+        except OSError:
+            return Int8Kernels(False, "x86 processor whose instruction set could not be read (/proc/cpuinfo): "
+                                      "int8 kernels treated as saturating")  # fmt: skip
+    found = [f for f in EXACT_X86_FLAGS if f in flags]
+    if found:
+        return Int8Kernels(True, f"x86 with {', '.join(found)}: int8 products summed in 32 bits")
+    return Int8Kernels(False, "x86 without VNNI or AMX (no avx512_vnni, avx_vnni or amx_int8 among the processor's "
+                              "flags): ONNX Runtime's u8 x s8 kernels add pairs of products in 16 bits and saturate")  # fmt: skip
+
+
+@functools.cache
+def this_processor() -> Int8Kernels:
+    """``int8_kernels()`` of the processor this process runs on, read once."""
+    return int8_kernels()
+
+
+KERNEL_MODES = ("auto", "native", "simulate")  # Settings.int8_kernels
+
+
+def kernels_for(mode: str) -> Int8Kernels:
+    """How this process runs int8 graphs (``Settings.int8_kernels``): "auto" reads the processor
+    (``this_processor``); "native" trusts its int8 kernels (a processor whose flags a hypervisor hides); "simulate"
+    runs every int8 graph's Q/DQ pairs in float, serving included (exact answers, slower than fp32: to measure on a
+    processor without VNNI what one with it serves)."""
+    if mode == "auto":
+        return this_processor()
+    if mode == "native":
+        return Int8Kernels(True, "ENGRAM_INT8_KERNELS=native: this processor's int8 kernels are trusted")
+    if mode == "simulate":
+        return Int8Kernels(False, "ENGRAM_INT8_KERNELS=simulate: int8 graphs run their Q/DQ pairs in float")
+    raise ValueError(f"int8 kernels mode {mode!r}: choose among {', '.join(KERNEL_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -295,12 +366,17 @@ def _input_name(graph: bytes) -> str:
     return str(next(i.name for i in model.graph.input if i.name not in inits))
 
 
-def features(graph: Path | bytes, images: np.ndarray, batch: int = 64, threads: int = 0) -> np.ndarray:
-    """(N, D) float32 features of ``images`` ((N, C, H, W) in [0, 1]) through the backbone graph."""
+def features(
+    graph: Path | bytes, images: np.ndarray, batch: int = 64, threads: int = 0, simulate: bool = False
+) -> np.ndarray:
+    """(N, D) float32 features of ``images`` ((N, C, H, W) in [0, 1]) through the backbone graph; ``simulate``:
+    its Q/DQ pairs run in float (what exact int8 kernels compute, on a processor whose kernels saturate)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # 0: one per core
+    if simulate:
+        options.add_session_config_entry(SIMULATE_QDQ, "1")
     model = str(graph) if isinstance(graph, Path) else graph
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name

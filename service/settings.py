@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_core.quantize import LAYER_ROLES as INT8_PARTS
 
 ROLES = ("predict", "learn", "admin")  # each includes the ones before it
 
@@ -66,6 +69,14 @@ class Settings(BaseSettings):
     # accuracy at most this far below fp32's (widened to one sample on small sets), and top-1 disagreement at most
     int8_max_accuracy_drop: float = Field(default=0.005, ge=0, le=1)
     int8_max_disagreement: float = Field(default=0.05, ge=0, le=1)  # the fraction of samples int8 and fp32 may disagree on
+    # Parts of the backbone left in float in its int8 graph, comma-separated, among stem, head, depthwise and residual
+    # (model_core.quantize.layer_roles): "stem,depthwise" halves the features' error (0.196 -> 0.090, agreement of a
+    # 10-class head with fp32 0.94 -> 0.98, simulated exact kernels), its speed on VNNI not measured yet
+    int8_float_parts: str = ""
+    # How int8 graphs run (model_core.quantize.kernels_for): "auto" reads the processor (x86 without VNNI or AMX has
+    # saturating int8 kernels: jobs then run the graph's Q/DQ pairs in float and the API serves fp32); "native"
+    # trusts the kernels; "simulate" runs Q/DQ pairs in float everywhere, serving too (exact, slower than fp32)
+    int8_kernels: Literal["auto", "native", "simulate"] = "auto"
     # Bytes of ONNX Runtime sessions this process keeps for versions that are not active (pinned predictions,
     # quick rollbacks), the least recently used going first; active versions and shared backbones never count
     serving_cache_mb: int = Field(default=512, ge=0)
@@ -87,6 +98,20 @@ class Settings(BaseSettings):
     retention_keep_ancestors: int = Field(default=3, ge=0)
     # and every version active, or created, within this many days (service.domain.retention)
     retention_keep_days: float = Field(default=30.0, ge=0)
+
+    @field_validator("int8_float_parts")
+    @classmethod
+    def _check_float_parts(cls, value: str) -> str:
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        unknown = sorted(set(parts) - set(INT8_PARTS))
+        if unknown:
+            raise ValueError(f"unknown backbone parts {unknown}; choose among {', '.join(INT8_PARTS)}")
+        return ",".join(dict.fromkeys(parts))
+
+    @property
+    def int8_float_nodes(self) -> tuple[str, ...]:
+        """``int8_float_parts`` as ``model_core.quantize.QuantConfig.float_nodes`` takes them."""
+        return tuple(p for p in self.int8_float_parts.split(",") if p)
 
     @field_validator("api_keys")
     @classmethod

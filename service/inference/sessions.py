@@ -31,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_core.graphs import FEATURES
+from model_core.quantize import INT8_KIND, SIMULATE_QDQ, Int8Kernels, kernels_for
 from model_core.text import trim_padding
 from service.inference.batching import MicroBatcher
 from service.inference.inputs import InputFormat, softmax
@@ -50,11 +51,22 @@ class ServingOptions:
     max_image_pixels: int  # decoded images larger than this are refused
     spin: bool = True  # intra-op threads spin while a run lasts, and stop when it returns
     int8: bool = True  # a version's int8 backbone serves where its check allowed it (docs/guides/int8-backbone.md)
+    int8_simulate: bool = False  # int8 backbones run their Q/DQ pairs in float (Settings.int8_kernels "simulate")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ServingOptions:
+    def from_settings(cls, settings: Settings, kernels: Int8Kernels | None = None) -> ServingOptions:
+        """``kernels``: how this process's int8 kernels run (``model_core.quantize.kernels_for``, from
+        ``Settings.int8_kernels`` when None). Where they saturate (x86 without VNNI or AMX) every version serves its
+        fp32 backbone, int8 on or not: there int8 is slower than fp32 and its answers are not the ones its check
+        measured; with ``int8_kernels`` "simulate" int8 serves with its Q/DQ pairs run in float."""
+        int8, simulate = settings.int8_backbone, settings.int8_kernels == "simulate"
+        if int8 and not simulate:
+            kernels = kernels or kernels_for(settings.int8_kernels)
+            if not kernels.exact:
+                log.warning("ENGRAM_INT8_BACKBONE is on, but this process serves fp32 backbones: %s", kernels.reason)
+                int8 = False
         return cls(settings.ort_threads, settings.batch_max_size, settings.batch_max_wait_ms / 1000,
-                   settings.max_image_pixels, settings.ort_spin, settings.int8_backbone)  # fmt: skip
+                   settings.max_image_pixels, settings.ort_spin, int8, int8 and simulate)  # fmt: skip
 
     def intra_op_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))
@@ -120,7 +132,7 @@ def array_bytes(row: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def session_options(options: ServingOptions, head: bool = False) -> ort.SessionOptions:
+def session_options(options: ServingOptions, head: bool = False, simulate_qdq: bool = False) -> ort.SessionOptions:
     """The options every serving session gets. ``head``: a version's head graph on a shared backbone (a few small
     tensors per run, a few matrix products), which gets neither ONNX Runtime's memory arena (it keeps the largest
     run's activations for the session's life: worth it for a backbone, whose activations are reused every run, not
@@ -139,6 +151,8 @@ def session_options(options: ServingOptions, head: bool = False) -> ort.SessionO
     # to the HTTP event loop (python -m benchmarks.ort_options, docs/guides/shared-backbone.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
     opts.add_session_config_entry("session.force_spinning_stop", "1")
+    if simulate_qdq:  # an int8 graph's Q/DQ pairs in float (Settings.int8_kernels "simulate")
+        opts.add_session_config_entry(SIMULATE_QDQ, "1")
     if head:
         opts.enable_cpu_mem_arena = False
         opts.enable_mem_pattern = False
@@ -217,10 +231,13 @@ def _apply_heads(requests: list[_HeadRequest], features: list[np.ndarray]) -> li
 class SharedBackbone:
     """One frozen backbone's session and micro-batcher, shared by every version on it in this process."""
 
-    def __init__(self, sha256: str, path: Path, fmt: InputFormat, options: ServingOptions) -> None:
+    def __init__(
+        self, sha256: str, path: Path, fmt: InputFormat, options: ServingOptions, simulate_qdq: bool = False
+    ) -> None:
         self.sha256, self.fmt = sha256, fmt
         before = rss_bytes()
-        self.session = ort.InferenceSession(str(path), session_options(options), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(options, simulate_qdq=simulate_qdq),
+                                            providers=["CPUExecutionProvider"])  # fmt: skip
         self.feature_dim = int(self.session.get_outputs()[0].shape[1])
         for n in sorted({1, options.max_batch}):  # warm up the shapes the batcher will use most
             self.session.run([FEATURES], {"input": np.zeros((n, *fmt.shape), dtype=np.float32)})
@@ -258,7 +275,8 @@ class BackbonePool:
         self._building: dict[str, threading.Lock] = {}
         self._backbones: dict[str, SharedBackbone] = {}
 
-    def get(self, sha256: str, path: Callable[[str], Path], fmt: InputFormat, options: ServingOptions) -> SharedBackbone:
+    def get(self, sha256: str, path: Callable[[str], Path], fmt: InputFormat, options: ServingOptions,
+            simulate_qdq: bool = False) -> SharedBackbone:  # fmt: skip
         with self._lock:
             found = self._backbones.get(sha256)
             if found is not None:
@@ -267,7 +285,7 @@ class BackbonePool:
         with build:
             found = self._backbones.get(sha256)
             if found is None:
-                found = SharedBackbone(sha256, path(sha256), fmt, options)
+                found = SharedBackbone(sha256, path(sha256), fmt, options, simulate_qdq)
                 with self._lock:
                     self._backbones[sha256] = found
                 log.info("built the shared backbone %s (%.0f MB)", sha256[:12], found.nbytes / 1e6)
@@ -296,7 +314,9 @@ def load_served(
     if "backbone" in refs and (folder / HEAD_FILE).exists():
         if backbones is None or content is None:
             raise RuntimeError(f"{folder} references a shared backbone; load it with a BackbonePool and a store")
-        backbone = backbones.get(str(served_backbone(refs, options)["sha256"]), content, fmt, options)
+        ref = served_backbone(refs, options)
+        simulate = options.int8_simulate and ref.get("kind") == INT8_KIND
+        backbone = backbones.get(str(ref["sha256"]), content, fmt, options, simulate)
         before = rss_bytes()  # the head's own cost from here (the backbone's, built or not just now, is not its)
         path = folder / HEAD_FILE
         session = ort.InferenceSession(str(path), session_options(options, head=True),

@@ -85,6 +85,7 @@ def make_runner(
     """What every worker needs: the database, a job runner on the artifact store, and its own id. Sweeps
     orphan bundles first, so a crash never leaves the store and the database disagreeing past a restart.
     ``on_stage``: told each stage a job reaches (``service.jobs.training.STAGES``); None in production."""
+    from model_core.quantize import QuantConfig, kernels_for
     from service.jobs.int8 import Int8Tolerance
     from service.jobs.training import JobRunner  # torch is imported here, in the worker process only
 
@@ -97,5 +98,7 @@ def make_runner(
                        shared_backbone=settings.shared_backbone, shared_content=settings.shared_content,
                        int8=settings.int8_backbone, gate_suite_samples=settings.gate_suite_samples,
                        feature_threads=settings.ort_threads,
-                       int8_tolerance=Int8Tolerance(settings.int8_max_accuracy_drop, settings.int8_max_disagreement))  # fmt: skip
+                       int8_tolerance=Int8Tolerance(settings.int8_max_accuracy_drop, settings.int8_max_disagreement),
+                       int8_config=QuantConfig(float_nodes=settings.int8_float_nodes),
+                       int8_kernels=kernels_for(settings.int8_kernels))  # fmt: skip
     return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

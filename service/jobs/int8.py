@@ -32,7 +32,16 @@ import torch
 from model_core.checkpoint import read_manifest
 from model_core.export_frozen import OnnxFeatures, backbone_digest, backbone_graph
 from model_core.learner import Learner
-from model_core.quantize import MAX_ACCURACY_DROP, MAX_DISAGREEMENT, QuantConfig, check_int8, quantize_backbone
+from model_core.quantize import (
+    INT8_KIND,
+    MAX_ACCURACY_DROP,
+    MAX_DISAGREEMENT,
+    Int8Kernels,
+    QuantConfig,
+    check_int8,
+    quantize_backbone,
+    this_processor,
+)
 from service.storage.base import ArtifactStore
 
 INT8 = "int8"  # the manifest's reference role of the int8 backbone graph
@@ -63,7 +72,7 @@ class Int8Backbone:
     def reference(self) -> dict[str, Any]:
         """The manifest's ``int8`` reference: the graph by sha256, and whether this version serves it."""
         serve = bool(self.check and self.check.get("serve_int8"))
-        return {"sha256": self.sha256, "size": len(self.graph), "kind": "onnx-backbone-int8", "digest": self.digest,
+        return {"sha256": self.sha256, "size": len(self.graph), "kind": INT8_KIND, "digest": self.digest,
                 "input": "input", "output": "features", "serve": serve}  # fmt: skip
 
 
@@ -98,9 +107,13 @@ def plan_int8(
                         time.perf_counter() - started)  # fmt: skip
 
 
-def int8_features(learner: Learner, int8: Int8Backbone) -> OnnxFeatures:
-    """The job's feature function on the int8 graph (what serving computes when int8 serves)."""
-    return OnnxFeatures(learner, None, graph=int8.graph)
+def int8_features(learner: Learner, int8: Int8Backbone, kernels: Int8Kernels | None = None) -> OnnxFeatures:
+    """The job's feature function on the int8 graph: what serving computes when int8 serves, on any worker. On a
+    processor whose int8 kernels saturate (``kernels``, default this one's: ``model_core.quantize.int8_kernels``)
+    the graph's Q/DQ pairs run in float, so a head learns, and is checked, on what a processor with exact int8
+    kernels serves, never on this one's saturated sums."""
+    kernels = kernels or this_processor()
+    return OnnxFeatures(learner, None, graph=int8.graph, simulate_qdq=not kernels.exact)
 
 
 def check_version(

@@ -27,6 +27,7 @@ from model_core.export import ExportError, Novelty, NoveltyExportError, export_h
 from model_core.export_frozen import OnnxFeatures, backbone_digest
 from model_core.learner import Learner, LearnResult
 from model_core.novelty import fit_novelty, novelty_module
+from model_core.quantize import Int8Kernels, QuantConfig, this_processor
 from model_core.strategies.base import Progress, TrainingCancelled
 from model_core.trainer import resolve_device
 from service.domain.commands import JobRequest
@@ -120,6 +121,8 @@ class JobRunner:
         shared_content: bool = True,
         int8: bool = False,
         int8_tolerance: Int8Tolerance = TOLERANCE,
+        int8_config: QuantConfig | None = None,
+        int8_kernels: Int8Kernels | None = None,
         gate_suite_samples: int = GATE_SUITE_SAMPLES,
         feature_threads: int = 0,
     ) -> None:
@@ -130,6 +133,9 @@ class JobRunner:
         # A classifier on a shared frozen backbone learns from, and serves, an int8 version of it where that
         # agrees with fp32 within ``int8_tolerance`` (service.jobs.int8, docs/guides/int8-backbone.md)
         self.int8, self.int8_tolerance = int8, int8_tolerance
+        self.int8_config = int8_config or QuantConfig()  # how a first job quantizes (Settings.int8_float_parts)
+        # whether int8 graphs run on this processor's kernels or with their Q/DQ pairs in float (Settings.int8_kernels)
+        self.int8_kernels = int8_kernels or this_processor()
         # Store a frozen backbone's graph once in the artifact store and only the head in each version (the
         # manifest references the backbone by sha256); False: the whole graph in each version's model.onnx.
         self.shared_backbone = shared_backbone  # export each version's novelty score where it has class models
@@ -423,14 +429,15 @@ class JobRun:
             if self.runner.int8 and self.runner.shared_backbone:
                 t = time.perf_counter()
                 try:
-                    self.int8 = plan_int8(learner, spec.parent_dir, train["x"], self.store, self.runner.cache_dir)
+                    self.int8 = plan_int8(learner, spec.parent_dir, train["x"], self.store, self.runner.cache_dir,
+                                          self.runner.int8_config)  # fmt: skip
                 except Exception:  # the job goes on with fp32 (the report has no int8 section); the log says why
                     log.warning("job %s: no int8 backbone, learning from fp32:\n%s", self.job_id, traceback.format_exc())
                 self.times["int8-quantize"] = time.perf_counter() - t
             if self.int8 is not None:  # its own feature cache: int8 features never mix with fp32 ones
                 self.fp32_features = learner.feature_fn, learner.feature_cache
                 learner.feature_cache = self.runner._features_of(f"{digest}:{self.int8.sha256}")
-                learner.feature_fn = int8_features(learner, self.int8)
+                learner.feature_fn = int8_features(learner, self.int8, self.runner.int8_kernels)
 
     def check_int8(self, learner: Learner, parent: ParentScores, exported: Exported) -> dict[str, Any]:
         """The report's ``int8`` section: the version's head on the int8 and fp32 graphs' features of every
@@ -446,7 +453,8 @@ class JobRun:
             check["reason"] = "fp32 serves: the version has no head on a shared backbone"
         self.int8.check = check
         self.times["int8-check"] = time.perf_counter() - t
-        return {**check, "sha256": self.int8.sha256, "digest": self.int8.digest, "quantization": self.int8.quantization}
+        return {**check, "sha256": self.int8.sha256, "digest": self.int8.digest, "quantization": self.int8.quantization,
+                "kernels": {**self.runner.int8_kernels.to_dict(), "simulated": not self.runner.int8_kernels.exact}}  # fmt: skip
 
     def score_parent(
         self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str], served: np.ndarray | None = None

@@ -19,7 +19,7 @@ from model_core.checkpoint import read_manifest, save_bundle
 from model_core.data import SplitBenchmark
 from model_core.export import export_head
 from model_core.learner import Learner
-from model_core.quantize import QuantConfig, quantization_digest
+from model_core.quantize import SIMULATE_QDQ, Int8Kernels, QuantConfig, quantization_digest
 from service.inference.sessions import BackbonePool, ServingOptions, load_served, served_backbone
 from service.jobs.int8 import INT8, Int8Backbone, Int8Tolerance, check_version, int8_features, plan_int8
 from service.jobs.training import predictions, task_slices
@@ -145,3 +145,49 @@ def test_the_digest_covers_the_config_the_calibration_and_onnx_runtime(monkeypat
     assert quantization_digest(b"other", images, QuantConfig()) != base
     monkeypatch.setattr("model_core.quantize._ort_version", lambda: "0.0.0")
     assert quantization_digest(graph, images, QuantConfig()) != base
+
+
+def test_a_processor_whose_int8_kernels_saturate_serves_fp32_and_learns_from_the_exact_int8_graph(
+    digits: SplitBenchmark, tmp_path: Path
+) -> None:
+    """x86 without VNNI or AMX: serving keeps every version's fp32 backbone (int8 there is slower and its answers
+    are not the ones each version's check measured); a job still learns, and checks, on what the int8 graph
+    computes, its Q/DQ pairs run in float. The setting leaving parts of the backbone in float is checked."""
+    import pydantic
+
+    saturating, exact = Int8Kernels(False, "no VNNI"), Int8Kernels(True, "VNNI")
+    on = Settings(int8_backbone=True)
+    assert ServingOptions.from_settings(on, saturating).int8 is False
+    assert ServingOptions.from_settings(on, exact).int8 is True
+    assert ServingOptions.from_settings(Settings(int8_backbone=False), exact).int8 is False
+    trusted = ServingOptions.from_settings(Settings(int8_backbone=True, int8_kernels="native"))
+    assert trusted.int8 is True and trusted.int8_simulate is False
+    simulating = ServingOptions.from_settings(Settings(int8_backbone=True, int8_kernels="simulate"), saturating)
+    assert simulating.int8 is True and simulating.int8_simulate is True
+
+    learner = frozen_learner(digits)
+    x = digits.train[0].x.numpy()
+    int8 = plan_int8(learner, None, x, FileArtifactStore(tmp_path / "store"), tmp_path / "cache")
+    assert int8 is not None
+    simulated, native = int8_features(learner, int8, saturating), int8_features(learner, int8, exact)
+    assert simulated.session.get_session_options().get_session_config_entry(SIMULATE_QDQ) == "1"
+    with pytest.raises(RuntimeError, match=SIMULATE_QDQ):  # no such entry: the int8 kernels run
+        native.session.get_session_options().get_session_config_entry(SIMULATE_QDQ)
+    f = simulated(digits.test[0].x)
+    assert f.shape == native(digits.test[0].x).shape and bool(f.isfinite().all())
+
+    # "simulate" serves the int8 graph with its Q/DQ pairs in float; its fp32 backbone stays as it is
+    store = FileArtifactStore(tmp_path / "store")
+    int8.check = {"serve_int8": True}
+    folder = write_version(store, learner, int8, "j1", x[:16])
+    pool = BackbonePool()
+    served = load_served("c", 1, folder, NETWORK, dataclasses.replace(OPTIONS, int8_simulate=True), pool,
+                         store.content_path)  # fmt: skip
+    assert served.backbone == int8.sha256
+    (backbone,) = pool.all()
+    assert backbone.session.get_session_options().get_session_config_entry(SIMULATE_QDQ) == "1"
+
+    assert Settings(int8_float_parts=" depthwise, stem,stem").int8_float_nodes == ("depthwise", "stem")
+    assert Settings().int8_float_nodes == ()
+    with pytest.raises(pydantic.ValidationError, match="unknown backbone parts \\['stems'\\]"):
+        Settings(int8_float_parts="stems")
