@@ -37,7 +37,9 @@ Streams (held-out samples are never sent to learn):
   sent with their first 100 photos each, every later class with all of its (about 500); ``cifar-catdog``: cat
   with dog in the first task, the other 8 classes in pairs after it (two hard classes learnt together); any other
   stream with a ``u`` after its shape (``digits-5x2u``, ``mnist-5x2u``, ``banking77-8u``) sends its first task's
-  classes with the first fifth of their training samples, the later tasks whole;
+  classes with the first fifth of their training samples, the later tasks whole; an ``f`` instead sends every
+  class with the first fifth of its samples (``digits-5x2f``: the same first task as ``digits-5x2u``, and later
+  tasks as small, the equal stream to hold the unequal one against on the very samples its first task had);
 - ``banking77-8`` / ``banking77-20x1``: ``../shared/data/banking77`` utterances as 384-value sentence embeddings
   (``benchmarks.embeddings``: all-MiniLM-L6-v2, computed once and cached outside the repository) sent as vectors
   to a classifier that declares them features (backbone ``identity``; ``--backbone`` overrides it), 77 intents
@@ -156,15 +158,15 @@ def _banking77(name: str, per_task: int, first: int | None, seed: int) -> Stream
                   (data["train_x"][tr], names[data["train_y"][tr]], data["test_x"][te], names[data["test_y"][te]]))  # fmt: skip
 
 
-def unequal(stream: Stream, share: int = 5) -> Stream:
+def unequal(stream: Stream, share: int = 5, every_task: bool = False) -> Stream:
     """The stream with its first task's classes sent with a ``share``-th of their training samples (the first ones),
-    the later tasks whole: tasks that differ ``share``x in samples a class."""
+    the later tasks whole: tasks that differ ``share``x in samples a class (``every_task``: every class so cut)."""
     sent: Counter[str] = Counter()
     total = Counter(lab for lab, _ in stream.train)
     rows = []
     for i, (lab, _) in enumerate(stream.train):
         sent[lab] += 1
-        if lab not in stream.tasks[0] or sent[lab] <= max(1, total[lab] // share):
+        if (lab not in stream.tasks[0] and not every_task) or sent[lab] <= max(1, total[lab] // share):
             rows.append(i)
     if stream.arrays is not None and len(stream.arrays[0]) == len(stream.train):
         xtr, ytr, xte, yte = stream.arrays
@@ -207,7 +209,7 @@ def renamed(stream: Stream, old: str, new: str, beside: str | None = None) -> St
 def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream | str:
     """The stream, or why it cannot be run here."""
     kind, _, shape = name.partition("-")
-    per_task = int(shape.split("x")[1].rstrip("u")) if "x" in shape else 2
+    per_task = int(shape.split("x")[1].rstrip("uf")) if "x" in shape else 2
     if kind == "banking77":
         got = _banking77(name, 1 if "x" in shape else 10, int(shape.split("x")[0]) if "x" in shape else None, seed)
         if isinstance(got, str):
@@ -246,8 +248,8 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
         stream = Stream(name, {"kind": "image", "channels": 3, "height": 32, "width": 32}, tasks, train, test)
     else:
         return f"unknown stream {name!r}; known: {', '.join(STREAMS)}"
-    if shape.endswith("u") and kind != "cifar":
-        stream = unequal(stream)
+    if shape.endswith(("u", "f")) and kind != "cifar":
+        stream = unequal(stream, every_task=shape.endswith("f"))
     if test_per_class:
         taken: Counter[str] = Counter()
         kept: list[tuple[str, Payload]] = []
@@ -388,6 +390,11 @@ def run_one(
               f"new task {new_row.get('after')}{_cross_text(new_row)} floor {row['floor']} from "
               f"{_floor_from(row['floor_source'])})"
               + (f" {row['failures'] or row['error']}" if mark != "P" else ""), flush=True)  # fmt: skip
+    if len(stream.tasks) > 1:  # the first task's classes under the last version served: what later tasks left them
+        first, _, _, first_ece = served_scores(c, name, stream.test, set(stream.tasks[0]))
+        out["first_task_final"] = {"accuracy": round(first, 4), "ece": round(first_ece, 4)}
+        print(f"  {stream.name} {strategy}: the first task's classes {stream.tasks[0]} after the last task: "
+              f"accuracy {first:.3f}, ece {first_ece:.3f}", flush=True)  # fmt: skip
     return out
 
 
