@@ -280,10 +280,12 @@ class Learner:
         return torch.cat(out) if out else torch.zeros(0, self.model.num_units)
 
     @torch.no_grad()
-    def calibrate(self, x: Tensor, labels: Sequence[str], tasks: Sequence[str] | None = None) -> dict[str, float]:
+    def calibrate(self, x: Tensor, labels: Sequence[str], tasks: Sequence[str] | None = None,
+                  evidence: tuple[int, int] | None = None) -> dict[str, float]:  # fmt: skip
         """Fit the served score's temperature on held-out samples ``x`` with their labels (and, task-incremental,
         each sample's task: its softmax runs over that task's units) and set it; returns the temperature, the
-        expected calibration error before and after (out of sample: model_core.calibration.calibration_report)."""
+        expected calibration error before and after (out of sample: model_core.calibration.calibration_report).
+        ``evidence``: (right, n) of other samples scored out of sample (``model_core.calibration.fit_temperature``)."""
         from model_core.calibration import calibration_report
 
         self.model.logit_scale.fill_(1.0)
@@ -298,7 +300,7 @@ class Learner:
                 raise ValueError("a task-incremental classifier is calibrated within each sample's task")
             units = {t.name: torch.tensor(t.units) for t in self.tasks}
             groups = [units[str(t)] for t in tasks]
-        report = calibration_report(raw, y, groups)
+        report = calibration_report(raw, y, groups, evidence)
         self.model.logit_scale.fill_(1.0 / report["temperature"])
         return report
 

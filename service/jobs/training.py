@@ -351,8 +351,9 @@ class JobRun:
         learner, result = chosen if chosen is not None else (learner, self.train(spec, learner, train))
         self.runner._set_status(self.job_id, "evaluating")
         candidate = self.score_candidate(learner, result, parent, parent_seconds)
-        exported = self.export(learner, suite, spec.known_rate)
-        report = self.gate(spec, cfg, learner, candidate, exported, parent, train, before)
+        cross = self.cross_validate(spec, cfg, learner, candidate, parent, train, before)
+        exported = self.export(learner, suite, spec.known_rate, out_of_fold(cross[0], len(train["x"])))
+        report = self.gate(spec, cfg, learner, candidate, exported, parent, train, cross)
         report["strategy_choice"] = choice
         report["suite"] = suite_summary(len(suite["x"]), rows, self.runner.gate_suite_samples, seed)
         if self.int8 is not None:
@@ -526,17 +527,20 @@ class JobRun:
         self.times["gate"] = parent_seconds + time.perf_counter() - t2
         return Candidate(result, predicted, rows)
 
-    def export(self, learner: Learner, suite: dict[str, np.ndarray], known_rate: float) -> Exported:
+    def export(
+        self, learner: Learner, suite: dict[str, np.ndarray], known_rate: float, evidence: tuple[int, int] | None = None
+    ) -> Exported:
         """The candidate as ONNX, checked against torch on the suite's first samples; a failure is the gate's. Its
         served score is calibrated first (a temperature in the graph, fitted on the suite's held-out samples). Where the version has class models, its novelty score goes into the graph, its threshold calibrated on
-        every task's evaluation samples (held out from training) at the classifier's known rate."""
+        every task's evaluation samples (held out from training) at the classifier's known rate. ``evidence``: (right,
+        n) of the new task's training samples scored out of fold, where it was cross-validated (``out_of_fold``)."""
         t3 = time.perf_counter()
         onnx_bytes, diff, err = b"", None, None
         # the served score's temperature, fitted on every task's evaluation samples (never trained on; at most
         # CALIBRATION_SAMPLES of them), before the novelty (which reads the served logits) is fitted
         fit = calibration_rows(len(suite["x"]))
         calibration = learner.calibrate(torch.from_numpy(suite["x"][fit]), suite["label"][fit].astype(str).tolist(),
-                                        suite["task"][fit].astype(str).tolist())  # fmt: skip
+                                        suite["task"][fit].astype(str).tolist(), evidence)  # fmt: skip
         novelty = None
         module = novelty_module(learner) if self.runner.novelty else None
         if module is not None:
@@ -567,29 +571,40 @@ class JobRun:
         self.times["export"] = time.perf_counter() - t3
         return Exported(onnx_bytes, diff, err, about, backbone, digest, calibration)
 
+    def cross_validate(
+        self, spec: JobSpec, cfg: GateConfig, learner: Learner, candidate: Candidate, parent: ParentScores,
+        train: dict[str, np.ndarray], before: Learner | None,
+    ) -> tuple[CrossChecked | None, str | None]:  # fmt: skip
+        """The new task cross-validated from ``before`` (the parent as it was) where its held-out split is small
+        (``service.jobs.training_cross_check``), or why its folds could not be fitted; (None, None) where it is not.
+        Part of the gate's time; before the export, whose calibration counts its out-of-fold answers."""
+        t0 = time.perf_counter()
+        if before is None or spec.task not in parent.slices:
+            return None, None
+        chance_classes, others, inputs_of = reference_inputs(learner, spec.task, train, parent.slices)
+        if not cross_check.wanted(spec.strategy, len(parent.slices[spec.task][0]), cfg.new_task_floor, chance_classes):
+            return None, None
+        _, should_cancel = self.runner._callbacks(self.job_id, {})
+        checked = cross_check.cross_check(
+            before, spec.strategy, candidate.result.params, self.config(spec), train,
+            parent.slices[spec.task], others, inputs_of, lambda x, y: experience(spec.task, x, y),
+            lambda lr, x, y: predictions(lr, x, y, spec.task, len(lr.labels)).after,
+            spec.request.options.seed, should_cancel,
+        )  # fmt: skip
+        self.times["gate.cross-check"] = time.perf_counter() - t0
+        self.times["gate"] = self.times.get("gate", 0.0) + time.perf_counter() - t0
+        return (checked, None) if isinstance(checked, CrossChecked) else (None, checked)
+
     def gate(
         self, spec: JobSpec, cfg: GateConfig, learner: Learner, candidate: Candidate, exported: Exported,
-        parent: ParentScores, train: dict[str, np.ndarray], before: Learner | None = None,
+        parent: ParentScores, train: dict[str, np.ndarray],
+        cross: tuple[CrossChecked | None, str | None] = (None, None),
     ) -> dict[str, Any]:  # fmt: skip
-        """The gate's report under ``cfg`` (the classifier's configuration, overridden by the request). ``before``:
-        the parent as it was, from which a new task with a small held-out split is cross-validated."""
+        """The gate's report under ``cfg`` (the classifier's configuration, overridden by the request). ``cross``:
+        the new task cross-validated (``cross_validate``), or why it could not be."""
         t0 = time.perf_counter()
         chance_classes, reference = new_task_reference(learner, spec.task, train, parent.slices)
-        cross: CrossChecked | None = None
-        cross_error = None
-        if before is not None and spec.task in parent.slices and cross_check.wanted(
-            spec.strategy, len(parent.slices[spec.task][0]), cfg.new_task_floor, chance_classes
-        ):
-            _, should_cancel = self.runner._callbacks(self.job_id, {})
-            _, others, inputs_of = reference_inputs(learner, spec.task, train, parent.slices)
-            checked = cross_check.cross_check(
-                before, spec.strategy, candidate.result.params, self.config(spec), train,
-                parent.slices[spec.task], others, inputs_of, lambda x, y: experience(spec.task, x, y),
-                lambda lr, x, y: predictions(lr, x, y, spec.task, len(lr.labels)).after,
-                spec.request.options.seed, should_cancel,
-            )  # fmt: skip
-            cross, cross_error = (checked, None) if isinstance(checked, CrossChecked) else (None, checked)
-            self.times["gate.cross-check"] = time.perf_counter() - t0
+        cross_checked, cross_error = cross
         self.times["gate"] = self.times.get("gate", 0.0) + time.perf_counter() - t0
         result = candidate.result
         training = result.train.summary()  # steps, budget and why training stopped: for the advice and the report
@@ -599,7 +614,7 @@ class JobRun:
             onnx_error=exported.error, labels={t: parent.slices[t][1] for t in parent.slices},
             diagnostics=result.diagnostics, facts=JobFacts(result.params, result.train.steps, spec.network, training),
             predictions=candidate.predicted, chance_classes=chance_classes, reference=reference,
-            cross_checked=cross, cross_check_error=cross_error,
+            cross_checked=cross_checked, cross_check_error=cross_error,
         )  # fmt: skip
         report = evaluate(cfg, inputs)
         report["training"] = training
@@ -759,6 +774,15 @@ def hold_reason(parent: int | None, active: int | None) -> str | None:
     now = "no version" if active is None else f"v{active}"
     return (f"trained from {'scratch' if parent is None else f'v{parent}'}; {now} was made active while it trained, "
             "so it was not auto-promoted over that decision; an admin may still promote it")  # fmt: skip
+
+
+def out_of_fold(cross: CrossChecked | None, train_rows: int) -> tuple[int, int] | None:
+    """(right, n) of the new task's training samples in its cross-validation (``CrossChecked.correct`` lists the
+    training samples first, then the held-out ones), each scored by a fold that never saw it: what the served score's
+    calibration counts beside the held-out samples (``model_core.calibration.fit_temperature``); None without one."""
+    if cross is None or train_rows <= 0:
+        return None
+    return int(cross.correct[:train_rows].sum()), int(min(train_rows, len(cross.correct)))
 
 
 def calibration_rows(n: int, cap: int = CALIBRATION_SAMPLES, seed: int = 0) -> np.ndarray:

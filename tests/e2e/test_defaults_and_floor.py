@@ -97,6 +97,10 @@ def test_a_shuffled_label_first_job_is_rejected_and_a_few_shot_one_promoted(serv
     assert row["n"] == 40 and row["cross_validated"]["n"] == 200 and "3-fold" in row["cross_validated"]["method"]
     assert row["floor_source"]["reference"] == row["cross_validated"]["reference"]
     assert "cross_validated" not in _new_row(bad)
+    # the served score's calibration counts the 160 training samples' out-of-fold answers beside the held-out ones
+    calibration = good["report"]["calibration"]
+    assert calibration["samples"] == 40 and calibration["evidence_samples"] == 160
+    assert 0 < calibration["evidence_right"] <= 160 and "evidence_samples" not in bad["report"]["calibration"]
     print(f"\nshuffled: {_new_row(bad)}\nfew-shot: {row}")
 
 

@@ -83,3 +83,23 @@ def test_held_out_samples_all_right_set_the_scores_by_the_rule_of_succession() -
     assert fit_temperature(logits, wrong) == 1.0
     mixed = torch.tensor([0, 1, 1, 1])  # one wrong: a minimum exists, and it softens the scores
     assert fit_temperature(logits, mixed) > 1.0
+
+
+def test_out_of_fold_answers_count_with_held_out_samples_all_right() -> None:
+    """A small new task cross-validated (service.jobs.training_cross_check): its training samples, each scored by a
+    fold that never saw it, count with the held-out samples when every held-out one is right, so 4 held-out and 16
+    out-of-fold samples all right set the mean top score to 21 / 22, 15 of 16 to 20 / 22; where a held-out sample is
+    wrong the held-out NLL decides as before, whatever the evidence. The temperature is still fitted on the
+    held-out logits alone: the out-of-fold answers only count."""
+    from model_core.calibration import calibration_report, fit_temperature, top_scores
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.5, 0.0], [0.0, 2.5]])
+    y = torch.tensor([0, 1, 0, 1])
+    for evidence, target in (((16, 16), 21 / 22), ((15, 16), 20 / 22), ((0, 0), 5 / 6)):
+        t = fit_temperature(logits, y, evidence=evidence)
+        assert float(top_scores(logits / t, y)[0].mean()) == pytest.approx(target, abs=1e-6)
+    mixed = torch.tensor([0, 1, 1, 1])
+    assert fit_temperature(logits, mixed, evidence=(16, 16)) == fit_temperature(logits, mixed)
+    report = calibration_report(logits, y, evidence=(16, 16))
+    assert report["evidence_right"] == 16 and report["evidence_samples"] == 16
+    assert "evidence_right" not in calibration_report(logits, y)
