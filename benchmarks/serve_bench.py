@@ -24,6 +24,8 @@ digits 0-4 over HTTP (the version is real: trained, gated, exported and promoted
    session options as Engram, no HTTP and no decoding. Its "req/s" is rows per second and its latency
    is the time of one batched run. ``limit-ort-defaults`` is the same with ONNX Runtime's default
    session options, to show Engram's options cost nothing.
+5. **floor** (``--systems ...,floor``): ``GET /healthz`` on the same Engram server through the same load generator:
+   one HTTP round trip with no body, no decoding and no model, the least any request over HTTP can cost here.
 
 Each concurrency level runs closed-loop (every connection sends its next request when the previous answer
 arrives) for ``--seconds`` after a warm-up. The load generator runs in this process and shares the machine
@@ -207,6 +209,17 @@ def limit_level(
     return out
 
 
+def floor_level(url: str, level: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """``GET /healthz`` through the load generator: the HTTP round trip under every predict figure."""
+    import asyncio
+
+    from service.cli.loadgen import drive
+
+    host, _, port = url.split("://", 1)[1].rstrip("/").partition(":")
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode("latin-1")
+    return asyncio.run(drive(host, int(port), [request], level, seconds, warmup, False)).summary()
+
+
 def whole_bundle(folder: Path, data_dir: Path, out: Path) -> Path:
     """A bundle folder with the version's whole graph in ``model.onnx``: ``folder`` itself, or, for a head on a
     shared backbone (docs/guides/shared-backbone.md), a copy of its files with the backbone and the head joined,
@@ -259,6 +272,7 @@ def bench_model(
     systems: set[str],
     engram_workers: int = 1,
     strategy: str = "naive",
+    rounds: int = 1,
 ) -> dict[str, Any]:
     digits = load_digits()
     x, y = digits.images, digits.target
@@ -301,7 +315,7 @@ def bench_model(
         print(f"\n{case.name}: {case.backbone} on {case.input['height']}x{case.input['width']}x"
               f"{case.input['channels']}, {seconds:g} s per level (+{warmup:g} s warm-up)")  # fmt: skip
         print(f"{'':<20}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
-        for level in levels:
+        for level in [lv for _ in range(rounds) for lv in levels]:  # rounds alternate every system and level
             out: dict[str, Any] = {"concurrency": level}
             if "engram" in systems:
                 path = f"/v1/classifiers/{case.name}/predict"
@@ -315,6 +329,8 @@ def bench_model(
                 out["naive"] = run_load(nurl, "/predict", bodies, level, seconds, warmup).summary()
             for peer, (_, purl, ppath) in peers.items():
                 out[peer] = run_load(purl, ppath, bodies, level, seconds, warmup).summary()
+            if "floor" in systems:
+                out["floor"] = floor_level(url, level, seconds, warmup)
             for name, session in sessions.items():  # rows/s; latency of one batched run
                 out[name] = limit_level(session, decoded, level, seconds, warmup)
             e = out.get("engram")
@@ -322,7 +338,7 @@ def bench_model(
                     **{f"engram_over_{p}": ratio(e, out.get(p)) for p in peers},
                     "engram_p99_over_p50": round(e["p99_ms"] / e["p50_ms"], 2) if e and e["p50_ms"] else None}  # fmt: skip
             print(f"c={level}")
-            for name in ("engram", "naive", *peers, *sessions):
+            for name in ("engram", "floor", "naive", *peers, *sessions):
                 if name in out:
                     print(row(name, out[name]))
             shown = {k: "-" if out[k] is None else out[k] for k in ("engram_over_naive", "engram_over_limit")}
@@ -331,6 +347,8 @@ def bench_model(
                   f"{(e or {}).get('mean_batch_rows')}"
                   + "".join(f"   engram/{p} {out[f'engram_over_{p}']}x" for p in peers))  # fmt: skip
             levels_out.append(out)
+        if rounds > 1:
+            print_medians(levels_out, levels, rounds)
         return {"model": case.name, "backbone": case.backbone, "input": case.input, "version": version,
                 "levels": levels_out}  # fmt: skip
     finally:
@@ -340,6 +358,22 @@ def bench_model(
             stop_torchserve(proc) if peer == "torchserve" else stop(proc)
         stop(engram)
         log.close()
+
+
+def print_medians(levels_out: list[dict[str, Any]], levels: list[int], rounds: int) -> None:
+    """Each system's median p50 and req/s over the rounds at each level, and Engram's p50 over the in-process one's."""
+    print(f"medians over {rounds} rounds (p50 ms, req/s):")
+    for level in levels:
+        runs = [o for o in levels_out if o["concurrency"] == level]
+        med: dict[str, tuple[float, float]] = {}
+        for name in sorted({k for o in runs for k, v in o.items() if isinstance(v, dict) and "p50_ms" in v}):
+            got = [o[name] for o in runs if isinstance(o.get(name), dict)]
+            med[name] = (float(np.median([g["p50_ms"] for g in got])), float(np.median([g["rps"] for g in got])))
+        shown = "   ".join(f"{n} {p:.2f} / {r:.1f}" for n, (p, r) in med.items())
+        print(f"c={level}: {shown}")
+        for ref in ("limit", "limit-ort-defaults"):
+            if "engram" in med and ref in med:
+                print(f"c={level}: engram p50 / {ref} p50 {med['engram'][0] / med[ref][0]:.2f}")
 
 
 def start_peer(name: str, folder: Path, workdir: Path, log: Any) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -367,12 +401,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Engram serving benchmark (see module docstring)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per level and system")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured time before each level")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every level this many times, alternating the systems, and print the medians")
     parser.add_argument("--levels", default="1,8,32,64")
     parser.add_argument("--models", default="small,resnet18")
     parser.add_argument(
         "--systems",
         default="engram,naive,limit",
-        help="any of engram, naive, limit, bentoml, torchserve (the last two need the bench extra)",
+        help="any of engram, naive, limit, floor, bentoml, torchserve (the last two need the bench extra)",
     )
     parser.add_argument("--engram-workers", type=int, default=1, help="engram serve --workers N")
     parser.add_argument("--strategy", default="naive", help="the learn job's strategy; one with class models "
@@ -396,7 +432,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
         for name in args.models.split(","):
             results.append(bench_model(MODELS[name], levels, args.seconds, args.warmup, Path(tmp), systems,
-                                       args.engram_workers, args.strategy))  # fmt: skip
+                                       args.engram_workers, args.strategy, args.rounds))  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "results": results}, indent=2))
         print(f"\nwrote {args.json}")
