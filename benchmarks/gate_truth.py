@@ -276,13 +276,13 @@ def _predict(c: httpx.Client, name: str, rows: list[tuple[str, Payload]]) -> tup
 
 
 def served_scores(
-    c: httpx.Client, name: str, test: list[tuple[str, Payload]], classes: set[str]
+    c: httpx.Client, name: str, test: list[tuple[str, Payload]], classes: set[str], novelty: bool = True
 ) -> tuple[float, int, dict[str, Any] | None, float]:
     """(accuracy on held-out samples of ``classes``, the served version's number, its novelty on them against
     held-out samples of every class not yet learned: AUROC, known rate, unknown flagged, and beside it the AUROC
     of the served score, the maximum softmax probability as the API rounds it; None when the version serves no
     novelty or every class is learned; and the served score's expected calibration error on the held-out samples
-    of ``classes``). The unlearned classes are sent only when the version serves novelty."""
+    of ``classes``). The unlearned classes are sent only when the version serves novelty and ``novelty`` asks."""
     from model_core.calibration import expected_calibration_error
 
     known_rows = [(lab, b) for lab, b in test if lab in classes]
@@ -291,7 +291,7 @@ def served_scores(
     acc = float(right.sum()) / max(len(known_rows), 1)
     ece = expected_calibration_error(np.array([p["score"] for p in known]), right) if known else float("nan")
     unknown_rows = [(lab, b) for lab, b in test if lab not in classes]
-    if not known or known[0]["novelty"] is None or not unknown_rows:
+    if not novelty or not known or known[0]["novelty"] is None or not unknown_rows:
         return acc, version, None, ece
     unknown, _ = _predict(c, name, unknown_rows)
 
@@ -391,7 +391,7 @@ def run_one(
               f"{_floor_from(row['floor_source'])})"
               + (f" {row['failures'] or row['error']}" if mark != "P" else ""), flush=True)  # fmt: skip
     if len(stream.tasks) > 1:  # the first task's classes under the last version served: what later tasks left them
-        first, _, _, first_ece = served_scores(c, name, stream.test, set(stream.tasks[0]))
+        first, _, _, first_ece = served_scores(c, name, stream.test, set(stream.tasks[0]), novelty=False)
         out["first_task_final"] = {"accuracy": round(first, 4), "ece": round(first_ece, 4)}
         print(f"  {stream.name} {strategy}: the first task's classes {stream.tasks[0]} after the last task: "
               f"accuracy {first:.3f}, ece {first_ece:.3f}", flush=True)  # fmt: skip

@@ -165,9 +165,11 @@ def main() -> None:
     from model_core.learner import Learner
     from model_core.probe import photo_folder
 
+    def simulated(graph: Path) -> bool:  # an int8 variant's graph, with --simulate (the fp32 ones have no Q/DQ)
+        return bool(args.simulate) and graph.name not in ("fp32.onnx", "prepared.onnx")
+
     def features(graph: Path, images: np.ndarray, threads: int = 0) -> np.ndarray:
-        simulate = args.simulate and graph.name not in ("fp32.onnx", "prepared.onnx")
-        return q.features(graph, images, threads=threads, simulate=simulate)
+        return q.features(graph, images, threads=threads, simulate=simulated(graph))
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="variants to run (default: all)")
@@ -194,7 +196,7 @@ def main() -> None:
     def session(path: Path) -> ort.InferenceSession:
         o = ort.SessionOptions()
         o.intra_op_num_threads = args.threads
-        if args.simulate and path.name not in ("fp32.onnx", "prepared.onnx"):
+        if simulated(path):
             o.add_session_config_entry(q.SIMULATE_QDQ, "1")
         return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 

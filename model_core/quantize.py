@@ -44,13 +44,16 @@ INT8_KIND = "onnx-backbone-int8"  # the kind of a version manifest's int8 backbo
 
 @dataclass(frozen=True)
 class Int8Kernels:
-    """Whether this processor's int8 kernels compute what the int8 graph says (``exact``), and why."""
+    """Whether this processor's int8 kernels compute what the int8 graph says (``exact``; where not, jobs run its
+    Q/DQ pairs in float), and why; ``serve_simulated``: serving runs them in float too (``kernels_for("simulate")``),
+    where otherwise a process whose kernels are not exact serves fp32."""
 
     exact: bool
     reason: str
+    serve_simulated: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return {"exact": self.exact, "reason": self.reason}
+        return {"exact": self.exact, "reason": self.reason, "simulated": not self.exact}
 
 
 def int8_kernels(flags: set[str] | None = None, machine: str | None = None) -> Int8Kernels:
@@ -90,17 +93,17 @@ def this_processor() -> Int8Kernels:
 KERNEL_MODES = ("auto", "native", "simulate")  # Settings.int8_kernels
 
 
-def kernels_for(mode: str) -> Int8Kernels:
-    """How this process runs int8 graphs (``Settings.int8_kernels``): "auto" reads the processor
-    (``this_processor``); "native" trusts its int8 kernels (a processor whose flags a hypervisor hides); "simulate"
+def kernels_for(mode: str, processor: Int8Kernels | None = None) -> Int8Kernels:
+    """How this process runs int8 graphs (``Settings.int8_kernels``): "auto" reads the processor (``processor``, or
+    ``this_processor()`` when None); "native" trusts its int8 kernels (a processor whose flags a hypervisor hides); "simulate"
     runs every int8 graph's Q/DQ pairs in float, serving included (exact answers, slower than fp32: to measure on a
     processor without VNNI what one with it serves)."""
     if mode == "auto":
-        return this_processor()
+        return processor or this_processor()
     if mode == "native":
         return Int8Kernels(True, "ENGRAM_INT8_KERNELS=native: this processor's int8 kernels are trusted")
     if mode == "simulate":
-        return Int8Kernels(False, "ENGRAM_INT8_KERNELS=simulate: int8 graphs run their Q/DQ pairs in float")
+        return Int8Kernels(False, "ENGRAM_INT8_KERNELS=simulate: int8 graphs run their Q/DQ pairs in float", True)
     raise ValueError(f"int8 kernels mode {mode!r}: choose among {', '.join(KERNEL_MODES)}")
 
 

@@ -55,18 +55,19 @@ class ServingOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings, kernels: Int8Kernels | None = None) -> ServingOptions:
-        """``kernels``: how this process's int8 kernels run (``model_core.quantize.kernels_for``, from
-        ``Settings.int8_kernels`` when None). Where they saturate (x86 without VNNI or AMX) every version serves its
+        """``kernels``: this processor's int8 kernels, as ``Settings.int8_kernels`` "auto" reads them (read here when
+        None; ``model_core.quantize.kernels_for``). Where they saturate (x86 without VNNI or AMX) every version serves its
         fp32 backbone, int8 on or not: there int8 is slower than fp32 and its answers are not the ones its check
         measured; with ``int8_kernels`` "simulate" int8 serves with its Q/DQ pairs run in float."""
-        int8, simulate = settings.int8_backbone, settings.int8_kernels == "simulate"
-        if int8 and not simulate:
-            kernels = kernels or kernels_for(settings.int8_kernels)
-            if not kernels.exact:
+        int8, simulate = settings.int8_backbone, False
+        if int8:
+            kernels = kernels_for(settings.int8_kernels, kernels)
+            simulate = kernels.serve_simulated
+            if not kernels.exact and not simulate:
                 log.warning("ENGRAM_INT8_BACKBONE is on, but this process serves fp32 backbones: %s", kernels.reason)
                 int8 = False
         return cls(settings.ort_threads, settings.batch_max_size, settings.batch_max_wait_ms / 1000,
-                   settings.max_image_pixels, settings.ort_spin, int8, int8 and simulate)  # fmt: skip
+                   settings.max_image_pixels, settings.ort_spin, int8, simulate)  # fmt: skip
 
     def intra_op_threads(self) -> int:
         return self.threads or len(os.sched_getaffinity(0))

@@ -455,7 +455,7 @@ class JobRun:
         self.int8.check = check
         self.times["int8-check"] = time.perf_counter() - t
         return {**check, "sha256": self.int8.sha256, "digest": self.int8.digest, "quantization": self.int8.quantization,
-                "kernels": {**self.runner.int8_kernels.to_dict(), "simulated": not self.runner.int8_kernels.exact}}  # fmt: skip
+                "kernels": self.runner.int8_kernels.to_dict()}  # fmt: skip
 
     def score_parent(
         self, learner: Learner, suite: dict[str, np.ndarray], task_names: list[str], served: np.ndarray | None = None
