@@ -36,6 +36,7 @@ BENCHMARKS = {
     "int8_variants": "exports EfficientNet-Lite0 and quantizes it a dozen ways, 600 photos embedded: tens of minutes",
     "int8_serving": "starts engram serve several times, teaches photo classifiers and drives HTTP load: minutes",
     "ort_options": "times a backbone graph under three session options: a minute",
+    "ort_gap": "times the photo backbone in process back to back and after pauses: a minute",
     "shared_backbone": "starts engram serve and teaches photo classifiers: minutes",
     "continual": "",  # test_continual_writes_its_json
     "export_parity": "trains and exports an MLP, a CNN and a ResNet-18: a minute of CPU",
