@@ -48,3 +48,34 @@ def test_parity_check_catches_a_mismatch(digits: SplitBenchmark) -> None:
     with torch.no_grad():
         learner.model.heads[0].bias.add_(1.0)  # type: ignore[operator]
     assert parity(learner, good, digits.test[0].x) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["mlp", "cnn"])
+def test_a_trained_network_is_traced_and_torch_export_is_the_fallback(
+    backbone: str, digits: SplitBenchmark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TorchScript tracer writes a trainable network's graph (milliseconds, where torch.export takes seconds
+    of a small job); where it fails, torch.export writes it, and either graph passes the same parity check."""
+    learner = Learner.create(digit_spec("class-incremental", backbone), seed=0)
+    learner.learn(digits.train[0], "naive", None, FAST)
+    real, calls, fail = torch.onnx.export, [], [False]
+
+    def recording(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs["dynamo"])
+        if not kwargs["dynamo"] and fail[0]:
+            raise RuntimeError("the tracer cannot follow this network")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.onnx, "export", recording)
+    graphs = []
+    for failing in (False, True):
+        calls.clear()
+        fail[0] = failing
+        result = export_onnx(learner, digits.test[0].x[:32])
+        assert calls == ([False, True] if failing else [False])
+        assert result.max_abs_diff <= PARITY_TOLERANCE
+        session = ort.InferenceSession(result.onnx, providers=["CPUExecutionProvider"])
+        x = digits.test[1].x[:5]
+        graphs.append(session.run(["logits"], {"input": x.numpy()})[0])
+        assert graphs[-1].shape == (5, 2)
+    np.testing.assert_allclose(graphs[0], graphs[1], atol=PARITY_TOLERANCE)
