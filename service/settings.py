@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     # Dockerfile's BAKE_WEIGHTS build argument fills /opt/engram/weights), and whether this host may
     # download at all. Off by default: a "download" source must then already be in the cache.
     weights_cache_dir: Path | None = None
+    # Where a worker keeps the graphs it exports from frozen backbones and quantizes from them, by the digest of
+    # what they were made from (default <data_dir>/cache): processes on one host may share one, so each backbone
+    # is exported once per host rather than once per data folder; deleting it costs one export, never a version
+    graph_cache_dir: Path | None = None
     allow_downloads: bool = False  # whether this host may download pretrained weights; off: cached or packaged only
     # The only place a backbone's weights "file" may be (a path relative to it; default: the weights cache dir)
     weights_dir: Path | None = None
@@ -136,6 +140,10 @@ class Settings(BaseSettings):
     @property
     def weights_cache_path(self) -> Path:
         return (self.weights_cache_dir or self.data_dir / "weights").resolve()
+
+    @property
+    def graph_cache_path(self) -> Path:
+        return (self.graph_cache_dir or self.data_dir / "cache").resolve()
 
     @property
     def weights_files_path(self) -> Path:

@@ -23,10 +23,17 @@ DIGIT_INPUT = InputSpec("image", 1, 8, 8)
 # longest files are collected first and the many short ones fill in behind them. Seconds a file takes on a quiet
 # 2-core machine in the parallel run (approximate; only the order matters); files not named here follow, as found.
 LONG_FILES = {
-    "tests/e2e/test_real_streams.py": 320,
-    "tests/e2e/test_learning_28px.py": 110,
-    "tests/e2e/test_photos.py": 91,
-    "tests/unit/test_pretrained.py": 70,
+    "tests/e2e/test_real_streams.py": 200,
+    "tests/e2e/test_scaleout.py": 150,
+    "tests/e2e/test_storage_lifecycle.py": 124,
+    "tests/integration/test_quality.py": 98,
+    "tests/unit/test_pretrained.py": 88,
+    "tests/integration/test_readme_commands.py": 87,
+    "tests/e2e/test_text.py": 84,
+    "tests/e2e/test_promotion_crash.py": 80,
+    "tests/e2e/test_shared_backbone.py": 70,
+    "tests/e2e/test_photos.py": 60,
+    "tests/e2e/test_learning_28px.py": 57,
 }
 
 
@@ -46,6 +53,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _graph_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One cache of exported backbone graphs (ENGRAM_GRAPH_CACHE_DIR) for every server and worker this run starts,
+    shared by the parallel test processes: a backbone is exported once per run, as once per host in a deployment,
+    rather than once per test's data folder (about 15 s each on 2 cores). The first job on it still exports it."""
+    if "ENGRAM_GRAPH_CACHE_DIR" not in os.environ:
+        base = tmp_path_factory.getbasetemp()
+        shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # pytest-xdist: popen-gwN's parent
+        os.environ["ENGRAM_GRAPH_CACHE_DIR"] = str(shared / "graph-cache")
 
 
 @pytest.fixture(autouse=True)

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from model_core.networks.class_gaussians import ClassGaussians
-from model_core.networks.class_stats import ClassStats, class_gaussians, eigen, ppca_entry
+from model_core.networks.class_stats import ClassStats, class_gaussians, eigen, ppca_entry, span_basis
 from model_core.networks.gaussian_head import GaussianHead
 from model_core.strategies.base import Strategy, TrainContext, register_strategy
 from model_core.strategy_specs import SPECS
@@ -161,12 +161,12 @@ class ClassModels(Strategy):
         """The pseudo-count and rank whose models, fitted on ``fit``, classify the held-out ``x``, ``y`` best."""
         ranks = [int(self.params["rank"])] if self.params["rank"] is not None else rank_grid(fit.dim)
         pseudos = [0.0] if self.params["shrinkage"] is not None else list(PSEUDO_COUNTS)
-        pooled = fit.pooled()
+        pooled, basis = fit.pooled(), span_basis(fit)
         floor = float(self.params["variance_floor"])
         best: tuple[float, float, float, int] | None = None
         for pseudo in pseudos:
             amounts = self._amounts(fit, pseudo)
-            eig = {u: eigen(fit.covariance(u, amounts[u], pooled)) for u in fit.units}
+            eig = {u: eigen(fit.covariance(u, amounts[u], pooled), basis) for u in fit.units}
             for rank in ranks:
                 models = ClassGaussians(fit.dim, 1, rank, 1)
                 models.classes = {u: ppca_entry(fit.mean[u], *eig[u], rank) for u in fit.units}

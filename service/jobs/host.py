@@ -93,7 +93,7 @@ def make_runner(
     sessions = make_sessionmaker(engine)
     store = open_store(settings.artifacts_path, settings.artifacts_url)
     sweep_orphans(sessions, store)
-    runner = JobRunner(sessions, store, settings.device, cache_dir=(settings.data_dir / "cache").resolve(),
+    runner = JobRunner(sessions, store, settings.device, cache_dir=settings.graph_cache_path,
                        max_steps=settings.max_train_steps, on_stage=on_stage, novelty=settings.novelty,
                        shared_backbone=settings.shared_backbone, shared_content=settings.shared_content,
                        int8=settings.int8_backbone, gate_suite_samples=settings.gate_suite_samples,

@@ -26,8 +26,8 @@ from tests.e2e.conftest import Server, auth, wait_job
 
 pytestmark = pytest.mark.timeout(1200)
 CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10-mini"
-PHOTOS_PER_CLASS = 200  # of cifar10-mini's 500 a class, to keep the suite's time; the gate holds out 20% of them
-TEST_PER_CLASS = 100
+PHOTOS_PER_CLASS = 100  # of cifar10-mini's 500 a class, to keep the suite's time; the gate holds out 20% of them
+TEST_PER_CLASS = 50
 
 
 def png(pixels: np.ndarray) -> str:

@@ -29,6 +29,7 @@ from tests.e2e.support import PROBE, blobs, create, learn, wait_status
 from tests.s3_server import moto_s3, new_bucket
 
 pytestmark = pytest.mark.timeout(900)
+QUICK = {"iterations": 30}  # where a test checks where jobs run, not what is learnt
 
 
 @dataclass
@@ -151,7 +152,8 @@ def test_learn_on_a_while_b_serves_then_promote_and_roll_back_through_b(cluster:
 def test_two_jobs_for_one_classifier_run_one_after_the_other(cluster: Cluster) -> None:
     a, b = cluster.a.client(), cluster.b.client()
     create(a, "serial")
-    body = {"task": "t", "strategy": "naive", "samples": blobs({"x": 0, "y": 3}), "options": {"iterations": 1500}}
+    body = {"task": "t", "strategy": "naive", "samples": blobs({"x": 0, "y": 3}),
+            "options": {"iterations": 300}}  # long enough for the second to be queued behind the first
     first, second = learn(a, "serial", body), learn(b, "serial", {**body, "task": "u"})
     j1, j2 = wait_job(a, first), wait_job(a, second)
     assert j1["status"] in ("promoted", "rejected") and j2["status"] in ("promoted", "rejected")
@@ -163,7 +165,7 @@ def test_a_killed_worker_fails_its_job_and_frees_the_classifier(cluster: Cluster
     a = cluster.a.client()
     create(a, "victim")
     assert (
-        wait_job(a, learn(a, "victim", {"task": "t", "strategy": "naive", "samples": blobs({"x": 0, "y": 3})}))[
+        wait_job(a, learn(a, "victim", {"task": "t", "strategy": "naive", "samples": blobs({"x": 0, "y": 3}), "options": QUICK}))[
             "status"
         ]
         == "promoted"
@@ -180,6 +182,6 @@ def test_a_killed_worker_fails_its_job_and_frees_the_classifier(cluster: Cluster
     cluster.start_worker()  # replace it, as an orchestrator would
     # the classifier's lock was released: its next job runs
     nxt = wait_job(
-        a, learn(a, "victim", {"task": "u", "strategy": "naive", "samples": blobs({"z": -3, "q": 5})}), timeout=120
+        a, learn(a, "victim", {"task": "u", "strategy": "naive", "samples": blobs({"z": -3, "q": 5}), "options": QUICK}), timeout=120
     )
     assert nxt["status"] in ("promoted", "rejected") and nxt["worker"] != job["worker"]

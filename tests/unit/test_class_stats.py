@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model_core.data import Experience, SplitBenchmark
@@ -135,3 +136,28 @@ def test_a_batch_of_drifted_samples_of_a_known_class_is_learnt_and_raises_its_ac
 
 def overall(learner: Learner, tests: list[Experience]) -> float:
     return sum(learner.accuracy(t) * len(t) for t in tests) / sum(len(t) for t in tests)
+
+
+def test_class_models_computed_in_the_samples_span_equal_the_full_decomposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few samples in many dimensions (3 classes of 27 in 1,280 values, as 80 photos' features): the models
+    decomposed in the samples' 78-dimensional span score every input as the full 1,280-wide decompositions do,
+    at every shrinkage; many samples get no basis (the full decomposition is no dearer there)."""
+    from model_core.networks import class_stats
+
+    gen = torch.Generator().manual_seed(0)
+    stats = ClassStats(1280)
+    for unit in range(3):
+        stats.add(unit, torch.randn(27, 1280, generator=gen) * (1 + unit) + unit)
+    basis = class_stats.span_basis(stats)
+    assert basis is not None and basis.shape == (1280, 78)
+    x = torch.randn(50, 1280, generator=gen)
+    for share in (0.0, 0.3, 1.0):
+        amounts = dict.fromkeys(stats.units, share)
+        in_span = class_gaussians(stats, 16, amounts).log_likelihood(x, 1e-6)
+        with monkeypatch.context() as m:
+            m.setattr(class_stats, "span_basis", lambda _: None)
+            full = class_gaussians(stats, 16, amounts).log_likelihood(x, 1e-6)
+        torch.testing.assert_close(in_span, full, rtol=1e-5, atol=1e-3)
+    big = ClassStats(8)
+    big.add(0, torch.randn(20, 8, generator=gen))
+    assert class_stats.span_basis(big) is None
