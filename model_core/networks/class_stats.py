@@ -111,7 +111,9 @@ class ClassStats:
         return out
 
 
-SUBSPACE_SHARE = 0.5  # ``span_basis`` works in the samples' span where it has at most this share of D dimensions
+# ``span_basis`` works in the samples' span where it has at most this share of D dimensions: a fit then costs one D-wide
+# decomposition and one k-wide one per class and shrinkage (k^3 / D^3 = 0.42 of a D-wide one at the share)
+SUBSPACE_SHARE = 0.75
 
 
 def span_basis(stats: ClassStats) -> Tensor | None:
@@ -119,7 +121,7 @@ def span_basis(stats: ClassStats) -> Tensor | None:
     in C classes it has at most N - C dimensions, and every class covariance, pooled or shrunk, lies in it. Then
     ``eigen(cov, basis)`` decomposes k x k matrices instead of D x D ones (80 photos' features in 1,280 values:
     one 1,280-wide decomposition per fit instead of one per class and shrinkage). None where the span may be
-    large (N - C over ``SUBSPACE_SHARE`` of D): there the full decomposition is no dearer."""
+    large (N - C over ``SUBSPACE_SHARE`` of D): there the full decompositions are no dearer."""
     dof = sum(stats.count.values()) - len(stats.count)
     if not stats.units or dof > SUBSPACE_SHARE * stats.dim:
         return None

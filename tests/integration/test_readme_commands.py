@@ -121,9 +121,43 @@ def test_every_documented_command_is_covered() -> None:
     assert "promote" in site_only and "--force" in site_only["promote"], site_only
 
 
+# Every command's --help in one subprocess (each run as ``python -m`` runs it, as __main__ with its argv): one
+# interpreter importing torch once instead of forty, a minute of the suite's time on 2 cores
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys
+out = {}
+for key, module, argv in json.loads(sys.argv[1]):
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    sys.argv = argv
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+        except BaseException as exc:  # a command that fails to start: its own failure, not the others'
+            code, _ = 1, stderr.write(repr(exc))
+    out[key] = [code, stdout.getvalue(), stderr.getvalue()]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, subprocess.CompletedProcess[str]]:
+    """Each benchmark's (``bench:NAME``) and each engram command's (``cli:WORDS``) ``--help``, as it prints it."""
+    calls = [(f"bench:{name}", f"benchmarks.{name}", [f"{name}.py", "--help"]) for name in sorted(BENCHMARKS)]
+    for words in [*CLI.values(), *(w for more in ALSO.values() for w in more)]:
+        calls.append((f"cli:{' '.join(words)}", "service.cli.main", ["engram", *words, "--help"]))
+    proc = run(sys.executable, "-c", HELP_RUNNER, json.dumps(calls), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {key: subprocess.CompletedProcess([key], code, out, err) for key, (code, out, err) in found.items()}
+
+
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_each_readme_benchmark_starts_and_takes_the_readme_flags(name: str) -> None:
-    proc = run(sys.executable, "-m", f"benchmarks.{name}", "--help")
+def test_each_readme_benchmark_starts_and_takes_the_readme_flags(
+    name: str, helps: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    proc = helps[f"bench:{name}"]
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
     unknown = unknown_flags(BENCHMARK_RE, name, proc.stdout)
@@ -131,13 +165,22 @@ def test_each_readme_benchmark_starts_and_takes_the_readme_flags(name: str) -> N
 
 
 @pytest.mark.parametrize("name", sorted(CLI))
-def test_each_readme_cli_command_starts_and_takes_the_readme_flags(name: str) -> None:
-    proc = engram(*CLI[name], "--help")
+def test_each_readme_cli_command_starts_and_takes_the_readme_flags(
+    name: str, helps: dict[str, subprocess.CompletedProcess[str]]
+) -> None:
+    proc = helps[f"cli:{' '.join(CLI[name])}"]
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"usage: engram {' '.join(CLI[name])}" in proc.stdout
-    help_text = proc.stdout + "".join(engram(*words, "--help").stdout for words in ALSO.get(name, ()))
+    help_text = proc.stdout + "".join(helps[f"cli:{' '.join(words)}"].stdout for words in ALSO.get(name, ()))
     unknown = unknown_flags(CLI_RE, name, help_text)
     assert not unknown, f"the docs pass engram {name} flags it does not take: {unknown}"
+
+
+def test_the_engram_script_starts() -> None:
+    """The installed ``engram`` entry point itself (the commands above run its module in one process)."""
+    proc = engram("--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage: engram" in proc.stdout
 
 
 def test_a_documented_flag_that_the_command_lost_is_caught(tmp_path: Path) -> None:
