@@ -2,6 +2,7 @@
 
     python -m benchmarks.learn_speed [--tasks 3] [--strategy NAME] [--backbone cnn] [--size 8] [--json FILE]
     python -m benchmarks.learn_speed --photos ../shared/data/cifar10-mini   # 1,000 photos a task, pretrained default
+    python -m benchmarks.learn_speed --photos ../shared/data/cifar10-mini --per-class 40 --tasks 1  # a small first job
 
 Starts ``engram serve`` (embedded worker, CPU unless ENGRAM_DEVICE says otherwise) on a fresh data folder,
 creates a classifier with the service's default backbone for its input (``--backbone`` overrides) and teaches
@@ -39,16 +40,22 @@ def digit_tasks(size: int) -> list[tuple[str, list[dict[str, str]]]]:
              for x, y in zip(d.images, d.target, strict=True) if y in (2 * t, 2 * t + 1)]) for t in range(5)]  # fmt: skip
 
 
-def photo_tasks(root: Path) -> list[tuple[str, list[dict[str, str]]]]:
-    """cifar10-mini's training photos, two classes a task, read by the CLI client's folder reader."""
+def photo_tasks(root: Path, per_class: int | None = None) -> list[tuple[str, list[dict[str, str]]]]:
+    """cifar10-mini's training photos, two classes a task (the first ``per_class`` of each, default all), read by
+    the CLI client's folder reader."""
     import base64
 
     from service.client import read_image_folder
 
     items = read_image_folder(root / "train")
     names = sorted({label for label, _ in items})
-    return [(f"{names[2 * t]}-{names[2 * t + 1]}", [{"label": label, "image_b64": base64.b64encode(blob).decode()}
-             for label, blob in items if label in names[2 * t : 2 * t + 2]]) for t in range(len(names) // 2)]  # fmt: skip
+    tasks = []
+    for t in range(len(names) // 2):
+        pair = names[2 * t : 2 * t + 2]
+        blobs = [(label, blob) for name in pair for label, blob in [i for i in items if i[0] == name][:per_class]]
+        tasks.append((f"{pair[0]}-{pair[1]}", [{"label": label, "image_b64": base64.b64encode(blob).decode()}
+                                               for label, blob in blobs]))  # fmt: skip
+    return tasks
 
 
 def main() -> None:
@@ -58,9 +65,10 @@ def main() -> None:
     parser.add_argument("--backbone", help="default: the service's default for the input")
     parser.add_argument("--size", type=int, default=8, help="digits: the classifier's declared side in pixels")
     parser.add_argument("--photos", type=Path, help="a cifar10-mini root: learn its photo classes in pairs")
+    parser.add_argument("--per-class", type=int, help="photos: the first N photos of each class (default all 500)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    tasks = photo_tasks(args.photos) if args.photos else digit_tasks(args.size)
+    tasks = photo_tasks(args.photos, args.per_class) if args.photos else digit_tasks(args.size)
     shape = PHOTOS if args.photos else {**DIGITS, "height": args.size, "width": args.size}
     rows: list[dict[str, Any]] = []
     with engram_server("engram-learn-") as c:
