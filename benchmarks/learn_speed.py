@@ -47,15 +47,13 @@ def photo_tasks(root: Path, per_class: int | None = None) -> list[tuple[str, lis
 
     from service.client import read_image_folder
 
-    items = read_image_folder(root / "train")
-    names = sorted({label for label, _ in items})
-    tasks = []
-    for t in range(len(names) // 2):
-        pair = names[2 * t : 2 * t + 2]
-        blobs = [(label, blob) for name in pair for label, blob in [i for i in items if i[0] == name][:per_class]]
-        tasks.append((f"{pair[0]}-{pair[1]}", [{"label": label, "image_b64": base64.b64encode(blob).decode()}
-                                               for label, blob in blobs]))  # fmt: skip
-    return tasks
+    by_class: dict[str, list[bytes]] = {}
+    for label, blob in read_image_folder(root / "train"):
+        by_class.setdefault(label, []).append(blob)
+    names = sorted(by_class)
+    return [(f"{a}-{b}", [{"label": name, "image_b64": base64.b64encode(blob).decode()}
+                          for name in (a, b) for blob in by_class[name][:per_class]])
+            for a, b in zip(names[0::2], names[1::2], strict=False)]  # fmt: skip
 
 
 def main() -> None:

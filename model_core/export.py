@@ -18,7 +18,7 @@ from model_core.networks.classifier import IncrementalClassifier
 
 PARITY_TOLERANCE = 1e-4  # max |onnx - torch| over the check batch; above it the export is refused
 INPUT_NAME, OUTPUT_NAME, NOVELTY_NAME = "input", "logits", "novelty"
-TRACE_OPSET = 20  # the traced graphs' opset: the one torch.export writes for them (ONNX Runtime 1.2x serves up to 23)
+TRACE_OPSET = 20  # the traced graphs' opset: the one torch.export wrote for the same networks
 log = logging.getLogger("engram.export")
 
 
@@ -121,8 +121,9 @@ def export_onnx(
 
 
 def _trace(module: torch.nn.Module, example: torch.Tensor, outputs: list[str]) -> Any:
-    """``module``'s ONNX graph, its batch axis dynamic: traced by torch's TorchScript exporter (about 10 ms for
-    a classifier's network, where ``torch.export`` takes 1.5-2.5 s on 2 cores, most of a small job's time), with
+    """``module``'s ONNX graph, its batch axis dynamic: traced by torch's TorchScript exporter (a job's export stage
+    0.05-0.07 s with its parity check, where ``torch.export`` made it 1.8-2.1 s on 2 cores, most of a small job's
+    time: ``python -m benchmarks.learn_speed --tasks 3 --strategy ewc``, docs/benchmarks/learning-speed.md), with
     ``torch.export`` (``dynamo=True``) where tracing fails or a torch release has removed it. Either graph is
     checked against torch before it is kept (``_finish``)."""
     import onnx

@@ -59,7 +59,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _graph_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """One cache of exported backbone graphs (ENGRAM_GRAPH_CACHE_DIR) for every server and worker this run starts,
     shared by the parallel test processes: a backbone is exported once per run, as once per host in a deployment,
-    rather than once per test's data folder (about 15 s each on 2 cores). The first job on it still exports it."""
+    rather than once per test's data folder (19-20 s each on 2 cores: the first job's load stage in
+    ``python -m benchmarks.learn_speed --photos ../shared/data/cifar10-mini``). The first job on it still exports it."""
     if "ENGRAM_GRAPH_CACHE_DIR" not in os.environ:
         base = tmp_path_factory.getbasetemp()
         shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # pytest-xdist: popen-gwN's parent
