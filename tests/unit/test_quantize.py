@@ -224,7 +224,11 @@ def test_int8_kernels_are_exact_only_where_products_sum_in_32_bits() -> None:
 def test_simulated_int8_features_are_the_graphs_answers_on_any_processor(photos: dict[str, object]) -> None:
     """Run with its Q/DQ pairs in float (what a job does on a processor whose int8 kernels saturate), the int8
     graph's features stay near fp32's (measured 0.2 mean relative error at 224 px with VNNI or simulated; 0.66
-    with AVX2's saturating kernels), and equal the native run's where the kernels are exact."""
+    with AVX2's saturating kernels), and where the kernels are exact the native run is as far from fp32 as the
+    simulated one and much nearer to it than to fp32. Not equal: ONNX Runtime's fused int8 operators requantize
+    with their own rounding, and a rounding that differs moves the next layer's input by a whole step; on an AMD
+    EPYC with AVX-512 VNNI (2026-12-07, 96 px, 25 to 100 calibration photos) native and simulated differed by
+    0.052-0.058, each 0.142-0.150 from fp32."""
     train, test = photos["train"], photos["test"]
     assert isinstance(train, np.ndarray) and isinstance(test, np.ndarray)
     report = quantize_backbone(photos["fp32"], train[::4], photos["dir"])  # type: ignore[arg-type]
@@ -234,4 +238,6 @@ def test_simulated_int8_features_are_the_graphs_answers_on_any_processor(photos:
     assert 0 < error < 0.35, error  # quantized (not fp32's features), and not saturated
     if int8_kernels().exact:
         native = features(report.path, test, threads=1)
-        assert np.abs(native - simulated).mean() / np.abs(f32).mean() < 0.05
+        native_error = float(np.abs(native - f32).mean() / np.abs(f32).mean())
+        assert abs(native_error - error) < 0.25 * error, (native_error, error)  # saturating kernels: 3x the error
+        assert np.abs(native - simulated).mean() / np.abs(f32).mean() < 0.5 * error
