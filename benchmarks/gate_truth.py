@@ -47,8 +47,9 @@ Streams (held-out samples are never sent to learn):
 
 Beside every row: ``lr``, an offline logistic regression (scikit-learn, standardised inputs) on the same inputs
 fitted on every training sample of the stream's classes at once (the ceiling: the joint, non-incremental
-linear probe), for the streams whose inputs a linear probe reads as given (vectors, grey pixels; for photos, the
-frozen features the service computes are not fetched here: "-"); and ``ece``, the expected calibration error of
+linear probe), on the inputs as given for vectors and grey pixels, and for photos on the frozen features the
+service's default backbone computes from exactly the photos sent (``photo_features``: the backbone's fp32 ONNX
+graph, run here in process); and ``ece``, the expected calibration error of
 the served score (the top softmax probability the API returns) on the held-out samples after the last task
 (``model_core.calibration.expected_calibration_error``), with the largest after any task.
 A stream whose data are absent is skipped with a line saying so. ``--seed N`` (default 0: the classes in their
@@ -311,9 +312,13 @@ def served_scores(
     )
 
 
-def logistic_ceiling(stream: Stream) -> float | None:
+def logistic_ceiling(stream: Stream, balanced: bool = False) -> float | None:
     """Accuracy of an offline logistic regression on the stream's inputs (standardised), fitted on every training
-    sample of its classes at once, on its held-out samples; None when the stream has no arrays here."""
+    sample of its classes at once, on its held-out samples; None when the stream has no arrays here. ``balanced``:
+    each class's samples weighted by the inverse of its count (scikit-learn's ``class_weight="balanced"``), the
+    ceiling for a stream whose classes come in unequal numbers, as the service's balanced heads are."""
+    if stream.arrays is None and stream.input.get("kind") == "image" and stream.input.get("channels") == 3:
+        stream.arrays = photo_features(stream)
     if stream.arrays is None:
         return None
     from sklearn.linear_model import LogisticRegression
@@ -321,8 +326,30 @@ def logistic_ceiling(stream: Stream) -> float | None:
     from sklearn.preprocessing import StandardScaler
 
     xtr, ytr, xte, yte = stream.arrays
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(xtr, ytr)
+    weights = "balanced" if balanced else None
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, class_weight=weights)).fit(xtr, ytr)
     return round(float(probe.score(xte, yte)), 4)
+
+
+def photo_features(stream: Stream) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The frozen features a photo classifier on the service's default backbone learns from, of exactly the photos
+    the stream sends and scores (decoded as the API decodes them: RGB, [0, 1]), through the backbone's ONNX graph
+    (resize and normalisation inside it, as served); fp32, whatever ENGRAM_INT8_BACKBONE says."""
+    from model_core.config import BackboneSpec, InputSpec, NetworkSpec, default_backbone
+    from model_core.export_frozen import backbone_graph
+    from model_core.learner import Learner
+    from model_core.quantize import features
+
+    spec = InputSpec("image", 3, int(stream.input["height"]), int(stream.input["width"]))
+    graph = backbone_graph(Learner.create(NetworkSpec(spec, backbone=BackboneSpec.parse(default_backbone(spec)))), "input", None)
+
+    def arrays(rows: list[tuple[str, Payload]]) -> tuple[np.ndarray, np.ndarray]:
+        pixels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(str(b)))).convert("RGB"), dtype=np.float32) / 255.0
+                  for _, b in rows]  # fmt: skip
+        return features(graph, np.stack(pixels).transpose(0, 3, 1, 2)), np.array([lab for lab, _ in rows])
+
+    (xtr, ytr), (xte, yte) = arrays(stream.train), arrays(stream.test)
+    return xtr, ytr, xte, yte
 
 
 def run_one(
@@ -509,9 +536,15 @@ def main(argv: list[str] | None = None) -> int:
                 stream.backbone = None if args.backbone == "default" else args.backbone
             print(f"{stream_name}: tasks {stream.tasks}", flush=True)
             ceiling = logistic_ceiling(stream)
-            print(f"{stream_name}: offline logistic regression {ceiling}", flush=True)
+            counts = Counter(lab for lab, _ in stream.train).values()
+            # classes sent in unequal numbers (the u streams): also the class-balanced ceiling, printed beside
+            unequal_counts = ceiling is not None and max(counts) > 1.5 * min(counts)
+            balanced = logistic_ceiling(stream, balanced=True) if unequal_counts else None
+            also = "" if balanced is None else f" (class-balanced {balanced})"
+            print(f"{stream_name}: offline logistic regression {ceiling}{also}", flush=True)
             for strategy in args.strategies.split(","):
-                results.append({**run_one(c, stream, strategy, extra, args.shuffle_first), "lr": ceiling})
+                results.append({**run_one(c, stream, strategy, extra, args.shuffle_first), "lr": ceiling,
+                                "lr_balanced": balanced})  # fmt: skip
                 if args.json:
                     args.json.write_text(json.dumps(results, indent=1))
     print_table(results)
