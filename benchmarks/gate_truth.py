@@ -317,7 +317,8 @@ def logistic_ceiling(stream: Stream, balanced: bool = False) -> float | None:
     sample of its classes at once, on its held-out samples; None when the stream has no arrays here. ``balanced``:
     each class's samples weighted by the inverse of its count (scikit-learn's ``class_weight="balanced"``), the
     ceiling for a stream whose classes come in unequal numbers, as the service's balanced heads are."""
-    if stream.arrays is None and stream.input.get("kind") == "image" and stream.input.get("channels") == 3:
+    photos = stream.input.get("kind") == "image" and stream.input.get("channels") == 3
+    if stream.arrays is None and photos and stream.backbone is None:  # on the default backbone's features only
         stream.arrays = photo_features(stream)
     if stream.arrays is None:
         return None
@@ -341,7 +342,8 @@ def photo_features(stream: Stream) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     from model_core.quantize import features
 
     spec = InputSpec("image", 3, int(stream.input["height"]), int(stream.input["width"]))
-    graph = backbone_graph(Learner.create(NetworkSpec(spec, backbone=BackboneSpec.parse(default_backbone(spec)))), "input", None)
+    network = NetworkSpec(spec, backbone=BackboneSpec.parse(default_backbone(spec)))
+    graph = backbone_graph(Learner.create(network), "input", None)
 
     def arrays(rows: list[tuple[str, Payload]]) -> tuple[np.ndarray, np.ndarray]:
         pixels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(str(b)))).convert("RGB"), dtype=np.float32) / 255.0
