@@ -29,7 +29,7 @@ from model_core.graphs import FEATURES, compose
 from model_core.learner import Learner
 from model_core.networks.gaussian_head import GaussianHead, onnx_nodes
 from model_core.networks.random_features import ExpandedLinear, expansion_of
-from model_core.quantize import SIMULATE_QDQ
+from model_core.quantize import SIMULATE_QDQ, backbone_session
 from model_core.text import trim_padding
 
 EXPANDED = "expansion.out"  # the random features (B, width) that ``ExpandedLinear`` blocks read
@@ -225,7 +225,7 @@ class OnnxFeatures:
         if simulate_qdq:
             options.add_session_config_entry(SIMULATE_QDQ, "1")
         graph = graph if graph is not None else backbone_graph(learner, "input", cache_dir)
-        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.session = backbone_session(graph, options)
         self.batch_size = batch_size
         self.text = learner.spec.input.kind == "text"
 

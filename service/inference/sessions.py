@@ -31,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from model_core.graphs import FEATURES
-from model_core.quantize import INT8_KIND, SIMULATE_QDQ, Int8Kernels, kernels_for
+from model_core.quantize import INT8_KIND, SIMULATE_QDQ, Int8Kernels, backbone_session, kernels_for
 from model_core.text import trim_padding
 from service.inference.batching import MicroBatcher
 from service.inference.inputs import InputFormat, softmax
@@ -237,8 +237,7 @@ class SharedBackbone:
     ) -> None:
         self.sha256, self.fmt = sha256, fmt
         before = rss_bytes()
-        self.session = ort.InferenceSession(str(path), session_options(options, simulate_qdq=simulate_qdq),
-                                            providers=["CPUExecutionProvider"])  # fmt: skip
+        self.session = backbone_session(path, session_options(options, simulate_qdq=simulate_qdq))
         self.feature_dim = int(self.session.get_outputs()[0].shape[1])
         for n in sorted({1, options.max_batch}):  # warm up the shapes the batcher will use most
             self.session.run([FEATURES], {"input": np.zeros((n, *fmt.shape), dtype=np.float32)})
