@@ -334,21 +334,24 @@ def logistic_ceiling(stream: Stream, balanced: bool = False) -> float | None:
 
 def photo_features(stream: Stream) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The frozen features a photo classifier on the service's default backbone learns from, of exactly the photos
-    the stream sends and scores (decoded as the API decodes them: RGB, [0, 1]), through the backbone's ONNX graph
+    the stream sends and scores (decoded by the API's own ``decode_image``), through the backbone's ONNX graph
     (resize and normalisation inside it, as served); fp32, whatever ENGRAM_INT8_BACKBONE says."""
     from model_core.config import BackboneSpec, InputSpec, NetworkSpec, default_backbone
     from model_core.export_frozen import backbone_graph
     from model_core.learner import Learner
     from model_core.quantize import features
+    from service.inference.inputs import InputFormat, decode_image
+    from service.settings import Settings
 
     spec = InputSpec("image", 3, int(stream.input["height"]), int(stream.input["width"]))
     network = NetworkSpec(spec, backbone=BackboneSpec.parse(default_backbone(spec)))
     graph = backbone_graph(Learner.create(network), "input", None)
 
+    fmt, limit = InputFormat(spec), Settings().max_image_pixels
+
     def arrays(rows: list[tuple[str, Payload]]) -> tuple[np.ndarray, np.ndarray]:
-        pixels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(str(b)))).convert("RGB"), dtype=np.float32) / 255.0
-                  for _, b in rows]  # fmt: skip
-        return features(graph, np.stack(pixels).transpose(0, 3, 1, 2)), np.array([lab for lab, _ in rows])
+        pixels = np.stack([decode_image(base64.b64decode(str(b)), fmt, limit) for _, b in rows])
+        return features(graph, pixels), np.array([lab for lab, _ in rows])
 
     (xtr, ytr), (xte, yte) = arrays(stream.train), arrays(stream.test)
     return xtr, ytr, xte, yte
