@@ -17,10 +17,11 @@ server's log. A version whose check kept fp32 serves fp32 in both: the benchmark
 serve anyway, to measure its speed alone.
 
 Every job names the default photo strategy (``analytic``), so that no first job spends its time choosing one.
-Learning: the same classes are then taught again to two more classifiers, one on a server with int8 on and one
-with it off (each a first job, so the int8 one quantizes; both export the backbone first: that export is cached
-in the data folder by then), and the job's seconds per stage are printed per 1,000 training photos, with the
-quantization itself apart (once per classifier).
+Learning: the same classes, ``--learn-per-class`` photos each (a job of 1,000 photos by default, so that a job's
+fixed costs, its queueing and session loads, count as they do in a job that size), are then taught to two more
+classifiers, one on a server with int8 on and one with it off (each a first job, so the int8 one quantizes; both
+export the backbone first: that export is cached in the data folder by then), and the job's seconds per stage are
+printed per 1,000 photos sent, with the quantization itself apart (once per classifier).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of each graph, alternating")
     parser.add_argument("--classes", type=int, default=4, help="cifar10-mini classes the classifier learns")
     parser.add_argument("--per-class", type=int, default=50, help="training photos a class (20%% held out)")
+    parser.add_argument("--learn-per-class", type=int, default=250,
+                        help="photos a class in the learning comparison's jobs (250 x 4 classes: a job of 1,000 photos)")
     parser.add_argument("--force", action="store_true", help="let int8 serve whatever its check found")
     parser.add_argument("--no-learning", action="store_true", help="skip the learning comparison")
     parser.add_argument("--json", type=Path)
@@ -143,10 +146,10 @@ def main() -> None:
             print(f"int8/fp32 req/s at c={args.level}: {ratio:.2f}x (mean of {len(on)} rounds each); "
                   f"p99 {p99[0]:.1f} ms against {p99[1]:.1f} ms")
         if not args.no_learning:
-            n = len(classes) * args.per_class
+            n = len(classes) * args.learn_per_class
             for setting, name in (("1", "learn-int8"), ("0", "learn-fp32")):
                 with server(data, {"ENGRAM_INT8_BACKBONE": setting, **force}) as (c, _):
-                    seconds = learn(c, name, classes, args.per_class).get("seconds") or {}
+                    seconds = learn(c, name, classes, args.learn_per_class).get("seconds") or {}
                 total = sum(v for k, v in seconds.items() if "." not in k and k != "queued")
                 quant = seconds.get("int8-quantize", 0.0)
                 per = {"job_s": round((total - quant) / n * 1000, 2), "quantize_s": quant,

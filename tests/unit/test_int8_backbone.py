@@ -188,6 +188,7 @@ def test_a_processor_whose_int8_kernels_saturate_serves_fp32_and_learns_from_the
     assert backbone.session.get_session_options().get_session_config_entry(SIMULATE_QDQ) == "1"
 
     assert Settings(int8_float_parts=" depthwise, stem,stem").int8_float_nodes == ("depthwise", "stem")
-    assert Settings().int8_float_nodes == ()
+    assert Settings().int8_float_nodes == ("stem",) == QuantConfig().float_nodes  # the measured default, both ways
+    assert Settings(int8_float_parts="").int8_float_nodes == ()  # every part int8
     with pytest.raises(pydantic.ValidationError, match="unknown backbone parts \\['stems'\\]"):
         Settings(int8_float_parts="stems")

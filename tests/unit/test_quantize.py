@@ -25,6 +25,8 @@ from model_core.quantize import (
 )
 
 CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-mini"
+# The tiny graph's one convolution is its stem, which the default config leaves in float: its tests quantize it all
+ALL_INT8 = QuantConfig(float_nodes=())
 
 
 def tiny_graph(path: Path) -> Path:
@@ -78,17 +80,17 @@ def test_the_rule_serves_int8_only_within_both_bounds_and_says_why() -> None:
 def test_the_digest_covers_the_graph_the_calibration_and_the_config(tmp_path: Path) -> None:
     fp32 = tiny_graph(tmp_path / "fp32.onnx")
     calib = np.random.default_rng(1).uniform(0, 1, (16, 3, 8, 8)).astype(np.float32)
-    first = quantize_backbone(fp32, calib, tmp_path / "cache")
+    first = quantize_backbone(fp32, calib, tmp_path / "cache", ALL_INT8)
     assert first.path.exists() and not first.cached and first.path.name == f"backbone-int8-{first.digest}.onnx"
-    again = quantize_backbone(fp32, calib, tmp_path / "cache")
+    again = quantize_backbone(fp32, calib, tmp_path / "cache", ALL_INT8)
     assert again.cached and again.digest == first.digest and again.path == first.path
     data = fp32.read_bytes()
     digests = {
         first.digest,
-        quantization_digest(data, calib[:8], QuantConfig()),
+        quantization_digest(data, calib[:8], ALL_INT8),
         quantization_digest(data, calib, QuantConfig(per_channel=False)),
         quantization_digest(data, calib, QuantConfig(method="percentile")),
-        quantization_digest(data + b" ", calib, QuantConfig()),
+        quantization_digest(data + b" ", calib, ALL_INT8),
     }
     assert len(digests) == 5
     out = features(first.path, calib)
@@ -121,16 +123,17 @@ def test_mixed_precision_and_float_parts_follow_the_layer_roles(tmp_path: Path) 
         zero = {i.name: i.data_type for i in model.graph.initializer}
         return {n.input[0]: zero[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
 
-    plain, wide = q_types(quantized(QuantConfig())), q_types(quantized(QuantConfig(wide=("head",))))
+    plain, wide = q_types(quantized(QuantConfig(float_nodes=()))), q_types(quantized(QuantConfig(wide=("head",), float_nodes=())))
     assert plain["r"] == onnx.TensorProto.UINT8 and wide["r"] == onnx.TensorProto.UINT16
     assert wide["input"] == onnx.TensorProto.UINT8  # the rest stays 8-bit
     floated = quantized(QuantConfig(float_nodes=("stem",)))
     conv = next(n for n in floated.graph.node if n.op_type == "Conv")
     assert "w" in conv.input  # its float weights, no DequantizeLinear before them
-    digests = {quantization_digest(b"g", calib, c) for c in (QuantConfig(), QuantConfig(wide=("head",)),
-               QuantConfig(float_nodes=("stem",)), QuantConfig(method="percentile", percentile=99.9),
+    digests = {quantization_digest(b"g", calib, c) for c in (QuantConfig(float_nodes=()), QuantConfig(wide=("head",)),
+               QuantConfig(), QuantConfig(method="percentile", percentile=99.9),
                QuantConfig(method="percentile"), QuantConfig(moving_average=True))}  # fmt: skip
     assert len(digests) == 6
+    assert QuantConfig().float_nodes == ("stem",)  # the default leaves the stem in float
 
 
 def test_bias_correction_keeps_the_float_means_under_int8_weights(tmp_path: Path) -> None:
@@ -146,13 +149,13 @@ def test_bias_correction_keeps_the_float_means_under_int8_weights(tmp_path: Path
     calib = np.random.default_rng(1).uniform(0.5, 1, (16, 3, 8, 8)).astype(np.float32)  # a mean far from 0
     corrected = tmp_path / "corrected.onnx"
     corrected.write_bytes(fp32.read_bytes())
-    assert correct_biases(corrected, "input", calib, QuantConfig(per_channel=False, reduce_range=True)) == 1
+    assert correct_biases(corrected, "input", calib, QuantConfig(per_channel=False, reduce_range=True, float_nodes=())) == 1
 
     def conv_means(path: Path, rounded: bool) -> np.ndarray:
         model = onnx.load(path)
         if rounded:
             w = next(i for i in model.graph.initializer if i.name == "w")
-            w.CopyFrom(numpy_helper.from_array(_rounded(numpy_helper.to_array(w), QuantConfig(per_channel=False, reduce_range=True)), "w"))
+            w.CopyFrom(numpy_helper.from_array(_rounded(numpy_helper.to_array(w), QuantConfig(per_channel=False, reduce_range=True, float_nodes=())), "w"))
         model.graph.output.append(helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None))
         out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["c"], {"input": calib})[0]
         return np.asarray(out[:, :, 1:-1, 1:-1].mean(axis=(0, 2, 3)))  # away from the padding
@@ -188,10 +191,10 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             "fp32_pred": head_predict(w, features(fp32, test, threads=1))}  # fmt: skip
 
 
-def _int8_predictions(photos: dict[str, object], calibration: np.ndarray) -> np.ndarray:
+def _int8_predictions(photos: dict[str, object], calibration: np.ndarray, config: QuantConfig = ALL_INT8) -> np.ndarray:
     from benchmarks.int8_backbone import analytic_head, head_predict
 
-    report = quantize_backbone(photos["fp32"], calibration, photos["dir"])  # type: ignore[arg-type]
+    report = quantize_backbone(photos["fp32"], calibration, photos["dir"], config)  # type: ignore[arg-type]
     train, test = photos["train"], photos["test"]
     w = analytic_head(features(report.path, train, threads=1), photos["train_y"])  # type: ignore[arg-type]
     return head_predict(w, features(report.path, test, threads=1))  # type: ignore[arg-type]
@@ -200,7 +203,9 @@ def _int8_predictions(photos: dict[str, object], calibration: np.ndarray) -> np.
 def test_real_calibration_beats_a_broken_one_and_a_disagreeing_int8_selects_fp32(photos: dict[str, object]) -> None:
     """Calibrated on real photos, the int8 graph runs and its head agrees with fp32's far more often than when
     calibrated on black images (every activation range that of one constant image, so real photos saturate
-    them); where the graphs disagree beyond the tolerance, fp32 is selected and the reason names the figures."""
+    them); where the graphs disagree beyond the tolerance, fp32 is selected and the reason names the figures.
+    Every part int8: with the stem left in float (the default) the black images' ranges are less wrong (agreement
+    0.85 against 0.91 calibrated on photos, 96 px, 2026-12-07), too near for this contrast."""
     train, labels, fp32 = photos["train"], photos["test_y"], photos["fp32_pred"]
     assert isinstance(train, np.ndarray)
     real = check_int8(labels, fp32, _int8_predictions(photos, train[::4]))  # type: ignore[arg-type]
