@@ -51,7 +51,9 @@ linear probe), on the inputs as given for vectors and grey pixels, and for photo
 service's default backbone computes from exactly the photos sent (``photo_features``: the backbone's fp32 ONNX
 graph, run here in process); and ``ece``, the expected calibration error of
 the served score (the top softmax probability the API returns) on the held-out samples after the last task
-(``model_core.calibration.expected_calibration_error``), with the largest after any task.
+(``model_core.calibration.expected_calibration_error``), with the largest after any task: on the samples of the
+classes the served version has learnt (after a rejected task, not the rejected classes, which the version still
+served never learnt; the JSON's ``ece_all`` counts them too).
 A stream whose data are absent is skipped with a line saying so. ``--seed N`` (default 0: the classes in their
 natural order, 0-9 and CIFAR-10's alphabetical order) shuffles the classes with seed N before they are cut into
 tasks, and seeds the held-out split of the grey streams: other tasks, other confusions between old and new.
@@ -277,23 +279,30 @@ def _predict(c: httpx.Client, name: str, rows: list[tuple[str, Payload]]) -> tup
 
 
 def served_scores(
-    c: httpx.Client, name: str, test: list[tuple[str, Payload]], classes: set[str], novelty: bool = True
-) -> tuple[float, int, dict[str, Any] | None, float]:
+    c: httpx.Client, name: str, test: list[tuple[str, Payload]], classes: set[str], novelty: bool = True,
+    served: set[str] | None = None,
+) -> tuple[float, int, dict[str, Any] | None, float, float]:
     """(accuracy on held-out samples of ``classes``, the served version's number, its novelty on them against
     held-out samples of every class not yet learned: AUROC, known rate, unknown flagged, and beside it the AUROC
     of the served score, the maximum softmax probability as the API rounds it; None when the version serves no
-    novelty or every class is learned; and the served score's expected calibration error on the held-out samples
-    of ``classes``). The unlearned classes are sent only when the version serves novelty and ``novelty`` asks."""
+    novelty or every class is learned; the served score's expected calibration error on the held-out samples of
+    the classes the served version has learnt, ``served`` (default ``classes``), and on those of ``classes``).
+    The two ECEs differ only after a rejected task: the version still served has never learnt its classes, so it
+    cannot be right on their samples whatever its score says (they are its unknown inputs, which novelty flags).
+    The unlearned classes are sent only when the version serves novelty and ``novelty`` asks."""
     from model_core.calibration import expected_calibration_error
 
     known_rows = [(lab, b) for lab, b in test if lab in classes]
     known, version = _predict(c, name, known_rows)
     right = np.array([p["label"] == lab for p, (lab, _) in zip(known, known_rows, strict=False)], dtype=bool)
     acc = float(right.sum()) / max(len(known_rows), 1)
-    ece = expected_calibration_error(np.array([p["score"] for p in known]), right) if known else float("nan")
+    scores = np.array([p["score"] for p in known])
+    ece_all = expected_calibration_error(scores, right) if known else float("nan")
+    own = np.array([lab in (classes if served is None else served) for lab, _ in known_rows], dtype=bool)
+    ece = expected_calibration_error(scores[own], right[own]) if own.any() else float("nan")
     unknown_rows = [(lab, b) for lab, b in test if lab not in classes]
     if not novelty or not known or known[0]["novelty"] is None or not unknown_rows:
-        return acc, version, None, ece
+        return acc, version, None, ece, ece_all
     unknown, _ = _predict(c, name, unknown_rows)
 
     def column(preds: list[dict[str, Any]], key: str, sign: float = 1.0) -> np.ndarray:
@@ -309,6 +318,7 @@ def served_scores(
             "unknown_flagged": round(1 - float(column(unknown, "known").mean()), 4),
         },
         ece,
+        ece_all,
     )
 
 
@@ -370,6 +380,7 @@ def run_one(
     out: dict[str, Any] = {"stream": stream.name, "strategy": strategy, "backbone": r.json()["backbone"],
                            "order": stream.tasks, "tasks": []}  # fmt: skip
     seen: set[str] = set()
+    served: set[str] = set()  # the classes of the tasks promoted: what the version served has learnt
     for t, classes in enumerate(stream.tasks, 1):
         samples = [{"label": lab, **_field(b)} for lab, b in stream.train if lab in classes]
         if shuffle_first and t == 1:  # a broken first job: its labels shuffled across its samples
@@ -387,14 +398,17 @@ def run_one(
             job = c.get(f"/v1/jobs/{job['job_id']}").json()
         wall = time.perf_counter() - start
         seen |= set(classes)
-        acc, version, novelty, ece = served_scores(c, name, stream.test, seen)
+        if job["status"] == "promoted":
+            served |= set(classes)
+        acc, version, novelty, ece, ece_all = served_scores(c, name, stream.test, seen, served=served)
         if job["status"] == "promoted" and version != job["version"]:
             print(f"  (stale: the process that reported v{job['version']} promoted served v{version})")
         report = job.get("report") or {}
         seconds = job.get("seconds") or {}
         training = report.get("training") or {}
         row = {"task": t, "classes": classes, "status": job["status"], "served_version": version,
-               "served_accuracy": round(acc, 4), "ece": round(ece, 4), "wall_s": round(wall, 2),
+               "served_accuracy": round(acc, 4), "ece": round(ece, 4), "ece_all": round(ece_all, 4),
+               "wall_s": round(wall, 2),
                "calibration": report.get("calibration"),
                "worker_s": round(sum(v for k, v in seconds.items() if "." not in k), 2),
                "gate_s": seconds.get("gate"), "steps": training.get("steps"), "stopped": training.get("stopped"),
@@ -423,7 +437,7 @@ def run_one(
               f"{_floor_from(row['floor_source'])})"
               + (f" {row['failures'] or row['error']}" if mark != "P" else ""), flush=True)  # fmt: skip
     if len(stream.tasks) > 1:  # the first task's classes under the last version served: what later tasks left them
-        first, _, _, first_ece = served_scores(c, name, stream.test, set(stream.tasks[0]), novelty=False)
+        first, _, _, first_ece, _ = served_scores(c, name, stream.test, set(stream.tasks[0]), novelty=False)
         out["first_task_final"] = {"accuracy": round(first, 4), "ece": round(first_ece, 4)}
         print(f"  {stream.name} {strategy}: the first task's classes {stream.tasks[0]} after the last task: "
               f"accuracy {first:.3f}, ece {first_ece:.3f}", flush=True)  # fmt: skip
