@@ -135,11 +135,12 @@ class QuantConfig:
     # Parts of the network (``layer_roles``: "stem", "head", "depthwise", "residual") whose activations are
     # quantized to 16 bits (their convolutions then run in float): mixed precision where int8 loses the most.
     wide: tuple[str, ...] = ()
-    # Parts left wholly in float (``nodes_to_exclude``). The stem (the first convolution: 27 weights a channel, about
-    # 3% of the network's multiply-adds) by default: its int8 rounding is a third of the features' error (0.196 ->
-    # 0.141) at 0.95x the int8 graph's rows/s, and through the service it took cifar10-mini's final accuracy from
-    # 0.007 under fp32's to equal on 5x2 (0.789 both) and 0.002 under on 10x1, int8 serving every version of 5x2
-    # (docs/guides/int8-backbone.md, "The stem in float")
+    # Parts left wholly in float (``nodes_to_exclude``; the service's ``ENGRAM_INT8_FLOAT_PARTS`` defaults to this).
+    # The stem (the first convolution, 27 weights a channel) by default: in float, the features' error falls from
+    # 0.196 to 0.141 at 0.95x the all-int8 graph's rows/s (``benchmarks.int8_variants``), and through the service
+    # cifar10-mini's final accuracy from 0.007 under fp32's to equal on 5x2 (0.789 both) and from 0.005 to 0.002
+    # under on 10x1, int8 serving every version of 5x2 (``benchmarks.gate_truth``; docs/guides/int8-backbone.md,
+    # "The stem in float")
     float_nodes: tuple[str, ...] = ("stem",)
     # Each convolution's bias less the mean shift its weights' int8 rounding causes on the calibration images
     # (``correct_biases``): the depthwise and stem convolutions, a few weights per channel, shift the most.

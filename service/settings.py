@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_core.quantize import LAYER_ROLES as INT8_PARTS
+from model_core.quantize import QuantConfig
 
 ROLES = ("predict", "learn", "admin")  # each includes the ones before it
 
@@ -70,12 +71,11 @@ class Settings(BaseSettings):
     int8_max_accuracy_drop: float = Field(default=0.005, ge=0, le=1)
     int8_max_disagreement: float = Field(default=0.05, ge=0, le=1)  # the fraction of samples int8 and fp32 may disagree on
     # Parts of the backbone left in float in its int8 graph, comma-separated, among stem, head, depthwise and residual
-    # (model_core.quantize.layer_roles); empty: every part int8. "stem" (the default) takes the features' error from
-    # 0.196 to 0.141 at 0.95x the all-int8 graph's rows/s, and cifar10-mini's final accuracy through the service to
-    # within 0.002 of fp32's (all-int8: 0.007 under); "stem,depthwise" halves the error (0.090, agreement of a 10-class
-    # head with fp32 0.99) but runs at 1.29-1.43x fp32's rows/s at batch 32, against 1.69x (stem) and 2.2x (none)
-    # (docs/guides/int8-backbone.md)
-    int8_float_parts: str = "stem"
+    # (model_core.quantize.layer_roles); empty: every part int8. The default, model_core.quantize.QuantConfig's, "stem",
+    # brings cifar10-mini's final accuracy through the service within 0.002 of fp32's (all-int8: 0.007 under);
+    # "stem,depthwise" halves the features' error again (0.141 -> 0.090) but runs at 1.29-1.43x fp32's rows/s at batch
+    # 32, against 1.69x (stem) and 2.2x (none) (docs/guides/int8-backbone.md)
+    int8_float_parts: str = ",".join(QuantConfig().float_nodes)
     # How int8 graphs run (model_core.quantize.kernels_for): "auto" reads the processor (x86 without VNNI or AMX has
     # saturating int8 kernels: jobs then run the graph's Q/DQ pairs in float and the API serves fp32); "native"
     # trusts the kernels; "simulate" runs Q/DQ pairs in float everywhere, serving too (exact, slower than fp32)

@@ -123,13 +123,13 @@ def test_mixed_precision_and_float_parts_follow_the_layer_roles(tmp_path: Path) 
         zero = {i.name: i.data_type for i in model.graph.initializer}
         return {n.input[0]: zero[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
 
-    plain, wide = q_types(quantized(QuantConfig(float_nodes=()))), q_types(quantized(QuantConfig(wide=("head",), float_nodes=())))
+    plain, wide = q_types(quantized(ALL_INT8)), q_types(quantized(QuantConfig(wide=("head",), float_nodes=())))
     assert plain["r"] == onnx.TensorProto.UINT8 and wide["r"] == onnx.TensorProto.UINT16
     assert wide["input"] == onnx.TensorProto.UINT8  # the rest stays 8-bit
     floated = quantized(QuantConfig(float_nodes=("stem",)))
     conv = next(n for n in floated.graph.node if n.op_type == "Conv")
     assert "w" in conv.input  # its float weights, no DequantizeLinear before them
-    digests = {quantization_digest(b"g", calib, c) for c in (QuantConfig(float_nodes=()), QuantConfig(wide=("head",)),
+    digests = {quantization_digest(b"g", calib, c) for c in (ALL_INT8, QuantConfig(wide=("head",)),
                QuantConfig(), QuantConfig(method="percentile", percentile=99.9),
                QuantConfig(method="percentile"), QuantConfig(moving_average=True))}  # fmt: skip
     assert len(digests) == 6
@@ -149,13 +149,14 @@ def test_bias_correction_keeps_the_float_means_under_int8_weights(tmp_path: Path
     calib = np.random.default_rng(1).uniform(0.5, 1, (16, 3, 8, 8)).astype(np.float32)  # a mean far from 0
     corrected = tmp_path / "corrected.onnx"
     corrected.write_bytes(fp32.read_bytes())
-    assert correct_biases(corrected, "input", calib, QuantConfig(per_channel=False, reduce_range=True, float_nodes=())) == 1
+    rounding = QuantConfig(per_channel=False, reduce_range=True, float_nodes=())  # the tiny graph's one conv rounded
+    assert correct_biases(corrected, "input", calib, rounding) == 1
 
     def conv_means(path: Path, rounded: bool) -> np.ndarray:
         model = onnx.load(path)
         if rounded:
             w = next(i for i in model.graph.initializer if i.name == "w")
-            w.CopyFrom(numpy_helper.from_array(_rounded(numpy_helper.to_array(w), QuantConfig(per_channel=False, reduce_range=True, float_nodes=())), "w"))
+            w.CopyFrom(numpy_helper.from_array(_rounded(numpy_helper.to_array(w), rounding), "w"))
         model.graph.output.append(helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, None))
         out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["c"], {"input": calib})[0]
         return np.asarray(out[:, :, 1:-1, 1:-1].mean(axis=(0, 2, 3)))  # away from the padding
