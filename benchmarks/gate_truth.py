@@ -34,7 +34,8 @@ Streams (held-out samples are never sent to learn):
 - ``mnist-5x2``: ``../shared/data/mnist-5k`` (28x28), a seeded 30% of each class held out;
 - ``cifar-5x2`` / ``cifar-10x1``: ``../shared/data/cifar10-mini`` photos as JPEG, ``train/`` to learn,
   ``test/`` to score; ``cifar-5x2u``: the same 5 tasks of 2 with 5x unequal sizes, the first task's classes
-  sent with their first 100 photos each, every later class with all of its (about 500); ``cifar-catdog``: cat
+  sent with their first 100 photos each, every later class with all of its (about 500); ``cifar-5x2f``: every
+  class with its first 100 photos (the equal stream on the very photos ``cifar-5x2u``'s first task sends); ``cifar-catdog``: cat
   with dog in the first task, the other 8 classes in pairs after it (two hard classes learnt together); any other
   stream with a ``u`` after its shape (``digits-5x2u``, ``mnist-5x2u``, ``banking77-8u``) sends its first task's
   classes with the first fifth of their training samples, the later tasks whole; an ``f`` instead sends every
@@ -240,12 +241,12 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
         tasks = _tasks(classes, per_task, seed)
         if shape == "catdog":  # cat with dog in the first task, the other classes in pairs after it
             tasks = [["cat", "dog"], *_tasks([c for c in classes if c not in ("cat", "dog")], 2, seed)]
-        if shape.endswith("u"):  # 5x unequal: the first task's classes with their first photos only
-            sent: Counter[str] = Counter()
+        if shape.endswith(("u", "f")):  # u: 5x unequal, the first task's classes with their first photos only;
+            sent: Counter[str] = Counter()  # f: every class with its first photos only (the u stream's first task)
             kept_train: list[tuple[str, str]] = []
             for lab, blob in train:
                 sent[lab] += 1
-                if lab not in tasks[0] or sent[lab] <= FIRST_TASK_PER_CLASS:
+                if (shape.endswith("u") and lab not in tasks[0]) or sent[lab] <= FIRST_TASK_PER_CLASS:
                     kept_train.append((lab, blob))
             train = kept_train
         stream = Stream(name, {"kind": "image", "channels": 3, "height": 32, "width": 32}, tasks, train, test)

@@ -58,9 +58,11 @@ FEATURE_CACHES = 4  # frozen backbones whose features a worker keeps between job
 # Bytes of frozen-backbone features a worker keeps in all (EfficientNet-Lite0: 5 KB a sample, so about 100,000
 # samples); past it the oldest features go first, whatever backbone or classifier they were computed for
 FEATURE_CACHE_BYTES = 512 << 20
-# Frozen backbones whose ONNX Runtime session (``OnnxFeatures``) a worker keeps between jobs: building one for
-# EfficientNet-Lite0 costs 0.3-0.6 s, a third of a new photo class's job; each kept holds its graph and its arena.
-FEATURE_SESSIONS = 2
+# Frozen backbones' ONNX Runtime sessions (``OnnxFeatures``) a worker keeps between jobs, least recently used out:
+# building one for EfficientNet-Lite0 costs 0.3-0.6 s, a third of a new photo class's job; each kept holds its
+# graph and its arena. A job of a classifier with an int8 backbone uses two, its int8 graph's and the fp32 one it
+# is checked against, so three keep one such classifier's pair with another backbone's session.
+FEATURE_SESSIONS = 3
 # Suite samples the served score's temperature and the novelty threshold are fitted on (a seeded uniform subsample
 # beyond it). Each fit reads every sample's logits over every class, and the suite grows with the classes, so on
 # the whole suite they would cost classes^2 per job (the temperature's search: ~190 passes); two scalars and a
@@ -192,6 +194,17 @@ class JobRunner:
         next jobs."""
         found = self.feature_sessions.pop(digest, None) or OnnxFeatures(learner, self.cache_dir, self.feature_threads)
         self.feature_sessions[digest] = found
+        while len(self.feature_sessions) > FEATURE_SESSIONS:
+            self.feature_sessions.popitem(last=False)
+        return found
+
+    def _int8_session(self, learner: Learner, int8: Int8Backbone) -> OnnxFeatures:
+        """The session computing features on ``int8``'s graph, built once per graph (by its sha256) and kept
+        with the fp32 ones: every job of a classifier with an int8 backbone after its first reads the same graph,
+        and building its session (its Q/DQ pairs fused at load) is a second or so of each such job."""
+        key = f"int8:{int8.sha256}"
+        found = self.feature_sessions.pop(key, None) or int8_features(learner, int8, self.int8_kernels)
+        self.feature_sessions[key] = found
         while len(self.feature_sessions) > FEATURE_SESSIONS:
             self.feature_sessions.popitem(last=False)
         return found
@@ -438,7 +451,7 @@ class JobRun:
             if self.int8 is not None:  # its own feature cache: int8 features never mix with fp32 ones
                 self.fp32_features = learner.feature_fn, learner.feature_cache
                 learner.feature_cache = self.runner._features_of(f"{digest}:{self.int8.sha256}")
-                learner.feature_fn = int8_features(learner, self.int8, self.runner.int8_kernels)
+                learner.feature_fn = self.runner._int8_session(learner, self.int8)
 
     def check_int8(self, learner: Learner, parent: ParentScores, exported: Exported) -> dict[str, Any]:
         """The report's ``int8`` section: the version's head on the int8 and fp32 graphs' features of every

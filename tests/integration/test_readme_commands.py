@@ -49,6 +49,7 @@ BENCHMARKS = {
     "sweeps": "3 seeds of every sweep on the 5-task stream: minutes",
     "storage_growth": "teaches 5 photo tasks (or 50 generated) in three store layouts: minutes",
     "text_stream": "teaches banking77 messages to a real server through the CLI: tens of minutes",
+    "unequal_heads": "embeds 5,000 cifar10-mini photos with EfficientNet-Lite0: a minute",
     "workers_bench": "starts engram serve with 1, 2, 3 workers under load: minutes",
 }
 # The CLI: the arguments before --help for each subcommand the README names (server calls need a server: the

@@ -22,7 +22,7 @@ from model_core.learner import Learner
 from model_core.quantize import SIMULATE_QDQ, Int8Kernels, QuantConfig, quantization_digest
 from service.inference.sessions import BackbonePool, ServingOptions, load_served, served_backbone
 from service.jobs.int8 import INT8, Int8Backbone, Int8Tolerance, check_version, int8_features, plan_int8
-from service.jobs.training import predictions, task_slices
+from service.jobs.training import FEATURE_SESSIONS, JobRunner, predictions, task_slices
 from service.settings import Settings
 from service.storage.files import FileArtifactStore
 from tests.conftest import FAST, digit_spec
@@ -132,6 +132,24 @@ def test_a_later_job_learns_from_its_parents_int8_graph_and_one_without_keeps_fp
     fp32_parent = store.bundle_dir("c", "j0")
     save_bundle(fp32_parent, learner)  # a version that learned from fp32 (int8 off at its first job)
     assert plan_int8(learner, fp32_parent, x, store, tmp_path / "cache") is None
+
+
+def test_a_worker_builds_an_int8_graphs_session_once_and_keeps_few(digits: SplitBenchmark, tmp_path: Path) -> None:
+    """Every job after a classifier's first reads the same int8 graph: the worker keeps its session (by the
+    graph's sha256) beside the fp32 ones, least recently used out past FEATURE_SESSIONS."""
+    learner = frozen_learner(digits)
+    store = FileArtifactStore(tmp_path / "store")
+    runner = JobRunner(sessions=None, store=store, int8=True)  # type: ignore[arg-type]  # no job runs here
+    int8 = plan_int8(learner, None, digits.train[0].x.numpy(), store, tmp_path / "cache")
+    assert int8 is not None
+    first = runner._int8_session(learner, int8)
+    again = runner._int8_session(learner, Int8Backbone(int8.graph, int8.sha256, int8.digest, {"inherited": True}))
+    assert again is first
+    x = digits.test[0].x[:8]
+    assert np.array_equal(again(x).numpy(), int8_features(learner, int8)(x).numpy())
+    others = [Int8Backbone(int8.graph, f"{i:064x}", int8.digest, {}) for i in range(FEATURE_SESSIONS)]
+    assert all(runner._int8_session(learner, o) is not first for o in others)
+    assert len(runner.feature_sessions) == FEATURE_SESSIONS and f"int8:{int8.sha256}" not in runner.feature_sessions
 
 
 def test_the_digest_covers_the_config_the_calibration_and_onnx_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
