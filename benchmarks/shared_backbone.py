@@ -10,7 +10,10 @@ version, 12 photos a class), and after each version has been promoted predicts w
 classifier so far (pinned, so the serving process holds them all). It prints the serving process's RSS before
 and after each version and what each added, per classifier and in all, and each version's own files on disk
 beside the one shared backbone graph. ``ENGRAM_SHARED_BACKBONE=0`` in the environment gives the layout from
-before (a whole graph per version) for comparison.
+before (a whole graph per version) for comparison. ``--distinct-photos``: classifier i learns the photos after the
+first 12 i of each class, so that with ``ENGRAM_INT8_BACKBONE=1`` each first job has its own calibration photos
+(``ENGRAM_INT8_CALIBRATION=classifier``: one int8 graph, and one serving session, per classifier; the default,
+``deployment``: one for them all). The int8 sessions the serving process built are counted from its log.
 
 ``new-class``: one vector classifier (8x8 digits as 64-value vectors, default ``class_models``) and one photo
 classifier (CIFAR-10, default ``analytic``) each learn a first version of two classes (not timed: the backbone
@@ -109,7 +112,7 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
-def memory(classifiers: int, versions: int) -> None:
+def memory(classifiers: int, versions: int, distinct: bool = False) -> None:
     mode = "whole graph per version" if os.environ.get("ENGRAM_SHARED_BACKBONE") == "0" else "shared backbone"
     print(f"# serving-process RSS, {classifiers} photo classifiers x {versions} versions ({mode})")
     with server("engram-memory-") as (c, proc, data):
@@ -125,7 +128,7 @@ def memory(classifiers: int, versions: int) -> None:
             for v in range(1, versions + 1):
                 classes = CLASSES[:2] if v == 1 else (CLASSES[v],)
                 before = rss_mb(proc.pid)
-                job, _ = learn(c, name, photo_samples(classes), f"t{v}")
+                job, _ = learn(c, name, photo_samples(classes, offset=12 * i if distinct else 0), f"t{v}")
                 if job["status"] == "rejected":  # 12 photos a class leave the gate 2 held out a class: the benchmark
                     # measures what versions cost to serve, so an admin promotes a rejected one (said in the output)
                     c.post(f"/v1/classifiers/{name}/versions/{job['version']}/promote",
@@ -149,7 +152,10 @@ def memory(classifiers: int, versions: int) -> None:
               f"({(end - start) / (classifiers * versions):.1f} MB a version on average)")  # fmt: skip
         print(f"shared content in the store: {len(shared)} file(s), "
               f"{sum(p.stat().st_size for p in shared) / 1e6:.1f} MB")  # fmt: skip
-        evicted = (data.parent / "serve.log").read_text(errors="replace").count("from the serving cache")
+        log = (data.parent / "serve.log").read_text(errors="replace")
+        built = log.count("built the shared backbone")
+        print(f"backbone sessions the serving process built (fp32 and int8 graphs): {built}")
+        evicted = log.count("from the serving cache")
         print(f"versions evicted from the serving cache (ENGRAM_SERVING_CACHE_MB="
               f"{os.environ.get('ENGRAM_SERVING_CACHE_MB', 'default')}): {evicted}")  # fmt: skip
 
@@ -203,13 +209,16 @@ def main() -> None:
     m = sub.add_parser("memory")
     m.add_argument("--classifiers", type=int, default=6)
     m.add_argument("--versions", type=int, default=5)
+    m.add_argument("--distinct-photos", action="store_true",
+                   help="each classifier learns other photos of the classes (so, with ENGRAM_INT8_BACKBONE=1 and "
+                        "ENGRAM_INT8_CALIBRATION=classifier, each calibrates its own int8 graph)")  # fmt: skip
     n = sub.add_parser("new-class")
     n.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     if not (CIFAR / "train").is_dir():
         raise SystemExit(f"the cifar10-mini photos are not at {CIFAR}")
     if args.what == "memory":
-        memory(args.classifiers, args.versions)
+        memory(args.classifiers, args.versions, args.distinct_photos)
     else:
         new_class(args.repeats)
 

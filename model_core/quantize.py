@@ -199,6 +199,16 @@ def _spread(images: np.ndarray, n: int) -> np.ndarray:
     return picked
 
 
+def config_digest(fp32: bytes, config: QuantConfig) -> str:
+    """A digest of what an int8 graph depends on but its calibration images: the fp32 graph, every quantization
+    setting and ONNX Runtime's version. Two graphs with the same one differ only in the photos they were calibrated
+    on, so one can stand for the other (service.jobs.int8: one int8 graph per backbone in a deployment)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(hashlib.sha256(fp32).digest())
+    h.update(json.dumps({**asdict(config), "onnxruntime": _ort_version()}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def quantization_digest(fp32: bytes, calibration: np.ndarray, config: QuantConfig) -> str:
     """A digest of everything the int8 graph depends on, ONNX Runtime's version included (its quantizer)."""
     h = hashlib.blake2b(digest_size=16)

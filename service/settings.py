@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     # saturating int8 kernels: jobs then run the graph's Q/DQ pairs in float and the API serves fp32); "native"
     # trusts the kernels; "simulate" runs Q/DQ pairs in float everywhere, serving too (exact, slower than fp32)
     int8_kernels: Literal["auto", "native", "simulate"] = "auto"
+    # Whose photos an int8 graph is calibrated on: "deployment", the first photo job's on a backbone, and every later
+    # classifier on that backbone takes the same graph (one int8 session per backbone in serving, as fp32; each
+    # version still checked on its own evaluation samples); "classifier", each classifier's first job's (one graph
+    # and one serving session per classifier: for classifiers whose photos differ much, e.g. scans beside street scenes)
+    int8_calibration: Literal["deployment", "classifier"] = "deployment"
     # Bytes of ONNX Runtime sessions this process keeps for versions that are not active (pinned predictions,
     # quick rollbacks), the least recently used going first; active versions and shared backbones never count
     serving_cache_mb: int = Field(default=512, ge=0)

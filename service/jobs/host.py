@@ -100,5 +100,6 @@ def make_runner(
                        feature_threads=settings.ort_threads,
                        int8_tolerance=Int8Tolerance(settings.int8_max_accuracy_drop, settings.int8_max_disagreement),
                        int8_config=QuantConfig(float_nodes=settings.int8_float_nodes),
+                       int8_shared=settings.int8_calibration == "deployment",
                        int8_kernels=kernels_for(settings.int8_kernels))  # fmt: skip
     return engine, sessions, runner, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -10,13 +10,14 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,7 +44,7 @@ from service.jobs.training_choice import choose
 from service.persistence.models import Classifier, Job, Version, utcnow
 from service.persistence.registry import end_job, get_version, next_version_number, set_active
 from service.retry import backoff
-from service.storage.base import ArtifactStore, arrays_to_bytes, bytes_to_arrays
+from service.storage.base import ArtifactStore, arrays_to_bytes, bytes_to_arrays, references_of
 
 log = logging.getLogger("engram.worker")
 # The version's own labels for every row of its suite (over every class it knows), stored with it so that the next
@@ -125,6 +126,7 @@ class JobRunner:
         int8_tolerance: Int8Tolerance = TOLERANCE,
         int8_config: QuantConfig | None = None,
         int8_kernels: Int8Kernels | None = None,
+        int8_shared: bool = True,
         gate_suite_samples: int = GATE_SUITE_SAMPLES,
         feature_threads: int = 0,
     ) -> None:
@@ -138,6 +140,8 @@ class JobRunner:
         self.int8_config = int8_config or QuantConfig()  # how a first job quantizes (Settings.int8_float_parts)
         # whether int8 graphs run on this processor's kernels or with their Q/DQ pairs in float (Settings.int8_kernels)
         self.int8_kernels = int8_kernels or this_processor()
+        # a classifier's first job takes an int8 graph another classifier on its backbone has (Settings.int8_calibration)
+        self.int8_shared = int8_shared
         # Store a frozen backbone's graph once in the artifact store and only the head in each version (the
         # manifest references the backbone by sha256); False: the whole graph in each version's model.onnx.
         self.shared_backbone = shared_backbone  # export each version's novelty score where it has class models
@@ -443,8 +447,9 @@ class JobRun:
             if self.runner.int8 and self.runner.shared_backbone:
                 t = time.perf_counter()
                 try:
+                    shared = self.shared_int8(spec) if spec.parent_dir is None and self.runner.int8_shared else ()
                     self.int8 = plan_int8(learner, spec.parent_dir, train["x"], self.store, self.runner.cache_dir,
-                                          self.runner.int8_config)  # fmt: skip
+                                          self.runner.int8_config, shared)  # fmt: skip
                 except Exception:  # the job goes on with fp32 (the report has no int8 section); the log says why
                     log.warning("job %s: no int8 backbone, learning from fp32:\n%s", self.job_id, traceback.format_exc())
                 self.times["int8-quantize"] = time.perf_counter() - t
@@ -452,6 +457,26 @@ class JobRun:
                 self.fp32_features = learner.feature_fn, learner.feature_cache
                 learner.feature_cache = self.runner._features_of(f"{digest}:{self.int8.sha256}")
                 learner.feature_fn = self.runner._int8_session(learner, self.int8)
+
+    def shared_int8(self, spec: JobSpec) -> Iterator[dict[str, Any]]:
+        """The ``int8`` references of the other classifiers' active versions, read lazily (``plan_int8`` stops at
+        the first that fits): a classifier's first job takes the int8 graph of one on the same backbone rather
+        than quantize its own, so the deployment holds one int8 graph per backbone and serving one session for
+        it (Settings.int8_calibration "deployment")."""
+        with self.runner.sessions() as s:
+            artifacts = s.scalars(
+                select(Version.artifact)
+                .join(Classifier, (Classifier.id == Version.classifier_id) & (Classifier.active_version == Version.number))
+                .where(Classifier.id != spec.classifier_id)
+                .order_by(Version.created_at)
+            ).all()
+        for artifact in artifacts:
+            try:
+                ref = references_of(self.store.read_manifest(artifact)).get(INT8)
+            except Exception:  # a bundle pruned or unreadable meanwhile: not one to share
+                continue
+            if ref:
+                yield dict(ref)
 
     def check_int8(self, learner: Learner, parent: ParentScores, exported: Exported) -> dict[str, Any]:
         """The report's ``int8`` section: the version's head on the int8 and fp32 graphs' features of every
