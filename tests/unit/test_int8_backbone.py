@@ -134,6 +134,24 @@ def test_a_later_job_learns_from_its_parents_int8_graph_and_one_without_keeps_fp
     assert plan_int8(learner, fp32_parent, x, store, tmp_path / "cache") is None
 
 
+def test_only_a_reference_that_records_its_fp32_graph_and_settings_is_shared(digits: SplitBenchmark, tmp_path: Path) -> None:
+    """A reference written before ``base`` and ``config`` existed, or one naming another fp32 graph, is never taken:
+    the first job quantizes its own graph (tests/integration/test_int8_shared.py: the graph that is taken)."""
+    store = FileArtifactStore(tmp_path / "store")
+    learner = frozen_learner(digits)
+    x = digits.train[0].x.numpy()
+    first = plan_int8(learner, None, x, store, tmp_path / "cache")
+    assert first is not None and first.base and first.config
+    store.put_content(first.graph)
+    ref = first.reference()
+    taken = plan_int8(learner, None, digits.train[1].x.numpy(), store, tmp_path / "cache", shared=[ref])
+    assert taken is not None and taken.graph == first.graph and taken.quantization["shared"]
+    old = {k: v for k, v in ref.items() if k not in ("base", "config")}
+    for other in (old, {**ref, "base": "0" * 64}):
+        own = plan_int8(learner, None, digits.train[1].x.numpy(), store, tmp_path / "cache", shared=[other])
+        assert own is not None and "shared" not in own.quantization and own.digest != first.digest
+
+
 def test_a_worker_builds_an_int8_graphs_session_once_and_keeps_few(digits: SplitBenchmark, tmp_path: Path) -> None:
     """Every job after a classifier's first reads the same int8 graph: the worker keeps its session (by the
     graph's sha256) beside the fp32 ones, least recently used out past FEATURE_SESSIONS."""
