@@ -19,8 +19,10 @@ serve anyway, to measure its speed alone.
 Every job names the default photo strategy (``analytic``), so that no first job spends its time choosing one.
 Learning: the same classes, ``--learn-per-class`` photos each (a job of 1,000 photos by default, so that a job's
 fixed costs, its queueing and session loads, count as they do in a job that size), are then taught to two more
-classifiers, one on a server with int8 on and one with it off (each a first job, so the int8 one quantizes; both
-export the backbone first: that export is cached in the data folder by then), then as many photos of as many
+classifiers, one on a server with int8 on and one with it off (each a first job; the int8 one takes the graph the
+first classifier's job quantized, as every classifier after the first does with ``ENGRAM_INT8_CALIBRATION``
+"deployment", the default, and quantizes its own with "classifier"; the fp32 backbone's export is cached in the
+data folder by then), then as many photos of as many
 other classes, a second task, on the same server (the next job: a worker that has its sessions loaded, what every
 job after a classifier's first costs in a deployment that keeps learning). Each job's seconds per stage are printed
 per 1,000 photos sent, with the quantization itself apart (once per classifier).
