@@ -87,7 +87,6 @@ CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
 STRATEGIES = ("default", "joint", "replay", "generative_replay", "analytic", "class_models", "naive", "ewc", "lwf", "mas")
 STREAMS = ("digits-5x2", "digits-10x1", "mnist-5x2", "cifar-5x2", "cifar-10x1", "cifar-5x2u", "cifar-catdog",
            "banking77-8", "banking77-20x1")
-FIRST_TASK_PER_CLASS = 100  # cifar-5x2u: photos a class of the first task's classes (the others send all)
 # the exemplar-free strategies the first job's choice is held against: its candidates, and the regularisers that
 # keep no sample either (they add no classes of their own, so they are not candidates)
 EXEMPLAR_FREE = {*default_candidates({}), "ewc", "lwf", "mas"}
@@ -162,16 +161,23 @@ def _banking77(name: str, per_task: int, first: int | None, seed: int) -> Stream
                   (data["train_x"][tr], names[data["train_y"][tr]], data["test_x"][te], names[data["test_y"][te]]))  # fmt: skip
 
 
+def unequal_rows(labels: list[str], first_task: list[str], share: int = 5, every_task: bool = False) -> list[int]:
+    """The training rows (of their ``labels``, in the order sent) an unequal stream keeps: a ``share``-th of each
+    first-task class's samples (the first ones), every sample of the later classes (``every_task``: every class cut)."""
+    sent: Counter[str] = Counter()
+    total = Counter(labels)
+    rows = []
+    for i, lab in enumerate(labels):
+        sent[lab] += 1
+        if (lab not in first_task and not every_task) or sent[lab] <= max(1, total[lab] // share):
+            rows.append(i)
+    return rows
+
+
 def unequal(stream: Stream, share: int = 5, every_task: bool = False) -> Stream:
     """The stream with its first task's classes sent with a ``share``-th of their training samples (the first ones),
     the later tasks whole: tasks that differ ``share``x in samples a class (``every_task``: every class so cut)."""
-    sent: Counter[str] = Counter()
-    total = Counter(lab for lab, _ in stream.train)
-    rows = []
-    for i, (lab, _) in enumerate(stream.train):
-        sent[lab] += 1
-        if (lab not in stream.tasks[0] and not every_task) or sent[lab] <= max(1, total[lab] // share):
-            rows.append(i)
+    rows = unequal_rows([lab for lab, _ in stream.train], stream.tasks[0], share, every_task)
     if stream.arrays is not None and len(stream.arrays[0]) == len(stream.train):
         xtr, ytr, xte, yte = stream.arrays
         stream.arrays = (xtr[rows], ytr[rows], xte, yte)
@@ -241,18 +247,10 @@ def load_stream(name: str, test_per_class: int | None, seed: int = 0) -> Stream 
         tasks = _tasks(classes, per_task, seed)
         if shape == "catdog":  # cat with dog in the first task, the other classes in pairs after it
             tasks = [["cat", "dog"], *_tasks([c for c in classes if c not in ("cat", "dog")], 2, seed)]
-        if shape.endswith(("u", "f")):  # u: 5x unequal, the first task's classes with their first photos only;
-            sent: Counter[str] = Counter()  # f: every class with its first photos only (the u stream's first task)
-            kept_train: list[tuple[str, str]] = []
-            for lab, blob in train:
-                sent[lab] += 1
-                if (shape.endswith("u") and lab not in tasks[0]) or sent[lab] <= FIRST_TASK_PER_CLASS:
-                    kept_train.append((lab, blob))
-            train = kept_train
         stream = Stream(name, {"kind": "image", "channels": 3, "height": 32, "width": 32}, tasks, train, test)
     else:
         return f"unknown stream {name!r}; known: {', '.join(STREAMS)}"
-    if shape.endswith(("u", "f")) and kind != "cifar":
+    if shape.endswith(("u", "f")):
         stream = unequal(stream, every_task=shape.endswith("f"))
     if test_per_class:
         taken: Counter[str] = Counter()

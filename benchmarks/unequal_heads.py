@@ -22,13 +22,12 @@ sample's by about h_c (1 - yhat_c) / (1 - h_c), which is added back to its logit
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 
 import numpy as np
 import torch
 
-from benchmarks.gate_truth import FIRST_TASK_PER_CLASS, Stream, load_stream, photo_features
-from model_core.strategies.analytic import _eigen, balanced_sums, solve_ridge
+from benchmarks.gate_truth import Stream, load_stream, photo_features, unequal_rows
+from model_core.strategies.analytic import balanced_sums, ridge_dof, solve_ridge
 
 
 def fit(x: np.ndarray, y: np.ndarray, classes: list[str]) -> tuple[torch.Tensor, np.ndarray]:
@@ -39,10 +38,7 @@ def fit(x: np.ndarray, y: np.ndarray, classes: list[str]) -> tuple[torch.Tensor,
     cross = h.T @ t
     g, c, n = balanced_sums(h.T @ h, cross)
     w, rel = solve_ridge(g, c, n)
-    s, _ = _eigen(g, n)
-    s = s.clamp_min(0)
-    scale = float(s.mean()) if len(s) == g.shape[0] else float(torch.trace(g)) / g.shape[0]
-    dof = float((s / (s + rel * scale)).sum())
+    dof = ridge_dof(g, n, rel)
     counts = cross[-1].numpy()
     fitted = np.einsum("du,du->u", (cross / cross[-1]).numpy(), w.numpy())  # each class's mean own score
     lev = np.minimum(dof / (len(classes) * counts), 0.99)
@@ -60,15 +56,9 @@ def main() -> None:
     xtr, ytr, xte, yte = photo_features(stream)
     classes = [c for task in stream.tasks for c in task]
     first = np.isin(yte, stream.tasks[0])
-    seen: Counter[str] = Counter()
-    rows: dict[str, list[int]] = {"equal": [], "unequal": [], "fifth": []}
-    for i, lab in enumerate(ytr):
-        seen[lab] += 1
-        rows["equal"].append(i)
-        if lab not in stream.tasks[0] or seen[lab] <= FIRST_TASK_PER_CLASS:
-            rows["unequal"].append(i)
-        if seen[lab] <= FIRST_TASK_PER_CLASS:
-            rows["fifth"].append(i)
+    labels = [str(lab) for lab in ytr]  # in the order the stream sends them, as gate_truth's u and f streams cut them
+    rows = {"equal": list(range(len(labels))), "unequal": unequal_rows(labels, stream.tasks[0]),
+            "fifth": unequal_rows(labels, stream.tasks[0], every_task=True)}  # fmt: skip
     h_test = torch.tensor(np.hstack([xte, np.ones((len(xte), 1))]), dtype=torch.float64)
     print("| training photos | photos | accuracy | first task's classes | with the leave-one-out offsets | first task's |")
     print("|---|---|---|---|---|---|")

@@ -210,12 +210,11 @@ def config_digest(fp32: bytes, config: QuantConfig) -> str:
 
 
 def quantization_digest(fp32: bytes, calibration: np.ndarray, config: QuantConfig) -> str:
-    """A digest of everything the int8 graph depends on, ONNX Runtime's version included (its quantizer)."""
+    """A digest of everything the int8 graph depends on: ``config_digest``'s, and the calibration images."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(hashlib.sha256(fp32).digest())
+    h.update(config_digest(fp32, config).encode())
     h.update(hashlib.sha256(np.ascontiguousarray(calibration, dtype=np.float32).tobytes()).digest())
     h.update(str(calibration.shape).encode())
-    h.update(json.dumps({**asdict(config), "onnxruntime": _ort_version()}, sort_keys=True).encode())
     return h.hexdigest()
 
 

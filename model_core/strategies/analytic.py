@@ -113,14 +113,31 @@ def _eigen(gram: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return s, q @ u
 
 
+def _mean_eigenvalue(s: Tensor, gram: Tensor) -> float:
+    """The mean of all D eigenvalues of G, from those ``_eigen`` found (the ones it left out are 0)."""
+    d = gram.shape[0]
+    return (float(s.mean()) if len(s) == d else max(float(torch.trace(gram)), 0.0) / d) or 1.0
+
+
+def _dof(s: Tensor, lam: float) -> float:
+    """The ridge's degrees of freedom, tr(G (G + lam I)^-1), from G's eigenvalues ``s``."""
+    return float((s / (s + lam)).sum())
+
+
+def ridge_dof(gram: Tensor, n: int, relative: float) -> float:
+    """The degrees of freedom of the ridge ``relative`` (as ``solve_ridge`` chose it) on G of ``n`` samples."""
+    s, _ = _eigen(gram, n)
+    s = s.clamp_min(0)
+    return _dof(s, relative * _mean_eigenvalue(s, gram))
+
+
 def solve_ridge(gram: Tensor, cross: Tensor, n: int, relative: float | None = None) -> tuple[Tensor, float]:
     """Ridge weights (D, U) from G (D, D), C (D, U) and the sample count; the ridge (relative to the mean
     eigenvalue of G) is ``relative`` or, when None, the grid value with the lowest GCV score."""
     s, v = _eigen(gram, n)
     s = s.clamp_min(0)
     vc = v.T @ cross  # (k, U)
-    d = gram.shape[0]  # the mean of all D eigenvalues (those left out by ``_eigen`` are 0)
-    scale = (float(s.mean()) if len(s) == d else max(float(torch.trace(gram)), 0.0) / d) or 1.0
+    scale = _mean_eigenvalue(s, gram)
     y_sq = float(n)  # sum of squared one-hot targets
     best: tuple[float, float] | None = None
     for rel in [relative] if relative is not None else RIDGE_GRID.tolist():
@@ -128,7 +145,7 @@ def solve_ridge(gram: Tensor, cross: Tensor, n: int, relative: float | None = No
         coef = vc / (s + lam)[:, None]  # the weights in G's eigenbasis (its range)
         # residual sum of squares from the sums alone: |Y|^2 - 2 tr(W^T C) + tr(W^T G W)
         rss = y_sq - 2 * float((coef * vc).sum()) + float((coef.square() * s[:, None]).sum())
-        dof = float((s / (s + lam)).sum())
+        dof = _dof(s, lam)
         score = n * max(rss, 0.0) / max(n - dof, 1e-9) ** 2
         if best is None or score < best[0]:
             best = (score, rel)

@@ -196,18 +196,16 @@ class JobRunner:
         """The ONNX Runtime session computing ``learner``'s frozen-backbone features, built once per backbone
         (by its ``digest``, ``backbone_digest``: the same spec and weights give the same graph) and kept for the
         next jobs."""
-        found = self.feature_sessions.pop(digest, None) or OnnxFeatures(learner, self.cache_dir, self.feature_threads)
-        self.feature_sessions[digest] = found
-        while len(self.feature_sessions) > FEATURE_SESSIONS:
-            self.feature_sessions.popitem(last=False)
-        return found
+        return self._kept_session(digest, lambda: OnnxFeatures(learner, self.cache_dir, self.feature_threads))
 
     def _int8_session(self, learner: Learner, int8: Int8Backbone) -> OnnxFeatures:
         """The session computing features on ``int8``'s graph, built once per graph (by its sha256) and kept
-        with the fp32 ones: every job of a classifier with an int8 backbone after its first reads the same graph,
-        and building its session (its Q/DQ pairs fused at load) is a second or so of each such job."""
-        key = f"int8:{int8.sha256}"
-        found = self.feature_sessions.pop(key, None) or int8_features(learner, int8, self.int8_kernels)
+        with the fp32 ones: every job of a classifier with an int8 backbone after its first reads the same graph."""
+        return self._kept_session(f"int8:{int8.sha256}", lambda: int8_features(learner, int8, self.int8_kernels))
+
+    def _kept_session(self, key: str, build: Callable[[], OnnxFeatures]) -> OnnxFeatures:
+        """The session kept under ``key``, or ``build()``'s; the least recently used go past FEATURE_SESSIONS."""
+        found = self.feature_sessions.pop(key, None) or build()
         self.feature_sessions[key] = found
         while len(self.feature_sessions) > FEATURE_SESSIONS:
             self.feature_sessions.popitem(last=False)

@@ -85,9 +85,8 @@ def predict(c: httpx.Client, name: str, inputs: list[dict[str, Any]], **extra: A
 def test_a_tiny_predict_does_not_wait_behind_a_heavy_image_request(srv: Server) -> None:
     """Twelve 16 MP colour PNGs (within this server's 200 MP budget) take the decoder seconds; a one-image predict
     sent while they decode is answered first. Before, both decoded in the version's one batch thread, in turn.
-    Colour, not grey: three times the bytes to decode for the same pixels (about 0.14 s an image on one core
-    against 0.06 s), so the heavy request still decodes well after the half second the tiny one waits (in grey, a
-    fast CI host finished all twelve within it)."""
+    Colour, not grey: three times the bytes to decode for the same pixels, so the heavy request still decodes
+    well after the half second the tiny one waits (in grey, a fast CI host finished all twelve within it)."""
     c, heavy = srv.client(), [{"image_b64": b64(png(4000, 4000, "RGB"))}] * 12
     done: dict[str, float] = {}
 
